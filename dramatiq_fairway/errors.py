@@ -1,0 +1,58 @@
+"""Exceptions users raise in actors, and the ones fairway raises at them.
+
+Classification results (see ``ClassifiedRetries``) are ``transient``, ``permanent``,
+``rate_limited``, ``unknown`` and ``interrupted``.
+"""
+
+from __future__ import annotations
+
+from dramatiq.middleware import Interrupt
+
+
+class FairwayError(Exception):
+    """Base of every error fairway raises."""
+
+
+class ConfigError(FairwayError):
+    """Invalid configuration. The message is one line naming the setting and the bad value."""
+
+
+class TransientError(FairwayError):
+    """Raise to say: this failure will likely pass; retry with backoff."""
+
+
+class PermanentError(FairwayError):
+    """Raise to say: retrying cannot help; dead-letter the job at once."""
+
+
+class RateLimited(TransientError):
+    """A dependency asked us to wait ``retry_after`` seconds before calling it again."""
+
+    def __init__(self, retry_after: float, message: str = "") -> None:
+        self.retry_after = float(retry_after)
+        super().__init__(message or f"rate limited; retry after {self.retry_after:g}s")
+
+
+class BreakerOpen(FairwayError):
+    """The circuit breaker guarding a dependency is open."""
+
+    def __init__(self, key: str, retry_at: float) -> None:
+        self.key = key
+        self.retry_at = retry_at
+        super().__init__(f"breaker {key!r} is open until {retry_at:.3f}")
+
+
+class QueueFull(FairwayError):
+    """A tenant (or the queue) is over its capacity; CRITICAL messages are exempt."""
+
+
+class MessageTooLarge(FairwayError):
+    """The encoded message is larger than ``FAIRWAY_MAX_MESSAGE_BYTES``."""
+
+
+class SoftTimeLimitExceeded(Interrupt):
+    """Raised inside an actor when its ``soft_time_limit`` passes."""
+
+
+class Cancelled(Interrupt):
+    """Raised inside an actor whose job was cancelled by an operator."""

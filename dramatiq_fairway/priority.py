@@ -1,0 +1,25 @@
+"""The five priority levels. Lower numbers are more urgent, as in the seed systems."""
+
+from __future__ import annotations
+
+from enum import IntEnum
+
+
+class Priority(IntEnum):
+    CRITICAL = 1
+    HIGH = 2
+    NORMAL = 3
+    LOW = 4
+    BATCH = 5
+
+    @classmethod
+    def parse(cls, value: object) -> Priority:
+        """A level from a ``Priority``, its name (any case) or its number; ``ValueError`` otherwise."""
+        if isinstance(value, Priority):
+            return value
+        if isinstance(value, str) and value.upper() in cls.__members__:
+            return cls[value.upper()]
+        if isinstance(value, int) and not isinstance(value, bool) and value in cls._value2member_map_:
+            return cls(value)
+        allowed = ", ".join(f"{level.name} ({level.value})" for level in cls)
+        raise ValueError(f"priority_level: {value!r} is not one of {allowed}")

@@ -1,0 +1,259 @@
+"""Every fairway setting, read from ``FAIRWAY_*`` environment variables and an optional TOML file.
+
+Nested settings use ``__`` (``FAIRWAY_TLS__CA_FILE``). ``FAIRWAY_CONFIG`` names a TOML file whose
+keys are the field names (``broker = "redis"``, ``[tls] ca_file = ...``); the environment wins
+over the file. Anything invalid raises :class:`ConfigError` with one line naming the variable and
+the value, never a pydantic traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import urlsplit, urlunsplit
+
+import platformdirs
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    SettingsError,
+    TomlConfigSettingsSource,
+)
+
+from .errors import ConfigError
+
+ENV_PREFIX = "FAIRWAY_"
+SECRET_WORDS = ("password", "secret", "token", "api_key", "authorization", "cookie")
+
+BrokerKind = Literal["redis", "rabbitmq", "embedded"]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class TlsSettings(_Section):
+    ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    verify: bool = True
+
+    @property
+    def configured(self) -> bool:
+        return any((self.ca_file, self.cert_file, self.key_file)) or not self.verify
+
+
+class MetricsSettings(_Section):
+    host: str = "127.0.0.1"
+    port: int = Field(9464, ge=0, le=65535)
+    max_tenants: int = Field(100, ge=1)
+
+
+class FairnessSettings(_Section):
+    weights: dict[str, float] = {}
+    max_queued_per_tenant: int | None = Field(None, ge=1)
+    max_wait: float = Field(300, gt=0)
+    prefetch: int | None = Field(None, ge=0)
+
+    @field_validator("weights")
+    @classmethod
+    def _positive_weights(cls, weights: dict[str, float]) -> dict[str, float]:
+        for tenant, weight in weights.items():
+            if weight <= 0:
+                raise ValueError(f"weight of tenant {tenant!r} must be > 0, got {weight!r}")
+        return weights
+
+
+class RetrySettings(_Section):
+    unknown: Literal["retry", "fail"] = "retry"
+    transient_patterns: list[str] = []
+    permanent_patterns: list[str] = []
+
+    @field_validator("transient_patterns", "permanent_patterns")
+    @classmethod
+    def _compilable(cls, patterns: list[str]) -> list[str]:
+        for pattern in patterns:
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                raise ValueError(f"{pattern!r} is not a regular expression ({exc})") from None
+        return patterns
+
+
+class BreakerPolicy(_Section):
+    failure_rate_threshold: float = Field(0.5, gt=0, le=1)
+    minimum_calls: int = Field(10, ge=1)
+    window_size: int = Field(20, ge=1)
+    open_duration: float = Field(30, gt=0)
+    half_open_max_calls: int = Field(3, ge=1)
+
+
+class BreakerSettings(BreakerPolicy):
+    keys: dict[str, dict[str, float]] = {}
+    max_hold: float = Field(86400, gt=0)
+
+
+class DlqSettings(_Section):
+    retention_days: float = Field(30, gt=0)
+    max_records: int = Field(1_000_000, ge=1)
+    redact: list[str] = list(SECRET_WORDS)
+
+
+class StatusSettings(_Section):
+    ttl: int = Field(3600, ge=1)
+    failed_ttl: int = Field(604800, ge=1)
+
+
+class TenantLimit(_Section):
+    max_concurrency: int | None = Field(None, ge=1)
+    rate: float | None = Field(None, gt=0)
+    burst: int | None = Field(None, ge=1)
+
+
+class LimitSettings(_Section):
+    tenants: dict[str, TenantLimit] = {}
+    default: TenantLimit | None = None
+    exempt_critical: bool = True
+
+
+class DashboardSettings(_Section):
+    host: str = "127.0.0.1"
+    port: int = Field(8787, ge=0, le=65535)
+    username: str | None = None
+    password: SecretStr | None = None
+    read_only: bool = False
+
+
+class Settings(BaseSettings):
+    """dramatiq-fairway configuration (DESIGN.md §2)."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_nested_delimiter="__",
+        extra="ignore",
+        frozen=True,
+    )
+
+    broker: BrokerKind = "embedded"
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    rabbitmq_url: str = "amqp://guest:guest@127.0.0.1:5672/%2F"
+    state_url: str | None = None
+    data_dir: Path = Path(platformdirs.user_data_dir("dramatiq-fairway"))
+    namespace: str = Field("fairway", pattern=r"^[A-Za-z0-9_.:-]{1,64}$")
+    heartbeat_timeout: float = Field(60, gt=0)
+    max_message_bytes: int = Field(1_048_576, ge=1024)
+
+    tls: TlsSettings = TlsSettings()
+    metrics: MetricsSettings = MetricsSettings()
+    fairness: FairnessSettings = FairnessSettings()
+    retries: RetrySettings = RetrySettings()
+    breaker: BreakerSettings = BreakerSettings()
+    dlq: DlqSettings = DlqSettings()
+    status: StatusSettings = StatusSettings()
+    limits: LimitSettings = LimitSettings()
+    dashboard: DashboardSettings = DashboardSettings()
+
+    @field_validator("redis_url", "state_url")
+    @classmethod
+    def _redis_scheme(cls, url: str | None) -> str | None:
+        if url is not None and urlsplit(url).scheme not in ("redis", "rediss", "unix"):
+            raise ValueError("must start with redis://, rediss:// or unix://")
+        return url
+
+    @field_validator("rabbitmq_url")
+    @classmethod
+    def _amqp_scheme(cls, url: str) -> str:
+        if urlsplit(url).scheme not in ("amqp", "amqps"):
+            raise ValueError("must start with amqp:// or amqps://")
+        return url
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources = [init_settings, env_settings]
+        config_file = os.environ.get(f"{ENV_PREFIX}CONFIG")
+        if config_file:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=Path(config_file)))
+        return tuple(sources)
+
+    def masked(self) -> dict[str, Any]:
+        """The effective settings as JSON-able data, with every secret masked."""
+        data = self.model_dump(mode="json")
+        for key in ("redis_url", "rabbitmq_url", "state_url"):
+            if data[key]:
+                data[key] = mask_url(data[key])
+        if data["dashboard"]["password"]:
+            data["dashboard"]["password"] = "****"
+        return data
+
+
+def mask_url(url: str) -> str:
+    """``url`` with its password replaced by ``****``."""
+    parts = urlsplit(url)
+    if not parts.password:
+        return url
+    user = parts.username or ""
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    netloc = f"{user}:****@{host}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Read the settings; turn any validation failure into a one-line :class:`ConfigError`."""
+    config_file = os.environ.get(f"{ENV_PREFIX}CONFIG")
+    if config_file and not Path(config_file).is_file():
+        raise ConfigError(f"{ENV_PREFIX}CONFIG: {config_file!r} is not a file")
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc)) from None
+    except SettingsError as exc:
+        raise ConfigError(_describe_unparsable(exc)) from None
+
+
+def _describe(exc: ValidationError) -> str:
+    lines = []
+    for error in exc.errors():
+        location = [str(part) for part in error["loc"]]
+        name = ENV_PREFIX + "__".join(location).upper()
+        value = error.get("input")
+        if isinstance(value, str) and name.endswith("_URL"):
+            value = mask_url(value)
+        elif any(word in name.lower() for word in SECRET_WORDS):
+            value = "****"
+        if error["type"] == "literal_error":
+            allowed = ", ".join(re.findall(r"'([^']*)'", error["ctx"]["expected"]))
+            reason = f"is not one of {allowed}"
+        else:
+            reason = error["msg"].removeprefix("Value error, ")
+            reason = reason[0].lower() + reason[1:] if reason else reason
+        lines.append(f"{name}: {value!r} {reason}")
+    return "; ".join(lines)
+
+
+def _describe_unparsable(exc: SettingsError) -> str:
+    """Name the environment variable whose JSON value pydantic-settings could not parse."""
+    match = re.search(r'field "([^"]+)"', str(exc))
+    prefix = ENV_PREFIX + (match.group(1).upper() if match else "")
+    for name, value in sorted(os.environ.items()):
+        if not name.startswith(prefix):
+            continue
+        try:
+            json.loads(value)
+        except ValueError:
+            if value.lstrip()[:1] in ("{", "["):
+                return f"{name}: {value!r} is not valid JSON"
+    return str(exc).splitlines()[0]

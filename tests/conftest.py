@@ -1,0 +1,109 @@
+"""The two-broker harness: every broker test runs on real Redis and on real RabbitMQ.
+
+Isolation: each test gets its own fairway namespace and queue names, and everything it created
+is deleted afterwards. A server that is down makes the tests that need it fail, never skip.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import dramatiq
+import pika
+import pytest
+import redis
+from dramatiq import Broker, Worker
+from dramatiq.brokers.rabbitmq import RabbitmqBroker
+
+from dramatiq_fairway import setup
+from dramatiq_fairway.connections import rabbitmq_parameters
+from dramatiq_fairway.settings import Settings
+
+REDIS_URL = "redis://127.0.0.1:6379/0"
+BROKER_KINDS = ["redis", "rabbitmq"]
+
+
+@pytest.fixture
+def namespace() -> str:
+    return f"fwtest-{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture
+def queue_name() -> str:
+    return f"q_{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture
+def short_tmp() -> Iterator[Path]:
+    """A temporary dir with a short path (unix sockets must fit in 100 characters)."""
+    with tempfile.TemporaryDirectory(prefix="fw-") as path:
+        yield Path(path)
+
+
+@pytest.fixture
+def state_client(namespace: str) -> Iterator[redis.Redis]:
+    """The shared Redis as the state store; every key of the test's namespace is deleted after."""
+    client = redis.Redis.from_url(REDIS_URL)
+    client.ping()
+    yield client
+    keys = list(client.scan_iter(match=f"{namespace}:*", count=1000))
+    if keys:
+        client.delete(*keys)
+    client.close()
+
+
+@pytest.fixture(params=BROKER_KINDS)
+def broker_kind(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+def settings(broker_kind: str, namespace: str, short_tmp: Path, state_client: redis.Redis) -> Settings:
+    return Settings(broker=broker_kind, namespace=namespace, state_url=REDIS_URL, data_dir=short_tmp)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def broker(settings: Settings) -> Iterator[Broker]:
+    """``setup(settings)`` on the real server; the test's queues are deleted afterwards."""
+    broker = setup(settings)
+    _check_reachable(broker, settings)
+    yield broker
+    _delete_queues(broker, settings)
+    broker.close()
+
+
+@pytest.fixture
+def start_worker(broker: Broker) -> Iterator[Callable[..., Worker]]:
+    """Start an in-process Worker once the test declared its actors; stopped after the test."""
+    workers: list[Worker] = []
+
+    def start(threads: int = 2) -> Worker:
+        worker = Worker(broker, worker_threads=threads, worker_timeout=50)
+        worker.start()
+        workers.append(worker)
+        return worker
+
+    yield start
+    for worker in workers:
+        worker.stop(timeout=10_000)
+
+
+def _check_reachable(broker: Broker, settings: Settings) -> None:
+    if isinstance(broker, RabbitmqBroker):
+        pika.BlockingConnection(rabbitmq_parameters(settings)).close()
+    else:
+        broker.client.ping()
+
+
+def _delete_queues(broker: Broker, settings: Settings) -> None:
+    broker.flush_all()
+    if isinstance(broker, RabbitmqBroker):
+        connection = pika.BlockingConnection(rabbitmq_parameters(settings))
+        channel = connection.channel()
+        for queue in broker.get_declared_queues():
+            for name in (queue, dramatiq.common.dq_name(queue), dramatiq.common.xq_name(queue)):
+                channel.queue_delete(name)
+        connection.close()
