@@ -9,6 +9,7 @@ the data outlives all of them. ``fairway embedded stop`` ends it.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import logging
 import os
@@ -92,10 +93,9 @@ class EmbeddedRedis:
             pid = self._pid()
             if not self._answers():
                 return False
-            try:
+            # The server closes our connection as it goes down.
+            with contextlib.suppress(redis.ConnectionError):
                 self._client().shutdown(nosave=False)
-            except redis.ConnectionError:
-                pass  # the server closes our connection as it goes down
             deadline = time.monotonic() + timeout
             while pid and _alive(pid) and time.monotonic() < deadline:
                 time.sleep(0.05)

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from dramatiq import Broker
-from dramatiq.brokers.rabbitmq import RabbitmqBroker
 from dramatiq.brokers.redis import RedisBroker
 
 from ..connections import broker_redis_url, rabbitmq_parameters, redis_client
 from ..settings import Settings
+from .rabbitmq import FairwayRabbitmqBroker
 
 # AMQP priorities for fairway's five levels (CRITICAL=1 is the most urgent, AMQP wants the
 # highest number there). Declared on every queue from the start: RabbitMQ refuses to redeclare a
@@ -18,7 +18,7 @@ RABBITMQ_MAX_PRIORITY = 5
 def build_broker(settings: Settings) -> Broker:
     """A new broker for ``settings``, with Dramatiq's default middleware and nothing of fairway's."""
     if settings.broker == "rabbitmq":
-        broker = RabbitmqBroker(
+        broker = FairwayRabbitmqBroker(
             url=settings.rabbitmq_url,
             confirm_delivery=True,
             max_priority=RABBITMQ_MAX_PRIORITY,
