@@ -23,12 +23,14 @@ from collections.abc import Iterable
 
 import dramatiq
 from dramatiq import Broker, Middleware
-from dramatiq.middleware import AsyncIO
+from dramatiq.middleware import AsyncIO, Retries
 
 from .brokers import build_broker
 from .settings import Settings, load_settings
 
-FAIRWAY_MIDDLEWARE_ORDER: tuple[type[Middleware], ...] = (AsyncIO,)
+# The fairway middleware, in stack order. They go where Dramatiq's Retries stood (the last of its
+# defaults), which ClassifiedRetries replaces; each is built with the broker's Settings.
+FAIRWAY_MIDDLEWARE_ORDER: tuple[type[Middleware], ...] = ()
 
 
 def setup(settings: Settings | None = None, *, middleware: Iterable[Middleware] = ()) -> Broker:
@@ -45,14 +47,26 @@ def setup(settings: Settings | None = None, *, middleware: Iterable[Middleware] 
     return broker
 
 
-def install(broker: Broker, settings: Settings | None = None) -> Broker:  # noqa: ARG001
+def install(broker: Broker, settings: Settings | None = None) -> Broker:
     """Add the fairway stack to a broker built elsewhere (django_dramatiq, an existing RedisBroker).
 
+    The stack takes the place of Dramatiq's ``Retries`` (removed once ClassifiedRetries is in the
+    stack, so the two never run together); ``AsyncIO`` is added at the end unless present.
     Calling it twice adds nothing the second time.
     """
+    settings = settings or load_settings()
     present = {type(m) for m in broker.middleware}
+    anchor = next((m for m in broker.middleware if type(m) is Retries), None)
     for middleware_class in FAIRWAY_MIDDLEWARE_ORDER:
-        if middleware_class not in present:
-            broker.add_middleware(middleware_class())
+        if middleware_class in present:
+            continue
+        instance = middleware_class(settings=settings)  # type: ignore[call-arg]
+        if anchor is None:
+            broker.add_middleware(instance)
+        else:
+            broker.add_middleware(instance, before=Retries)
+    if anchor is not None and any(getattr(c, "replaces_retries", False) for c in FAIRWAY_MIDDLEWARE_ORDER):
+        broker.middleware.remove(anchor)
+    if AsyncIO not in present:
+        broker.add_middleware(AsyncIO())
     return broker
-
