@@ -30,6 +30,11 @@ def redis_client(url: str, tls: TlsSettings, **options: Any) -> redis.Redis:
     return redis.Redis.from_url(url, **options)
 
 
+def uses_embedded(settings: Settings) -> bool:
+    """Whether the broker or the state store is the embedded Redis."""
+    return settings.broker == "embedded" or (settings.broker == "rabbitmq" and not settings.state_url)
+
+
 def broker_redis_url(settings: Settings) -> str:
     """The URL of the Redis that holds the queues (starting the embedded server if that is the one)."""
     if settings.broker == "embedded":

