@@ -16,6 +16,8 @@ from dramatiq_fairway import setup
 from dramatiq_fairway.diagnostics import check
 from dramatiq_fairway.settings import Settings, TlsSettings
 
+from .conftest import REDIS_URL
+from .rabbitmq_node import throwaway_rabbitmq
 from .tls import make_certificates, tls_redis
 
 
@@ -76,3 +78,40 @@ def test_fairway_check_reads_tls_from_the_environment(tmp_path: Path, good_ca: b
     assert json.loads(result.stdout)["broker"]["reachable"] is good_ca
     if not good_ca:
         assert "certificate verify failed" in result.stderr
+
+
+def test_amqps_with_our_ca_runs_jobs_and_another_ca_is_refused(tmp_path: Path, queue_name: str) -> None:
+    certificates = make_certificates(tmp_path / "good")
+    stranger = make_certificates(tmp_path / "other", name="stranger")
+    with throwaway_rabbitmq(tmp_path / "node", certificates) as node:
+        url = f"amqps://guest:guest@127.0.0.1:{node.port}/%2F"
+        settings = Settings(
+            broker="rabbitmq", rabbitmq_url=url, state_url=REDIS_URL, tls=TlsSettings(ca_file=certificates.ca)
+        )
+        report = check(settings)
+        assert report.ok, report.failure()
+        assert report.broker.version
+
+        broker = setup(settings)
+        done: list[int] = []
+
+        @dramatiq.actor(broker=broker, queue_name=queue_name)
+        def over_tls(x: int) -> None:
+            done.append(x)
+
+        over_tls.send(11)
+        worker = Worker(broker, worker_threads=1, worker_timeout=50)
+        worker.start()
+        try:
+            broker.join(queue_name, timeout=15_000)
+        finally:
+            worker.stop()
+            broker.close()
+        assert done == [11]
+
+        refused = check(
+            Settings(broker="rabbitmq", rabbitmq_url=url, state_url=REDIS_URL, tls=TlsSettings(ca_file=stranger.ca))
+        )
+        assert not refused.ok
+        assert "CERTIFICATE_VERIFY_FAILED" in (refused.broker.error or "").upper().replace(" ", "_")
+        assert "guest:guest" not in refused.failure()
