@@ -86,16 +86,51 @@ class RetrySettings(_Section):
 
 
 class BreakerPolicy(_Section):
+    """How one breaker decides (resilience4j's count-based model); times in seconds."""
+
     failure_rate_threshold: float = Field(0.5, gt=0, le=1)
     minimum_calls: int = Field(10, ge=1)
     window_size: int = Field(20, ge=1)
     open_duration: float = Field(30, gt=0)
     half_open_max_calls: int = Field(3, ge=1)
+    # Each consecutive opening (half-open trials failed again) waits this many times longer, up to
+    # max_open_duration, so a long outage is probed less and less often.
+    open_duration_factor: float = Field(2.0, ge=1)
+    max_open_duration: float = Field(600, gt=0)
+    # A call slower than slow_call_duration counts as slow; a window whose slow share reaches
+    # slow_call_rate_threshold opens the breaker as failures do. None: duration is not considered.
+    slow_call_duration: float | None = Field(None, gt=0)
+    slow_call_rate_threshold: float = Field(1.0, gt=0, le=1)
+    # A half-open trial that reports no outcome within this time (its worker died) frees its slot.
+    trial_timeout: float = Field(600, gt=0)
 
 
 class BreakerSettings(BreakerPolicy):
     keys: dict[str, dict[str, float]] = {}
     max_hold: float = Field(86400, gt=0)
+
+    @field_validator("keys")
+    @classmethod
+    def _valid_overrides(cls, keys: dict[str, dict[str, float]]) -> dict[str, dict[str, float]]:
+        for key, overrides in keys.items():
+            try:
+                BreakerPolicy(**overrides)
+            except ValidationError as exc:
+                error = exc.errors()[0]
+                field = ".".join(str(part) for part in error["loc"])
+                raise ValueError(f"breaker {key!r}: {field} {error['msg'].lower()}") from None
+        return keys
+
+    def policy_for(self, key: str, template: str | None = None) -> BreakerPolicy:
+        """The policy of breaker ``key``: the defaults with ``keys[key]`` (else ``keys[template]``) applied.
+
+        ``template`` is the unformatted option (``"api:{tenant}"``), so one override covers every tenant.
+        """
+        overrides = self.keys.get(key)
+        if overrides is None and template is not None:
+            overrides = self.keys.get(template)
+        defaults = {name: getattr(self, name) for name in BreakerPolicy.model_fields}
+        return BreakerPolicy(**{**defaults, **(overrides or {})})
 
 
 class DlqSettings(_Section):

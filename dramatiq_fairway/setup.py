@@ -7,14 +7,14 @@ middleware that decides it):
     AgeLimit, TimeLimit, ShutdownNotifications, Callbacks, Pipelines   (Dramatiq's, kept)
     FairPriority      validates priority_level / tenant at enqueue        (fairness issue)
     Metrics           counts outcomes after retries decided               (metrics issue)
-    JobStatus         records states, progress, cancel                    (metrics issue)
+    JobStatus         records states, progress, cancel, unique_key        (metrics issue)
+    QueuePause        holds back messages of a paused queue (RabbitMQ)    (metrics issue)
     DeadLetters       records every failed message in before_nack         (dead-letter issue)
     CircuitBreaker    holds back jobs of an open dependency               (breaker issue)
     ClassifiedRetries replaces Dramatiq's Retries, never beside it        (retries issue)
     AsyncIO           runs ``async def`` actors
 
-Each fairway middleware joins this list as its issue lands; ``FAIRWAY_MIDDLEWARE_ORDER`` below is
-the single place the order is written down.
+``FAIRWAY_MIDDLEWARE_ORDER`` below is the single place the order is written down.
 """
 
 from __future__ import annotations
@@ -26,11 +26,26 @@ from dramatiq import Broker, Middleware
 from dramatiq.middleware import AsyncIO, Retries
 
 from .brokers import build_broker
+from .controls import QueuePause
+from .middlewares.breaker import CircuitBreaker
+from .middlewares.dead_letters import DeadLetters
+from .middlewares.fairness import FairPriority
+from .middlewares.metrics import Metrics
+from .middlewares.retries import ClassifiedRetries
+from .middlewares.status import JobStatus
 from .settings import Settings, load_settings
 
 # The fairway middleware, in stack order. They go where Dramatiq's Retries stood (the last of its
 # defaults), which ClassifiedRetries replaces; each is built with the broker's Settings.
-FAIRWAY_MIDDLEWARE_ORDER: tuple[type[Middleware], ...] = ()
+FAIRWAY_MIDDLEWARE_ORDER: tuple[type[Middleware], ...] = (
+    FairPriority,
+    Metrics,
+    JobStatus,
+    QueuePause,
+    DeadLetters,
+    CircuitBreaker,
+    ClassifiedRetries,
+)
 
 
 def setup(settings: Settings | None = None, *, middleware: Iterable[Middleware] = ()) -> Broker:

@@ -17,6 +17,7 @@ import pytest
 import redis
 from dramatiq import Broker, Worker
 from dramatiq.brokers.rabbitmq import RabbitmqBroker
+from dramatiq.brokers.stub import StubBroker
 
 from dramatiq_fairway import setup
 from dramatiq_fairway.connections import rabbitmq_parameters
@@ -24,6 +25,11 @@ from dramatiq_fairway.settings import Settings
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
 BROKER_KINDS = ["redis", "rabbitmq"]
+
+# Importing dramatiq_fairway.actors binds its actors to the global broker, set up from FAIRWAY_*
+# when there is none. In tests that broker is a StubBroker: collecting the actor tests must not
+# start the embedded Redis in the user's data dir. Tests that need a real broker make their own.
+dramatiq.set_broker(StubBroker())
 
 
 @pytest.fixture

@@ -3,20 +3,37 @@ messages wait on the delay queue without firing hooks or using a retry."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import dramatiq
 import pika
 import pytest
+import redis
 from dramatiq import Broker, Message, Middleware, Worker
 
 from dramatiq_fairway.brokers.consumer import HELD_SINCE
+from dramatiq_fairway.brokers.fair_redis import FairRedisBroker
 from dramatiq_fairway.connections import rabbitmq_parameters
+from dramatiq_fairway.priority import Priority
 from dramatiq_fairway.settings import Settings
 
+from .conftest import REDIS_URL
+from .fair_support import delete_namespace, fair_broker
 from .helpers import wait_for
 
-pytestmark = pytest.mark.parametrize("broker_kind", ["rabbitmq"], indirect=True)
+
+@pytest.fixture
+def broker(broker: Broker, settings: Settings) -> Iterator[Broker]:
+    """The conftest broker, except that Redis runs on FairRedisBroker (fairway's consumer on Redis)."""
+    if isinstance(broker, FairRedisBroker) or settings.broker != "redis":
+        yield broker
+        return
+    fair = fair_broker(settings)
+    yield fair
+    fair.close()
+    client = redis.Redis.from_url(REDIS_URL)
+    delete_namespace(client, settings.namespace)
+    client.close()
 
 
 class Recorder(Middleware):
@@ -42,6 +59,9 @@ class HoldOnce(Middleware):
 
 
 def push_raw(broker: Broker, settings: Settings, queue_name: str, body: bytes) -> None:
+    if isinstance(broker, FairRedisBroker):
+        broker.push_body(queue_name, body, level=Priority.NORMAL, tenant="default")
+        return
     connection = pika.BlockingConnection(rabbitmq_parameters(settings))
     connection.channel().basic_publish(exchange="", routing_key=queue_name, body=body)
     connection.close()

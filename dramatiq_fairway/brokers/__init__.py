@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from dramatiq import Broker
-from dramatiq.brokers.redis import RedisBroker
 
 from ..connections import broker_redis_url, rabbitmq_parameters, redis_client
 from ..settings import Settings
+from .fair_redis import FairRedisBroker
 from .rabbitmq import FairwayRabbitmqBroker
 
 # AMQP priorities for fairway's five levels (CRITICAL=1 is the most urgent, AMQP wants the
@@ -16,7 +16,11 @@ RABBITMQ_MAX_PRIORITY = 5
 
 
 def build_broker(settings: Settings) -> Broker:
-    """A new broker for ``settings``, with Dramatiq's default middleware and nothing of fairway's."""
+    """A new broker for ``settings``, with Dramatiq's default middleware and nothing of fairway's.
+
+    Redis (and the embedded Redis) get ``FairRedisBroker``, whose dispatch script does the fair
+    scheduling; its keys live under ``FAIRWAY_NAMESPACE`` so one setting isolates a deployment.
+    """
     if settings.broker == "rabbitmq":
         broker = FairwayRabbitmqBroker(
             url=settings.rabbitmq_url,
@@ -26,4 +30,4 @@ def build_broker(settings: Settings) -> Broker:
         broker.parameters = rabbitmq_parameters(settings)
         return broker
     client = redis_client(broker_redis_url(settings), settings.tls)
-    return RedisBroker(client=client)
+    return FairRedisBroker(client=client, namespace=settings.namespace, settings=settings)

@@ -7,10 +7,12 @@ from typing import Any
 
 import pika
 from dramatiq import Message
+from dramatiq.broker import MessageProxy
 from dramatiq.brokers.rabbitmq import RabbitmqBroker, _RabbitmqConsumer, _RabbitmqMessage
 from dramatiq.common import dq_name, q_name
 from dramatiq.errors import ConnectionClosed
 
+from ..middlewares import dead_letters
 from .consumer import decode_or_report, held_copy, hold_delay
 
 _CONNECTION_ERRORS = (AssertionError, pika.exceptions.AMQPConnectionError, pika.exceptions.AMQPChannelError)
@@ -64,6 +66,14 @@ class _FairwayRabbitmqConsumer(_RabbitmqConsumer):
                 return None
         self.known_tags.add(method.delivery_tag)
         return _RabbitmqMessage(method.redelivered, method.delivery_tag, message)
+
+    def nack(self, message: MessageProxy) -> None:
+        # A dead-lettered message is kept as a record in the state store; a copy in .XQ would
+        # only expire after 7 days and could never be removed by id when the record is requeued.
+        if dead_letters.was_recorded(message):
+            self.ack(message)
+        else:
+            super().nack(message)
 
     def _ack_tag(self, tag: int) -> None:
         self.connection.add_callback_threadsafe(partial(self.channel.basic_ack, tag))

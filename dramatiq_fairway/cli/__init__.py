@@ -11,10 +11,10 @@ import pika
 import redis
 
 from ..errors import FairwayError
-from . import check, demo, embedded
+from . import breakers, check, demo, dlq, embedded, jobs, queues
 from .output import CommandError
 
-VERB_MODULES = (check, demo, embedded)
+VERB_MODULES = (breakers, check, demo, dlq, embedded, jobs, queues)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,50 @@
+"""The worker app of bench/overhead.py: the same actors on plain Dramatiq or on the fairway stack.
+
+``BENCH_MODE=plain`` builds Dramatiq's own broker with its defaults; ``BENCH_MODE=fairway`` calls
+``dramatiq_fairway.setup()``. ``FAIRWAY_BROKER`` picks Redis or RabbitMQ for both.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+import dramatiq
+import redis
+from dramatiq.brokers.rabbitmq import RabbitmqBroker
+from dramatiq.brokers.redis import RedisBroker
+
+import dramatiq_fairway
+from dramatiq_fairway.settings import load_settings
+
+QUEUE = "bench"
+LATENCY_KEY = "bench:latency"
+
+settings = load_settings()
+if os.environ.get("BENCH_MODE") == "fairway":
+    broker = dramatiq_fairway.setup(settings)
+elif settings.broker == "rabbitmq":
+    broker = RabbitmqBroker(url=settings.rabbitmq_url)
+    dramatiq.set_broker(broker)
+else:
+    broker = RedisBroker(url=settings.redis_url)
+    dramatiq.set_broker(broker)
+
+recorder = redis.Redis.from_url(settings.redis_url)
+
+
+@dramatiq.actor(queue_name=QUEUE, max_retries=0)
+def noop() -> None:
+    """Nothing: what is measured is the queue and the middleware."""
+
+
+@dramatiq.actor(queue_name=QUEUE, max_retries=0)
+def one_ms() -> None:
+    """A job with a real duration: 1 ms of waiting, as for a fast call to another service."""
+    time.sleep(0.001)
+
+
+@dramatiq.actor(queue_name=QUEUE, max_retries=0)
+def probe(sent_at: float) -> None:
+    """Records the enqueue → start latency."""
+    recorder.rpush(LATENCY_KEY, time.time() - sent_at)

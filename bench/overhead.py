@@ -1,0 +1,127 @@
+"""Throughput and latency of the fairway stack against plain Dramatiq, measured in the same run.
+
+    python bench/overhead.py                 # Redis and RabbitMQ, 1x8 and 2x8, 3 repetitions
+    python bench/overhead.py --brokers redis --repetitions 1 --jobs 2000
+
+For each broker, job kind (no-op, 1 ms) and worker shape (processes x threads), the real
+``dramatiq`` command runs ``bench/app.py`` in plain and in fairway mode, alternated within each
+repetition. A run enqueues N jobs onto an idle, warmed-up worker and times until ``join`` says
+every job was acknowledged. The table shows medians and the ratio fairway / plain. Then 500
+single jobs on an idle worker give the enqueue → start latency (p50 / p99).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import signal
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import redis
+
+ROOT = Path(__file__).resolve().parent.parent
+REDIS_URL = "redis://127.0.0.1:6379/0"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--brokers", nargs="+", default=["redis", "rabbitmq"], choices=["redis", "rabbitmq"])
+    parser.add_argument("--shapes", nargs="+", default=["1x8", "2x8"], help="processes x threads")
+    parser.add_argument("--jobs", type=int, default=4000, help="jobs per throughput run")
+    parser.add_argument("--repetitions", type=int, default=3)
+    parser.add_argument("--latency-jobs", type=int, default=500)
+    args = parser.parse_args()
+
+    print(f"machine: {platform.node()}, {os.cpu_count()} cores, Python {platform.python_version()}")
+    rows = []
+    for broker in args.brokers:
+        for shape in args.shapes:
+            processes, threads = (int(part) for part in shape.split("x"))
+            results: dict[tuple[str, str], list[float]] = {}
+            for _ in range(args.repetitions):
+                for mode in ("plain", "fairway"):
+                    with worker(broker, mode, processes, threads) as app:
+                        for kind in ("noop", "one_ms"):
+                            results.setdefault((mode, kind), []).append(throughput(app, kind, args.jobs))
+            for kind in ("noop", "one_ms"):
+                plain = statistics.median(results[("plain", kind)])
+                fair = statistics.median(results[("fairway", kind)])
+                rows.append((broker, shape, kind, plain, fair, fair / plain))
+    print()
+    print("| broker | shape | job | plain jobs/s | fairway jobs/s | ratio |")
+    print("|---|---|---|---:|---:|---:|")
+    for broker, shape, kind, plain, fair, ratio in rows:
+        print(f"| {broker} | {shape} | {kind} | {plain:,.0f} | {fair:,.0f} | {ratio:.2f} |")
+    print()
+    print("| broker | mode | p50 enqueue→start ms | p99 ms |")
+    print("|---|---|---:|---:|")
+    for broker in args.brokers:
+        for mode in ("plain", "fairway"):
+            with worker(broker, mode, 1, 8) as app:
+                p50, p99 = latency(app, args.latency_jobs)
+            print(f"| {broker} | {mode} | {p50:.2f} | {p99:.2f} |")
+
+
+class App:
+    """The producer side of bench/app.py, loaded in this process with the same mode as the worker."""
+
+    def __init__(self, env: dict[str, str]) -> None:
+        os.environ.update(env)
+        sys.path.insert(0, str(ROOT / "bench"))
+        for name in [m for m in sys.modules if m == "app"]:
+            del sys.modules[name]
+        import app  # loaded per mode: it builds its broker at import
+
+        self.module = app
+        self.recorder = redis.Redis.from_url(REDIS_URL)
+
+
+@contextmanager
+def worker(broker: str, mode: str, processes: int, threads: int) -> Iterator[App]:
+    env = {"FAIRWAY_BROKER": broker, "FAIRWAY_STATE_URL": REDIS_URL, "BENCH_MODE": mode, "FAIRWAY_NAMESPACE": "bench"}
+    app = App(env)
+    app.module.broker.flush_all()
+    command = [sys.executable, "-m", "dramatiq", "app", "--processes", str(processes), "--threads", str(threads)]
+    command += ["--path", str(ROOT / "bench"), "--queues", "bench"]
+    process = subprocess.Popen(
+        command, env={**os.environ, **env}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=ROOT
+    )
+    try:
+        throughput(app, "noop", 200)  # warm up: every process connected and consuming
+        yield app
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=60)
+        app.module.broker.flush_all()
+        app.module.broker.close()
+
+
+def throughput(app: App, kind: str, jobs: int) -> float:
+    actor = getattr(app.module, kind)
+    started = time.perf_counter()
+    for _ in range(jobs):
+        actor.send()
+    app.module.broker.join(app.module.QUEUE, timeout=600_000)
+    return jobs / (time.perf_counter() - started)
+
+
+def latency(app: App, jobs: int) -> tuple[float, float]:
+    app.recorder.delete(app.module.LATENCY_KEY)
+    for count in range(1, jobs + 1):
+        app.module.probe.send(time.time())
+        while app.recorder.llen(app.module.LATENCY_KEY) < count:
+            time.sleep(0.0005)
+    samples = sorted(float(x) * 1000 for x in app.recorder.lrange(app.module.LATENCY_KEY, 0, -1))
+    app.recorder.delete(app.module.LATENCY_KEY)
+    return statistics.median(samples), samples[int(len(samples) * 0.99) - 1]
+
+
+if __name__ == "__main__":
+    main()

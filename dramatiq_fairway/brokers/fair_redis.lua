@@ -1,0 +1,456 @@
+-- Fair dispatch for FairRedisBroker: one FIFO per (priority level, tenant), levels chosen by the
+-- "3 consecutive passes" rule, tenants by deficit round robin, aging one level per max_wait.
+-- Written for dramatiq-fairway (MIT); it shares no code with Dramatiq's dispatch.lua.
+--
+-- KEYS[1]  key prefix of one queue, carrying its hash tag: "{<namespace>:<queue>}". Every key this
+--          call touches starts with it (same cluster slot). For "heartbeat", the workers' prefix
+--          "{<namespace>:workers}" instead.
+-- ARGV[1]  command: enqueue fetch ack nack requeue hold recover purge qsize depths heartbeat
+-- ARGV[2]  now in ms, or "" to read the Redis server's TIME (tests pass a fixed clock)
+-- ARGV[3]  broker id of the calling worker (names its ack sets)
+-- ARGV[4]  max_wait in ms (aging step)
+-- ARGV[5]  part: "q" for the queue itself, "dq" for its delay queue (where a command has a part)
+-- ARGV[6…] command arguments, described at each command below.
+--
+-- Keys under the prefix P:
+--   P:msgs    hash rid -> body of messages on the queue (ready or in flight)
+--   P:dmsgs   hash rid -> body of messages on the delay queue (a plain FIFO list P:dq)
+--   P:meta    hash rid -> "native|level|enqueued_ms|seq|tenant" for every message in msgs/dmsgs
+--   P:fifo:L:T   zset rid -> seq: the FIFO of level L and tenant T (seq = enqueue order)
+--   P:ring:L     list of tenants: the DRR round of level L (head = tenant being served)
+--   P:deficit:L  hash tenant -> DRR deficit; a field exists iff the tenant is in P:ring:L
+--   P:aging:L    zset tenant -> ms when the head of P:fifo:L:T moves up a level (L = 3, 4, 5)
+--   P:levels     hash L -> ready messages at level L
+--   P:passed     hash L -> consecutive picks that passed level L by while it waited
+--   P:seq        enqueue counter
+--   P:ready, P:delayed, P:inflight   hash "native|tenant" -> count (for `fairway queues`)
+--   P:weights    hash tenant -> DRR weight (absent = 1)
+--   P:paused     exists while the queue is paused: fetch returns nothing
+--   P:acks:B, P:dacks:B   sets of rids worker B holds from the queue / the delay queue
+--   P:xq, P:xmsgs         dead messages: zset rid -> time of death, hash rid -> body
+--
+-- Invariants kept by every command:
+--   * a rid is in exactly one of: a fifo, P:dq, an ack set, P:xq (or nowhere once acked);
+--   * a tenant T is in P:ring:L exactly once iff P:deficit:L has field T, and every non-empty
+--     P:fifo:L:T has T in P:ring:L (a ring may also hold tenants whose fifo emptied by aging;
+--     they are dropped when they reach the head, so each pick stays O(1) amortised);
+--   * P:levels[L] is the number of rids in all P:fifo:L:*;
+--   * P:aging:L[T] is due time of the head of a non-empty P:fifo:L:T, absent otherwise.
+-- Per pick the cost is O(levels + log n): four counters, one ring head, one ZPOPMIN.
+
+if redis.replicate_commands then
+    redis.replicate_commands()
+end
+
+local P = KEYS[1]
+local command = ARGV[1]
+local now
+if ARGV[2] ~= "" then
+    now = tonumber(ARGV[2])
+else
+    local t = redis.call("TIME")
+    now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+local broker_id = ARGV[3]
+local max_wait = tonumber(ARGV[4])
+local part = ARGV[5]
+
+local CRITICAL, HIGH, BATCH = 1, 2, 5
+local PASS_LIMIT = 3
+local UNPACK_SLICE = 1000
+
+local function int(x)
+    return string.format("%.0f", x)
+end
+
+local function fifo_key(level, tenant)
+    return P .. ":fifo:" .. level .. ":" .. tenant
+end
+
+local function encode_meta(native, level, enqueued, seq, tenant)
+    return native .. "|" .. level .. "|" .. int(enqueued) .. "|" .. int(seq) .. "|" .. tenant
+end
+
+local function decode_meta(raw)
+    if not raw then
+        return nil
+    end
+    local native, level, enqueued, seq, tenant = string.match(raw, "^(%d)|(%d)|(%-?%d+)|(%d+)|(.*)$")
+    return {
+        native = tonumber(native),
+        level = tonumber(level),
+        enqueued = tonumber(enqueued),
+        seq = tonumber(seq),
+        tenant = tenant,
+    }
+end
+
+local function bump(hash, field, delta)
+    if redis.call("HINCRBY", hash, field, delta) <= 0 then
+        redis.call("HDEL", hash, field)
+    end
+end
+
+local function counter_field(meta)
+    return meta.native .. "|" .. meta.tenant
+end
+
+-- Refresh the aging due time of the head of (level, tenant).
+local function set_head(level, tenant)
+    if level <= HIGH then
+        return
+    end
+    local head = redis.call("ZRANGE", fifo_key(level, tenant), 0, 0)
+    if #head == 0 then
+        redis.call("ZREM", P .. ":aging:" .. level, tenant)
+        return
+    end
+    local meta = decode_meta(redis.call("HGET", P .. ":meta", head[1]))
+    local due = meta.enqueued + (meta.native - level + 1) * max_wait
+    redis.call("ZADD", P .. ":aging:" .. level, int(due), tenant)
+end
+
+-- Put rid (whose meta is already stored) at its place in the FIFO of (level, tenant).
+local function push_ready(level, tenant, rid, seq)
+    local fifo = fifo_key(level, tenant)
+    redis.call("ZADD", fifo, int(seq), rid)
+    redis.call("HINCRBY", P .. ":levels", level, 1)
+    if redis.call("HSETNX", P .. ":deficit:" .. level, tenant, 0) == 1 then
+        redis.call("RPUSH", P .. ":ring:" .. level, tenant)
+    end
+    if level > HIGH and redis.call("ZRANGE", fifo, 0, 0)[1] == rid then
+        set_head(level, tenant)
+    end
+end
+
+local function weight_of(tenant, scale)
+    return (tonumber(redis.call("HGET", P .. ":weights", tenant)) or 1) * scale
+end
+
+-- Aging: move the heads whose due time passed up to the level their wait earns, at most `budget`
+-- moves (the rest move on the next fetch). A head that moves keeps its seq, hence its place
+-- among the messages of its tenant at the new level.
+local function age(budget)
+    for level = 3, BATCH do
+        local aging = P .. ":aging:" .. level
+        while budget > 0 do
+            local due = redis.call("ZRANGE", aging, 0, 0, "WITHSCORES")
+            if #due == 0 or tonumber(due[2]) > now then
+                break
+            end
+            local tenant = due[1]
+            local popped = redis.call("ZPOPMIN", fifo_key(level, tenant))
+            local rid = popped[1]
+            local meta = decode_meta(redis.call("HGET", P .. ":meta", rid))
+            local earned = meta.native - math.floor((now - meta.enqueued) / max_wait)
+            local target = math.max(HIGH, math.min(level - 1, earned))
+            redis.call("HINCRBY", P .. ":levels", level, -1)
+            redis.call("HSET", P .. ":meta", rid, encode_meta(meta.native, target, meta.enqueued, meta.seq, tenant))
+            push_ready(target, tenant, rid, meta.seq)
+            set_head(level, tenant)
+            budget = budget - 1
+        end
+    end
+end
+
+-- Rule of DESIGN §14: CRITICAL first; else a waiting level passed by PASS_LIMIT times in a row
+-- (the highest such); else the highest waiting level. `ready` (messages per level) is read,
+-- `passed` updated in place.
+local function choose_level(ready, passed)
+    if ready[CRITICAL] > 0 then
+        return CRITICAL
+    end
+    local waiting = {}
+    local chosen
+    for level = HIGH, BATCH do
+        waiting[level] = ready[level] > 0
+    end
+    for level = HIGH + 1, BATCH do
+        if waiting[level] and passed[level] >= PASS_LIMIT then
+            chosen = level
+            break
+        end
+    end
+    if not chosen then
+        for level = HIGH, BATCH do
+            if waiting[level] then
+                chosen = level
+                break
+            end
+        end
+    end
+    if not chosen then
+        return nil
+    end
+    for level = HIGH + 1, BATCH do
+        if not waiting[level] or level == chosen then
+            passed[level] = 0
+        elseif level > chosen then
+            passed[level] = passed[level] + 1
+        end
+    end
+    return chosen
+end
+
+-- Deficit round robin inside a level: serve the ring head while its deficit lasts. The caller
+-- accounts for the message in P:levels.
+local function pop_tenant(level, scale)
+    local ring = P .. ":ring:" .. level
+    local deficits = P .. ":deficit:" .. level
+    while true do
+        local tenant = redis.call("LINDEX", ring, 0)
+        local fifo = fifo_key(level, tenant)
+        local popped = redis.call("ZPOPMIN", fifo)
+        if #popped == 0 then
+            -- Emptied by aging while waiting in the ring: leave the round.
+            redis.call("LPOP", ring)
+            redis.call("HDEL", deficits, tenant)
+        else
+            local deficit = tonumber(redis.call("HGET", deficits, tenant)) or 0
+            if deficit < 1 then
+                deficit = deficit + weight_of(tenant, scale)
+            end
+            deficit = deficit - 1
+            if redis.call("EXISTS", fifo) == 0 then
+                redis.call("LPOP", ring)
+                redis.call("HDEL", deficits, tenant)
+            else
+                if deficit < 1 then
+                    redis.call("LMOVE", ring, ring, "LEFT", "RIGHT")
+                end
+                redis.call("HSET", deficits, tenant, tostring(deficit))
+            end
+            set_head(level, tenant)
+            return popped[1]
+        end
+    end
+end
+
+local function kill_old_dead(ttl)
+    local expired = redis.call("ZRANGEBYSCORE", P .. ":xq", "-inf", int(now - ttl), "LIMIT", 0, 100)
+    for _, rid in ipairs(expired) do
+        redis.call("ZREM", P .. ":xq", rid)
+        redis.call("HDEL", P .. ":xmsgs", rid)
+    end
+end
+
+local msgs = P .. (part == "dq" and ":dmsgs" or ":msgs")
+local acks = P .. (part == "dq" and ":dacks:" or ":acks:") .. broker_id
+
+-- enqueue: ARGV[6] rid, ARGV[7] body, ARGV[8] level, ARGV[9] tenant. Returns 1.
+if command == "enqueue" then
+    local rid, body, level, tenant = ARGV[6], ARGV[7], tonumber(ARGV[8]), ARGV[9]
+    redis.call("HSET", msgs, rid, body)
+    if part == "dq" then
+        redis.call("HSET", P .. ":meta", rid, encode_meta(level, level, now, 0, tenant))
+        redis.call("RPUSH", P .. ":dq", rid)
+        bump(P .. ":delayed", level .. "|" .. tenant, 1)
+    else
+        local seq = redis.call("INCR", P .. ":seq")
+        redis.call("HSET", P .. ":meta", rid, encode_meta(level, level, now, seq, tenant))
+        push_ready(level, tenant, rid, seq)
+        bump(P .. ":ready", level .. "|" .. tenant, 1)
+    end
+    return 1
+
+-- fetch: ARGV[6] how many, ARGV[7] DRR scale (quantum = weight * scale >= 1).
+-- Returns rid1, body1, rid2, body2, ... and moves the rids to this worker's ack set.
+elseif command == "fetch" then
+    local wanted = tonumber(ARGV[6])
+    local out = {}
+    if part == "dq" then
+        while #out < 2 * wanted do
+            local rid = redis.call("LPOP", P .. ":dq")
+            if not rid then
+                break
+            end
+            local body = redis.call("HGET", msgs, rid)
+            if body then
+                redis.call("SADD", acks, rid)
+                out[#out + 1] = rid
+                out[#out + 1] = body
+            end
+        end
+        return out
+    end
+    if redis.call("EXISTS", P .. ":paused") == 1 then
+        return out
+    end
+    local scale = tonumber(ARGV[7])
+    age(wanted + 32)
+    -- Counters are read once, kept here while picking and written back once.
+    local stored = redis.call("HMGET", P .. ":passed", 3, 4, 5)
+    local passed = { 0, 0, tonumber(stored[1]) or 0, tonumber(stored[2]) or 0, tonumber(stored[3]) or 0 }
+    local counts = redis.call("HMGET", P .. ":levels", 1, 2, 3, 4, 5)
+    local ready, taken = {}, {}
+    for level = CRITICAL, BATCH do
+        ready[level] = tonumber(counts[level]) or 0
+        taken[level] = 0
+    end
+    local rids, served = {}, {}
+    for _ = 1, wanted do
+        local level = choose_level(ready, passed)
+        if not level then
+            break
+        end
+        local rid = pop_tenant(level, scale)
+        ready[level] = ready[level] - 1
+        taken[level] = taken[level] + 1
+        local field = counter_field(decode_meta(redis.call("HGET", P .. ":meta", rid)))
+        served[field] = (served[field] or 0) + 1
+        rids[#rids + 1] = rid
+    end
+    redis.call("HSET", P .. ":passed", 3, passed[3], 4, passed[4], 5, passed[5])
+    if #rids == 0 then
+        return out
+    end
+    for level = CRITICAL, BATCH do
+        if taken[level] > 0 then
+            redis.call("HINCRBY", P .. ":levels", level, -taken[level])
+        end
+    end
+    for field, count in pairs(served) do
+        bump(P .. ":ready", field, -count)
+        bump(P .. ":inflight", field, count)
+    end
+    -- In slices: unpack() is bounded by the Lua stack.
+    for first = 1, #rids, UNPACK_SLICE do
+        local last = math.min(first + UNPACK_SLICE - 1, #rids)
+        redis.call("SADD", acks, unpack(rids, first, last))
+        local bodies = redis.call("HMGET", msgs, unpack(rids, first, last))
+        for i = first, last do
+            out[#out + 1] = rids[i]
+            out[#out + 1] = bodies[i - first + 1]
+        end
+    end
+    return out
+
+-- ack: ARGV[6…] rids (also removes undecodable bodies). Only rids this worker holds count:
+-- a rid recovered from this worker meanwhile belongs to the queue again.
+elseif command == "ack" or command == "nack" then
+    local first = 6
+    if command == "nack" then
+        first = 7
+        kill_old_dead(tonumber(ARGV[6]))
+    end
+    for i = first, #ARGV do
+        local rid = ARGV[i]
+        if redis.call("SREM", acks, rid) == 1 then
+            local meta = decode_meta(redis.call("HGET", P .. ":meta", rid))
+            local body = command == "nack" and redis.call("HGET", msgs, rid)
+            redis.call("HDEL", msgs, rid)
+            redis.call("HDEL", P .. ":meta", rid)
+            if meta then
+                bump(P .. (part == "dq" and ":delayed" or ":inflight"), counter_field(meta), -1)
+            end
+            if command == "nack" and body then
+                redis.call("ZADD", P .. ":xq", int(now), rid)
+                redis.call("HSET", P .. ":xmsgs", rid, body)
+            end
+        end
+    end
+    return 1
+
+-- requeue: ARGV[6…] rids this worker holds, back to the head of their FIFO (by seq).
+elseif command == "requeue" then
+    for i = #ARGV, 6, -1 do
+        local rid = ARGV[i]
+        if redis.call("SREM", acks, rid) == 1 then
+            local meta = decode_meta(redis.call("HGET", P .. ":meta", rid))
+            if meta and part == "dq" then
+                redis.call("LPUSH", P .. ":dq", rid)
+            elseif meta then
+                push_ready(meta.level, meta.tenant, rid, meta.seq)
+                bump(P .. ":inflight", counter_field(meta), -1)
+                bump(P .. ":ready", counter_field(meta), 1)
+            end
+        end
+    end
+    return 1
+
+-- hold: ARGV[6] rid held by this worker, ARGV[7] rid of its waiting copy, ARGV[8] the copy's body.
+-- Atomically: the original leaves the ack set, the copy joins the delay queue. Returns 1, or 0
+-- when the rid is no longer this worker's (then nothing changes).
+elseif command == "hold" then
+    local rid, copy_rid, copy_body = ARGV[6], ARGV[7], ARGV[8]
+    if redis.call("SREM", acks, rid) == 0 then
+        return 0
+    end
+    local meta = decode_meta(redis.call("HGET", P .. ":meta", rid))
+    redis.call("HDEL", msgs, rid)
+    redis.call("HDEL", P .. ":meta", rid)
+    if meta then
+        bump(P .. ":inflight", counter_field(meta), -1)
+        redis.call("HSET", P .. ":dmsgs", copy_rid, copy_body)
+        redis.call("HSET", P .. ":meta", copy_rid, encode_meta(meta.native, meta.native, now, 0, meta.tenant))
+        redis.call("RPUSH", P .. ":dq", copy_rid)
+        bump(P .. ":delayed", counter_field(meta), 1)
+    end
+    return 1
+
+-- recover: ARGV[6] id of a dead worker. Its held messages go back where they were, keeping
+-- level, tenant and FIFO place. Returns how many.
+elseif command == "recover" then
+    local dead = ARGV[6]
+    local count = 0
+    local held = P .. ":acks:" .. dead
+    for _, rid in ipairs(redis.call("SMEMBERS", held)) do
+        local meta = decode_meta(redis.call("HGET", P .. ":meta", rid))
+        if meta then
+            push_ready(meta.level, meta.tenant, rid, meta.seq)
+            bump(P .. ":inflight", counter_field(meta), -1)
+            bump(P .. ":ready", counter_field(meta), 1)
+            count = count + 1
+        end
+    end
+    local dheld = P .. ":dacks:" .. dead
+    for _, rid in ipairs(redis.call("SMEMBERS", dheld)) do
+        if redis.call("HEXISTS", P .. ":dmsgs", rid) == 1 then
+            redis.call("LPUSH", P .. ":dq", rid)
+            count = count + 1
+        end
+    end
+    redis.call("DEL", held, dheld)
+    return count
+
+-- purge: drop every message of the queue, its delay queue and its dead messages. Rids still in
+-- ack sets lose their body and meta, so a late ack, nack or requeue of them does nothing.
+elseif command == "purge" then
+    for level = CRITICAL, BATCH do
+        local ring = P .. ":ring:" .. level
+        for _, tenant in ipairs(redis.call("LRANGE", ring, 0, -1)) do
+            redis.call("DEL", fifo_key(level, tenant))
+        end
+        redis.call("DEL", ring, P .. ":deficit:" .. level, P .. ":aging:" .. level)
+    end
+    redis.call(
+        "DEL", P .. ":msgs", P .. ":dmsgs", P .. ":meta", P .. ":dq", P .. ":xq", P .. ":xmsgs",
+        P .. ":levels", P .. ":passed", P .. ":ready", P .. ":delayed", P .. ":inflight"
+    )
+    return 1
+
+-- qsize: messages of the part not yet acked (what Broker.join waits for).
+elseif command == "qsize" then
+    return redis.call("HLEN", msgs)
+
+-- depths: {ready, delayed, in_flight} as flat "native|tenant", count lists.
+elseif command == "depths" then
+    return {
+        redis.call("HGETALL", P .. ":ready"),
+        redis.call("HGETALL", P .. ":delayed"),
+        redis.call("HGETALL", P .. ":inflight"),
+    }
+
+-- heartbeat (KEYS[1] = workers prefix W): ARGV[6] ms after which a heartbeat is stale, ARGV[7…]
+-- the queues this worker consumes. Refreshes its heartbeat and its entry in W:queues:<id> (gone
+-- if another worker took it for dead); returns now and the stale workers as id, ms pairs.
+elseif command == "heartbeat" then
+    redis.call("ZADD", P .. ":heartbeats", int(now), broker_id)
+    for i = 7, #ARGV do
+        redis.call("SADD", P .. ":queues:" .. broker_id, ARGV[i])
+    end
+    local stale = redis.call("ZRANGEBYSCORE", P .. ":heartbeats", "-inf", int(now - tonumber(ARGV[6])), "WITHSCORES")
+    return { int(now), stale }
+end
+
+return redis.error_reply("unknown command " .. tostring(command))

@@ -1,0 +1,521 @@
+"""``FairRedisBroker``: a RedisBroker that serves each queue fairly (DESIGN.md §12, §14).
+
+Each queue keeps one FIFO per (priority level, tenant). A fetch picks CRITICAL first, then the
+highest waiting level unless a lower waiting level was passed by three picks in a row, and inside
+a level serves tenants by deficit round robin weighted by ``FAIRWAY_FAIRNESS__WEIGHTS``. A message
+that waited ``FAIRWAY_FAIRNESS__MAX_WAIT`` seconds moves up one level (never above HIGH). All of
+it happens in ``fair_redis.lua`` in O(levels + log tenants) per message.
+
+It keeps Dramatiq's guarantees: prefetch, ack, nack to the dead messages (``.XQ``), requeue on
+shutdown, delayed messages (``q.DQ`` is a plain FIFO), ``flush``, ``flush_all`` and ``join``.
+Dead workers are found by heartbeat plus ``CLIENT LIST``: each broker names its connections
+``fairway:<broker_id>`` and refreshes its heartbeat from its own thread; when a heartbeat is
+``STALE_AFTER`` seconds old, a live worker looks the named connections up and recovers the dead
+worker's messages once they have been gone for ``GONE_GRACE`` seconds, or after
+``FAIRWAY_HEARTBEAT_TIMEOUT`` if they are still there.
+
+Keys (``ns`` is the broker namespace): everything of queue ``q`` under ``{ns:q}:*`` (listed in the
+script's header), worker heartbeats ``{ns:workers}:heartbeats`` (zset id -> ms), the queues each
+worker consumes ``{ns:workers}:queues:<id>`` and the queues ever used ``{ns:workers}:known``.
+Nothing expires by TTL: a dead worker's keys are deleted when it is recovered.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+from uuid import uuid4
+
+import redis
+from dramatiq import Message, MessageProxy
+from dramatiq.broker import Consumer
+from dramatiq.brokers.redis import RedisBroker
+from dramatiq.common import compute_backoff, dq_name, q_name
+from dramatiq.errors import ConnectionClosed, QueueJoinTimeout
+
+from ..middlewares import dead_letters
+from ..priority import Priority
+from ..settings import Settings, load_settings
+from .consumer import decode_or_report, held_copy, hold_delay
+
+logger = logging.getLogger(__name__)
+
+SCRIPT = (Path(__file__).parent / "fair_redis.lua").read_bytes()
+
+DEFAULT_TENANT = "default"
+# Seconds between heartbeats, and the age at which a heartbeat is worth a look at CLIENT LIST.
+HEARTBEAT_INTERVAL = 1.0
+STALE_AFTER = 3.0
+GONE_GRACE = 2.0
+CLIENT_NAME_PREFIX = "fairway:"
+
+
+class FairRedisBroker(RedisBroker):
+    """A RedisBroker with fair dispatch across priority levels and tenants.
+
+    Parameters (besides RedisBroker's ``client``, ``url``, ``namespace``, ``middleware``,
+    ``dead_message_ttl``, ...):
+      settings: fairness weights, max wait, prefetch and heartbeat timeout; ``load_settings()``
+        when omitted.
+      clock: milliseconds since the epoch to give the script as "now"; None (the default) lets
+        the script read the Redis server's ``TIME``. Tests set it to control aging.
+    """
+
+    def __init__(
+        self,
+        *,
+        settings: Settings | None = None,
+        clock: Callable[[], int] | None = None,
+        **options: Any,
+    ) -> None:
+        super().__init__(**options)
+        self.settings = settings or load_settings()
+        self.clock = clock
+        self.client = _named_client(self.client, CLIENT_NAME_PREFIX + self.broker_id)
+        self.script = self.client.register_script(SCRIPT)
+        weights = self.settings.fairness.weights
+        # DRR quantum = weight * scale, scaled so the lightest tenant still gets one message a turn.
+        self.drr_scale = max(1.0, 1.0 / min(weights.values())) if weights else 1.0
+        self._heartbeat: _Heartbeat | None = None
+        self._orphans: dict[str, list[str]] = {}
+        self._lock = threading.Lock()
+        self._weighted_queues: set[str] = set()
+        self._registered_queues: set[str] = set()
+        self._consumed: set[str] = set()
+        self._missing: dict[str, float] = {}
+
+    def __getattr__(self, name: str) -> Any:
+        # RedisBroker routes every ``do_*`` attribute to Dramatiq's own script, whose keys are not
+        # ours: refuse them so nothing reaches it by accident.
+        raise AttributeError(f"{type(self).__name__!s} has no attribute {name!r}")
+
+    @property
+    def consumer_class(self) -> type[Consumer]:
+        return FairRedisConsumer
+
+    def consume(self, queue_name: str, prefetch: int = 1, timeout: int = 5000) -> Consumer:
+        canonical = q_name(queue_name)
+        self._register(canonical)
+        self._consumed.add(canonical)
+        self.client.sadd(self._workers_key(f"queues:{self.broker_id}"), canonical)
+        if queue_name == canonical and self.settings.fairness.prefetch is not None:
+            # Dramatiq asks for 2 x threads; keep the running ones plus the configured extra.
+            prefetch = max(1, prefetch // 2 + self.settings.fairness.prefetch)
+        self._start_heartbeat()
+        return FairRedisConsumer(self, queue_name, prefetch, timeout)
+
+    def enqueue(self, message: Message, *, delay: int | None = None) -> Message:
+        queue_name = q_name(message.queue_name)
+        options: dict[str, Any] = {"redis_message_id": str(uuid4())}
+        if delay is not None:
+            queue_name = dq_name(queue_name)
+            options["eta"] = self._now_ms() + delay
+        message = message.copy(queue_name=queue_name, options=options)
+        self.emit_before("enqueue", message, delay)
+        self._enqueue_encoded(message, message.encode())
+        self.emit_after("enqueue", message, delay)
+        return message
+
+    def enqueue_many(self, messages: Iterable[Message]) -> list[Message]:
+        """Enqueue ``messages`` (no delay) in one round trip, firing the same hooks as ``enqueue``."""
+        enqueued = []
+        with self.client.pipeline(transaction=False) as pipe:
+            for original in messages:
+                message = original.copy(
+                    queue_name=q_name(original.queue_name), options={"redis_message_id": str(uuid4())}
+                )
+                self.emit_before("enqueue", message, None)
+                self._enqueue_encoded(message, message.encode(), pipe)
+                enqueued.append(message)
+            pipe.execute()
+        for message in enqueued:
+            self.emit_after("enqueue", message, None)
+        return enqueued
+
+    def push_body(self, queue_name: str, body: bytes, *, level: Priority, tenant: str) -> str:
+        """Store ``body`` on ``queue_name`` as it is, firing no hook; return its broker id.
+
+        For moving bodies kept elsewhere (stock Dramatiq's keys) into the fair queues.
+        """
+        rid = str(uuid4())
+        self._call(queue_name, "enqueue", rid, body, int(level), tenant)
+        return rid
+
+    def hold_back(self, message: Message, delay: int) -> None:
+        """Move ``message`` (held by this worker) to its delay queue for ``delay`` ms, firing no hook."""
+        canonical = q_name(message.queue_name)
+        waiting = held_copy(message, delay).copy(
+            queue_name=dq_name(canonical), options={"redis_message_id": str(uuid4())}
+        )
+        self._call(
+            canonical,
+            "hold",
+            message.options["redis_message_id"],
+            waiting.options["redis_message_id"],
+            waiting.encode(),
+        )
+
+    def flush(self, queue_name: str) -> None:
+        self._call(q_name(queue_name), "purge")
+
+    def join(self, queue_name: str, *, interval: int = 100, timeout: int | None = None) -> None:
+        deadline = timeout and time.monotonic() + timeout / 1000
+        while self.join_size(queue_name):
+            if deadline and time.monotonic() >= deadline:
+                raise QueueJoinTimeout(queue_name)
+            time.sleep(interval / 1000)
+
+    def close(self) -> None:
+        if self._heartbeat is not None:
+            self._heartbeat.stop()
+            self._heartbeat = None
+            with self.client.pipeline() as pipe:
+                pipe.zrem(self._workers_key("heartbeats"), self.broker_id)
+                pipe.delete(self._workers_key(f"queues:{self.broker_id}"))
+                pipe.execute()
+        super().close()
+
+    # Operator API (``fairway pause|resume|queues``).
+
+    def pause(self, queue_name: str) -> None:
+        """Stop handing out messages of ``queue_name`` (its delay queue keeps feeding it)."""
+        self._register(q_name(queue_name))
+        self.client.set(self._queue_prefix(queue_name) + ":paused", 1)
+
+    def resume(self, queue_name: str) -> None:
+        self.client.delete(self._queue_prefix(queue_name) + ":paused")
+
+    def known_queues(self) -> list[str]:
+        """Every queue declared on this namespace by any process, sorted."""
+        return sorted(name.decode() for name in self.client.smembers(self._workers_key("known")))
+
+    def paused_queues(self) -> list[str]:
+        queues = self.known_queues()
+        with self.client.pipeline(transaction=False) as pipe:
+            for queue in queues:
+                pipe.exists(self._queue_prefix(queue) + ":paused")
+            flags = pipe.execute()
+        return [queue for queue, paused in zip(queues, flags, strict=True) if paused]
+
+    def queue_depths(self, queue_name: str) -> list[dict[str, Any]]:
+        """Rows ``{"queue", "priority_level", "tenant", "ready", "delayed", "in_flight"}`` from counters."""
+        canonical = q_name(queue_name)
+        ready, delayed, in_flight = self._call(canonical, "depths")
+        rows: dict[tuple[int, str], dict[str, Any]] = {}
+        for column, flat in (("ready", ready), ("delayed", delayed), ("in_flight", in_flight)):
+            for field, count in zip(flat[::2], flat[1::2], strict=True):
+                level, tenant = field.decode().split("|", 1)
+                row = rows.setdefault(
+                    (int(level), tenant),
+                    {
+                        "queue": canonical,
+                        "priority_level": Priority(int(level)).name,
+                        "tenant": tenant,
+                        "ready": 0,
+                        "delayed": 0,
+                        "in_flight": 0,
+                    },
+                )
+                row[column] = int(count)
+        return [rows[key] for key in sorted(rows)]
+
+    def drop_dead_message(self, queue_name: str, redis_message_id: str) -> None:
+        """Delete a nacked message from the queue's dead messages (after its record was requeued)."""
+        prefix = self._queue_prefix(queue_name)
+        with self.client.pipeline() as pipe:
+            pipe.zrem(prefix + ":xq", redis_message_id)
+            pipe.hdel(prefix + ":xmsgs", redis_message_id)
+            pipe.execute()
+
+    def ready_by_level(self, queue_name: str) -> dict[Priority, int]:
+        """Messages waiting per level as the scheduler sees them (after aging), without empty levels."""
+        counts = self.client.hgetall(self._queue_prefix(queue_name) + ":levels")
+        return {Priority(int(level)): int(count) for level, count in sorted(counts.items()) if int(count) > 0}
+
+    def join_size(self, queue_name: str) -> int:
+        """Messages of ``queue_name`` (or of its delay queue) not acked yet: what ``join`` waits on."""
+        return int(self._call(queue_name, "qsize"))
+
+    # Script calls and worker liveness.
+
+    def _call(self, queue_name: str, command: str, *args: Any, pipe: redis.client.Pipeline | None = None) -> Any:
+        part = "dq" if queue_name != q_name(queue_name) else "q"
+        return self.script(
+            keys=[self._queue_prefix(queue_name)],
+            args=[command, self._clock_arg(), self.broker_id, self._max_wait_ms(), part, *args],
+            client=pipe,
+        )
+
+    def _enqueue_encoded(self, message: Message, body: bytes, pipe: redis.client.Pipeline | None = None) -> None:
+        self._register(q_name(message.queue_name))
+        level = Priority.parse(message.options.get("priority_level", Priority.NORMAL))
+        tenant = message.options.get("tenant") or DEFAULT_TENANT
+        rid = message.options["redis_message_id"]
+        self._call(message.queue_name, "enqueue", rid, body, int(level), tenant, pipe=pipe)
+
+    def fetch(self, queue_name: str, count: int) -> list[tuple[str, bytes]]:
+        """Take up to ``count`` messages of ``queue_name`` into this worker's ack set, as (id, body) pairs."""
+        self._requeue_orphans(queue_name)
+        if queue_name not in self._weighted_queues and queue_name == q_name(queue_name):
+            self._store_weights(queue_name)
+            self._weighted_queues.add(queue_name)
+        flat = self._call(queue_name, "fetch", count, self.drr_scale)
+        return [(rid.decode(), body) for rid, body in zip(flat[::2], flat[1::2], strict=True)]
+
+    def settle(self, queue_name: str, command: str, rids: Sequence[str]) -> None:
+        """``ack``, ``nack`` or ``requeue`` the broker ids ``rids`` held by this worker."""
+        if not rids:
+            return
+        if command == "nack":
+            self._call(queue_name, command, self.dead_message_ttl, *rids)
+        else:
+            self._call(queue_name, command, *rids)
+
+    def keep_orphans(self, queue_name: str, rids: Iterable[str]) -> None:
+        """Remember ids a closing consumer could not requeue; the next fetch of the queue requeues them."""
+        with self._lock:
+            self._orphans.setdefault(queue_name, []).extend(rids)
+
+    def _requeue_orphans(self, queue_name: str) -> None:
+        with self._lock:
+            rids = self._orphans.pop(queue_name, [])
+        if rids:
+            self.settle(queue_name, "requeue", rids)
+
+    def _register(self, queue_name: str) -> None:
+        """Add the queue to ``known_queues`` once per process (not at declaration: importing
+        actors must not need Redis)."""
+        if queue_name not in self._registered_queues:
+            self.client.sadd(self._workers_key("known"), queue_name)
+            self._registered_queues.add(queue_name)
+
+    def _store_weights(self, queue_name: str) -> None:
+        key = self._queue_prefix(queue_name) + ":weights"
+        with self.client.pipeline() as pipe:
+            pipe.delete(key)
+            for tenant, weight in self.settings.fairness.weights.items():
+                pipe.hset(key, tenant, weight)
+            pipe.execute()
+
+    def _start_heartbeat(self) -> None:
+        with self._lock:
+            if self._heartbeat is None:
+                self._heartbeat = _Heartbeat(self)
+                self._heartbeat.start()
+
+    def beat(self) -> list[tuple[str, float]]:
+        """Refresh this worker's heartbeat; return the other workers' stale heartbeats as (id, age s)."""
+        # Always the server's clock: a test clock must not make live workers look dead.
+        now, stale = self.script(
+            keys=[self._workers_prefix()],
+            args=["heartbeat", "", self.broker_id, 0, "", int(STALE_AFTER * 1000), *sorted(self._consumed)],
+        )
+        now_ms = int(now)
+        return [
+            (worker.decode(), (now_ms - float(score)) / 1000)
+            for worker, score in zip(stale[::2], stale[1::2], strict=True)
+            if worker.decode() != self.broker_id
+        ]
+
+    def recover_dead_workers(self) -> int:
+        """Give back the messages of workers found dead (see the module docstring); return how many."""
+        stale = self.beat()
+        if not stale:
+            self._missing.clear()
+            return 0
+        connected = self._connected_broker_ids()
+        now = time.monotonic()
+        recovered = 0
+        for worker, age in stale:
+            if connected is not None and worker not in connected:
+                # Seen without a connection twice, GONE_GRACE apart: after a Redis restart live
+                # workers need a heartbeat interval to reconnect, and must not be taken for dead.
+                missing_since = self._missing.setdefault(worker, now)
+                gone = now - missing_since >= GONE_GRACE
+            else:
+                self._missing.pop(worker, None)
+                gone = False
+            if gone or age >= self.settings.heartbeat_timeout:
+                self._missing.pop(worker, None)
+                recovered += self._recover(worker)
+        return recovered
+
+    def _recover(self, worker: str) -> int:
+        queues = self.client.smembers(self._workers_key(f"queues:{worker}"))
+        count = sum(int(self._call(queue.decode(), "recover", worker)) for queue in queues)
+        with self.client.pipeline() as pipe:
+            pipe.zrem(self._workers_key("heartbeats"), worker)
+            pipe.delete(self._workers_key(f"queues:{worker}"))
+            pipe.execute()
+        if count:
+            logger.warning("Recovered %d message(s) held by dead worker %s.", count, worker)
+        return count
+
+    def _connected_broker_ids(self) -> set[str] | None:
+        """Broker ids with an open connection to Redis, or None when ``CLIENT LIST`` is refused."""
+        try:
+            clients = self.client.client_list()
+        except redis.ResponseError:
+            return None
+        return {
+            client["name"].removeprefix(CLIENT_NAME_PREFIX)
+            for client in clients
+            if client.get("name", "").startswith(CLIENT_NAME_PREFIX)
+        }
+
+    def _queue_prefix(self, queue_name: str) -> str:
+        return "{" + f"{self.namespace}:{q_name(queue_name)}" + "}"
+
+    def _workers_prefix(self) -> str:
+        return "{" + f"{self.namespace}:workers" + "}"
+
+    def _workers_key(self, name: str) -> str:
+        return f"{self._workers_prefix()}:{name}"
+
+    def _clock_arg(self) -> str:
+        return "" if self.clock is None else str(int(self.clock()))
+
+    def _now_ms(self) -> int:
+        return int(self.clock()) if self.clock is not None else int(time.time() * 1000)
+
+    def _max_wait_ms(self) -> int:
+        return int(self.settings.fairness.max_wait * 1000)
+
+
+class FairRedisConsumer(Consumer):
+    """Fetches (id, body) pairs, decodes each alone and applies fairway's hold-back rule."""
+
+    def __init__(self, broker: FairRedisBroker, queue_name: str, prefetch: int, timeout: int) -> None:
+        self.broker = broker
+        self.queue_name = queue_name
+        self.prefetch = prefetch
+        self.timeout = timeout
+        self.canonical = queue_name == q_name(queue_name)
+        self.cache: deque[tuple[str, bytes]] = deque()
+        self.delivered: set[str] = set()
+        self.misses = 0
+
+    @property
+    def outstanding_message_count(self) -> int:
+        return len(self.cache) + len(self.delivered)
+
+    def ack(self, message: MessageProxy) -> None:
+        self._settle("ack", message)
+
+    def nack(self, message: MessageProxy) -> None:
+        # As on RabbitMQ: a message recorded in the dead-letter store is acked, so requeue and
+        # purge never have to find it in .XQ.
+        self._settle("ack" if dead_letters.was_recorded(message) else "nack", message)
+
+    def requeue(self, messages: Iterable[MessageProxy]) -> None:
+        rids = [message.options["redis_message_id"] for message in messages]
+        with _closed_on_connection_error():
+            self.broker.settle(self.queue_name, "requeue", rids)
+        self.delivered.difference_update(rids)
+
+    def close(self) -> None:
+        rids = [rid for rid, _body in self.cache]
+        self.cache.clear()
+        try:
+            self.broker.settle(self.queue_name, "requeue", rids)
+        except redis.ConnectionError:
+            self.broker.keep_orphans(self.queue_name, rids)
+
+    def __next__(self) -> MessageProxy | None:
+        while True:
+            if not self.cache:
+                wanted = self.prefetch - self.outstanding_message_count
+                if wanted > 0:
+                    with _closed_on_connection_error():
+                        self.cache.extend(self.broker.fetch(self.queue_name, wanted))
+                if not self.cache:
+                    self.misses, backoff_ms = compute_backoff(self.misses, max_backoff=self.timeout)
+                    time.sleep(backoff_ms / 1000)
+                    return None
+            rid, body = self.cache.popleft()
+            proxy = self._deliverable(rid, body)
+            if proxy is not None:
+                self.misses = 0
+                return proxy
+
+    def _deliverable(self, rid: str, body: bytes) -> MessageProxy | None:
+        try:
+            message = decode_or_report(self.broker, self.queue_name, body)
+        except Exception:
+            self.cache.appendleft((rid, body))
+            raise
+        if message is None:
+            with _closed_on_connection_error():
+                self.broker.settle(self.queue_name, "ack", [rid])
+            return None
+        message.options["redis_message_id"] = rid
+        if self.canonical:
+            delay = hold_delay(self.broker, message)
+            if delay:
+                with _closed_on_connection_error():
+                    self.broker.hold_back(message, delay)
+                return None
+        self.delivered.add(rid)
+        return MessageProxy(message)
+
+    def _settle(self, command: str, message: MessageProxy) -> None:
+        rid = message.options["redis_message_id"]
+        try:
+            with _closed_on_connection_error():
+                self.broker.settle(self.queue_name, command, [rid])
+        finally:
+            self.delivered.discard(rid)
+
+
+@contextmanager
+def _closed_on_connection_error() -> Iterator[None]:
+    """Dramatiq's worker restarts a consumer on ``ConnectionClosed``, not on redis-py's errors."""
+    try:
+        yield
+    except redis.ConnectionError as error:
+        raise ConnectionClosed(error) from None
+
+
+class _Heartbeat(threading.Thread):
+    """Refreshes the broker's heartbeat and recovers dead workers' messages, on its own thread."""
+
+    def __init__(self, broker: FairRedisBroker) -> None:
+        super().__init__(name=f"fairway-heartbeat-{broker.broker_id[:8]}", daemon=True)
+        self.broker = broker
+        self.stopped = threading.Event()
+
+    def run(self) -> None:
+        while not self.stopped.is_set():
+            try:
+                self.broker.recover_dead_workers()
+            except redis.RedisError as error:
+                logger.warning("Heartbeat failed: %s", error)
+            except Exception:
+                # Whatever happens, keep beating: a silent live worker would be recovered twice.
+                logger.exception("Unexpected error in the heartbeat thread.")
+            self.stopped.wait(HEARTBEAT_INTERVAL)
+
+    def stop(self) -> None:
+        self.stopped.set()
+        self.join(timeout=5)
+
+
+def _named_client(client: redis.Redis, name: str) -> redis.Redis:
+    """A client like ``client`` (same server, credentials and TLS) whose connections carry ``name``.
+
+    Its own pool, so naming never touches connections that other code shares with ``client``.
+    Replies stay bytes: bodies are decoded by Dramatiq.
+    """
+    pool = client.connection_pool
+    kwargs = {**pool.connection_kwargs, "client_name": name, "decode_responses": False}
+    return redis.Redis(
+        connection_pool=redis.ConnectionPool(
+            connection_class=pool.connection_class, max_connections=pool.max_connections, **kwargs
+        )
+    )

@@ -1,0 +1,239 @@
+"""``fairway dlq list|show|stats|export|requeue|purge``: thin verbs over ``DeadLetterStore``."""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+from contextlib import nullcontext
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any, get_args
+
+from rich.console import Console
+from rich.table import Table
+
+from ..priority import Priority
+from ..settings import load_settings
+from ..store.dead_letters import DIMENSIONS, DeadLetterFilter, DeadLetterStore, Reason
+from .output import CommandError, emit, json_flag
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd])\s*$")
+_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
+
+
+def register(subparsers: Any) -> None:
+    parser = subparsers.add_parser("dlq", help="dead letters: search, trends, export, requeue, purge")
+    verbs = parser.add_subparsers(dest="verb", required=True)
+    filters = _filter_flags()
+    output = json_flag()
+
+    listing = verbs.add_parser("list", parents=[filters, output], help="newest dead letters first")
+    listing.add_argument("--limit", type=_positive_int, default=50)
+    listing.set_defaults(func=list_records)
+
+    show = verbs.add_parser("show", parents=[output], help="one dead letter in full")
+    show.add_argument("id")
+    show.set_defaults(func=show_record)
+
+    stats = verbs.add_parser("stats", parents=[output], help="counts and trend buckets per key")
+    stats.add_argument("--by", choices=DIMENSIONS, default="fingerprint")
+    stats.add_argument("--since", type=parse_duration, help="only records newer than this (30s, 15m, 2h, 7d)")
+    stats.add_argument("--bucket", type=parse_duration, default=timedelta(hours=1), help="trend bucket width")
+    stats.set_defaults(func=show_stats)
+
+    export = verbs.add_parser("export", parents=[filters, output], help="JSON Lines or CSV, streamed")
+    export.add_argument("--format", choices=["json", "csv"], required=True)
+    export.add_argument("-o", "--output", type=Path, help="file to write (default: stdout)")
+    export.set_defaults(func=export_records)
+
+    requeue = verbs.add_parser("requeue", parents=[filters, output], help="send dead letters again")
+    requeue.add_argument("ids", nargs="*", metavar="ID")
+    requeue.add_argument("--priority", type=_priority, default=Priority.HIGH, help="level of the new messages")
+    requeue.add_argument("--rate", type=_positive_float, help="messages per second")
+    requeue.add_argument("--dry-run", action="store_true", help="list what would be requeued, send nothing")
+    requeue.add_argument("--allow-redacted", action="store_true", help="requeue records with redacted fields")
+    requeue.set_defaults(func=requeue_records)
+
+    purge = verbs.add_parser("purge", parents=[filters, output], help="delete dead letters")
+    purge.add_argument("ids", nargs="*", metavar="ID")
+    purge.add_argument("--older-than", type=parse_duration, help="records older than this (30s, 15m, 2h, 7d)")
+    purge.add_argument("--yes", action="store_true", help="really delete")
+    purge.set_defaults(func=purge_records)
+
+
+def list_records(args: argparse.Namespace) -> None:
+    records = _store().list(_filters(args), limit=args.limit)
+    emit(args, [r.model_dump(mode="json") for r in records], _render_list)
+
+
+def show_record(args: argparse.Namespace) -> None:
+    record = _store().get(args.id)
+    if record is None:
+        raise CommandError(f"no dead letter with id {args.id!r}")
+    emit(args, record.model_dump(mode="json"), _render_record)
+
+
+def show_stats(args: argparse.Namespace) -> None:
+    rows = _store().stats(by=args.by, since=args.since, bucket=args.bucket)
+    emit(args, [row.model_dump(mode="json") for row in rows], _render_stats)
+
+
+def export_records(args: argparse.Namespace) -> None:
+    store = _store()
+    target = open(args.output, "w", encoding="utf-8", newline="") if args.output else nullcontext(sys.stdout)  # noqa: SIM115
+    with target as out:
+        written = store.export(out, args.format, _filters(args))
+    if args.output:
+        emit(
+            args,
+            {"written": written, "file": str(args.output), "format": args.format},
+            lambda console, data: console.print(f"{data['written']} record(s) written to {data['file']}"),
+        )
+
+
+def requeue_records(args: argparse.Namespace) -> None:
+    from ..setup import setup
+
+    store = _store()
+    broker = setup(store.settings)
+    try:
+        result = store.requeue(
+            broker,
+            args.ids,
+            _filters(args),
+            priority=args.priority,
+            rate=args.rate,
+            dry_run=args.dry_run,
+            allow_redacted=args.allow_redacted,
+        )
+    finally:
+        broker.close()
+    emit(args, result.model_dump(mode="json"), _render_requeue)
+
+
+def purge_records(args: argparse.Namespace) -> None:
+    store = _store()
+    filters = _filters(args)
+    if not args.yes:
+        cutoff = datetime.now(UTC) - args.older_than if args.older_than else None
+        selection = filters.model_copy(update={"until": cutoff}) if cutoff else filters
+        matching = sum(1 for _ in store.select(args.ids, selection))
+        raise CommandError(f"{matching} dead letter(s) match; pass --yes to purge them")
+    removed = store.purge(args.ids, filters, older_than=args.older_than)
+    emit(args, {"purged": removed}, lambda console, data: console.print(f"{data['purged']} dead letter(s) purged"))
+
+
+def parse_duration(text: str) -> timedelta:
+    """``30s``, ``15m``, ``2h`` or ``7d`` as a timedelta."""
+    match = _DURATION.match(text)
+    if not match:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a duration like 30s, 15m, 2h or 7d")
+    return timedelta(**{_UNITS[match.group(2)]: float(match.group(1))})
+
+
+def _filter_flags() -> argparse.ArgumentParser:
+    parent = argparse.ArgumentParser(add_help=False)
+    parent.add_argument("--queue")
+    parent.add_argument("--actor")
+    parent.add_argument("--error-type")
+    parent.add_argument("--fingerprint")
+    parent.add_argument("--tenant")
+    parent.add_argument("--reason", choices=get_args(Reason))
+    parent.add_argument("--since", type=parse_duration, help="only records newer than this (30s, 15m, 2h, 7d)")
+    return parent
+
+
+def _filters(args: argparse.Namespace) -> DeadLetterFilter:
+    return DeadLetterFilter(
+        queue=args.queue,
+        actor=args.actor,
+        error_type=args.error_type,
+        fingerprint=args.fingerprint,
+        tenant=args.tenant,
+        reason=args.reason,
+        since=datetime.now(UTC) - args.since if args.since else None,
+    )
+
+
+def _store() -> DeadLetterStore:
+    return DeadLetterStore(load_settings())
+
+
+def _priority(text: str) -> Priority:
+    try:
+        return Priority.parse(int(text) if text.isdigit() else text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def _positive_int(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive whole number")
+    return int(text)
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive number")
+    return value
+
+
+def _render_list(console: Console, records: list[dict[str, Any]]) -> None:
+    if not records:
+        console.print("no dead letters")
+        return
+    table = Table("id", "failed at", "queue", "actor", "reason", "error", "tenant", "fingerprint")
+    for r in records:
+        table.add_row(
+            r["id"], _short_time(r["failed_at"]), r["queue"], r["actor"] or "-", r["reason"], r["error_type"] or "-",
+            r["tenant"], r["fingerprint"],
+        )  # fmt: skip
+    console.print(table)
+
+
+def _render_record(console: Console, record: dict[str, Any]) -> None:
+    table = Table("field", "value", show_header=False)
+    for name, value in record.items():
+        if name != "traceback":
+            table.add_row(name, str(value))
+    console.print(table)
+    if record["traceback"]:
+        console.print(record["traceback"], markup=False)
+
+
+def _render_stats(console: Console, rows: list[dict[str, Any]]) -> None:
+    if not rows:
+        console.print("no dead letters")
+        return
+    table = Table("key", "count", "first seen", "last seen", "trend")
+    for row in rows:
+        first, last = _short_time(row["first_seen"]), _short_time(row["last_seen"])
+        table.add_row(row["key"], str(row["count"]), first, last, _sparkline(row["buckets"]))
+    console.print(table)
+
+
+def _render_requeue(console: Console, result: dict[str, Any]) -> None:
+    verb = "would requeue" if result["dry_run"] else "requeued"
+    for item in result["requeued"]:
+        console.print(f"{verb} {item['id']} ({item['actor']} on {item['queue']}) at {item['priority_level']}")
+    for item in result["skipped"]:
+        console.print(f"skipped {item['id']}: {item['reason']}")
+    console.print(f"{len(result['requeued'])} {verb}, {len(result['skipped'])} skipped")
+
+
+def _short_time(iso: str) -> str:
+    return iso[:19].replace("T", " ")
+
+
+def _sparkline(buckets: list[dict[str, Any]]) -> str:
+    ticks = "▁▂▃▄▅▆▇█"
+    counts = [bucket["count"] for bucket in buckets][-24:]
+    if not counts:
+        return ""
+    top = max(counts)
+    return "".join(ticks[min(len(ticks) - 1, count * (len(ticks) - 1) // top)] for count in counts)

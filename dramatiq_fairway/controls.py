@@ -1,0 +1,137 @@
+"""Operator controls: pause and resume a queue.
+
+A paused queue keeps its messages; workers stop starting them within a second and start them
+again after ``resume``, with nothing lost and no retry used.
+
+- On a broker with its own pause (``FairRedisBroker``: ``pause(queue)``, ``resume(queue)``,
+  ``paused_queues()``), the broker's dispatch script skips paused queues; its flag lives in the
+  broker's Redis under the queue's hash tag (DESIGN.md §5).
+- Otherwise (RabbitMQ) the flag lives in the state store, in the set ``{namespace}:paused``
+  (no TTL: a queue stays paused until resumed), and :class:`QueuePause` holds back each message
+  of a paused queue in fairway's consumer before a worker thread sees it: the message waits on
+  the delay queue for :data:`PAUSE_HOLD_MS` and comes back, firing no middleware hook. Each
+  worker process reads the set at most once per :data:`CACHE_SECONDS`.
+
+``Worker.pause()`` is not used: it pauses a whole process, and a paused Redis worker stops
+heartbeating, so its in-flight messages would be requeued and run twice.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterable
+from typing import Any, Protocol, TypeGuard, runtime_checkable
+
+import redis
+from dramatiq import Broker, Message, Middleware
+from dramatiq.common import q_name
+from dramatiq.logging import get_logger
+from redis.backoff import ExponentialBackoff
+from redis.retry import Retry
+
+from .connections import state_store_client
+from .settings import Settings, load_settings
+
+PAUSE_HOLD_MS = 1000
+CACHE_SECONDS = 1.0
+
+
+class PausedQueues:
+    """The state-store set of paused queue names (for brokers without their own pause)."""
+
+    def __init__(self, client: redis.Redis, namespace: str) -> None:
+        self.client = client
+        self.key = f"{namespace}:paused"
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> PausedQueues:
+        # One quick retry: consumers read this on their hot path; an outage must not stall them.
+        return cls(
+            state_store_client(settings, retry=Retry(ExponentialBackoff(cap=0.05, base=0.01), 1)), settings.namespace
+        )
+
+    def pause(self, queue_name: str) -> bool:
+        """Pause ``queue_name``; False when it was already paused."""
+        return bool(self.client.sadd(self.key, q_name(queue_name)))
+
+    def resume(self, queue_name: str) -> bool:
+        """Resume ``queue_name``; False when it was not paused."""
+        return bool(self.client.srem(self.key, q_name(queue_name)))
+
+    def names(self) -> set[str]:
+        return {name.decode() if isinstance(name, bytes) else name for name in self.client.smembers(self.key)}
+
+
+def pause_queue(broker: Broker, queue_name: str, settings: Settings | None = None) -> bool:
+    """Stop workers from starting jobs of ``queue_name``; False when it was already paused."""
+    if _has_own_pause(broker):
+        was_paused = q_name(queue_name) in broker.paused_queues()
+        broker.pause(q_name(queue_name))
+        return not was_paused
+    return PausedQueues.from_settings(settings or load_settings()).pause(queue_name)
+
+
+def resume_queue(broker: Broker, queue_name: str, settings: Settings | None = None) -> bool:
+    """Let workers start jobs of ``queue_name`` again; False when it was not paused."""
+    if _has_own_pause(broker):
+        was_paused = q_name(queue_name) in broker.paused_queues()
+        broker.resume(q_name(queue_name))
+        return was_paused
+    return PausedQueues.from_settings(settings or load_settings()).resume(queue_name)
+
+
+def paused_queues(broker: Broker, settings: Settings | None = None) -> set[str]:
+    """The names of the paused queues."""
+    if _has_own_pause(broker):
+        return set(broker.paused_queues())
+    return PausedQueues.from_settings(settings or load_settings()).names()
+
+
+@runtime_checkable
+class PausableBroker(Protocol):
+    """A broker that pauses queues itself (``FairRedisBroker``)."""
+
+    def pause(self, queue_name: str) -> None: ...
+
+    def resume(self, queue_name: str) -> None: ...
+
+    def paused_queues(self) -> Iterable[str]: ...
+
+
+def _has_own_pause(broker: object) -> TypeGuard[PausableBroker]:
+    return isinstance(broker, PausableBroker)
+
+
+class QueuePause(Middleware):
+    """Holds back messages of paused queues in fairway's consumer (brokers without their own pause).
+
+    Needs a fairway consumer (``FairwayRabbitmqBroker``), which calls :meth:`hold` before a worker
+    sees a message; on a broker with its own pause it does nothing. When the state store cannot
+    be read, the last known set is kept (a queue stays paused, or running, as it was).
+    """
+
+    def __init__(self, *, settings: Settings | None = None, paused: PausedQueues | None = None) -> None:
+        self.logger = get_logger(__name__, type(self))
+        self.settings = settings or load_settings()
+        self._paused = paused
+        self._names: set[str] = set()
+        self._read_at = float("-inf")
+        self._lock = threading.Lock()
+
+    def hold(self, broker: Broker, message: Message[Any]) -> int | None:
+        if _has_own_pause(broker):
+            return None
+        return PAUSE_HOLD_MS if q_name(message.queue_name) in self._current() else None
+
+    def _current(self) -> set[str]:
+        with self._lock:
+            if time.monotonic() - self._read_at >= CACHE_SECONDS:
+                if self._paused is None:
+                    self._paused = PausedQueues.from_settings(self.settings)
+                try:
+                    self._names = self._paused.names()
+                except redis.RedisError as error:
+                    self.logger.warning("Cannot read paused queues, keeping the last known set: %s", error)
+                self._read_at = time.monotonic()
+            return self._names

@@ -1,0 +1,350 @@
+"""CircuitBreaker: one breaker per dependency, shared by every worker; jobs of an open one wait.
+
+An actor (or one message) names the dependency it calls with the ``breaker`` option, which may
+contain ``{tenant}`` (``breaker="api:{tenant}"``, the message's ``tenant`` option). There is no
+default key: a buggy actor must not open a breaker on itself and hold its own jobs for ever.
+
+Only ``transient`` and ``rate_limited`` outcomes count as failures (``permanent``, ``unknown`` and
+``interrupted`` never do: a bad payload is not an outage); a call slower than the policy's
+``slow_call_duration`` counts as slow. ``RateLimited(retry_after)`` opens the breaker for exactly
+that long for every worker. The state machine and its storage are in
+:mod:`dramatiq_fairway.store.breakers`; the policy per key comes from ``Settings.breaker``.
+
+Waiting is not failing. While a breaker is open, or half-open with every trial slot taken, its
+jobs are held back by fairway's consumer *before* a worker thread sees them (:meth:`hold`): put
+back on the delay queue until the breaker's retry time plus jitter, no retry used, no hook fired.
+**Holding needs fairway's brokers** (``FairwayRabbitmqBroker``, ``FairRedisBroker``, both built by
+``setup()``); on a stock broker this middleware only records outcomes, and says so once at boot.
+
+A job held back for longer than ``FAIRWAY_BREAKER__MAX_HOLD`` is not held again: :meth:`hold`
+lets it through marked, and :meth:`before_process_message` fails it with :class:`HeldTooLong`
+(a ``MiddlewareError``, so the actor does not run and Results and Callbacks see a failure, and a
+``PermanentError``, so no retry is used), with the ``dead_letter_reason`` option set so that
+``DeadLetters`` records it with reason ``held_too_long``.
+``SkipMessage`` is never used: Results would store ``None`` for the job.
+
+Cost per job while closed: one read of a per-process cache (refreshed at most every second) when
+the job is fetched, and an append to a per-process buffer when it finishes. Successes are sent to
+the store in one script call per key per second (or per window), failures at once; every reply
+refreshes the cache. Trials of a half-open breaker report at once. When the state store is down,
+breakers fall back to per-process state, with one warning per minute.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from dramatiq import Broker, Middleware
+from dramatiq.broker import MessageProxy
+from dramatiq.errors import ActorNotFound
+from dramatiq.logging import get_logger
+from dramatiq.message import Message
+from dramatiq.middleware import MiddlewareError
+
+from ..brokers.consumer import HELD_SINCE
+from ..errors import PermanentError, RateLimited, TransientError
+from ..settings import BreakerPolicy, Settings, load_settings
+from ..store.breakers import (
+    BreakerReply,
+    BreakerStore,
+    MemoryBreakerStore,
+    Outcome,
+    RedisBreakerStore,
+    StoreUnavailable,
+)
+from .dead_letters import REASON_OPTION
+
+# How long a worker trusts what it last heard of a breaker before asking the store again.
+CACHE_TTL = 1.0
+# A job of a half-open breaker whose trial slots are all taken looks again this soon (trials are
+# short); capped by the policy's open_duration.
+HALF_OPEN_RECHECK = 2.0
+# Held jobs wake spread over up to this share of their wait (plus a quarter second), so an opening
+# breaker does not wake every waiting job at the same instant.
+JITTER_SHARE = 0.1
+_STORE_DOWN_WARNING_INTERVAL = 60.0
+
+
+class HeldTooLong(MiddlewareError, PermanentError):
+    """A job waited on its open breaker for longer than ``FAIRWAY_BREAKER__MAX_HOLD``."""
+
+    dead_letter_reason = "held_too_long"
+
+    def __init__(self, key: str, held_for: float) -> None:
+        super().__init__(f"held back by breaker {key!r} for {held_for:.0f}s, longer than the allowed hold")
+        self.key = key
+        self.held_for = held_for
+
+
+class BreakerOptionError(MiddlewareError, ValueError):
+    """The ``breaker`` option is not a string."""
+
+
+@dataclass(frozen=True)
+class _Cached:
+    state: str
+    retry_at: float | None
+    fresh_until: float
+
+
+@dataclass
+class _Pending:
+    policy: BreakerPolicy
+    since: float
+    letters: list[str] = field(default_factory=list)
+
+
+class CircuitBreaker(Middleware):
+    """Holds back the jobs of a dependency whose breaker is open; records every job's outcome."""
+
+    def __init__(
+        self,
+        *,
+        settings: Settings | None = None,
+        store: BreakerStore | None = None,
+        clock: Callable[[], float] | None = None,
+    ) -> None:
+        self.logger = get_logger(__name__, type(self))
+        self.settings = settings or load_settings()
+        self.clock = clock or time.time
+        # The shared store keeps one clock for every host (Redis TIME) unless a test injects one.
+        self._clock_injected = clock is not None
+        self._store = store
+        self._store_lock = threading.Lock()
+        self._fallback = MemoryBreakerStore(self.clock)
+        self._store_down_warned_at = float("-inf")
+        self._classify = _classifier(self.settings)
+        self._policies: dict[tuple[str, str], BreakerPolicy] = {}
+        self._cache: dict[str, _Cached] = {}
+        self._pending: dict[str, _Pending] = {}
+        self._pending_lock = threading.Lock()
+        self._trials: set[str] = set()
+        self._held_too_long: dict[str, tuple[str, float]] = {}
+        self._started: dict[str, float] = {}
+
+    @property
+    def actor_options(self) -> set[str]:
+        return {"breaker"}
+
+    def before_declare_actor(self, broker: Broker, actor: Any) -> None:  # noqa: ARG002 (hook signature)
+        _check_option(actor.options.get("breaker"), f"actor {actor.actor_name}")
+
+    def before_enqueue(self, broker: Broker, message: Message[Any], delay: int) -> None:  # noqa: ARG002 (hook signature)
+        _check_option(message.options.get("breaker"), f"message {message.message_id}")
+
+    def before_worker_boot(self, broker: Broker, worker: Any) -> None:  # noqa: ARG002 (hook signature)
+        if not callable(getattr(broker, "hold_back", None)):
+            self.logger.warning(
+                "%s is not a fairway broker: open breakers cannot hold jobs back on it, so jobs of an "
+                "open breaker run anyway (outcomes are still recorded). Build the broker with "
+                "dramatiq_fairway.setup() to hold them.",
+                type(broker).__name__,
+            )
+
+    def hold(self, broker: Broker, message: Message[Any]) -> int | None:
+        """Milliseconds ``message`` must wait for its breaker, or None to let it run now.
+
+        Called by fairway's consumers before a worker sees the message. In half-open this takes one
+        of the trial slots for the message.
+        """
+        target = self._target(broker, message)
+        if target is None:
+            return None
+        key, policy = target
+        now = self.clock()
+        cached = self._cache.get(key)
+        if cached is not None and now < cached.fresh_until:
+            if cached.state == "closed":
+                return None
+            if cached.state == "open" and cached.retry_at is not None and now < cached.retry_at:
+                return self._wait(key, message, cached.retry_at, now)
+        reply = self._call(key, now, lambda store, at: store.admit(key, policy, permit=message.message_id, now=at))
+        if reply.allowed:
+            if reply.state.state == "half_open":
+                self._trials.add(message.message_id)
+            return None
+        if reply.state.retry_at is not None and reply.state.retry_at > now:
+            return self._wait(key, message, reply.state.retry_at, now)
+        recheck = policy.open_duration if reply.state.forced else min(policy.open_duration, HALF_OPEN_RECHECK)
+        return self._wait(key, message, now + recheck, now)
+
+    def before_process_message(self, broker: Broker, message: MessageProxy) -> None:
+        held = self._held_too_long.pop(message.message_id, None)
+        if held is not None:
+            message.options[REASON_OPTION] = HeldTooLong.dead_letter_reason
+            message.fail()
+            raise HeldTooLong(*held)
+        target = self._target(broker, message)
+        if target is not None and target[1].slow_call_duration is not None:
+            self._started[message.message_id] = time.perf_counter()
+
+    def after_process_message(
+        self,
+        broker: Broker,
+        message: MessageProxy,
+        *,
+        result: Any = None,  # noqa: ARG002 (hook signature)
+        exception: BaseException | None = None,
+    ) -> None:
+        if isinstance(exception, HeldTooLong):
+            return
+        target = self._target(broker, message)
+        if target is None:
+            return
+        key, policy = target
+        started = self._started.pop(message.message_id, None)
+        outcome, retry_after = self._outcome(exception, started, policy)
+        if exception is None and message.failed:
+            outcome = Outcome.IGNORED
+        self._report(key, policy, message.message_id, outcome, retry_after)
+
+    def after_skip_message(self, broker: Broker, message: MessageProxy) -> None:
+        target = self._target(broker, message)
+        self._started.pop(message.message_id, None)
+        if target is not None:
+            self._report(target[0], target[1], message.message_id, Outcome.IGNORED, 0.0)
+
+    def before_worker_shutdown(self, broker: Broker, worker: Any) -> None:  # noqa: ARG002 (hook signature)
+        with self._pending_lock:
+            pending, self._pending = self._pending, {}
+        for key, buffered in pending.items():
+            self._send(key, "".join(buffered.letters), buffered.policy, self.clock())
+
+    def _target(self, broker: Broker, message: Message[Any] | MessageProxy) -> tuple[str, BreakerPolicy] | None:
+        """The breaker key of ``message`` (``{tenant}`` filled in) and its policy, or None."""
+        if "breaker" in message.options:
+            template = message.options["breaker"]
+        else:
+            try:
+                template = broker.get_actor(message.actor_name).options.get("breaker")
+            except ActorNotFound:
+                return None
+        if not template or not isinstance(template, str):
+            return None
+        key = template.replace("{tenant}", str(message.options.get("tenant") or "default"))
+        return key, self._policy(key, template)
+
+    def _policy(self, key: str, template: str) -> BreakerPolicy:
+        policy = self._policies.get((key, template))
+        if policy is None:
+            policy = self._policies[key, template] = self.settings.breaker.policy_for(key, template)
+        return policy
+
+    def _wait(self, key: str, message: Message[Any], retry_at: float, now: float) -> int | None:
+        held_since = message.options.get(HELD_SINCE)
+        if held_since is not None:
+            held_for = now - held_since / 1000
+            if held_for > self.settings.breaker.max_hold:
+                self._held_too_long[message.message_id] = (key, held_for)
+                self._trials.discard(message.message_id)
+                return None
+        wait = max(retry_at - now, 0.0)
+        wait += random.uniform(0, wait * JITTER_SHARE + 0.25)
+        self.logger.debug("Holding message %s back %.3fs for breaker %r.", message.message_id, wait, key)
+        return max(1, round(wait * 1000))
+
+    def _outcome(
+        self, exception: BaseException | None, started: float | None, policy: BreakerPolicy
+    ) -> tuple[Outcome, float]:
+        slow = (
+            started is not None
+            and policy.slow_call_duration is not None
+            and time.perf_counter() - started > policy.slow_call_duration
+        )
+        if exception is None:
+            return (Outcome.SLOW_SUCCESS if slow else Outcome.SUCCESS), 0.0
+        classification, retry_after = self._classify(exception)
+        if classification == "rate_limited":
+            return Outcome.RATE_LIMITED, retry_after if retry_after is not None else policy.open_duration
+        if classification == "transient":
+            return (Outcome.SLOW_FAILURE if slow else Outcome.FAILURE), 0.0
+        return Outcome.IGNORED, 0.0
+
+    def _report(self, key: str, policy: BreakerPolicy, message_id: str, outcome: Outcome, retry_after: float) -> None:
+        now = self.clock()
+        if message_id in self._trials:
+            self._trials.discard(message_id)
+            self._send(key, outcome, policy, now, permit=message_id, retry_after=retry_after)
+            return
+        if outcome is Outcome.IGNORED:
+            return
+        with self._pending_lock:
+            buffered = self._pending.get(key)
+            if buffered is None:
+                buffered = self._pending[key] = _Pending(policy, now)
+            buffered.letters.append(outcome)
+            urgent = outcome not in (Outcome.SUCCESS, Outcome.SLOW_SUCCESS)
+            if not (urgent or len(buffered.letters) >= policy.window_size or now - buffered.since >= CACHE_TTL):
+                return
+            del self._pending[key]
+        self._send(key, "".join(buffered.letters), policy, now, retry_after=retry_after)
+
+    def _send(
+        self,
+        key: str,
+        letters: str,
+        policy: BreakerPolicy,
+        now: float,
+        *,
+        permit: str | None = None,
+        retry_after: float = 0.0,
+    ) -> None:
+        def record(store: BreakerStore, at: float | None) -> BreakerReply:
+            return store.record(key, letters, policy, permit=permit, retry_after=retry_after, now=at)
+
+        self._call(key, now, record)
+
+    def _call(
+        self, key: str, now: float, operation: Callable[[BreakerStore, float | None], BreakerReply]
+    ) -> BreakerReply:
+        """Run ``operation`` on the shared store (the per-process one while it is down); refresh the cache."""
+        try:
+            reply = operation(self._shared_store(), now if self._clock_injected else None)
+        except StoreUnavailable as error:
+            if now - self._store_down_warned_at >= _STORE_DOWN_WARNING_INTERVAL:
+                self._store_down_warned_at = now
+                self.logger.warning("Breakers fall back to per-process state: %s", error)
+            reply = operation(self._fallback, now)
+        self._cache[key] = _Cached(reply.state.state, reply.state.retry_at, now + CACHE_TTL)
+        return reply
+
+    def _shared_store(self) -> BreakerStore:
+        if self._store is None:
+            with self._store_lock:
+                if self._store is None:
+                    self._store = RedisBreakerStore.from_settings(self.settings)
+        return self._store
+
+
+def _check_option(value: Any, where: str) -> None:
+    if value is not None and not isinstance(value, str):
+        raise BreakerOptionError(f"{where}: breaker must be a string (a dependency key), got {value!r}")
+
+
+def _classifier(settings: Settings) -> Callable[[BaseException], tuple[str, float | None]]:
+    """``exception → (classification, retry_after)``: fairway's ErrorClassifier when present, else
+    the marker exceptions and the usual network errors."""
+    try:
+        from ..classify import ErrorClassifier
+    except ImportError:
+        return _classify_builtin
+    classifier = ErrorClassifier(settings)
+
+    def classify(exception: BaseException) -> tuple[str, float | None]:
+        verdict = classifier.classify(exception)
+        return str(verdict.classification), verdict.retry_after
+
+    return classify
+
+
+def _classify_builtin(exception: BaseException) -> tuple[str, float | None]:
+    if isinstance(exception, RateLimited):
+        return "rate_limited", exception.retry_after
+    if isinstance(exception, TransientError | ConnectionError | TimeoutError | OSError):
+        return "transient", None
+    return "unknown", None

@@ -1,0 +1,402 @@
+"""Metrics: the Prometheus metrics of DESIGN.md §8, correct under the ``dramatiq`` command.
+
+Families (prefix ``fairway_``): ``messages_total{queue,actor,outcome}`` (outcome ``success``,
+``retried``, ``dead_lettered``, ``skipped``, ``delayed_by_breaker``),
+``message_duration_seconds{queue,actor}``, ``message_wait_seconds{queue,priority_level}``
+(enqueue, or eta for a delayed message, to start), ``retries_total{queue,actor,classification}``,
+``dead_letters_total{queue,actor,error_type}``, ``breaker_state{key}`` (0 closed, 1 half-open,
+2 open), ``breaker_transitions_total{key,to}``, ``queue_depth{queue,priority_level}``,
+``in_flight{queue}``, ``tenant_served_total{queue,tenant}``.
+
+Each processed message is counted once in ``messages_total``, when its attempt ended and the
+retry middleware decided its fate; a retry is counted when a run fails, never when the message
+moves out of the delay queue. ``breaker_*`` and ``delayed_by_breaker`` are reported by the
+circuit breaker through :meth:`Metrics.breaker_changed` and :meth:`Metrics.message_held`
+(find the instance with :func:`find_metrics`).
+
+Under the ``dramatiq`` command (worker processes forked or spawned by its master), metrics use
+prometheus_client's multiprocess mode in a directory per run of the command
+(``$PROMETHEUS_MULTIPROC_DIR`` or the temp dir, then ``fairway-metrics-<uid>/run-<master pid>-<master
+start>``), so samples of every process add up and a new run starts from zero. The exporter is a
+process the master starts through :attr:`Metrics.forks` (the master never imports user code);
+when it starts it deletes the directories of runs whose master is gone (its own run's directory
+is new, and the master starts forks only after the workers booted, so wiping it then would lose
+their first samples), and at each scrape it drops the live gauges of worker processes that
+exited. It serves ``/metrics`` on ``FAIRWAY_METRICS__HOST:PORT``. Multiprocess mode needs
+``PROMETHEUS_MULTIPROC_DIR`` set before prometheus_client is imported: this module sets it on
+import, and repairs prometheus_client if something imported it earlier. Anywhere else (an
+in-process ``Worker``, a producer) the metrics live in :attr:`Metrics.registry`, for the
+embedding application to expose.
+
+Tenant labels are capped at ``FAIRWAY_METRICS__MAX_TENANTS`` distinct values per process; the
+rest are summed as ``other``. Queue depth is sampled every :data:`DEPTH_INTERVAL` seconds by each
+worker process from counters the broker keeps (``ready_by_level`` of ``FairRedisBroker``, the
+ready count of a passive declare on RabbitMQ, ``LLEN`` on a stock Redis broker), never by
+scanning a queue; without a per-level count the level label is ``all``.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pika
+from dramatiq import Broker, Message, Middleware
+from dramatiq.broker import MessageProxy
+from dramatiq.brokers.rabbitmq import RabbitmqBroker
+from dramatiq.common import current_millis, q_name
+from dramatiq.errors import ActorNotFound
+from dramatiq.logging import get_logger
+from dramatiq.middleware import Shutdown
+
+from ..errors import Cancelled
+from ..priority import Priority
+from ..settings import Settings, load_settings
+
+if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry
+
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+DEPTH_INTERVAL = 5.0
+OTHER_TENANT = "other"
+ALL_LEVELS = "all"
+BREAKER_STATES = {"closed": 0, "half_open": 1, "open": 2}
+SECOND_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600)
+WAIT_BUCKETS = (*SECOND_BUCKETS, 7200, 21600, 86400)
+
+
+def _dramatiq_run_dir() -> Path | None:
+    """This run's multiprocess directory when running in a process of the ``dramatiq`` command."""
+    program = Path(sys.argv[0]) if sys.argv and sys.argv[0] else Path()
+    under_dramatiq = program.name.startswith("dramatiq") or program.parent.name == "dramatiq"
+    if multiprocessing.parent_process() is None or not under_dramatiq:
+        return None
+    base = Path(os.environ.get(MULTIPROC_ENV) or tempfile.gettempdir()) / f"fairway-metrics-{os.getuid()}"
+    return base / _run_name(os.getppid())
+
+
+def _run_name(pid: int) -> str:
+    return f"run-{pid}-{_start_time(pid)}"
+
+
+def _start_time(pid: int) -> str:
+    """The process's start time in clock ticks since boot (tells a reused pid from the original)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return "0"
+
+
+RUN_DIR = _dramatiq_run_dir()
+if RUN_DIR is not None:
+    RUN_DIR.mkdir(parents=True, exist_ok=True)
+    os.environ[MULTIPROC_ENV] = str(RUN_DIR)
+
+
+class Metrics(Middleware):
+    """Counts outcomes, durations, waits, retries, dead letters, in-flight jobs and served tenants."""
+
+    def __init__(self, *, settings: Settings | None = None) -> None:
+        self.logger = get_logger(__name__, type(self))
+        self.settings = settings or load_settings()
+        self.multiprocess = RUN_DIR is not None
+        self.registry = _new_registry(multiprocess=self.multiprocess)
+        self._families = _Families(self.registry, multiprocess=self.multiprocess)
+        self._started: dict[str, float] = {}
+        self._tenants: set[str] = set()
+        self._tenants_lock = threading.Lock()
+        self._sampler: _DepthSampler | None = None
+
+    @property
+    def forks(self) -> list[Any]:
+        return [serve_metrics] if self.multiprocess else []
+
+    def after_worker_boot(self, broker: Broker, worker: Any) -> None:  # noqa: ARG002 (hook signature)
+        if self._sampler is None or not self._sampler.is_alive():
+            self._sampler = _DepthSampler(broker, self._families, self.logger)
+            self._sampler.start()
+
+    def before_worker_shutdown(self, broker: Broker, worker: Any) -> None:  # noqa: ARG002 (hook signature)
+        if self._sampler is not None:
+            self._sampler.stopping.set()
+            self._sampler = None
+
+    def after_worker_shutdown(self, broker: Broker, worker: Any) -> None:  # noqa: ARG002 (hook signature)
+        if self.multiprocess:
+            from prometheus_client import multiprocess
+
+            multiprocess.mark_process_dead(os.getpid())
+
+    def before_process_message(self, broker: Broker, message: MessageProxy) -> None:  # noqa: ARG002 (hook signature)
+        now = current_millis()
+        self._started[message.message_id] = time.perf_counter()
+        queue = q_name(message.queue_name)
+        families = self._families
+        families.in_flight.labels(queue).inc()
+        since = max(int(message.message_timestamp), int(message.options.get("eta", 0)))
+        families.wait.labels(queue, _level(message)).observe(max(0, now - since) / 1000)
+        families.tenant_served.labels(queue, self._tenant_label(message)).inc()
+
+    def after_process_message(
+        self,
+        broker: Broker,  # noqa: ARG002 (hook signature)
+        message: MessageProxy,
+        *,
+        result: Any = None,  # noqa: ARG002 (hook signature)
+        exception: BaseException | None = None,
+    ) -> None:
+        started = self._finish(message)
+        if started is None:
+            return
+        queue, actor = q_name(message.queue_name), message.actor_name
+        self._families.duration.labels(queue, actor).observe(time.perf_counter() - started)
+        if message.failed:
+            self._dead_lettered(message, exception)
+        elif exception is None:
+            self._count(message, "success")
+        elif isinstance(exception, Cancelled):
+            self._count(message, "skipped")
+        else:
+            self._count(message, "retried")
+            if not isinstance(exception, Shutdown):
+                classification = str(message.options.get("classification", "unknown"))
+                self._families.retries.labels(queue, actor, classification).inc()
+
+    def after_skip_message(self, broker: Broker, message: MessageProxy) -> None:  # noqa: ARG002 (hook signature)
+        self._finish(message)
+        if message.failed:
+            self._dead_lettered(message, None)
+        else:
+            self._count(message, "skipped")
+
+    def after_nack(self, broker: Broker, message: MessageProxy) -> None:
+        # A message for an unknown actor is failed in the consumer thread: no processing hook saw it.
+        try:
+            broker.get_actor(message.actor_name)
+        except ActorNotFound:
+            self._dead_lettered(message, None, error_type="dramatiq.errors.ActorNotFound")
+
+    def message_held(self, message: Message[Any], outcome: str = "delayed_by_breaker") -> None:
+        """Count a message held back before a worker saw it (called by the circuit breaker)."""
+        self._count(message, outcome)
+
+    def breaker_changed(self, key: str, state: str, previous: str | None = None) -> None:
+        """Record a breaker's state (``closed``, ``half_open``, ``open``) and, if it changed, the transition."""
+        self._families.breaker_state.labels(key).set(BREAKER_STATES[state])
+        if previous is not None and previous != state:
+            self._families.breaker_transitions.labels(key, state).inc()
+
+    def _finish(self, message: MessageProxy) -> float | None:
+        started = self._started.pop(message.message_id, None)
+        if started is not None:
+            self._families.in_flight.labels(q_name(message.queue_name)).dec()
+        return started
+
+    def _count(self, message: Message[Any] | MessageProxy, outcome: str) -> None:
+        self._families.messages.labels(q_name(message.queue_name), message.actor_name, outcome).inc()
+
+    def _dead_lettered(
+        self, message: MessageProxy, exception: BaseException | None, error_type: str | None = None
+    ) -> None:
+        self._count(message, "dead_lettered")
+        error_type = error_type or message.options.get("error_type") or _qualified_name(exception)
+        self._families.dead_letters.labels(q_name(message.queue_name), message.actor_name, error_type).inc()
+
+    def _tenant_label(self, message: MessageProxy) -> str:
+        tenant = str(message.options.get("tenant", "default"))
+        with self._tenants_lock:
+            if tenant in self._tenants:
+                return tenant
+            if len(self._tenants) < self.settings.metrics.max_tenants:
+                self._tenants.add(tenant)
+                return tenant
+        return OTHER_TENANT
+
+
+def find_metrics(broker: Broker) -> Metrics | None:
+    """The broker's Metrics middleware, if it has one."""
+    return next((m for m in broker.middleware if isinstance(m, Metrics)), None)
+
+
+def serve_metrics() -> None:
+    """The exporter process (started by the ``dramatiq`` master through ``Metrics.forks``)."""
+    from prometheus_client import CollectorRegistry, start_http_server
+
+    if RUN_DIR is None:
+        raise RuntimeError("serve_metrics runs only as a process of the dramatiq command")
+    settings = load_settings()
+    _remove_stale_runs(RUN_DIR)
+    registry = CollectorRegistry()
+    registry.register(_LiveMultiProcessCollector(RUN_DIR))
+    server, thread = start_http_server(settings.metrics.port, settings.metrics.host, registry)
+    get_logger(__name__).info("Serving metrics on http://%s:%d/metrics", settings.metrics.host, server.server_port)
+    thread.join()
+
+
+def _remove_stale_runs(run_dir: Path) -> None:
+    for other in run_dir.parent.glob("run-*"):
+        pid = int(other.name.split("-")[1]) if other.name.split("-")[1].isdigit() else 0
+        if other != run_dir and (not _alive(pid) or _run_name(pid) != other.name):
+            for file in other.glob("*.db"):
+                file.unlink(missing_ok=True)
+            other.rmdir()
+
+
+def _alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class _LiveMultiProcessCollector:
+    """prometheus_client's MultiProcessCollector, first dropping live gauges of exited processes."""
+
+    def __init__(self, path: Path) -> None:
+        from prometheus_client.multiprocess import MultiProcessCollector
+
+        self.path = path
+        self.collector = MultiProcessCollector(None, path=str(path))
+
+    def collect(self) -> Iterable[Any]:
+        from prometheus_client import multiprocess
+
+        for file in self.path.glob("gauge_live*_*.db"):
+            pid = file.stem.rsplit("_", 1)[-1]
+            if pid.isdigit() and not _alive(int(pid)):
+                multiprocess.mark_process_dead(int(pid), str(self.path))
+        families: Iterable[Any] = self.collector.collect()
+        return families
+
+
+def _new_registry(*, multiprocess: bool) -> CollectorRegistry:
+    from prometheus_client import CollectorRegistry, values
+
+    if multiprocess and values.ValueClass.__name__ != "MmapedValue":
+        # prometheus_client was imported before PROMETHEUS_MULTIPROC_DIR was set; it picks the
+        # value class once, at import, and would export zero metrics from this process.
+        values.ValueClass = values.MultiProcessValue()
+    return CollectorRegistry(auto_describe=True)
+
+
+class _Families:
+    def __init__(self, registry: CollectorRegistry, *, multiprocess: bool) -> None:
+        from prometheus_client import Counter, Gauge, Histogram
+
+        def counter(name: str, doc: str, labels: Iterable[str]) -> Counter:
+            return Counter(f"fairway_{name}", doc, list(labels), registry=registry)
+
+        self.messages = counter("messages", "Messages handled, by outcome.", ("queue", "actor", "outcome"))
+        self.retries = counter("retries", "Failed runs that will run again.", ("queue", "actor", "classification"))
+        self.dead_letters = counter("dead_letters", "Messages dead-lettered.", ("queue", "actor", "error_type"))
+        self.breaker_transitions = counter("breaker_transitions", "Breaker state changes.", ("key", "to"))
+        self.tenant_served = counter("tenant_served", "Jobs started per tenant.", ("queue", "tenant"))
+        self.duration = Histogram(
+            "fairway_message_duration_seconds",
+            "Time spent running a message.",
+            ["queue", "actor"],
+            buckets=SECOND_BUCKETS,
+            registry=registry,
+        )
+        self.wait = Histogram(
+            "fairway_message_wait_seconds",
+            "Time from enqueue (or eta) to start.",
+            ["queue", "priority_level"],
+            buckets=WAIT_BUCKETS,
+            registry=registry,
+        )
+        gauge_mode: Any = "mostrecent" if multiprocess else "all"
+        self.breaker_state = Gauge(
+            "fairway_breaker_state",
+            "Breaker state: 0 closed, 1 half-open, 2 open.",
+            ["key"],
+            registry=registry,
+            multiprocess_mode=gauge_mode,
+        )
+        self.queue_depth = Gauge(
+            "fairway_queue_depth",
+            "Messages ready in a queue.",
+            ["queue", "priority_level"],
+            registry=registry,
+            multiprocess_mode=gauge_mode,
+        )
+        self.in_flight = Gauge(
+            "fairway_in_flight", "Messages running now.", ["queue"], registry=registry, multiprocess_mode="livesum"
+        )
+
+
+class _DepthSampler(threading.Thread):
+    """Samples the depth of the worker's queues from the broker's counters, never by scanning."""
+
+    def __init__(self, broker: Broker, families: _Families, logger: Any) -> None:
+        super().__init__(name="fairway-queue-depth", daemon=True)
+        self.broker = broker
+        self.families = families
+        self.logger = logger
+        self.stopping = threading.Event()
+
+    def run(self) -> None:
+        last_error = ""
+        while not self.stopping.is_set():
+            try:
+                for queue in self._queues():
+                    for level, depth in _depths(self.broker, queue):
+                        self.families.queue_depth.labels(queue, level).set(depth)
+                last_error = ""
+            except Exception as error:
+                # One warning per distinct error, not one every few seconds while it lasts.
+                if str(error) != last_error:
+                    self.logger.warning("Could not sample queue depth: %s", error)
+                last_error = str(error)
+            self.stopping.wait(DEPTH_INTERVAL)
+
+    def _queues(self) -> Iterator[str]:
+        return (name for name in sorted(self.broker.get_declared_queues()) if name == q_name(name))
+
+
+def _depths(broker: Any, queue: str) -> Iterable[tuple[str, int]]:
+    if callable(getattr(broker, "ready_by_level", None)):
+        ready = broker.ready_by_level(queue)
+        return [(level.name, int(ready.get(level, 0))) for level in Priority]
+    if isinstance(broker, RabbitmqBroker):
+        return [(ALL_LEVELS, _rabbitmq_ready(broker, queue))]
+    client = getattr(broker, "client", None)
+    if client is not None:
+        return [(ALL_LEVELS, int(client.llen(f"{broker.namespace}:{queue}")))]
+    return []
+
+
+def _rabbitmq_ready(broker: RabbitmqBroker, queue: str) -> int:
+    # Passive: a sample must never re-create a queue an operator deleted. A refused declare closes
+    # the channel, so this thread gets a new one next time.
+    try:
+        return int(broker.channel.queue_declare(queue=queue, passive=True).method.message_count)
+    except pika.exceptions.AMQPError:
+        del broker.channel
+        raise
+
+
+def _level(message: MessageProxy) -> str:
+    try:
+        return Priority.parse(message.options.get("priority_level", Priority.NORMAL)).name
+    except ValueError:
+        return "UNKNOWN"
+
+
+def _qualified_name(exception: BaseException | None) -> str:
+    if exception is None:
+        return "unknown"
+    kind = type(exception)
+    return kind.__qualname__ if kind.__module__ == "builtins" else f"{kind.__module__}.{kind.__qualname__}"

@@ -1,0 +1,344 @@
+"""JobStatus: every job's state with timestamps, progress, cancel, idempotency and soft time limits.
+
+States (DESIGN.md §7): PENDING when enqueued, STARTED, then SUCCESS, RETRY (failed, will run
+again), FAILURE (failed, no retry left, no dead-letter store), DEAD_LETTER (failed and recorded),
+REVOKED (cancelled) or REJECTED (refused before running: unknown actor, duplicate ``unique_key``).
+Kept in the state store by :class:`~dramatiq_fairway.store.status.JobStatusStore`; the job's
+start is one round trip (unique key, cancel flag and STARTED together), its end one more.
+
+Options (actor; per message where JSON allows):
+
+``track_status`` (bool, default true)
+    False keeps no status for the job (and it then cannot be cancelled or report progress).
+``unique_key`` (str on a message; str or ``callable(*args, **kwargs) -> str`` on the actor)
+    Idempotency, decided when the job starts (``before_enqueue`` also fires for retries and moves
+    out of the delay queue): the first message holding the key runs, a retry of it runs again, any
+    other message with the key within ``unique_ttl`` is skipped as REJECTED (its history shows
+    STARTED then REJECTED: the claim and the start share one round trip).
+``unique_ttl`` (ms, default one hour), ``unique_strict`` (actor, default false)
+    With the state store down a unique job runs anyway (fail-open) unless ``unique_strict``,
+    which fails the attempt so the retry middleware tries it later.
+``soft_time_limit`` (ms)
+    :class:`~dramatiq_fairway.errors.SoftTimeLimitExceeded` is raised inside the actor once, so it
+    can clean up; Dramatiq's ``time_limit`` stays the hard limit.
+
+Cancel (``fairway jobs cancel ID``): a queued job is skipped as REVOKED when a worker takes it; a
+running one gets :class:`~dramatiq_fairway.errors.Cancelled` raised into its thread, as
+Dramatiq's time limits do, and ends REVOKED (``ClassifiedRetries`` neither retries nor
+dead-letters it). Workers poll the cancel flags of their running jobs twice a second. An async
+exception lands only when the thread runs Python again (a blocking C call finishes first), and is
+raised only while the thread is still inside that job's actor call, so it never hits the next job
+or an idle worker thread. Code that catches ``BaseException`` can swallow it.
+
+When the state store is down, status and progress updates are dropped and counted
+(``dropped_updates``) with one warning per minute.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from types import FrameType
+from typing import Any
+
+import redis
+from dramatiq import Broker, Message, Middleware
+from dramatiq.actor import Actor
+from dramatiq.broker import MessageProxy
+from dramatiq.errors import ActorNotFound
+from dramatiq.logging import get_logger
+from dramatiq.middleware import MiddlewareError, Shutdown, SkipMessage
+from dramatiq.middleware.threading import raise_thread_exception
+
+from ..brokers.consumer import UndecodableRecorder
+from ..errors import Cancelled, SoftTimeLimitExceeded
+from ..settings import Settings, load_settings
+from ..store.status import JobState, JobStatusStore
+
+DEFAULT_UNIQUE_TTL = 3_600_000
+CANCEL_POLL_INTERVAL = 0.5
+WARNING_INTERVAL = 60.0
+
+_current_job: contextvars.ContextVar[tuple[JobStatusStore, str] | None] = contextvars.ContextVar(
+    "fairway_current_job", default=None
+)
+
+
+class UniqueKeyUnavailable(MiddlewareError):
+    """The state store cannot decide a ``unique_strict`` job's idempotency key; the attempt fails."""
+
+
+def progress(percent: float, note: str | None = None) -> None:
+    """Record the progress of the job this thread is running (0 to 100, and an optional note).
+
+    Visible at once to ``fairway jobs show`` in any process. Does nothing for a job whose status
+    is not tracked; raises ``RuntimeError`` outside a job run by a worker with ``JobStatus``.
+    """
+    job = _current_job.get()
+    if job is None:
+        raise RuntimeError("progress() is only available inside an actor run by a worker with JobStatus")
+    if not 0 <= percent <= 100:
+        raise ValueError(f"progress: percent must be between 0 and 100, got {percent!r}")
+    store, message_id = job
+    try:
+        store.progress(message_id, percent, note)
+    except redis.RedisError as error:
+        _StoreOutage.shared.dropped(error)
+
+
+class JobStatus(Middleware):
+    """Records job states and progress; cancels jobs; enforces ``unique_key`` and soft time limits."""
+
+    def __init__(self, *, settings: Settings | None = None, store: JobStatusStore | None = None) -> None:
+        self.logger = get_logger(__name__, type(self))
+        self.settings = settings or load_settings()
+        self._store = store
+        self._running = _RunningJobs(self)
+        self._own_skips: set[str] = set()
+
+    @property
+    def actor_options(self) -> set[str]:
+        return {"track_status", "unique_key", "unique_ttl", "unique_strict", "soft_time_limit"}
+
+    @property
+    def store(self) -> JobStatusStore:
+        # Built on first use: with FAIRWAY_BROKER=rabbitmq alone the state store is the embedded
+        # Redis, which a producer that never sends must not start.
+        if self._store is None:
+            self._store = JobStatusStore.from_settings(self.settings)
+        return self._store
+
+    @property
+    def dropped_updates(self) -> int:
+        return _StoreOutage.shared.count
+
+    def after_enqueue(self, broker: Broker, message: Message[Any], delay: int | None) -> None:  # noqa: ARG002 (hook signature)
+        if self._tracked(broker, message):
+            self._safely(self.store.enqueued, message.message_id, message.actor_name, message.queue_name)
+
+    def before_process_message(self, broker: Broker, message: MessageProxy) -> None:
+        actor = broker.get_actor(message.actor_name)
+        track = self._tracked(broker, message)
+        unique_key = _unique_key(actor, message)
+        if track or unique_key is not None:
+            self._start(actor, message, track=track, unique_key=unique_key)
+        soft_limit = message.options.get("soft_time_limit") or actor.options.get("soft_time_limit")
+        if track or soft_limit:
+            self._running.add(message.message_id if track else None, soft_limit)
+        if track:
+            _current_job.set((self.store, message.message_id))
+
+    def after_process_message(
+        self,
+        broker: Broker,
+        message: MessageProxy,
+        *,
+        result: Any = None,  # noqa: ARG002 (hook signature)
+        exception: BaseException | None = None,
+    ) -> None:
+        self._running.remove()
+        _current_job.set(None)
+        if self._tracked(broker, message):
+            state = self._outcome(broker, message, exception)
+            self._safely(self.store.finish, message.message_id, state, message.actor_name, message.queue_name)
+
+    def after_skip_message(self, broker: Broker, message: MessageProxy) -> None:
+        self._running.remove()
+        _current_job.set(None)
+        if message.message_id in self._own_skips:
+            self._own_skips.discard(message.message_id)
+        elif self._tracked(broker, message):
+            state = self._failed_state(broker) if message.failed else JobState.REJECTED
+            self._safely(self.store.finish, message.message_id, state, message.actor_name, message.queue_name)
+
+    def after_nack(self, broker: Broker, message: MessageProxy) -> None:
+        # Messages for an unknown actor are failed in the consumer thread: only the nack hooks see
+        # them. A job that ran already has its outcome, which ``reject`` leaves alone.
+        if self._tracked(broker, message):
+            self._safely(self.store.reject, message.message_id, message.actor_name, message.queue_name)
+
+    def after_worker_shutdown(self, broker: Broker, worker: Any) -> None:  # noqa: ARG002 (hook signature)
+        self._running.stop()
+
+    def _start(self, actor: Actor[Any, Any], message: MessageProxy, *, track: bool, unique_key: str | None) -> None:
+        ttl = message.options.get("unique_ttl") or actor.options.get("unique_ttl", DEFAULT_UNIQUE_TTL)
+        try:
+            start = self.store.start(
+                message.message_id,
+                message.actor_name,
+                message.queue_name,
+                track=track,
+                unique_key=unique_key,
+                unique_ttl=int(ttl),
+            )
+        except redis.RedisError as error:
+            if unique_key is not None and actor.options.get("unique_strict", False):
+                raise UniqueKeyUnavailable(f"state store unavailable for unique_key {unique_key!r}") from error
+            _StoreOutage.shared.dropped(error)
+            return
+        if start.duplicate:
+            self.logger.info("Skipping %r: unique_key %r is held by another message.", message.message_id, unique_key)
+        elif start.state is JobState.REVOKED:
+            self.logger.info("Skipping %r: it was cancelled.", message.message_id)
+        else:
+            return
+        self._own_skips.add(message.message_id)
+        raise SkipMessage
+
+    def _outcome(self, broker: Broker, message: MessageProxy, exception: BaseException | None) -> JobState:
+        if isinstance(exception, Cancelled):
+            return JobState.REVOKED
+        if isinstance(exception, Shutdown) and not message.failed:
+            return JobState.PENDING
+        if message.failed:
+            return self._failed_state(broker)
+        return JobState.SUCCESS if exception is None else JobState.RETRY
+
+    def _failed_state(self, broker: Broker) -> JobState:
+        recorded = any(isinstance(m, UndecodableRecorder) for m in broker.middleware)
+        return JobState.DEAD_LETTER if recorded else JobState.FAILURE
+
+    def _tracked(self, broker: Broker, message: Message[Any] | MessageProxy) -> bool:
+        if "track_status" in message.options:
+            return bool(message.options["track_status"])
+        try:
+            return bool(broker.get_actor(message.actor_name).options.get("track_status", True))
+        except ActorNotFound:
+            return True
+
+    def _safely(self, update: Callable[..., Any], *args: Any) -> None:
+        try:
+            update(*args)
+        except redis.RedisError as error:
+            _StoreOutage.shared.dropped(error)
+
+
+def _unique_key(actor: Actor[Any, Any], message: MessageProxy) -> str | None:
+    key = message.options.get("unique_key") or actor.options.get("unique_key")
+    if key is None:
+        return None
+    if callable(key):
+        key = key(*message.args, **message.kwargs)
+    if not isinstance(key, str) or not key:
+        raise ValueError(f"unique_key of {message.actor_name!r} must be a non-empty string, got {key!r}")
+    return key
+
+
+@dataclass(eq=False)
+class _Running:
+    message_id: str | None
+    soft_deadline: float | None
+    interrupted: bool = False
+
+
+class _RunningJobs:
+    """Per worker process, a thread that raises soft time limits and cancels into worker threads."""
+
+    TICK = 0.05
+
+    def __init__(self, middleware: JobStatus) -> None:
+        self.middleware = middleware
+        self.jobs: dict[int, _Running] = {}
+        self.lock = threading.Lock()
+        self.stopping = threading.Event()
+        self.thread: threading.Thread | None = None
+        self.last_poll = 0.0
+
+    def add(self, message_id: str | None, soft_limit_ms: float | None) -> None:
+        deadline = time.monotonic() + soft_limit_ms / 1000 if soft_limit_ms else None
+        with self.lock:
+            self.jobs[threading.get_ident()] = _Running(message_id, deadline)
+            if self.thread is None or not self.thread.is_alive():
+                self.stopping.clear()
+                self.thread = threading.Thread(target=self._run, name="fairway-running-jobs", daemon=True)
+                self.thread.start()
+
+    def remove(self) -> None:
+        with self.lock:
+            self.jobs.pop(threading.get_ident(), None)
+
+    def stop(self) -> None:
+        self.stopping.set()
+
+    def _run(self) -> None:
+        while not self.stopping.wait(self.TICK):
+            try:
+                self._check()
+            except Exception:
+                self.middleware.logger.exception("Unhandled error while checking running jobs.")
+
+    def _check(self) -> None:
+        now = time.monotonic()
+        with self.lock:
+            jobs = dict(self.jobs)
+        due: dict[int, type[BaseException]] = {
+            tid: SoftTimeLimitExceeded for tid, job in jobs.items() if job.soft_deadline and now >= job.soft_deadline
+        }
+        tracked = {job.message_id: tid for tid, job in jobs.items() if job.message_id is not None}
+        if tracked and now - self.last_poll >= CANCEL_POLL_INTERVAL:
+            self.last_poll = now
+            try:
+                cancelled = self.middleware.store.cancel_requested(tracked)
+            except redis.RedisError as error:
+                _StoreOutage.shared.dropped(error)
+                cancelled = set()
+            due.update({tracked[message_id]: Cancelled for message_id in cancelled})
+        for thread_id, exception in due.items():
+            self._interrupt(thread_id, jobs[thread_id], exception)
+
+    def _interrupt(self, thread_id: int, job: _Running, exception: type[BaseException]) -> None:
+        with self.lock:
+            # The thread must still run this very job, inside the actor call: an exception landing
+            # in middleware hooks or in an idle worker thread would kill that thread for good.
+            if self.jobs.get(thread_id) is not job or job.interrupted or not _in_actor_call(thread_id):
+                return
+            if exception is SoftTimeLimitExceeded:
+                job.soft_deadline = None
+            else:
+                job.interrupted = True
+            self.middleware.logger.warning(
+                "Raising %s in the worker thread running %r.", exception.__name__, job.message_id or "a job"
+            )
+            raise_thread_exception(thread_id, exception)
+
+
+_ACTOR_CALL = Actor.__call__.__code__
+
+
+def _in_actor_call(thread_id: int) -> bool:
+    frame: FrameType | None = sys._current_frames().get(thread_id)
+    while frame is not None:
+        if frame.f_code is _ACTOR_CALL:
+            return True
+        frame = frame.f_back
+    return False
+
+
+class _StoreOutage:
+    """Counts status updates lost to a state-store outage; warns at most once a minute."""
+
+    shared: _StoreOutage
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.last_warning = 0.0
+        self.lock = threading.Lock()
+        self.logger = get_logger(__name__, type(self))
+
+    def dropped(self, error: redis.RedisError) -> None:
+        with self.lock:
+            self.count += 1
+            now = time.monotonic()
+            if now - self.last_warning < WARNING_INTERVAL and self.last_warning:
+                return
+            self.last_warning = now
+        self.logger.warning(
+            "State store unavailable, job status updates are dropped (%d so far): %s", self.count, error
+        )
+
+
+_StoreOutage.shared = _StoreOutage()

@@ -1,0 +1,466 @@
+"""Circuit breaker state shared by every worker: the state machine, its Redis and in-memory backends.
+
+A breaker guards one dependency (a key such as ``semantic_scholar`` or ``api:acme``). It is
+*closed* while the failure rate over the last ``window_size`` calls stays below the threshold,
+*open* (nothing runs) for ``open_duration`` after it trips, growing by ``open_duration_factor``
+on each consecutive opening up to ``max_open_duration``, then *half-open*: at most
+``half_open_max_calls`` trial jobs run at once across all workers, and their outcomes close it or
+open it again. ``RateLimited(retry_after)`` opens it for exactly ``retry_after``. An operator can
+force it open until it is closed or reset (``fairway breakers``).
+
+Redis keys (prefix ``{namespace}:``; the breaker key in braces is the hash tag, so both keys of a
+breaker live in one Redis Cluster slot):
+
+``{ns}:breaker:{key}``
+    hash: state, forced, window, trials, openings, opened_at, retry_at (see ``breaker.lua``).
+    TTL: :data:`IDLE_TTL` after the last write, plus the time it stays open; none while forced.
+``{ns}:breaker:{key}:trials``
+    zset of the running half-open trials (permit id → expiry). TTL: the policy's ``trial_timeout``.
+``{ns}:breakers``
+    set of the breaker keys, for ``list`` only (never on a job's path); written when a breaker
+    hash is created, pruned by ``list`` of keys whose hash expired. No TTL.
+
+Every transition runs in one Lua script call (``breaker.lua``), so N processes on M hosts see one
+breaker. :class:`MemoryBreakerStore` keeps identical semantics in one process (tests, the
+StubBroker, and the fallback while the state store is down); one parametrised test suite runs
+both. Times are epoch seconds at this interface (``now=None``: the store's clock, Redis ``TIME``
+for Redis so that every host shares one clock) and milliseconds inside.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from enum import StrEnum
+from pathlib import Path
+from typing import Any, Literal, Protocol
+
+import redis
+from pydantic import BaseModel, ConfigDict
+
+from ..connections import state_store_client
+from ..errors import FairwayError
+from ..settings import BreakerPolicy, Settings
+
+logger = logging.getLogger(__name__)
+
+# An unforced breaker that nobody wrote to for this long is forgotten (it would be closed anyway).
+IDLE_TTL = 7 * 24 * 3600.0
+
+StateName = Literal["closed", "open", "half_open"]
+
+
+class Outcome(StrEnum):
+    """What a finished job tells its breaker; the letters are what the window stores."""
+
+    SUCCESS = "s"
+    SLOW_SUCCESS = "S"
+    FAILURE = "f"
+    SLOW_FAILURE = "F"
+    IGNORED = "i"
+    RATE_LIMITED = "r"
+
+
+class StoreUnavailable(FairwayError):
+    """The state store cannot be reached; callers fall back to per-process state."""
+
+
+class BreakerState(BaseModel):
+    """A breaker as every worker sees it. ``failures``/``calls`` are of the current window (the
+    half-open round while half-open); times are epoch seconds, None when not set."""
+
+    model_config = ConfigDict(frozen=True)
+
+    key: str
+    state: StateName = "closed"
+    forced: bool = False
+    failures: int = 0
+    slow_calls: int = 0
+    calls: int = 0
+    openings: int = 0
+    opened_at: float | None = None
+    retry_at: float | None = None
+
+    def summary(self) -> dict[str, Any]:
+        """The ``fairway breakers list --json`` shape (DESIGN.md §7), times in ISO 8601 UTC."""
+        return {
+            "key": self.key,
+            "state": self.state,
+            "failures": self.failures,
+            "calls": self.calls,
+            "opened_at": _iso(self.opened_at),
+            "retry_at": _iso(self.retry_at),
+        }
+
+
+@dataclass(frozen=True)
+class BreakerReply:
+    """What a store call did: the breaker after it, whether the job may run (``admit``), and the
+    state it left, when it changed one."""
+
+    state: BreakerState
+    allowed: bool = False
+    previous: StateName | None = None
+
+
+class BreakerStore(Protocol):
+    def admit(self, key: str, policy: BreakerPolicy, *, permit: str, now: float | None = None) -> BreakerReply:
+        """May a job run now? In half-open this takes one of the trial slots, held under ``permit``."""
+
+    def record(
+        self,
+        key: str,
+        outcomes: str,
+        policy: BreakerPolicy,
+        *,
+        permit: str | None = None,
+        retry_after: float = 0.0,
+        now: float | None = None,
+    ) -> BreakerReply:
+        """Apply :class:`Outcome` letters in order; with ``permit``, the last one is that trial's."""
+
+    def force_open(self, key: str, *, now: float | None = None) -> BreakerReply:
+        """Open the breaker for every worker until :meth:`close` or :meth:`reset`."""
+
+    def close(self, key: str, *, now: float | None = None) -> BreakerReply:
+        """Close the breaker and forget its window (a no-op for an unknown key)."""
+
+    def reset(self, key: str) -> BreakerReply:
+        """Forget the breaker entirely."""
+
+    def get(self, key: str) -> BreakerState | None:
+        """The breaker, or None if it does not exist."""
+
+    def list(self) -> list[BreakerState]:
+        """Every known breaker, sorted by key."""
+
+
+@dataclass
+class _Fields:
+    """A breaker as stored: the fields of its Redis hash, times in ms."""
+
+    state: StateName = "closed"
+    forced: bool = False
+    window: str = ""
+    trials: str = ""
+    openings: int = 0
+    opened_at: int = 0
+    retry_at: int = 0
+    permits: dict[str, int] = field(default_factory=dict)
+
+    def to_state(self, key: str) -> BreakerState:
+        letters = self.trials if self.state == "half_open" else self.window
+        return BreakerState(
+            key=key,
+            state=self.state,
+            forced=self.forced,
+            failures=_count(letters, "fF"),
+            slow_calls=_count(letters, "SF"),
+            calls=len(letters),
+            openings=self.openings,
+            opened_at=self.opened_at / 1000 if self.opened_at else None,
+            retry_at=self.retry_at / 1000 if self.retry_at else None,
+        )
+
+
+class RedisBreakerStore:
+    """Breakers in the state store's Redis; every transition is one ``breaker.lua`` call."""
+
+    _SCRIPT = (Path(__file__).with_name("breaker.lua")).read_text()
+
+    def __init__(self, client: redis.Redis, namespace: str) -> None:
+        self.client = client
+        self.namespace = namespace
+        self._index = f"{namespace}:breakers"
+        self._script = client.register_script(self._SCRIPT)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> RedisBreakerStore:
+        """The breakers of the state store that ``settings`` name."""
+        return cls(state_store_client(settings), settings.namespace)
+
+    def admit(self, key: str, policy: BreakerPolicy, *, permit: str, now: float | None = None) -> BreakerReply:
+        return self._run(key, "admit", now, permit, policy.half_open_max_calls, _ms(policy.trial_timeout))
+
+    def record(
+        self,
+        key: str,
+        outcomes: str,
+        policy: BreakerPolicy,
+        *,
+        permit: str | None = None,
+        retry_after: float = 0.0,
+        now: float | None = None,
+    ) -> BreakerReply:
+        return self._run(
+            key,
+            "record",
+            now,
+            outcomes,
+            permit or "",
+            _ms(retry_after),
+            repr(policy.failure_rate_threshold),
+            repr(policy.slow_call_rate_threshold),
+            policy.minimum_calls,
+            policy.window_size,
+            _ms(policy.open_duration),
+            repr(policy.open_duration_factor),
+            _ms(policy.max_open_duration),
+            policy.half_open_max_calls,
+        )
+
+    def force_open(self, key: str, *, now: float | None = None) -> BreakerReply:
+        return self._run(key, "force_open", now)
+
+    def close(self, key: str, *, now: float | None = None) -> BreakerReply:
+        return self._run(key, "close", now)
+
+    def reset(self, key: str) -> BreakerReply:
+        reply = self._run(key, "reset", None)
+        self._guard(self.client.srem, self._index, key)
+        return reply
+
+    def get(self, key: str) -> BreakerState | None:
+        raw = self._guard(self.client.hgetall, self._hash(key))
+        return _decode_hash(raw).to_state(key) if raw else None
+
+    def list(self) -> list[BreakerState]:
+        keys = sorted(k.decode() for k in self._guard(self.client.smembers, self._index))
+        pipeline = self.client.pipeline(transaction=False)
+        for key in keys:
+            pipeline.hgetall(self._hash(key))
+        hashes = self._guard(pipeline.execute)
+        gone = [key for key, raw in zip(keys, hashes, strict=True) if not raw]
+        if gone:
+            self._guard(self.client.srem, self._index, *gone)
+        return [_decode_hash(raw).to_state(key) for key, raw in zip(keys, hashes, strict=True) if raw]
+
+    def _hash(self, key: str) -> str:
+        return f"{self.namespace}:breaker:{{{key}}}"
+
+    def _run(self, key: str, command: str, now: float | None, *args: Any) -> BreakerReply:
+        hash_key = self._hash(key)
+        now_arg = "" if now is None else _ms(now)
+        keys = [hash_key, f"{hash_key}:trials"]
+        reply = self._guard(self._script, keys=keys, args=[command, now_arg, _ms(IDLE_TTL), *args])
+        state, forced, window, trials, openings, opened_at, retry_at, previous, created, allowed = reply
+        fields = _Fields(
+            state=state.decode(),
+            forced=forced == b"1",
+            window=window.decode(),
+            trials=trials.decode(),
+            openings=int(openings),
+            opened_at=int(opened_at),
+            retry_at=int(retry_at),
+        )
+        if created:
+            self._guard(self.client.sadd, self._index, key)
+        result = BreakerReply(fields.to_state(key), bool(allowed), previous.decode() or None)
+        _log_transition(result)
+        return result
+
+    @staticmethod
+    def _guard(call: Any, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return call(*args, **kwargs)
+        except redis.RedisError as error:
+            # Any store failure (down, read-only replica, out of memory) must not stop jobs: callers
+            # fall back to per-process state.
+            raise StoreUnavailable(f"breaker state store failed: {type(error).__name__}: {error}") from error
+
+
+class MemoryBreakerStore:
+    """Breakers in this process, with exactly the semantics of ``breaker.lua`` (keep them in step).
+
+    Only the Redis keys' idle expiry has no counterpart: a process does not live for weeks of idleness.
+    """
+
+    def __init__(self, clock: Any = time.time) -> None:
+        self._clock = clock
+        self._breakers: dict[str, _Fields] = {}
+        self._lock = threading.Lock()
+
+    def admit(self, key: str, policy: BreakerPolicy, *, permit: str, now: float | None = None) -> BreakerReply:
+        with self._lock:
+            b, now_ms, before = self._load(key, now)
+            allowed = False
+            if b.forced:
+                pass
+            elif b.state == "closed":
+                allowed = True
+            else:
+                if b.state == "open" and now_ms >= b.retry_at:
+                    b.state, b.trials, b.permits = "half_open", "", {}
+                if b.state == "half_open":
+                    b.permits = {p: expiry for p, expiry in b.permits.items() if expiry > now_ms}
+                    if permit in b.permits:
+                        allowed = True
+                    elif len(b.permits) < policy.half_open_max_calls:
+                        b.permits[permit] = now_ms + _ms(policy.trial_timeout)
+                        allowed = True
+            return self._save(key, b, before, allowed)
+
+    def record(
+        self,
+        key: str,
+        outcomes: str,
+        policy: BreakerPolicy,
+        *,
+        permit: str | None = None,
+        retry_after: float = 0.0,
+        now: float | None = None,
+    ) -> BreakerReply:
+        with self._lock:
+            b, now_ms, before = self._load(key, now)
+            trial = permit is not None and b.permits.pop(permit, None) is not None
+            for i, letter in enumerate(outcomes, start=1):
+                if b.forced or letter == Outcome.IGNORED:
+                    continue
+                if letter == Outcome.RATE_LIMITED:
+                    if b.state != "open":
+                        _open_for(b, now_ms, _ms(retry_after))
+                    else:
+                        b.retry_at = max(b.retry_at, now_ms + _ms(retry_after))
+                elif b.state == "closed":
+                    b.window = (b.window + letter)[-policy.window_size :]
+                    if len(b.window) >= min(policy.minimum_calls, policy.window_size) and _rate_exceeded(
+                        b.window, policy
+                    ):
+                        _open_grown(b, now_ms, policy)
+                elif b.state == "half_open" and trial and i == len(outcomes):
+                    b.trials += letter
+                    if len(b.trials) >= policy.half_open_max_calls:
+                        if _rate_exceeded(b.trials, policy):
+                            b.window = b.trials
+                            _open_grown(b, now_ms, policy)
+                        else:
+                            _close(b)
+            return self._save(key, b, before)
+
+    def force_open(self, key: str, *, now: float | None = None) -> BreakerReply:
+        with self._lock:
+            b, now_ms, before = self._load(key, now)
+            b.forced = True
+            _open_for(b, now_ms, 0)
+            b.retry_at = 0
+            return self._save(key, b, before)
+
+    def close(self, key: str, *, now: float | None = None) -> BreakerReply:
+        with self._lock:
+            if key not in self._breakers:
+                return BreakerReply(BreakerState(key=key))
+            b, _now_ms, before = self._load(key, now)
+            _close(b)
+            return self._save(key, b, before)
+
+    def reset(self, key: str) -> BreakerReply:
+        with self._lock:
+            old = self._breakers.pop(key, None)
+        previous = old.state if old is not None and old.state != "closed" else None
+        result = BreakerReply(BreakerState(key=key), previous=previous)
+        _log_transition(result)
+        return result
+
+    def get(self, key: str) -> BreakerState | None:
+        with self._lock:
+            b = self._breakers.get(key)
+            return b.to_state(key) if b is not None else None
+
+    def list(self) -> list[BreakerState]:
+        with self._lock:
+            return [self._breakers[key].to_state(key) for key in sorted(self._breakers)]
+
+    def _load(self, key: str, now: float | None) -> tuple[_Fields, int, _Fields | None]:
+        before = self._breakers.get(key)
+        working = replace(before, permits=dict(before.permits)) if before is not None else _Fields()
+        return working, _ms(self._clock() if now is None else now), before
+
+    def _save(self, key: str, b: _Fields, before: _Fields | None, allowed: bool = False) -> BreakerReply:
+        if before is not None or b != _Fields():
+            self._breakers[key] = b
+        previous_state = before.state if before is not None else "closed"
+        result = BreakerReply(b.to_state(key), allowed, previous_state if previous_state != b.state else None)
+        _log_transition(result)
+        return result
+
+
+def _open_for(b: _Fields, now_ms: int, duration_ms: int) -> None:
+    b.state, b.opened_at, b.retry_at, b.trials, b.permits = "open", now_ms, now_ms + duration_ms, "", {}
+
+
+def _open_grown(b: _Fields, now_ms: int, policy: BreakerPolicy) -> None:
+    base, cap = _ms(policy.open_duration), _ms(policy.max_open_duration)
+    duration = int(min(base * policy.open_duration_factor**b.openings, cap))
+    b.openings += 1
+    _open_for(b, now_ms, duration)
+
+
+def _close(b: _Fields) -> None:
+    b.state, b.forced, b.window, b.trials, b.openings, b.opened_at, b.retry_at, b.permits = (
+        "closed",
+        False,
+        "",
+        "",
+        0,
+        0,
+        0,
+        {},
+    )
+
+
+def _rate_exceeded(letters: str, policy: BreakerPolicy) -> bool:
+    calls = len(letters)
+    return (
+        _count(letters, "fF") / calls >= policy.failure_rate_threshold
+        or _count(letters, "SF") / calls >= policy.slow_call_rate_threshold
+    )
+
+
+def _count(letters: str, which: str) -> int:
+    return sum(letters.count(letter) for letter in which)
+
+
+def _decode_hash(raw: dict[bytes, bytes]) -> _Fields:
+    text = {k.decode(): v.decode() for k, v in raw.items()}
+    return _Fields(
+        state=text.get("state", "closed"),  # type: ignore[arg-type]
+        forced=text.get("forced") == "1",
+        window=text.get("window", ""),
+        trials=text.get("trials", ""),
+        openings=int(text.get("openings", 0)),
+        opened_at=int(text.get("opened_at", 0)),
+        retry_at=int(text.get("retry_at", 0)),
+    )
+
+
+def _log_transition(reply: BreakerReply) -> None:
+    if reply.previous is None:
+        return
+    state = reply.state
+    detail = " (forced)" if state.forced else ""
+    if state.state == "open" and state.retry_at:
+        detail = f" until {_iso(state.retry_at)}"
+    logger.log(
+        logging.WARNING if state.state == "open" else logging.INFO,
+        "Breaker %r: %s -> %s%s (%d/%d failed)",
+        state.key,
+        reply.previous,
+        state.state,
+        detail,
+        state.failures,
+        state.calls,
+        extra={"breaker": state.key, "from_state": reply.previous, "to_state": state.state},
+    )
+
+
+def _ms(seconds: float) -> int:
+    return round(seconds * 1000)
+
+
+def _iso(epoch: float | None) -> str | None:
+    if epoch is None:
+        return None
+    return datetime.fromtimestamp(epoch, UTC).isoformat().replace("+00:00", "Z")

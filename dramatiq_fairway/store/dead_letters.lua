@@ -1,0 +1,101 @@
+-- Every write to the dead-letter store, so that a record and its indexes never disagree.
+--
+-- KEYS[1]  the store's time index (<prefix>time); every other key is <prefix>..., and <prefix>
+--          carries the store's hash tag, so all keys of one call live in one cluster slot.
+-- ARGV[1]  command: "add" or "remove"
+-- ARGV[2]  prefix (ends with ":")
+-- ARGV[3]  trend bucket width in milliseconds
+--
+-- add:    ARGV[4] max records, ARGV[5] id, ARGV[6] failed_at (ms), ARGV[7] record JSON,
+--         ARGV[8..] dimension name, value pairs (queue, actor, ...; empty values left out).
+--         Returns {1 if the record is new else 0, number of oldest records evicted}.
+--         A record that exists is left untouched: writing the same message id twice is a no-op.
+-- remove: ARGV[4..] ids. Returns the number of records removed.
+--
+-- Invariant: for every record <prefix>rec:<id> (hash: data, at, dim:<name>) the id is in
+-- <prefix>time and in <prefix>idx:<name>:<value> for each of its dimensions, with score = at;
+-- <prefix>buckets:<name>:<value> (hash: bucket start in seconds -> count) counts exactly the
+-- records of that value per bucket; <prefix>keys:<name> holds every value with at least one record.
+
+local time_key = KEYS[1]
+local command = ARGV[1]
+local prefix = ARGV[2]
+local bucket_ms = tonumber(ARGV[3])
+
+local function bucket_of(at)
+    return string.format("%d", math.floor(at / bucket_ms) * bucket_ms / 1000)
+end
+
+local function remove_one(id)
+    local record = prefix .. "rec:" .. id
+    local fields = redis.call("HGETALL", record)
+    redis.call("ZREM", time_key, id)
+    if #fields == 0 then
+        return 0
+    end
+    local at = 0
+    local dims = {}
+    for i = 1, #fields, 2 do
+        local name = fields[i]
+        if name == "at" then
+            at = tonumber(fields[i + 1])
+        elseif string.sub(name, 1, 4) == "dim:" then
+            dims[string.sub(name, 5)] = fields[i + 1]
+        end
+    end
+    local bucket = bucket_of(at)
+    for dim, value in pairs(dims) do
+        local index = prefix .. "idx:" .. dim .. ":" .. value
+        local counts = prefix .. "buckets:" .. dim .. ":" .. value
+        redis.call("ZREM", index, id)
+        if redis.call("HINCRBY", counts, bucket, -1) <= 0 then
+            redis.call("HDEL", counts, bucket)
+        end
+        if redis.call("ZCARD", index) == 0 then
+            redis.call("ZREM", prefix .. "keys:" .. dim, value)
+            redis.call("DEL", counts)
+        end
+    end
+    redis.call("DEL", record)
+    return 1
+end
+
+if command == "add" then
+    local max_records = tonumber(ARGV[4])
+    local id = ARGV[5]
+    local at = tonumber(ARGV[6])
+    local record = prefix .. "rec:" .. id
+    if redis.call("EXISTS", record) == 1 then
+        return {0, 0}
+    end
+    local fields = {"data", ARGV[7], "at", ARGV[6]}
+    local bucket = bucket_of(at)
+    for i = 8, #ARGV, 2 do
+        local dim, value = ARGV[i], ARGV[i + 1]
+        fields[#fields + 1] = "dim:" .. dim
+        fields[#fields + 1] = value
+        redis.call("ZADD", prefix .. "idx:" .. dim .. ":" .. value, at, id)
+        redis.call("HINCRBY", prefix .. "buckets:" .. dim .. ":" .. value, bucket, 1)
+        redis.call("ZADD", prefix .. "keys:" .. dim, "GT", at, value)
+    end
+    redis.call("HSET", record, unpack(fields))
+    redis.call("ZADD", time_key, at, id)
+    local evicted = 0
+    local excess = redis.call("ZCARD", time_key) - max_records
+    if excess > 0 then
+        for _, old in ipairs(redis.call("ZRANGE", time_key, 0, excess - 1)) do
+            evicted = evicted + remove_one(old)
+        end
+    end
+    return {1, evicted}
+end
+
+if command == "remove" then
+    local removed = 0
+    for i = 4, #ARGV do
+        removed = removed + remove_one(ARGV[i])
+    end
+    return removed
+end
+
+return redis.error_reply("dead_letters.lua: unknown command " .. tostring(command))

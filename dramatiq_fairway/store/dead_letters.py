@@ -1,0 +1,628 @@
+"""The dead-letter store: every failed message as a searchable ``DeadLetter`` in the state-store Redis.
+
+Keys (``P`` = ``{namespace}:dlq:{{namespace}}:``; the braces are a Redis Cluster hash tag, so every
+key of the store sits in one slot and one script call may touch any of them):
+
+=====================================  =======  ==============================================
+key                                    type     content
+=====================================  =======  ==============================================
+``P rec:<id>``                         hash     ``data`` (the record as JSON), ``at`` (failed
+                                                at, ms), ``dim:<name>`` (its index values)
+``P time``                             zset     id → failed_at ms: every record, oldest first
+``P idx:<dim>:<value>``                zset     id → failed_at ms, for dim in queue, actor,
+                                                error_type, fingerprint, tenant, reason
+``P keys:<dim>``                       zset     value → latest failed_at ms of that value
+                                                (may lag after removals; never misses one)
+``P buckets:<dim>:<value>``            hash     hour start (epoch s) → records of that value
+=====================================  =======  ==============================================
+
+No key has a TTL: records leave by retention (``purge_expired``, age > ``FAIRWAY_DLQ__RETENTION_DAYS``),
+by the ``FAIRWAY_DLQ__MAX_RECORDS`` cap (oldest evicted by the write that exceeds it), by
+``purge`` and by ``requeue``; index, key and bucket entries leave with their record in the same
+script (``dead_letters.lua``), so ``stats`` counts exactly the records ``list`` shows.
+
+Listing by any one dimension and a time range is a range read of its index (the smallest one
+that applies); further filters are checked on the records read. Statistics take counts, first
+and last seen from the index of each value and trends from its hour buckets (the hour holding
+``since`` is counted whole; buckets narrower than an hour are read from the index instead).
+
+When the state store cannot be reached, records are appended to a spool file in
+``FAIRWAY_DATA_DIR`` (``dead-letters-<namespace>.spool.jsonl``, fsynced, under a file lock) and
+written to the store by the next successful write, by ``replay_spool`` or by ``purge_expired``.
+Writing is idempotent by message id, so a replay that is interrupted can simply run again.
+"""
+
+from __future__ import annotations
+
+import builtins
+import csv
+import fcntl
+import json
+import logging
+import os
+import time
+import uuid
+from collections.abc import Callable, Iterable, Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any, Literal, TextIO
+
+import dramatiq
+import redis
+from dramatiq.brokers.redis import RedisBroker
+from dramatiq.common import q_name, xq_name
+from pydantic import BaseModel, ConfigDict
+
+from ..connections import state_store_client
+from ..errors import FairwayError
+from ..priority import Priority
+from ..settings import Settings, load_settings
+
+logger = logging.getLogger(__name__)
+
+Reason = Literal[
+    "retries_exhausted", "permanent", "undecodable", "rejected", "unknown_actor", "too_large", "held_too_long"
+]
+Dimension = Literal["queue", "actor", "error_type", "fingerprint", "tenant", "reason"]
+DIMENSIONS: tuple[Dimension, ...] = ("queue", "actor", "error_type", "fingerprint", "tenant", "reason")
+
+# Trend counters are kept per hour; wider buckets are sums of them, narrower ones are read from
+# the index of each value.
+COUNTER_BUCKET = timedelta(hours=1)
+
+# Options that describe the failed run rather than the job; a requeued message starts without them.
+_RUN_OPTIONS = frozenset(
+    {
+        "retries",
+        "traceback",
+        "eta",
+        "redis_message_id",
+        "requeue_timestamp",
+        "attempts",
+        "attempt_history",
+        "failures",
+        "failure_reason",
+        "dead_letter_reason",
+        "retry_delay",
+        "rate_limit_until",
+        "classification",
+        "error_type",
+        "error_message",
+        "broker_priority",
+        "fairway_held_since",
+    }
+)
+_PAGE = 500
+_WARN_EVERY = 60.0
+_SCRIPT = Path(__file__).with_name("dead_letters.lua").read_text()
+
+
+# The pydantic mypy plugin builds __init__(**kwargs) and then trips over a field named ``kwargs``.
+class DeadLetter(BaseModel):  # type: ignore[no-redef]
+    """One message that ended failed (DESIGN.md §6). Secrets are redacted before it is built."""
+
+    model_config = ConfigDict(frozen=True)
+
+    id: str
+    queue: str
+    actor: str | None
+    args: list[Any] = []
+    kwargs: dict[str, Any] = {}
+    options: dict[str, Any] = {}
+    tenant: str = "default"
+    priority_level: str = Priority.NORMAL.name
+    error_type: str | None = None
+    error_message: str | None = None
+    traceback: str | None = None
+    classification: str | None = None
+    retries: int = 0
+    fingerprint: str
+    enqueued_at: datetime | None = None
+    failed_at: datetime
+    reason: Reason
+    raw: dict[str, Any] = {}
+    redacted_fields: list[str] = []
+
+    def dimension(self, name: Dimension) -> str:
+        """This record's value of an index dimension (``""`` when it has none)."""
+        return str(getattr(self, name) or "")
+
+
+class DeadLetterFilter(BaseModel):
+    """What ``list``, ``export``, ``requeue`` and ``purge`` select; every given field must match."""
+
+    model_config = ConfigDict(frozen=True)
+
+    queue: str | None = None
+    actor: str | None = None
+    error_type: str | None = None
+    fingerprint: str | None = None
+    tenant: str | None = None
+    reason: Reason | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+
+    def equalities(self) -> dict[Dimension, str]:
+        return {dim: value for dim in DIMENSIONS if (value := getattr(self, dim)) is not None}
+
+    def is_empty(self) -> bool:
+        return not self.equalities() and self.since is None and self.until is None
+
+    def matches(self, record: DeadLetter) -> bool:
+        if any(record.dimension(dim) != value for dim, value in self.equalities().items()):
+            return False
+        if self.since is not None and record.failed_at < self.since:
+            return False
+        return self.until is None or record.failed_at <= self.until
+
+
+class Bucket(BaseModel):
+    start: datetime
+    count: int
+
+
+class DeadLetterStats(BaseModel):
+    """One row of ``dlq stats``: the records sharing one value of the chosen dimension."""
+
+    key: str
+    count: int
+    first_seen: datetime
+    last_seen: datetime
+    buckets: list[Bucket]
+
+
+class RequeuedMessage(BaseModel):
+    id: str
+    new_id: str | None
+    queue: str
+    actor: str | None
+    priority_level: str
+
+
+class SkippedRecord(BaseModel):
+    id: str
+    reason: str
+
+
+class RequeueResult(BaseModel):
+    dry_run: bool
+    requeued: list[RequeuedMessage] = []
+    skipped: list[SkippedRecord] = []
+
+
+class RedactedRecords(FairwayError):
+    """Requeue refused: the selected records hold redacted placeholders instead of real values."""
+
+    def __init__(self, fields: dict[str, list[str]]) -> None:
+        self.fields = fields
+        names = sorted({name for names in fields.values() for name in names})
+        super().__init__(
+            f"{len(fields)} record(s) have redacted fields ({', '.join(names)}); "
+            "pass --allow-redacted to requeue them with the placeholder"
+        )
+
+
+class NothingSelected(FairwayError):
+    """Requeue or purge was called without ids or filters (they never act on everything by default)."""
+
+
+class DeadLetterStore:
+    """Dead-letter records in the state store; see the module docstring for keys and rules."""
+
+    def __init__(
+        self,
+        settings: Settings | None = None,
+        *,
+        client: redis.Redis | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.settings = settings or load_settings()
+        self.client = client or state_store_client(self.settings, socket_connect_timeout=2.0, socket_timeout=10.0)
+        self.clock = clock
+        namespace = self.settings.namespace
+        self.prefix = f"{namespace}:dlq:{{{namespace}}}:"
+        self.spool = Spool(self.settings.data_dir / f"dead-letters-{namespace}.spool.jsonl")
+        self._script = self.client.register_script(_SCRIPT)
+        self._last_warning = 0.0
+
+    # -- writing ---------------------------------------------------------------------------------
+
+    def add(self, record: DeadLetter) -> Literal["stored", "spooled"]:
+        """Keep ``record`` in the store, or in the local spool while the store is unreachable.
+
+        Raises ``OSError`` when neither could be written: the caller must then not ack the message.
+        """
+        try:
+            self._write(record)
+        except (redis.ConnectionError, redis.TimeoutError) as error:
+            self.spool.append(record)
+            self._warn_unreachable(error)
+            return "spooled"
+        if self.spool.pending():
+            self.replay_spool()
+        return "stored"
+
+    def replay_spool(self) -> int:
+        """Write the spooled records into the store; the number replayed (0 if the store is still down)."""
+        try:
+            return self.spool.drain(self._write)
+        except redis.RedisError as error:
+            # The spool is kept whole and tried again later; the write that triggered the replay
+            # has already succeeded and must not fail because of an older record.
+            self._warn_unreachable(error)
+            return 0
+
+    def _write(self, record: DeadLetter) -> None:
+        dims: builtins.list[str] = []
+        for dim in DIMENSIONS:
+            if value := record.dimension(dim):
+                dims += [dim, value]
+        self._script(
+            keys=[self.prefix + "time"],
+            args=[
+                "add",
+                self.prefix,
+                _millis(COUNTER_BUCKET),
+                self.settings.dlq.max_records,
+                record.id,
+                _epoch_ms(record.failed_at),
+                record.model_dump_json(),
+                *dims,
+            ],
+        )
+
+    def _remove(self, ids: builtins.list[str]) -> int:
+        removed = 0
+        for start in range(0, len(ids), _PAGE):
+            removed += int(
+                self._script(
+                    keys=[self.prefix + "time"],
+                    args=["remove", self.prefix, _millis(COUNTER_BUCKET), *ids[start : start + _PAGE]],
+                )
+            )
+        return removed
+
+    def _warn_unreachable(self, error: Exception) -> None:
+        now = time.monotonic()
+        if now - self._last_warning >= _WARN_EVERY:
+            self._last_warning = now
+            logger.warning(
+                "Dead-letter store unreachable (%s); records go to the spool %s until it returns.",
+                type(error).__name__,
+                self.spool.path,
+            )
+
+    # -- reading ---------------------------------------------------------------------------------
+
+    def get(self, record_id: str) -> DeadLetter | None:
+        data = self.client.hget(self.prefix + f"rec:{record_id}", "data")
+        return DeadLetter.model_validate_json(data) if data else None
+
+    def list(self, filters: DeadLetterFilter | None = None, limit: int = 50) -> builtins.list[DeadLetter]:
+        """The newest ``limit`` records matching ``filters``, newest first."""
+        records = []
+        for record in self.iter_records(filters):
+            records.append(record)
+            if len(records) >= limit:
+                break
+        return records
+
+    def iter_records(self, filters: DeadLetterFilter | None = None) -> Iterator[DeadLetter]:
+        """Every record matching ``filters``, newest first, read page by page (constant memory)."""
+        filters = filters or DeadLetterFilter()
+        for page in self._pages(filters):
+            for data in self._read(page):
+                if data is None:
+                    continue
+                record = DeadLetter.model_validate_json(data)
+                if filters.matches(record):
+                    yield record
+
+    def count(self) -> int:
+        return int(self.client.zcard(self.prefix + "time"))
+
+    def _read(self, ids: builtins.list[str]) -> builtins.list[bytes | None]:
+        pipe = self.client.pipeline(transaction=False)
+        for record_id in ids:
+            pipe.hget(self.prefix + f"rec:{record_id}", "data")
+        return pipe.execute()
+
+    def _pages(self, filters: DeadLetterFilter) -> Iterator[builtins.list[str]]:
+        """Pages of ids, newest first, from the smallest index that can answer ``filters``."""
+        low = _score(filters.since, "-inf")
+        high = _score(filters.until, "+inf")
+        candidates = [self.prefix + f"idx:{dim}:{value}" for dim, value in filters.equalities().items()]
+        if candidates:
+            pipe = self.client.pipeline(transaction=False)
+            for key in candidates:
+                pipe.zcount(key, low, high)
+            sizes = pipe.execute()
+            index = min(zip(sizes, candidates, strict=True))[1]
+        else:
+            index = self.prefix + "time"
+        # Walk by score, not by offset (an offset walk costs O(offset) per page), and stay correct
+        # when the caller removes what it was given: after a page ending at score ``last``, the
+        # other ids at exactly ``last`` are fetched on their own, then the walk goes on below it.
+        top: str = high
+        while True:
+            rows = self.client.zrevrangebyscore(index, top, low, start=0, num=_PAGE, withscores=True)
+            if not rows:
+                return
+            page = [member.decode() for member, _ in rows]
+            yield page
+            if len(rows) < _PAGE:
+                return
+            last = int(rows[-1][1])
+            seen = set(page)
+            ties = [m.decode() for m in self.client.zrangebyscore(index, last, last) if m.decode() not in seen]
+            if ties:
+                yield ties
+            top = f"({last}"
+
+    # -- statistics ------------------------------------------------------------------------------
+
+    def stats(
+        self,
+        by: Dimension = "fingerprint",
+        since: timedelta | None = None,
+        bucket: timedelta = COUNTER_BUCKET,
+    ) -> builtins.list[DeadLetterStats]:
+        """Records per value of ``by`` failed in the last ``since`` (all when None), most frequent first."""
+        if bucket <= timedelta(0):
+            raise ValueError("bucket must be a positive duration")
+        low = "-inf" if since is None else _millis(timedelta(seconds=self.clock()) - since)
+        width = int(bucket.total_seconds())
+        hour = int(COUNTER_BUCKET.total_seconds())
+        from_counters = width >= hour and width % hour == 0
+        # The hour that holds ``since`` is counted whole: counters are kept per hour.
+        hours = None
+        if low != "-inf":
+            first_hour = int(low) // 1000 // hour * hour
+            hours = [str(h) for h in range(first_hour, int(self.clock()) + hour, hour)]
+        values = [v.decode() for v in self.client.zrangebyscore(self.prefix + f"keys:{by}", low, "+inf")]
+        pipe = self.client.pipeline(transaction=False)
+        for value in values:
+            index = self.prefix + f"idx:{by}:{value}"
+            pipe.zcount(index, low, "+inf")
+            pipe.zrangebyscore(index, low, "+inf", start=0, num=1, withscores=True)
+            pipe.zrange(index, -1, -1, withscores=True)
+            if from_counters and hours:
+                pipe.hmget(self.prefix + f"buckets:{by}:{value}", hours)
+            elif from_counters:
+                pipe.hgetall(self.prefix + f"buckets:{by}:{value}")
+            else:
+                pipe.zrangebyscore(index, low, "+inf", withscores=True)
+        replies = pipe.execute()
+        rows = []
+        for position, value in enumerate(values):
+            count, first, last, spread = replies[4 * position : 4 * position + 4]
+            if not count or not first or not last:
+                continue
+            if from_counters and hours:
+                starts = [(int(h), int(n)) for h, n in zip(hours, spread, strict=True) if n]
+            elif from_counters:
+                starts = [(int(h), int(n)) for h, n in spread.items()]
+            else:
+                starts = [(int(score) // 1000, 1) for _member, score in spread]
+            rows.append(
+                DeadLetterStats(
+                    key=value,
+                    count=count,
+                    first_seen=_from_ms(first[0][1]),
+                    last_seen=_from_ms(last[0][1]),
+                    buckets=_bucketed(starts, width),
+                )
+            )
+        rows.sort(key=lambda row: (-row.count, row.key))
+        return rows
+
+    # -- export ----------------------------------------------------------------------------------
+
+    def export(self, out: TextIO, fmt: Literal["json", "csv"], filters: DeadLetterFilter | None = None) -> int:
+        """Write matching records to ``out`` as JSON Lines or CSV, newest first; the number written."""
+        written = 0
+        writer = None
+        if fmt == "csv":
+            writer = csv.DictWriter(out, fieldnames=list(DeadLetter.model_fields))
+            writer.writeheader()
+        for record in self.iter_records(filters):
+            if writer is None:
+                out.write(record.model_dump_json() + "\n")
+            else:
+                row = record.model_dump(mode="json")
+                writer.writerow({k: json.dumps(v) if isinstance(v, dict | list) else v for k, v in row.items()})
+            written += 1
+        return written
+
+    # -- requeue and purge -----------------------------------------------------------------------
+
+    def select(self, ids: Iterable[str] = (), filters: DeadLetterFilter | None = None) -> Iterator[DeadLetter]:
+        """The records named by ``ids``, or else those matching ``filters``; never everything by default."""
+        ids = list(ids)
+        if ids:
+            for page_start in range(0, len(ids), _PAGE):
+                page = ids[page_start : page_start + _PAGE]
+                for record_id, data in zip(page, self._read(page), strict=True):
+                    if data is None:
+                        raise FairwayError(f"no dead letter with id {record_id!r}")
+                    yield DeadLetter.model_validate_json(data)
+            return
+        if filters is None or filters.is_empty():
+            raise NothingSelected("name record ids or give at least one filter")
+        yield from self.iter_records(filters)
+
+    def requeue(
+        self,
+        broker: dramatiq.Broker,
+        ids: Iterable[str] = (),
+        filters: DeadLetterFilter | None = None,
+        *,
+        priority: Priority | str | int = Priority.HIGH,
+        rate: float | None = None,
+        dry_run: bool = False,
+        allow_redacted: bool = False,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> RequeueResult:
+        """Send the selected records' messages again and remove the records.
+
+        Each new message gets a fresh id, ``priority_level`` = ``priority`` and
+        ``requeued_from`` = the record id. ``rate`` caps messages per second. Records with redacted
+        fields are refused as a whole (``RedactedRecords``) unless ``allow_redacted``.
+        """
+        level = Priority.parse(priority)
+        records = list(self.select(ids, filters))
+        redacted = {r.id: r.redacted_fields for r in records if r.redacted_fields}
+        if redacted and not allow_redacted:
+            raise RedactedRecords(redacted)
+        result = RequeueResult(dry_run=dry_run)
+        for position, record in enumerate(records):
+            if not record.actor or "actor_name" not in record.raw:
+                result.skipped.append(SkippedRecord(id=record.id, reason="the original message could not be decoded"))
+                continue
+            message = _requeued_message(record, level)
+            result.requeued.append(
+                RequeuedMessage(
+                    id=record.id,
+                    new_id=None if dry_run else message.message_id,
+                    queue=message.queue_name,
+                    actor=record.actor,
+                    priority_level=level.name,
+                )
+            )
+            if dry_run:
+                continue
+            if rate and position:
+                sleep(1.0 / rate)
+            broker.enqueue(message)
+            self._remove([record.id])
+            _drop_from_redis_xq(broker, record)
+        return result
+
+    def purge(
+        self,
+        ids: Iterable[str] = (),
+        filters: DeadLetterFilter | None = None,
+        *,
+        older_than: timedelta | None = None,
+    ) -> int:
+        """Remove the records named by ``ids``, matching ``filters``, or older than ``older_than``."""
+        if older_than is not None:
+            cutoff = datetime.fromtimestamp(self.clock(), UTC) - older_than
+            filters = (filters or DeadLetterFilter()).model_copy(update={"until": cutoff})
+        removed = 0
+        batch: builtins.list[str] = []
+        for record in self.select(ids, filters):
+            batch.append(record.id)
+            if len(batch) >= _PAGE:
+                removed += self._remove(batch)
+                batch = []
+        return removed + self._remove(batch)
+
+    def purge_expired(self) -> int:
+        """Apply retention: drop records older than the retention period, then the oldest over the cap."""
+        dlq = self.settings.dlq
+        time_key = self.prefix + "time"
+        cutoff = _millis(timedelta(seconds=self.clock()) - timedelta(days=dlq.retention_days))
+        removed = 0
+        while ids := [m.decode() for m in self.client.zrangebyscore(time_key, "-inf", f"({cutoff}", 0, _PAGE)]:
+            removed += self._remove(ids)
+        excess = int(self.client.zcard(time_key)) - dlq.max_records
+        if excess > 0:
+            removed += self._remove([m.decode() for m in self.client.zrange(time_key, 0, excess - 1)])
+        return removed
+
+
+class Spool:
+    """Records waiting for the store: one JSON line each, appended and fsynced under a file lock."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def append(self, record: DeadLetter) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path, "a", encoding="utf-8") as spool:
+            fcntl.flock(spool, fcntl.LOCK_EX)
+            spool.write(record.model_dump_json() + "\n")
+            spool.flush()
+            os.fsync(spool.fileno())
+
+    def pending(self) -> bool:
+        try:
+            return self.path.stat().st_size > 0
+        except FileNotFoundError:
+            return False
+
+    def drain(self, write: Callable[[DeadLetter], object]) -> int:
+        """Pass every spooled record to ``write``, then empty the spool. A failure keeps the spool whole."""
+        if not self.pending():
+            return 0
+        with open(self.path, "r+", encoding="utf-8") as spool:
+            fcntl.flock(spool, fcntl.LOCK_EX)
+            count = 0
+            for line in spool:
+                if line.strip():
+                    write(DeadLetter.model_validate_json(line))
+                    count += 1
+            spool.seek(0)
+            spool.truncate()
+            os.fsync(spool.fileno())
+            return count
+
+
+def purge_expired(settings: Settings | None = None) -> int:
+    """The periodic retention job: replay any spool, then drop records past retention."""
+    store = DeadLetterStore(settings)
+    store.replay_spool()
+    return store.purge_expired()
+
+
+def _requeued_message(record: DeadLetter, level: Priority) -> dramatiq.Message:
+    raw = record.raw
+    options = {key: value for key, value in raw.get("options", {}).items() if key not in _RUN_OPTIONS}
+    options.update(priority_level=level.name, requeued_from=record.id)
+    return dramatiq.Message(
+        queue_name=q_name(raw.get("queue_name", record.queue)),
+        actor_name=raw["actor_name"],
+        args=tuple(raw.get("args", ())),
+        kwargs=dict(raw.get("kwargs", {})),
+        options=options,
+        message_id=str(uuid.uuid4()),
+    )
+
+
+def _drop_from_redis_xq(broker: dramatiq.Broker, record: DeadLetter) -> None:
+    """On a stock RedisBroker a nacked message also sits in ``q.XQ``; requeue must take it out."""
+    redis_id = record.raw.get("options", {}).get("redis_message_id")
+    if not isinstance(broker, RedisBroker) or not redis_id:
+        return
+    dead = f"{broker.namespace}:{xq_name(q_name(record.queue))}"
+    pipe = broker.client.pipeline(transaction=True)
+    pipe.zrem(dead, redis_id)
+    pipe.hdel(f"{dead}.msgs", redis_id)
+    pipe.execute()
+
+
+def _bucketed(counts: Iterable[tuple[int, int]], width: int) -> builtins.list[Bucket]:
+    """(epoch second, count) pairs summed into buckets ``width`` seconds wide, oldest first."""
+    totals: dict[int, int] = {}
+    for second, count in counts:
+        if count > 0:
+            start = second // width * width
+            totals[start] = totals.get(start, 0) + count
+    return [Bucket(start=datetime.fromtimestamp(start, UTC), count=n) for start, n in sorted(totals.items())]
+
+
+def _millis(delta: timedelta) -> int:
+    return int(delta.total_seconds() * 1000)
+
+
+def _epoch_ms(moment: datetime) -> int:
+    return int(moment.timestamp() * 1000)
+
+
+def _from_ms(ms: float) -> datetime:
+    return datetime.fromtimestamp(ms / 1000, UTC)
+
+
+def _score(moment: datetime | None, default: str) -> str:
+    return default if moment is None else str(_epoch_ms(moment))

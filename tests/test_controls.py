@@ -1,0 +1,135 @@
+"""Pause and resume: a paused queue's jobs wait (nothing lost, no retry used) and run after resume.
+
+On RabbitMQ the pause is enforced by QueuePause in fairway's consumer; on Redis by
+FairRedisBroker's dispatch script, through the same control API. Until ``setup()`` builds
+FairRedisBroker, the Redis cases here build it as tests/fair_support.py does.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import dramatiq
+import pytest
+import redis
+from dramatiq import Broker, Worker
+from dramatiq.brokers.stub import StubBroker
+
+from dramatiq_fairway.brokers.fair_redis import FairRedisBroker
+from dramatiq_fairway.cli import queues as queues_cli
+from dramatiq_fairway.controls import CACHE_SECONDS, PausedQueues, QueuePause, pause_queue, paused_queues, resume_queue
+from dramatiq_fairway.settings import Settings
+
+from .conftest import REDIS_URL
+from .fair_support import delete_namespace, fair_broker
+from .helpers import settings_env, wait_for
+
+
+@pytest.fixture
+def broker(broker: Broker, settings: Settings) -> Iterator[Broker]:
+    """The conftest broker, except that Redis runs on FairRedisBroker (which pauses in its fetch)."""
+    if isinstance(broker, FairRedisBroker) or settings.broker != "redis":
+        yield broker
+        return
+    fair = fair_broker(settings)
+    yield fair
+    fair.close()
+    client = redis.Redis.from_url(REDIS_URL)
+    delete_namespace(client, settings.namespace)
+    client.close()
+
+
+def test_pause_stops_intake_within_a_second_and_resume_runs_everything(
+    broker: Broker, settings: Settings, queue_name: str, start_worker: Callable[..., Worker]
+) -> None:
+    done: list[int] = []
+    retries: list[int] = []
+    lock = threading.Lock()
+
+    @dramatiq.actor(broker=broker, queue_name=queue_name, max_retries=0)
+    def job(n: int) -> None:
+        message = dramatiq.middleware.CurrentMessage.get_current_message()
+        with lock:
+            done.append(n)
+            retries.append(message.options.get("retries", 0) if message else -1)
+
+    broker.add_middleware(dramatiq.middleware.CurrentMessage())
+    start_worker()
+    job.send(0)
+    wait_for(lambda: done == [0])
+
+    assert pause_queue(broker, queue_name, settings) is True
+    assert pause_queue(broker, queue_name, settings) is False
+    assert paused_queues(broker, settings) == {queue_name}
+    paused_at = time.monotonic()
+    # Sent after the worker's cache may still say "running": anything started later than
+    # CACHE_SECONDS after the pause would be a bug.
+    time.sleep(CACHE_SECONDS)
+    for n in range(1, 11):
+        job.send(n)
+    time.sleep(1.0)
+    assert done == [0], f"jobs ran {time.monotonic() - paused_at:.1f}s after pause"
+
+    assert resume_queue(broker, queue_name, settings) is True
+    assert resume_queue(broker, queue_name, settings) is False
+    wait_for(lambda: len(done) == 11, timeout=20)
+    assert sorted(done) == list(range(11))
+    assert set(retries) == {0}
+
+
+def test_queue_pause_reads_the_flag_through_a_short_cache(
+    settings: Settings, state_client: redis.Redis, queue_name: str
+) -> None:
+    store = PausedQueues(state_client, settings.namespace)
+    middleware = QueuePause(settings=settings, paused=store)
+    message = dramatiq.Message(queue_name=queue_name, actor_name="a", args=(), kwargs={}, options={})
+    broker = StubBroker()
+    assert middleware.hold(broker, message) is None
+    store.pause(queue_name)
+    wait_for(lambda: middleware.hold(broker, message), timeout=CACHE_SECONDS + 0.5)
+    store.resume(queue_name)
+    wait_for(lambda: middleware.hold(broker, message) is None, timeout=CACHE_SECONDS + 0.5)
+
+
+@pytest.mark.parametrize("broker_kind", ["redis"], indirect=True)
+def test_pause_on_a_broker_with_its_own_pause_delegates_to_it(
+    settings: Settings, state_client: redis.Redis, queue_name: str
+) -> None:
+    broker = FairRedisBroker(client=state_client, namespace=settings.namespace)
+    try:
+        broker.declare_queue(queue_name)
+        assert pause_queue(broker, queue_name, settings) is True
+        assert paused_queues(broker, settings) == {queue_name}
+        assert not state_client.exists(f"{settings.namespace}:paused")
+        assert QueuePause(settings=settings).hold(broker, dramatiq.Message(queue_name, "a", (), {}, {})) is None
+        assert resume_queue(broker, queue_name, settings) is True
+        assert paused_queues(broker, settings) == set()
+    finally:
+        broker.flush_all()
+        broker.close()
+
+
+@pytest.mark.parametrize("broker_kind", ["rabbitmq"], indirect=True)
+def test_pause_and_resume_cli(
+    settings: Settings, queue_name: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for name, value in settings_env(settings).items():
+        monkeypatch.setenv(name, value)
+    parser = argparse.ArgumentParser(prog="fairway")
+    queues_cli.register(parser.add_subparsers(dest="command", required=True))
+
+    def run(*argv: str) -> Any:
+        args = parser.parse_args(argv)
+        args.func(args)
+        return json.loads(capsys.readouterr().out) if "--json" in argv else capsys.readouterr().out
+
+    assert run("pause", queue_name, "--json") == {"queue": queue_name, "paused": True, "changed": True}
+    assert PausedQueues.from_settings(settings).names() == {queue_name}
+    assert f"{queue_name} was already paused" in run("pause", queue_name)
+    assert run("resume", queue_name, "--json") == {"queue": queue_name, "paused": False, "changed": True}
+    assert PausedQueues.from_settings(settings).names() == set()

@@ -1,0 +1,398 @@
+"""Job status on real brokers: every state, progress, cancel (queued and running), unique_key
+(also across two `dramatiq` processes), soft time limits, TTLs and track_status=False."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import textwrap
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import dramatiq
+import pytest
+import redis
+from dramatiq import Broker, Message, Worker
+from dramatiq.broker import MessageProxy
+from dramatiq.brokers.stub import StubBroker
+
+from dramatiq_fairway.cli import jobs as jobs_cli
+from dramatiq_fairway.cli.output import CommandError
+from dramatiq_fairway.errors import PermanentError, SoftTimeLimitExceeded, TransientError
+from dramatiq_fairway.middlewares.dead_letters import DeadLetters
+from dramatiq_fairway.middlewares.status import JobStatus, UniqueKeyUnavailable, progress
+from dramatiq_fairway.settings import Settings
+from dramatiq_fairway.store.status import JobRecord, JobState, JobStatusStore
+
+from .helpers import dramatiq_command, free_port, settings_env, wait_for
+
+S = JobState
+
+
+@pytest.fixture
+def store(settings: Settings, state_client: redis.Redis) -> JobStatusStore:
+    return JobStatusStore.from_settings(settings, client=state_client)
+
+
+def states(store: JobStatusStore, message_id: str) -> list[JobState]:
+    record = store.get(message_id)
+    return [change.state for change in record.history] if record else []
+
+
+def final(store: JobStatusStore, message_id: str, state: JobState) -> JobRecord:
+    return wait_for(lambda: (r := store.get(message_id)) is not None and r.state is state and r, timeout=20)
+
+
+def test_success_walk_keeps_one_hour(
+    broker: Broker,
+    queue_name: str,
+    store: JobStatusStore,
+    state_client: redis.Redis,
+    start_worker: Callable[..., Worker],
+) -> None:
+    @dramatiq.actor(broker=broker, queue_name=queue_name)
+    def ok() -> None:
+        pass
+
+    message = ok.send()
+    assert states(store, message.message_id) == [S.PENDING]
+    start_worker()
+    record = final(store, message.message_id, S.SUCCESS)
+    assert [c.state for c in record.history] == [S.PENDING, S.STARTED, S.SUCCESS]
+    assert record.history[0].at <= record.history[1].at <= record.history[2].at
+    assert record.as_json()["history"][2]["at"].endswith("Z")
+    assert 3500 < state_client.ttl(store.job_key(message.message_id)) <= 3600
+
+
+def test_retry_then_dead_letter_keeps_seven_days(
+    broker: Broker,
+    queue_name: str,
+    store: JobStatusStore,
+    state_client: redis.Redis,
+    start_worker: Callable[..., Worker],
+) -> None:
+    @dramatiq.actor(broker=broker, queue_name=queue_name, max_retries=1, min_backoff=10, max_backoff=20)
+    def flaky() -> None:
+        raise TransientError("down")
+
+    message = flaky.send()
+    start_worker()
+    record = final(store, message.message_id, S.DEAD_LETTER)
+    assert [c.state for c in record.history] == [S.PENDING, S.STARTED, S.RETRY, S.STARTED, S.DEAD_LETTER]
+    assert state_client.ttl(store.job_key(message.message_id)) > 600_000
+
+
+def test_failure_without_dead_letter_store(
+    broker: Broker, queue_name: str, store: JobStatusStore, start_worker: Callable[..., Worker]
+) -> None:
+    broker.middleware[:] = [m for m in broker.middleware if not isinstance(m, DeadLetters)]
+
+    @dramatiq.actor(broker=broker, queue_name=queue_name, max_retries=0)
+    def broken() -> None:
+        raise PermanentError("no")
+
+    message = broken.send()
+    start_worker()
+    assert [c.state for c in final(store, message.message_id, S.FAILURE).history] == [S.PENDING, S.STARTED, S.FAILURE]
+
+
+def test_unknown_actor_is_rejected(
+    broker: Broker, queue_name: str, store: JobStatusStore, start_worker: Callable[..., Worker]
+) -> None:
+    @dramatiq.actor(broker=broker, queue_name=queue_name)
+    def known() -> None:
+        pass
+
+    message = broker.enqueue(Message(queue_name=queue_name, actor_name="no_such_actor", args=(), kwargs={}, options={}))
+    start_worker()
+    assert [c.state for c in final(store, message.message_id, S.REJECTED).history] == [S.PENDING, S.REJECTED]
+
+
+def test_progress_is_visible_while_the_job_runs(
+    broker: Broker, settings: Settings, queue_name: str, store: JobStatusStore, start_worker: Callable[..., Worker]
+) -> None:
+    release = threading.Event()
+
+    @dramatiq.actor(broker=broker, queue_name=queue_name)
+    def long_job() -> None:
+        progress(40, "halfway there")
+        release.wait(20)
+        progress(100)
+
+    message = long_job.send()
+    start_worker()
+    # A store with its own connection reads it, as `fairway jobs show` in another process does.
+    reader = JobStatusStore.from_settings(settings)
+    running = wait_for(lambda: (r := reader.get(message.message_id)) and r.progress == 40 and r)
+    assert running.state is S.STARTED
+    assert running.note == "halfway there"
+    assert running.as_json() == {
+        "id": message.message_id,
+        "actor": "long_job",
+        "state": "STARTED",
+        "progress": 40.0,
+        "history": [
+            {"state": c.state.value, "at": c.at.isoformat(timespec="milliseconds").replace("+00:00", "Z")}
+            for c in running.history
+        ],
+    }
+    release.set()
+    assert final(store, message.message_id, S.SUCCESS).progress == 100
+
+
+def test_progress_outside_an_actor_is_an_error() -> None:
+    with pytest.raises(RuntimeError, match="inside an actor"):
+        progress(10)
+
+
+def test_cancel_of_a_queued_job_skips_it_as_revoked(
+    broker: Broker, queue_name: str, store: JobStatusStore, start_worker: Callable[..., Worker]
+) -> None:
+    ran: list[str] = []
+
+    @dramatiq.actor(broker=broker, queue_name=queue_name)
+    def job(name: str) -> None:
+        ran.append(name)
+
+    cancelled = job.send("cancelled")
+    kept = job.send("kept")
+    assert store.cancel(cancelled.message_id) is S.PENDING
+    start_worker()
+    final(store, kept.message_id, S.SUCCESS)
+    record = final(store, cancelled.message_id, S.REVOKED)
+    assert [c.state for c in record.history] == [S.PENDING, S.REVOKED]
+    assert ran == ["kept"]
+
+
+def test_cancel_of_a_running_job_interrupts_it_without_retry(
+    broker: Broker, queue_name: str, store: JobStatusStore, start_worker: Callable[..., Worker]
+) -> None:
+    events: list[str] = []
+
+    @dramatiq.actor(broker=broker, queue_name=queue_name, max_retries=3, min_backoff=10)
+    def busy() -> None:
+        events.append("started")
+        for _ in range(400):
+            time.sleep(0.05)
+        events.append("finished")
+
+    message = busy.send()
+    start_worker()
+    wait_for(lambda: states(store, message.message_id)[-1:] == [S.STARTED])
+    assert store.cancel(message.message_id) is S.STARTED
+    record = final(store, message.message_id, S.REVOKED)
+    assert [c.state for c in record.history] == [S.PENDING, S.STARTED, S.REVOKED]
+    assert events == ["started"]
+    broker.join(queue_name, timeout=10_000)
+    assert events == ["started"]
+    assert store.cancel(message.message_id) is S.REVOKED
+
+
+def test_cancel_of_an_unknown_job_says_so(store: JobStatusStore) -> None:
+    assert store.cancel("no-such-id") is None
+
+
+def test_duplicate_unique_key_is_rejected(
+    broker: Broker, queue_name: str, store: JobStatusStore, start_worker: Callable[..., Worker]
+) -> None:
+    ran: list[int] = []
+
+    @dramatiq.actor(broker=broker, queue_name=queue_name, unique_key=lambda order, *_: f"order-{order}")
+    def charge(order: int, n: int) -> None:
+        ran.append(n)
+
+    first = charge.send(7, 1)
+    second = charge.send(7, 2)
+    other = charge.send(8, 3)
+    start_worker()
+    final(store, other.message_id, S.SUCCESS)
+    # Two threads take the two order-7 messages; whichever claims the key first runs.
+    outcomes = {
+        m.message_id: wait_for(lambda m=m: (r := store.get(m.message_id)) and r.state.finished and r)
+        for m in (first, second)
+    }
+    winner, loser = sorted(outcomes.values(), key=lambda r: r.state is S.REJECTED)
+    assert winner.state is S.SUCCESS
+    assert [c.state for c in loser.history] == [S.PENDING, S.STARTED, S.REJECTED]
+    assert sorted(ran) == sorted([1 if winner.id == first.message_id else 2, 3])
+
+
+def test_soft_time_limit_raises_inside_the_actor(
+    broker: Broker, queue_name: str, store: JobStatusStore, start_worker: Callable[..., Worker]
+) -> None:
+    cleaned: list[str] = []
+
+    @dramatiq.actor(broker=broker, queue_name=queue_name, soft_time_limit=200, max_retries=0)
+    def slow() -> str:
+        try:
+            for _ in range(400):
+                time.sleep(0.05)
+        except SoftTimeLimitExceeded:
+            cleaned.append("cleaned up")
+        return "done"
+
+    message = slow.send()
+    start_worker()
+    final(store, message.message_id, S.SUCCESS)
+    assert cleaned == ["cleaned up"]
+
+
+def test_track_status_false_keeps_nothing(
+    broker: Broker,
+    queue_name: str,
+    store: JobStatusStore,
+    state_client: redis.Redis,
+    start_worker: Callable[..., Worker],
+) -> None:
+    done = threading.Event()
+
+    @dramatiq.actor(broker=broker, queue_name=queue_name, track_status=False)
+    def quiet() -> None:
+        done.set()
+
+    message = quiet.send()
+    start_worker()
+    wait_for(done.is_set)
+    broker.join(queue_name, timeout=10_000)
+    assert not state_client.exists(store.job_key(message.message_id))
+
+
+STATUS_APP = """
+    import os
+    import time
+
+    import dramatiq
+    import redis
+
+    from dramatiq_fairway import setup
+
+    broker = setup()
+    runs = redis.Redis.from_url(os.environ["FAIRWAY_STATE_URL"])
+
+    @dramatiq.actor(broker=broker, queue_name=os.environ["TEST_QUEUE"])
+    def once(n):
+        time.sleep(0.02)
+        runs.rpush(os.environ["FAIRWAY_NAMESPACE"] + ":runs", f"{n}:{os.getpid()}")
+"""
+
+
+def test_duplicate_unique_key_is_skipped_across_two_processes(  # noqa: PLR0917 (fixtures)
+    broker: Broker,
+    settings: Settings,
+    queue_name: str,
+    store: JobStatusStore,
+    state_client: redis.Redis,
+    short_tmp: Path,
+) -> None:
+    (short_tmp / "status_app.py").write_text(textwrap.dedent(STATUS_APP))
+
+    @dramatiq.actor(broker=broker, queue_name=queue_name)
+    def once(n: int) -> None:
+        raise AssertionError("runs in the worker processes only")
+
+    messages = [once.send_with_options(args=(n,), unique_key="nightly-report") for n in range(12)]
+    messages += [once.send_with_options(args=(100 + n,), unique_key=f"other-{n}") for n in range(12)]
+    env = {**settings_env(settings), "TEST_QUEUE": queue_name, "PYTHONPATH": str(short_tmp)}
+    with dramatiq_command("status_app", env, processes=2, threads=2, log_file=short_tmp / "log"):
+        for message in messages:
+            wait_for(
+                lambda m=message: (r := store.get(m.message_id)) and r.state in (S.SUCCESS, S.REJECTED), timeout=60
+            )
+    runs = [item.decode().split(":") for item in state_client.lrange(f"{settings.namespace}:runs", 0, -1)]
+    ran = sorted(int(n) for n, _pid in runs)
+    assert len([n for n in ran if n < 100]) == 1
+    assert [n for n in ran if n >= 100] == list(range(100, 112))
+    rejected = [m for m in messages if store.get(m.message_id).state is S.REJECTED]  # type: ignore[union-attr]
+    assert len(rejected) == 11
+
+
+def run_jobs_cli(*argv: str) -> None:
+    """The `fairway jobs` verbs as `fairway` registers them."""
+    parser = argparse.ArgumentParser(prog="fairway")
+    jobs_cli.register(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(argv)
+    args.func(args)
+
+
+def test_jobs_cli_show_and_cancel(  # noqa: PLR0917 (fixtures)
+    broker: Broker,
+    settings: Settings,
+    queue_name: str,
+    store: JobStatusStore,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    for name, value in settings_env(settings).items():
+        monkeypatch.setenv(name, value)
+
+    @dramatiq.actor(broker=broker, queue_name=queue_name)
+    def later() -> None:
+        pass
+
+    message = later.send()
+    run_jobs_cli("jobs", "show", message.message_id, "--json")
+    shown = json.loads(capsys.readouterr().out)
+    assert shown == store.get(message.message_id).as_json()  # type: ignore[union-attr]
+    assert shown["state"] == "PENDING"
+    assert set(shown) == {"id", "actor", "state", "progress", "history"}
+
+    run_jobs_cli("jobs", "cancel", message.message_id, "--json")
+    assert json.loads(capsys.readouterr().out) == {
+        "id": message.message_id,
+        "state": "PENDING",
+        "cancel_requested": True,
+    }
+    run_jobs_cli("jobs", "show", message.message_id)
+    assert "cancel requested" in capsys.readouterr().out
+
+    with pytest.raises(CommandError, match="no status for job 'nope'"):
+        run_jobs_cli("jobs", "show", "nope")
+    store.finish(message.message_id, S.REVOKED, "later", queue_name)
+    with pytest.raises(CommandError, match=r"already finished \(REVOKED\)"):
+        run_jobs_cli("jobs", "cancel", message.message_id)
+
+
+def test_cancel_of_a_running_async_job(
+    broker: Broker, queue_name: str, store: JobStatusStore, start_worker: Callable[..., Worker]
+) -> None:
+    events: list[str] = []
+
+    @dramatiq.actor(broker=broker, queue_name=queue_name, max_retries=3, min_backoff=10)
+    async def busy_async() -> None:
+        events.append("started")
+        await asyncio.sleep(20)
+        events.append("finished")
+
+    message = busy_async.send()
+    start_worker()
+    wait_for(lambda: states(store, message.message_id)[-1:] == [S.STARTED])
+    store.cancel(message.message_id)
+    record = final(store, message.message_id, S.REVOKED)
+    assert [c.state for c in record.history] == [S.PENDING, S.STARTED, S.REVOKED]
+    assert events == ["started"]
+
+
+def test_unique_key_with_the_state_store_down(settings: Settings, queue_name: str) -> None:
+    down = JobStatusStore.from_settings(settings.model_copy(update={"state_url": f"redis://127.0.0.1:{free_port()}/0"}))
+    broker = StubBroker()
+    middleware = JobStatus(settings=settings, store=down)
+    broker.add_middleware(middleware)
+
+    @dramatiq.actor(broker=broker, queue_name=queue_name, unique_key="k")
+    def lenient() -> None:
+        pass
+
+    @dramatiq.actor(broker=broker, queue_name=queue_name, unique_key="k", unique_strict=True)
+    def strict() -> None:
+        pass
+
+    before = middleware.dropped_updates
+    lenient_message = MessageProxy(lenient.message())
+    middleware.before_process_message(broker, lenient_message)
+    middleware.after_process_message(broker, lenient_message)
+    assert middleware.dropped_updates == before + 2
+    with pytest.raises(UniqueKeyUnavailable, match="unique_key 'k'"):
+        middleware.before_process_message(broker, MessageProxy(strict.message()))
