@@ -11,7 +11,10 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
+
+import dramatiq
+from dramatiq import Broker, Worker
 
 from dramatiq_fairway.settings import Settings
 
@@ -80,3 +83,22 @@ def dramatiq_command(
                 process.wait()
         if log_file:
             output.close()  # type: ignore[union-attr]
+
+
+def run_jobs(broker: Broker, queue_name: str, values: list[Any]) -> list[Any]:
+    """Send one job per value through ``broker``, run them on an in-process worker, return what ran."""
+    done: list[Any] = []
+
+    @dramatiq.actor(broker=broker, queue_name=queue_name)
+    def record(value: Any) -> None:
+        done.append(value)
+
+    for value in values:
+        record.send(value)
+    worker = Worker(broker, worker_threads=1, worker_timeout=50)
+    worker.start()
+    try:
+        broker.join(queue_name, timeout=15_000)
+    finally:
+        worker.stop()
+    return done

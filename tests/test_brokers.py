@@ -16,7 +16,7 @@ from dramatiq_fairway import setup
 from dramatiq_fairway.embedded import EmbeddedRedis
 from dramatiq_fairway.settings import Settings
 
-from .helpers import wait_for
+from .helpers import run_jobs, wait_for
 
 
 def test_jobs_run_on_the_configured_broker(
@@ -66,21 +66,7 @@ def test_embedded_broker_is_shared_and_survives(short_tmp: Path, queue_name: str
         broker = setup(settings)
         assert server.status().running
         assert server.status().version == "6.2.14"
-        done: list[int] = []
-
-        @dramatiq.actor(broker=broker, queue_name=queue_name)
-        def record(x: int) -> None:
-            done.append(x)
-
-        record.send(1)
-        record.send(2)
-        worker = Worker(broker, worker_threads=1, worker_timeout=50)
-        worker.start()
-        try:
-            broker.join(queue_name, timeout=15_000)
-        finally:
-            worker.stop()
-        assert sorted(done) == [1, 2]
+        assert sorted(run_jobs(broker, queue_name, [1, 2])) == [1, 2]
 
         # A second setup joins the running server instead of starting another.
         assert server.ensure_running() is False

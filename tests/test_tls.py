@@ -8,15 +8,14 @@ import subprocess
 import sys
 from pathlib import Path
 
-import dramatiq
 import pytest
-from dramatiq import Worker
 
 from dramatiq_fairway import setup
 from dramatiq_fairway.diagnostics import check
 from dramatiq_fairway.settings import Settings, TlsSettings
 
 from .conftest import REDIS_URL
+from .helpers import run_jobs
 from .rabbitmq_node import throwaway_rabbitmq
 from .tls import make_certificates, tls_redis
 
@@ -32,21 +31,10 @@ def test_rediss_with_our_ca_runs_jobs_and_another_ca_is_refused(tmp_path: Path, 
         assert report.broker.version
 
         broker = setup(settings)
-        done: list[int] = []
-
-        @dramatiq.actor(broker=broker, queue_name=queue_name)
-        def over_tls(x: int) -> None:
-            done.append(x)
-
-        over_tls.send(7)
-        worker = Worker(broker, worker_threads=1, worker_timeout=50)
-        worker.start()
         try:
-            broker.join(queue_name, timeout=10_000)
+            assert run_jobs(broker, queue_name, [7]) == [7]
         finally:
-            worker.stop()
             broker.close()
-        assert done == [7]
 
         refused = check(Settings(broker="redis", redis_url=url, tls=TlsSettings(ca_file=stranger.ca)))
         assert not refused.ok
@@ -93,21 +81,10 @@ def test_amqps_with_our_ca_runs_jobs_and_another_ca_is_refused(tmp_path: Path, q
         assert report.broker.version
 
         broker = setup(settings)
-        done: list[int] = []
-
-        @dramatiq.actor(broker=broker, queue_name=queue_name)
-        def over_tls(x: int) -> None:
-            done.append(x)
-
-        over_tls.send(11)
-        worker = Worker(broker, worker_threads=1, worker_timeout=50)
-        worker.start()
         try:
-            broker.join(queue_name, timeout=15_000)
+            assert run_jobs(broker, queue_name, [11]) == [11]
         finally:
-            worker.stop()
             broker.close()
-        assert done == [11]
 
         refused = check(
             Settings(broker="rabbitmq", rabbitmq_url=url, state_url=REDIS_URL, tls=TlsSettings(ca_file=stranger.ca))
