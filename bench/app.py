@@ -17,7 +17,9 @@ from dramatiq.brokers.redis import RedisBroker
 import dramatiq_fairway
 from dramatiq_fairway.settings import load_settings
 
-QUEUE = "bench"
+# One queue per mode: RabbitMQ refuses to redeclare plain Dramatiq's queue with fairway's
+# x-max-priority (406 PRECONDITION_FAILED), as it would for a user adopting fairway (`fairway migrate`).
+QUEUE = f"bench_{os.environ.get('BENCH_MODE', 'plain')}"
 LATENCY_KEY = "bench:latency"
 
 settings = load_settings()

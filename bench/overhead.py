@@ -89,7 +89,7 @@ def worker(broker: str, mode: str, processes: int, threads: int) -> Iterator[App
     app = App(env)
     app.module.broker.flush_all()
     command = [sys.executable, "-m", "dramatiq", "app", "--processes", str(processes), "--threads", str(threads)]
-    command += ["--path", str(ROOT / "bench"), "--queues", "bench"]
+    command += ["--path", str(ROOT / "bench"), "--queues", app.module.QUEUE]
     process = subprocess.Popen(
         command, env={**os.environ, **env}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=ROOT
     )
