@@ -5,20 +5,16 @@ from __future__ import annotations
 import redis
 
 import dramatiq_fairway
+from dramatiq_fairway.brokers import build_broker
 from dramatiq_fairway.brokers.fair_redis import FairRedisBroker
-from dramatiq_fairway.connections import redis_client
-from dramatiq_fairway.middlewares.fairness import FairPriority
 from dramatiq_fairway.settings import Settings
 
 
 def fair_broker(settings: Settings) -> FairRedisBroker:
-    """A FairRedisBroker on ``settings`` with the fairway stack (FairPriority included)."""
-    broker = FairRedisBroker(
-        client=redis_client(settings.redis_url, settings.tls), namespace=settings.namespace, settings=settings
-    )
+    """The FairRedisBroker ``setup()`` would build for ``settings``, with the fairway stack, not made global."""
+    broker = build_broker(settings)
+    assert isinstance(broker, FairRedisBroker)
     dramatiq_fairway.install(broker, settings)
-    if not any(isinstance(middleware, FairPriority) for middleware in broker.middleware):
-        broker.add_middleware(FairPriority(settings=settings))
     return broker
 
 

@@ -3,12 +3,10 @@ messages wait on the delay queue without firing hooks or using a retry."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import dramatiq
 import pika
-import pytest
-import redis
 from dramatiq import Broker, Message, Middleware, Worker
 
 from dramatiq_fairway.brokers.consumer import HELD_SINCE
@@ -17,23 +15,7 @@ from dramatiq_fairway.connections import rabbitmq_parameters
 from dramatiq_fairway.priority import Priority
 from dramatiq_fairway.settings import Settings
 
-from .conftest import REDIS_URL
-from .fair_support import delete_namespace, fair_broker
 from .helpers import wait_for
-
-
-@pytest.fixture
-def broker(broker: Broker, settings: Settings) -> Iterator[Broker]:
-    """The conftest broker, except that Redis runs on FairRedisBroker (fairway's consumer on Redis)."""
-    if isinstance(broker, FairRedisBroker) or settings.broker != "redis":
-        yield broker
-        return
-    fair = fair_broker(settings)
-    yield fair
-    fair.close()
-    client = redis.Redis.from_url(REDIS_URL)
-    delete_namespace(client, settings.namespace)
-    client.close()
 
 
 class Recorder(Middleware):

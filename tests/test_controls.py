@@ -11,7 +11,7 @@ import argparse
 import json
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import dramatiq
@@ -25,23 +25,7 @@ from dramatiq_fairway.cli import queues as queues_cli
 from dramatiq_fairway.controls import CACHE_SECONDS, PausedQueues, QueuePause, pause_queue, paused_queues, resume_queue
 from dramatiq_fairway.settings import Settings
 
-from .conftest import REDIS_URL
-from .fair_support import delete_namespace, fair_broker
 from .helpers import settings_env, wait_for
-
-
-@pytest.fixture
-def broker(broker: Broker, settings: Settings) -> Iterator[Broker]:
-    """The conftest broker, except that Redis runs on FairRedisBroker (which pauses in its fetch)."""
-    if isinstance(broker, FairRedisBroker) or settings.broker != "redis":
-        yield broker
-        return
-    fair = fair_broker(settings)
-    yield fair
-    fair.close()
-    client = redis.Redis.from_url(REDIS_URL)
-    delete_namespace(client, settings.namespace)
-    client.close()
 
 
 def test_pause_stops_intake_within_a_second_and_resume_runs_everything(

@@ -2,21 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import dramatiq
 import pytest
-import redis
 from dramatiq import Broker, Message, Middleware, Worker
 from dramatiq.brokers.rabbitmq import RabbitmqBroker
 
-from dramatiq_fairway.brokers.fair_redis import FairRedisBroker
 from dramatiq_fairway.errors import QueueFull
 from dramatiq_fairway.middlewares.fairness import FairPriority
 from dramatiq_fairway.settings import FairnessSettings, Settings
 
-from .conftest import REDIS_URL
-from .fair_support import delete_namespace, fair_broker
 from .helpers import wait_for
 
 
@@ -26,22 +22,6 @@ class Sent(Middleware):
 
     def after_enqueue(self, broker: Broker, message: Message, delay: int | None) -> None:
         self.options.append(dict(message.options))
-
-
-@pytest.fixture
-def broker(broker: Broker, settings: Settings) -> Iterator[Broker]:
-    """The conftest broker with FairPriority; Redis runs on FairRedisBroker."""
-    if settings.broker == "redis" and not isinstance(broker, FairRedisBroker):
-        fair = fair_broker(settings)
-        yield fair
-        fair.close()
-        client = redis.Redis.from_url(REDIS_URL)
-        delete_namespace(client, settings.namespace)
-        client.close()
-        return
-    if not any(isinstance(m, FairPriority) for m in broker.middleware):
-        broker.add_middleware(FairPriority(settings=settings))
-    yield broker
 
 
 @pytest.fixture
