@@ -5,8 +5,9 @@
 
 For each broker, job kind (no-op, 1 ms) and worker shape (processes x threads), the real
 ``dramatiq`` command runs ``bench/app.py`` in plain and in fairway mode, alternated within each
-repetition. A run enqueues N jobs onto an idle, warmed-up worker and times until ``join`` says
-every job was acknowledged. The table shows medians and the ratio fairway / plain. Then 500
+repetition. A run fills the queue while the warmed-up worker's processes are stopped (SIGSTOP), then resumes
+them and times until ``join`` says every job was acknowledged: the worker's drain rate, which is
+what middleware costs, not the producer's send rate. The table shows medians and the ratio fairway / plain. Then 500
 single jobs on an idle worker give the enqueue → start latency (p50 / p99).
 """
 
@@ -24,6 +25,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import psutil
 import redis
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -74,18 +76,36 @@ class App:
 
     def __init__(self, env: dict[str, str]) -> None:
         os.environ.update(env)
+        redis_url = env["FAIRWAY_REDIS_URL"]
         sys.path.insert(0, str(ROOT / "bench"))
         for name in [m for m in sys.modules if m == "app"]:
             del sys.modules[name]
         import app  # loaded per mode: it builds its broker at import
 
         self.module = app
-        self.recorder = redis.Redis.from_url(REDIS_URL)
+        self.recorder = redis.Redis.from_url(redis_url)
+        self.workers: list[psutil.Process] = []
+
+    @contextmanager
+    def stopped(self) -> Iterator[None]:
+        for process in self.workers:
+            process.suspend()
+        try:
+            yield
+        finally:
+            for process in self.workers:
+                process.resume()
 
 
 @contextmanager
-def worker(broker: str, mode: str, processes: int, threads: int) -> Iterator[App]:
-    env = {"FAIRWAY_BROKER": broker, "FAIRWAY_STATE_URL": REDIS_URL, "BENCH_MODE": mode, "FAIRWAY_NAMESPACE": "bench"}
+def worker(broker: str, mode: str, processes: int, threads: int, redis_url: str = REDIS_URL) -> Iterator[App]:
+    env = {
+        "FAIRWAY_BROKER": broker,
+        "FAIRWAY_REDIS_URL": redis_url,
+        "FAIRWAY_STATE_URL": redis_url,
+        "BENCH_MODE": mode,
+        "FAIRWAY_NAMESPACE": "bench",
+    }
     app = App(env)
     app.module.broker.flush_all()
     command = [sys.executable, "-m", "dramatiq", "app", "--processes", str(processes), "--threads", str(threads)]
@@ -95,6 +115,7 @@ def worker(broker: str, mode: str, processes: int, threads: int) -> Iterator[App
     )
     try:
         throughput(app, "noop", 200)  # warm up: every process connected and consuming
+        app.workers = psutil.Process(process.pid).children(recursive=True)
         yield app
     finally:
         process.send_signal(signal.SIGTERM)
@@ -104,10 +125,17 @@ def worker(broker: str, mode: str, processes: int, threads: int) -> Iterator[App
 
 
 def throughput(app: App, kind: str, jobs: int) -> float:
+    """Jobs/s the worker drains, the queue filled while its processes were stopped.
+
+    Filling first keeps the producer out of the measure: with publisher confirms (which setup()
+    turns on) sending is slower than draining, and a worker fed slower than it drains measures
+    the producer. SIGSTOP leaves every connection open, so no broker thinks the worker died.
+    """
     actor = getattr(app.module, kind)
-    started = time.perf_counter()
-    for _ in range(jobs):
-        actor.send()
+    with app.stopped():
+        for _ in range(jobs):
+            actor.send()
+        started = time.perf_counter()
     app.module.broker.join(app.module.QUEUE, timeout=600_000)
     return jobs / (time.perf_counter() - started)
 

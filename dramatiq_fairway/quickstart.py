@@ -1,7 +1,8 @@
-"""The quickstart app: ``dramatiq dramatiq_fairway.quickstart`` (or ``dramatiq examples.quickstart``).
+"""The quickstart app: ``dramatiq dramatiq_fairway.quickstart`` (or ``dramatiq examples.quickstart``,
+whose file is also the producer: ``python examples/quickstart.py``).
 
 One actor that does real work (counts primes in a range with a sieve) and tallies what it did in
-the state store, so ``fairway demo`` and the tests can see every job finish on any broker.
+the state store, so a producer can see every job finish on any broker.
 """
 
 from __future__ import annotations

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import tomllib
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit, urlunsplit
@@ -59,6 +60,7 @@ class FairnessSettings(_Section):
     max_queued_per_tenant: int | None = Field(None, ge=1)
     max_wait: float = Field(300, gt=0)
     prefetch: int | None = Field(None, ge=0)
+    rabbitmq_lanes: int = Field(4, ge=1, le=64)
 
     @field_validator("weights")
     @classmethod
@@ -86,11 +88,15 @@ class RetrySettings(_Section):
 
 
 class BreakerPolicy(_Section):
-    """How one breaker decides (resilience4j's count-based model); times in seconds."""
+    """How one breaker decides (resilience4j's model); times in seconds."""
 
     failure_rate_threshold: float = Field(0.5, gt=0, le=1)
     minimum_calls: int = Field(10, ge=1)
+    # "count": the window is the last window_size calls; "time": the calls of the last
+    # window_duration seconds, kept in per-second buckets (capped so one script call stays cheap).
+    window_type: Literal["count", "time"] = "count"
     window_size: int = Field(20, ge=1)
+    window_duration: int = Field(60, ge=1, le=3600)
     open_duration: float = Field(30, gt=0)
     half_open_max_calls: int = Field(3, ge=1)
     # Each consecutive opening (half-open trials failed again) waits this many times longer, up to
@@ -106,12 +112,14 @@ class BreakerPolicy(_Section):
 
 
 class BreakerSettings(BreakerPolicy):
-    keys: dict[str, dict[str, float]] = {}
+    keys: dict[str, dict[str, float | str | None]] = {}
     max_hold: float = Field(86400, gt=0)
 
     @field_validator("keys")
     @classmethod
-    def _valid_overrides(cls, keys: dict[str, dict[str, float]]) -> dict[str, dict[str, float]]:
+    def _valid_overrides(
+        cls, keys: dict[str, dict[str, float | str | None]]
+    ) -> dict[str, dict[str, float | str | None]]:
         for key, overrides in keys.items():
             try:
                 BreakerPolicy(**overrides)
@@ -151,9 +159,19 @@ class TenantLimit(_Section):
 
 
 class LimitSettings(_Section):
+    """Per-tenant limits (DESIGN §11), resolved field by field: the queue's entry for the tenant
+    (``queues``), the tenant's entry (``tenants``), the queue's default (``queues[q]["*"]``), then
+    ``default``. A ``rate`` without ``burst`` allows a burst of one second's worth (at least 1)."""
+
     tenants: dict[str, TenantLimit] = {}
     default: TenantLimit | None = None
+    queues: dict[str, dict[str, TenantLimit]] = {}
     exempt_critical: bool = True
+
+
+class LogSettings(_Section):
+    # "json": one JSON object per line with the job's message id, actor, queue, tenant, attempt.
+    format: Literal["text", "json"] = "text"
 
 
 class DashboardSettings(_Section):
@@ -162,6 +180,25 @@ class DashboardSettings(_Section):
     username: str | None = None
     password: SecretStr | None = None
     read_only: bool = False
+
+
+class ActorSettings(_Section):
+    """The domain actors (``dramatiq_fairway.actors``): ``FAIRWAY_ACTORS__*``."""
+
+    # A federated round aggregates once every client reported, or once ``fl_round_deadline``
+    # seconds passed with at least this share of its clients.
+    fl_quorum: float = Field(0.8, gt=0, le=1)
+    fl_round_deadline: float = Field(120, gt=0)
+    papers_source: Literal["corpus", "semantic_scholar"] = "corpus"
+    semantic_scholar_url: str = "https://api.semanticscholar.org/graph/v1"
+    semantic_scholar_api_key: SecretStr | None = None
+
+    @field_validator("semantic_scholar_url")
+    @classmethod
+    def _http_scheme(cls, url: str) -> str:
+        if urlsplit(url).scheme not in ("http", "https"):
+            raise ValueError("must start with http:// or https://")
+        return url
 
 
 class Settings(BaseSettings):
@@ -192,6 +229,8 @@ class Settings(BaseSettings):
     status: StatusSettings = StatusSettings()
     limits: LimitSettings = LimitSettings()
     dashboard: DashboardSettings = DashboardSettings()
+    logs: LogSettings = LogSettings()
+    actors: ActorSettings = ActorSettings()
 
     @field_validator("redis_url", "state_url")
     @classmethod
@@ -257,6 +296,8 @@ def load_settings(**overrides: Any) -> Settings:
         raise ConfigError(_describe(exc)) from None
     except SettingsError as exc:
         raise ConfigError(_describe_unparsable(exc)) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{ENV_PREFIX}CONFIG: {config_file!r} is not valid TOML ({exc})") from None
 
 
 def _describe(exc: ValidationError) -> str:

@@ -5,20 +5,27 @@ in list order, ``emit_after`` in reverse, so what must see a final outcome sits 
 middleware that decides it):
 
     AgeLimit, TimeLimit, ShutdownNotifications, Callbacks, Pipelines   (Dramatiq's, kept)
+    JobLogContext     the job's fields for log lines; JSON logs           (metrics issue)
     FairPriority      validates priority_level / tenant at enqueue        (fairness issue)
     Metrics           counts outcomes after retries decided               (metrics issue)
+    WorkerHeartbeats  reports the worker process for ``fairway workers``  (metrics issue)
     JobStatus         records states, progress, cancel, unique_key        (metrics issue)
     QueuePause        holds back messages of a paused queue (RabbitMQ)    (metrics issue)
+    TenantLimiter     holds back jobs of tenants over their limits (RabbitMQ) (limits issue)
     DeadLetters       records every failed message in before_nack         (dead-letter issue)
-    CircuitBreaker    holds back jobs of an open dependency               (breaker issue)
     ClassifiedRetries replaces Dramatiq's Retries, never beside it        (retries issue)
-    AsyncIO           runs ``async def`` actors
+    CircuitBreaker    holds back jobs of an open dependency; after the    (breaker issue)
+                      retries so that it reports an outcome before the retry is re-enqueued
+    MessageSize       refuses non-JSON and oversized messages at enqueue  (proof issue)
+    ContextAsyncIO    runs ``async def`` actors (Dramatiq's AsyncIO, keeping the job's context)
 
 ``FAIRWAY_MIDDLEWARE_ORDER`` below is the single place the order is written down.
 """
 
 from __future__ import annotations
 
+import multiprocessing
+import sys
 from collections.abc import Iterable
 
 import dramatiq
@@ -27,24 +34,34 @@ from dramatiq.middleware import AsyncIO, Retries
 
 from .brokers import build_broker
 from .controls import QueuePause
+from .errors import ConfigError
+from .middlewares.asyncio import ContextAsyncIO
 from .middlewares.breaker import CircuitBreaker
 from .middlewares.dead_letters import DeadLetters
 from .middlewares.fairness import FairPriority
+from .middlewares.limits import TenantLimiter
+from .middlewares.logs import JobLogContext
+from .middlewares.message_size import MessageSize
 from .middlewares.metrics import Metrics
 from .middlewares.retries import ClassifiedRetries
 from .middlewares.status import JobStatus
+from .middlewares.workers import WorkerHeartbeats
 from .settings import Settings, load_settings
 
 # The fairway middleware, in stack order. They go where Dramatiq's Retries stood (the last of its
 # defaults), which ClassifiedRetries replaces; each is built with the broker's Settings.
 FAIRWAY_MIDDLEWARE_ORDER: tuple[type[Middleware], ...] = (
+    JobLogContext,
     FairPriority,
     Metrics,
+    WorkerHeartbeats,
     JobStatus,
     QueuePause,
+    TenantLimiter,
     DeadLetters,
-    CircuitBreaker,
     ClassifiedRetries,
+    CircuitBreaker,
+    MessageSize,
 )
 
 
@@ -53,7 +70,7 @@ def setup(settings: Settings | None = None, *, middleware: Iterable[Middleware] 
 
     ``middleware`` is added after the fairway stack (for example ``Results``).
     """
-    settings = settings or load_settings()
+    settings = settings or _load_settings_or_exit()
     broker = build_broker(settings)
     install(broker, settings)
     for extra in middleware:
@@ -62,11 +79,23 @@ def setup(settings: Settings | None = None, *, middleware: Iterable[Middleware] 
     return broker
 
 
+def _load_settings_or_exit() -> Settings:
+    """``load_settings()``; in a worker process of the ``dramatiq`` command, a bad setting ends the
+    process with its one line instead of the traceback multiprocessing prints for an exception."""
+    try:
+        return load_settings()
+    except ConfigError as error:
+        if multiprocessing.parent_process() is not None and "dramatiq.cli" in sys.modules:
+            raise SystemExit(f"dramatiq-fairway: {error}") from None
+        raise
+
+
 def install(broker: Broker, settings: Settings | None = None) -> Broker:
     """Add the fairway stack to a broker built elsewhere (django_dramatiq, an existing RedisBroker).
 
     The stack takes the place of Dramatiq's ``Retries`` (removed once ClassifiedRetries is in the
-    stack, so the two never run together); ``AsyncIO`` is added at the end unless present.
+    stack, so the two never run together); ``ContextAsyncIO`` is added at the end, in place of
+    Dramatiq's ``AsyncIO`` when that is present.
     Calling it twice adds nothing the second time.
     """
     settings = settings or load_settings()
@@ -82,6 +111,11 @@ def install(broker: Broker, settings: Settings | None = None) -> Broker:
             broker.add_middleware(instance, before=Retries)
     if anchor is not None and any(getattr(c, "replaces_retries", False) for c in FAIRWAY_MIDDLEWARE_ORDER):
         broker.middleware.remove(anchor)
-    if AsyncIO not in present:
-        broker.add_middleware(AsyncIO())
+    # Dramatiq's own AsyncIO gives way to ContextAsyncIO, which lets progress() and the job's log
+    # fields reach async def actors.
+    stock = next((m for m in broker.middleware if type(m) is AsyncIO), None)
+    if stock is not None:
+        broker.middleware[broker.middleware.index(stock)] = ContextAsyncIO()
+    elif ContextAsyncIO not in present:
+        broker.add_middleware(ContextAsyncIO())
     return broker

@@ -20,6 +20,7 @@ from dramatiq.brokers.rabbitmq import RabbitmqBroker
 from dramatiq.brokers.stub import StubBroker
 
 from dramatiq_fairway import setup
+from dramatiq_fairway.brokers.rabbitmq import FairwayRabbitmqBroker
 from dramatiq_fairway.connections import rabbitmq_parameters
 from dramatiq_fairway.settings import Settings
 
@@ -110,6 +111,7 @@ def _delete_queues(broker: Broker, settings: Settings) -> None:
         connection = pika.BlockingConnection(rabbitmq_parameters(settings))
         channel = connection.channel()
         for queue in broker.get_declared_queues():
-            for name in (queue, dramatiq.common.dq_name(queue), dramatiq.common.xq_name(queue)):
+            levels = broker.level_queues(queue) if isinstance(broker, FairwayRabbitmqBroker) else []
+            for name in (queue, dramatiq.common.dq_name(queue), dramatiq.common.xq_name(queue), *levels):
                 channel.queue_delete(name)
         connection.close()

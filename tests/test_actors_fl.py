@@ -265,3 +265,19 @@ def test_a_failing_client_does_not_block_its_round(
     assert report.participants == [c for c in CLIENTS if c != broken]
     assert report.missing == [broken]
     assert report.global_accuracy > report.mean_client_accuracy
+
+
+def test_a_round_takes_quorum_and_deadline_from_the_settings(
+    actor_state: None, monkeypatch: pytest.MonkeyPatch, state_client: redis.Redis, namespace: str
+) -> None:
+    monkeypatch.setenv("FAIRWAY_ACTORS__FL_QUORUM", "0.6")
+    monkeypatch.setenv("FAIRWAY_ACTORS__FL_ROUND_DEADLINE", "42")
+    config = fl.start_federated_round("from-settings", CLIENTS, seed=3)
+    assert config.quorum == 0.6
+    assert config.quorum_size == 3
+    assert config.deadline - config.opened_at == pytest.approx(42)
+    stored = fl.FederatedRound(state_client, namespace, "from-settings").config()
+    assert stored == config
+    # Explicit arguments still win over the settings.
+    explicit = fl.start_federated_round("explicit", CLIENTS, seed=3, quorum=1.0, deadline_s=5)
+    assert (explicit.quorum, explicit.deadline - explicit.opened_at) == (1.0, pytest.approx(5))

@@ -15,12 +15,15 @@ from pathlib import Path
 import dramatiq
 import pytest
 import redis
-from dramatiq import Broker, Worker
+from dramatiq import Broker, Message, Worker
+from dramatiq.brokers.stub import StubBroker
 from pydantic import SecretStr
 
 from dramatiq_fairway.actors import papers
+from dramatiq_fairway.demo_scholar import ScholarStandIn
 from dramatiq_fairway.errors import PermanentError, RateLimited, TransientError
 from dramatiq_fairway.priority import Priority
+from dramatiq_fairway.store.breakers import RedisBreakerStore
 
 from .conftest import REDIS_URL
 from .helpers import free_port, wait_for
@@ -166,7 +169,7 @@ def test_crawl_options_follow_the_stack() -> None:
         "priority_level": "NORMAL",
         "breaker": "semantic_scholar",
     }
-    assert papers.crawl_options(Stack(), child, "offline") == {"priority_level": "NORMAL"}  # type: ignore[arg-type]
+    assert papers.crawl_options(Stack(), child, "corpus") == {"priority_level": "NORMAL"}  # type: ignore[arg-type]
     assert papers.crawl_options(Stock(), child, "semantic_scholar") == {}  # type: ignore[arg-type]
 
 
@@ -425,10 +428,65 @@ def test_note_names_are_safe_for_obsidian() -> None:
 
 
 def test_generate_markdown_writes_a_note_with_a_pdf_summary(tmp_path: Path, article_pdf: Path) -> None:
-    path = Path(papers.generate_markdown.fn("arXiv:1602.05629", str(tmp_path / "vault"), "offline", str(article_pdf)))
+    path = Path(papers.generate_markdown.fn("arXiv:1602.05629", str(tmp_path / "vault"), "corpus", str(article_pdf)))
     assert path == tmp_path / "vault" / "Communication-Efficient Learning of Deep Networks from Decentralized Data.md"
     text = path.read_text(encoding="utf-8")
     assert "## Summary" in text
     assert "- [[Adam A Method for Stochastic Optimization]] (2014)" in text
     assert "#federated" in text
     assert [p.name for p in path.parent.iterdir()] == [path.name]  # no temporary file left behind
+
+
+# --- The source the settings choose, and the breaker in front of it ------------------------------
+
+
+def test_the_papers_source_comes_from_the_settings(
+    actor_state: None, monkeypatch: pytest.MonkeyPatch, namespace: str, state_client: redis.Redis
+) -> None:
+    stand_in = ScholarStandIn().start()
+    monkeypatch.setenv("FAIRWAY_ACTORS__PAPERS_SOURCE", "semantic_scholar")
+    monkeypatch.setenv("FAIRWAY_ACTORS__SEMANTIC_SCHOLAR_URL", stand_in.url)
+    papers.source_named.cache_clear()
+    try:
+        result = papers.fetch_paper_metadata.fn(GPT3, 1, "crawl-s2")
+    finally:
+        papers.source_named.cache_clear()
+        stand_in.stop()
+    assert result["title"] == papers.OfflineCorpus().get(GPT3).title
+    assert stand_in.answers == {200: 1}
+    # The references go on to be fetched from the same source the settings chose.
+    stub = papers.fetch_paper_metadata.broker
+    assert isinstance(stub, StubBroker)
+    sent = []
+    while not stub.queues[papers.QUEUE].empty():
+        sent.append(Message.decode(stub.queues[papers.QUEUE].get_nowait()))
+    children = [message for message in sent if message.args[2] == "crawl-s2"]
+    assert {message.args[0] for message in children} == set(papers.OfflineCorpus().records[GPT3]["references"])
+    assert {message.args[3] for message in children} == {"semantic_scholar"}
+
+
+def test_a_429_opens_the_semantic_scholar_breaker_for_its_retry_after(
+    broker: Broker, queue_name: str, namespace: str, state_client: redis.Redis, start_worker: Callable[..., Worker]
+) -> None:
+    stand_in = ScholarStandIn().start()
+    stand_in.rate_limit(100, 30)
+    source = papers.SemanticScholarSource(stand_in.url, timeout=5)
+
+    @dramatiq.actor(broker=broker, queue_name=queue_name, breaker=papers.SEMANTIC_SCHOLAR_BREAKER, max_retries=0)
+    def fetch(paper_id: str) -> None:
+        source.get(paper_id)
+
+    try:
+        fetch.send(TRANSFORMER)
+        start_worker()
+        store = RedisBreakerStore(state_client, namespace)
+        state = wait_for(
+            lambda: (found := store.get(papers.SEMANTIC_SCHOLAR_BREAKER)) and found.state == "open" and found
+        )
+    finally:
+        source.close()
+        stand_in.stop()
+    assert stand_in.answers == {429: 1}
+    assert state.opened_at is not None
+    assert state.retry_at is not None
+    assert state.retry_at - state.opened_at == pytest.approx(30, abs=1)

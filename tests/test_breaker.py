@@ -1,9 +1,9 @@
 """CircuitBreaker: the middleware's decisions with an injected clock (StubBroker, pure logic), then
 jobs held back and released on a real broker, and the ``fairway breakers`` verbs.
 
-Holding needs fairway's consumer; until FairRedisBroker is the broker ``setup()`` builds for
-Redis, the end-to-end hold tests run on RabbitMQ (FairwayRabbitmqBroker). The state store is the
-real shared Redis, namespaced per test.
+Holding needs fairway's consumer (FairRedisBroker, FairwayRabbitmqBroker: what ``setup()``
+builds); the real-broker tests run on both. The state store is the real shared Redis, namespaced
+per test. The 4 x 4 ``dramatiq`` command runs are in ``test_breaker_e2e.py``.
 """
 
 from __future__ import annotations
@@ -28,14 +28,17 @@ from dramatiq.middleware import CurrentMessage
 from dramatiq_fairway import cli
 from dramatiq_fairway.brokers.consumer import HELD_SINCE
 from dramatiq_fairway.cli import breakers as breakers_cli
-from dramatiq_fairway.errors import PermanentError, RateLimited, TransientError
+from dramatiq_fairway.errors import ConfigError, PermanentError, RateLimited, TransientError
 from dramatiq_fairway.middlewares.breaker import (
+    BREAKER_HELD_SINCE,
+    CACHE_TTL,
     BreakerOptionError,
     CircuitBreaker,
     HeldTooLong,
     _classify_builtin,
 )
-from dramatiq_fairway.settings import BreakerSettings, Settings
+from dramatiq_fairway.middlewares.metrics import Metrics
+from dramatiq_fairway.settings import BreakerSettings, Settings, load_settings
 from dramatiq_fairway.store.breakers import MemoryBreakerStore, RedisBreakerStore, StoreUnavailable
 from dramatiq_fairway.store.dead_letters import DeadLetterStore
 
@@ -157,22 +160,60 @@ def test_only_transient_and_rate_limited_outcomes_count_as_failures(stack: Stack
     assert (state.failures, state.calls) == (1, 1)
 
 
-def test_a_closed_breaker_costs_one_cached_read_per_job(clock: Clock) -> None:
+def test_a_closed_breaker_costs_nothing_at_start_and_one_call_at_the_end(clock: Clock) -> None:
     stack = Stack(CountingStore(clock), clock, POLICY.model_copy(update={"window_size": 100}))
     calls: list[str] = stack.store.calls  # type: ignore[attr-defined]
     for _ in range(50):
         message = stack.message()
         assert stack.hold(message) is None
         stack.run(message)
-    # One read to learn the state; successes are buffered and sent once a second (none yet).
-    assert calls == ["admit"]
-    clock.now += 1.0
-    message = stack.message()
-    assert stack.hold(message) is None
-    stack.run(message)
-    # A second later: one read and one batched report for all 51 jobs.
-    assert calls == ["admit", "admit", "record"]
-    assert stack.store.get("dep").calls == 51  # type: ignore[union-attr]
+        clock.now += 0.1
+    # One read to learn the state; after that every job's report refreshes the cache, so starting
+    # a job costs no call while jobs flow.
+    assert calls == ["admit"] + ["record"] * 50
+    assert stack.store.get("dep").calls == 50  # type: ignore[union-attr]
+    clock.now += CACHE_TTL
+    assert stack.hold(stack.message()) is None
+    # An idle process asks again.
+    assert calls[-1] == "admit"
+
+
+class BlockingStore(CountingStore):
+    """Holds the first ``record`` until released, as a slow round trip would."""
+
+    def __init__(self, clock: Clock) -> None:
+        super().__init__(clock)
+        self.entered = threading.Event()
+        self.release = threading.Event()
+        self.sent: list[str] = []
+
+    def record(self, key: str, outcomes: str, *args: Any, **kwargs: Any) -> Any:
+        self.sent.append(outcomes)
+        if len(self.sent) == 1:
+            self.entered.set()
+            assert self.release.wait(10)
+        return super().record(key, outcomes, *args, **kwargs)
+
+
+def test_outcomes_of_other_threads_join_the_call_in_flight(clock: Clock) -> None:
+    store = BlockingStore(clock)
+    stack = Stack(store, clock, POLICY.model_copy(update={"window_size": 100, "minimum_calls": 100}))
+    first = threading.Thread(target=stack.run, args=(stack.message(),))
+    first.start()
+    assert store.entered.wait(10)
+    # While the first report is in flight, successes of other threads queue without a call...
+    for _ in range(3):
+        stack.run(stack.message())
+    assert store.sent == ["s"]
+    # ...but a failure never waits.
+    stack.run(stack.message(), TransientError("down"))
+    assert store.sent == ["s", "sssf"]
+    stack.run(stack.message())
+    store.release.set()
+    first.join(10)
+    # The first thread, once answered, sends what was queued meanwhile.
+    assert store.sent == ["s", "sssf", "s"]
+    assert stack.store.get("dep").calls == 6  # type: ignore[union-attr]
 
 
 def test_a_failure_is_sent_at_once_and_its_reply_opens_the_breaker_for_this_worker(stack: Stack) -> None:
@@ -214,15 +255,69 @@ def test_a_skipped_trial_gives_its_slot_back(stack: Stack, clock: Clock) -> None
 
 def test_a_job_held_longer_than_max_hold_is_failed_not_held(stack: Stack, clock: Clock) -> None:
     stack.store.force_open("dep", now=T0)
-    recent = stack.message(**{HELD_SINCE: int((clock.now - 60) * 1000)})
+    recent = stack.message(**{BREAKER_HELD_SINCE: int((clock.now - 60) * 1000)})
     assert stack.hold(recent) is not None
-    stale = stack.message(**{HELD_SINCE: int((clock.now - 3601) * 1000)})
+    stale = stack.message(**{BREAKER_HELD_SINCE: int((clock.now - 3601) * 1000)})
     assert stack.hold(stale) is None
     proxy = MessageProxy(stale)
     with pytest.raises(HeldTooLong, match="held back by breaker 'dep'"):
         stack.middleware.before_process_message(stack.broker, proxy)
     assert proxy.failed
     assert proxy.options["dead_letter_reason"] == "held_too_long"
+
+
+def test_only_the_breakers_own_holds_count_toward_max_hold(stack: Stack, clock: Clock) -> None:
+    stack.store.force_open("dep", now=T0)
+    # Held for a day by a paused queue (the consumer's HELD_SINCE), never by the breaker.
+    paused = stack.message(**{HELD_SINCE: int((clock.now - 86_400) * 1000)})
+    assert stack.hold(paused) is not None
+    # The held copy carries when the breaker first held it back.
+    assert paused.options[BREAKER_HELD_SINCE] == T0 * 1000
+    clock.now += 3000
+    assert stack.hold(paused) is not None
+    assert paused.options[BREAKER_HELD_SINCE] == T0 * 1000
+    stack.store.close("dep", now=clock.now)
+    clock.now += CACHE_TTL
+    # Let through: a later hold is timed afresh.
+    assert stack.hold(paused) is None
+    assert BREAKER_HELD_SINCE not in paused.options
+
+
+class MetricsStack(Stack):
+    """A Stack whose broker also has the Metrics middleware, read back from its registry."""
+
+    def __init__(self, store: MemoryBreakerStore, clock: Clock) -> None:
+        super().__init__(store, clock)
+        self.metrics = Metrics(settings=Settings())
+        self.broker.add_middleware(self.metrics)
+
+    def sample(self, name: str, **labels: str) -> float:
+        return self.metrics.registry.get_sample_value(name, labels) or 0.0
+
+
+def test_transitions_and_held_jobs_reach_the_metrics(clock: Clock) -> None:
+    stack = MetricsStack(CountingStore(clock), clock)
+    stack.run(stack.message())
+    assert stack.sample("fairway_breaker_state", key="dep") == 0
+    for _ in range(2):
+        stack.run(stack.message(), TransientError("down"))
+    assert stack.sample("fairway_breaker_state", key="dep") == 2
+    assert stack.sample("fairway_breaker_transitions_total", key="dep", to="open") == 1
+    for _ in range(3):
+        assert stack.hold(stack.message()) is not None
+    held = {"queue": "default", "actor": "guarded", "outcome": "delayed_by_breaker"}
+    assert stack.sample("fairway_messages_total", **held) == 3
+    clock.now += POLICY.open_duration
+    trial = stack.message()
+    assert stack.hold(trial) is None
+    assert stack.sample("fairway_breaker_state", key="dep") == 1
+    assert stack.sample("fairway_breaker_transitions_total", key="dep", to="half_open") == 1
+    # Another process (here: the store directly, as the CLI) closes it: this process's view changes,
+    # but the transition is not this process's to count.
+    stack.store.close("dep", now=clock.now)
+    stack.run(trial)
+    assert stack.sample("fairway_breaker_state", key="dep") == 0
+    assert stack.sample("fairway_breaker_transitions_total", key="dep", to="closed") == 0
 
 
 def test_breakers_fall_back_to_per_process_state_when_the_store_is_down(
@@ -321,6 +416,7 @@ def test_an_open_breaker_holds_jobs_without_retries_until_it_closes(
     assert min(late) >= opened.retry_at  # type: ignore[operator]
     assert all(options.get("retries", 0) == 0 for options in finished.values())
     assert all(HELD_SINCE in options for options in finished.values())
+    assert not any(BREAKER_HELD_SINCE in options for options in finished.values())
     assert store.get("dep").state == "closed"  # type: ignore[union-attr]
     # The two real failures were dead-lettered; no held job was.
     dead = DeadLetterStore(settings).list()
@@ -344,7 +440,7 @@ def test_rate_limited_stops_every_worker_calling_the_dependency_for_retry_after(
     call.send("first")
     wait_for(lambda: limited_at)
     store = RedisBreakerStore.from_settings(settings)
-    wait_for(lambda: store.get("api").state == "open")  # type: ignore[union-attr]
+    wait_for(lambda: (state := store.get("api")) is not None and state.state == "open")
     for i in range(6):
         call.send(f"n{i}")
     wait_for(lambda: len(dependency.calls) >= 8, timeout=20)
@@ -365,7 +461,7 @@ def test_a_job_held_longer_than_max_hold_is_dead_lettered_as_held_too_long(
 
     RedisBreakerStore.from_settings(settings).force_open("dep")
     held_since = int((time.time() - settings.breaker.max_hold - 1) * 1000)
-    message = job.send_with_options(**{HELD_SINCE: held_since})
+    message = job.send_with_options(**{BREAKER_HELD_SINCE: held_since})
     start_worker()
     dead_letters = DeadLetterStore(settings)
     record = wait_for(lambda: dead_letters.get(message.message_id))
@@ -415,3 +511,72 @@ def test_cli_logs_one_line_per_transition(
         "closed -> open",
         "open -> closed",
     ]
+
+
+def test_a_time_window_policy_per_key_comes_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FAIRWAY_BREAKER__KEYS", '{"api": {"window_type": "time", "window_duration": 30}}')
+    breaker = load_settings().breaker
+    assert (breaker.window_type, breaker.policy_for("api").window_type) == ("count", "time")
+    assert breaker.policy_for("api").window_duration == 30
+    monkeypatch.setenv("FAIRWAY_BREAKER__KEYS", '{"api": {"window_type": "hourly"}}')
+    with pytest.raises(ConfigError, match="breaker 'api': window_type"):
+        load_settings()
+
+
+class CountingRedis(redis.Redis):
+    """A state-store client that keeps every command it sends (the breaker store's round trips)."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.sent: list[tuple[Any, ...]] = []
+
+    def execute_command(self, *args: Any, **options: Any) -> Any:
+        self.sent.append(args)
+        return super().execute_command(*args, **options)
+
+
+def test_the_hot_path_costs_no_call_without_a_breaker_and_one_finish_call_with_a_closed_one(  # noqa: PLR0917 (fixtures)
+    broker: Broker,
+    settings: Settings,
+    queue_name: str,
+    start_worker: Callable[..., Worker],
+    state_client: redis.Redis,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    client = CountingRedis(connection_pool=redis.ConnectionPool.from_url(REDIS_URL))
+    monkeypatch.setattr(RedisBreakerStore, "from_settings", lambda s: RedisBreakerStore(client, s.namespace))
+    ran: list[str] = []
+
+    @dramatiq.actor(broker=broker, queue_name=queue_name)
+    def free(n: int) -> None:
+        ran.append("free")
+
+    @dramatiq.actor(broker=broker, queue_name=queue_name, breaker="dep")
+    def guarded(n: int) -> None:
+        ran.append("guarded")
+
+    jobs = 200
+    for n in range(jobs):
+        free.send(n)
+    start_worker(threads=4)
+    wait_for(lambda: len(ran) == jobs, timeout=30)
+    assert client.sent == []
+
+    started = time.monotonic()
+    for n in range(jobs):
+        guarded.send(n)
+    wait_for(lambda: len(ran) == 2 * jobs, timeout=30)
+    elapsed = time.monotonic() - started
+    calls = [
+        args[5].decode() if isinstance(args[5], bytes) else args[5] for args in client.sent if args[0] == "EVALSHA"
+    ]
+    records, admits = calls.count("record"), calls.count("admit")
+    # At most one call when a job finishes; a start asks the store only when this process heard
+    # nothing of the breaker for CACHE_TTL (here: the first job).
+    assert 1 <= records <= jobs
+    assert 1 <= admits <= 1 + elapsed / CACHE_TTL
+    other = [args[0] for args in client.sent if args[0] != "EVALSHA"]
+    assert set(other) <= {"SADD", "SCRIPT LOAD"}
+    state = RedisBreakerStore(state_client, settings.namespace).get("dep")
+    assert state is not None
+    assert (state.state, state.calls) == ("closed", settings.breaker.window_size)

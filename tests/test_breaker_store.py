@@ -23,6 +23,8 @@ from dramatiq_fairway.store.breakers import (
     RedisBreakerStore,
 )
 
+from .conftest import REDIS_URL
+
 T0 = 1_700_000_000.0
 POLICY = BreakerPolicy(
     failure_rate_threshold=0.5,
@@ -353,3 +355,130 @@ def test_list_prunes_breakers_whose_hash_expired(state_client: redis.Redis, name
     state_client.delete(f"{namespace}:breaker:{{gone}}")
     assert [state.key for state in store.list()] == ["kept"]
     assert state_client.smembers(f"{namespace}:breakers") == {b"kept"}
+
+
+# The time-based window (window_type="time"): the calls of the last window_duration seconds, in
+# per-second buckets, on every backend.
+
+TIMED = POLICY.model_copy(update={"window_type": "time", "window_duration": 10, "minimum_calls": 4})
+
+
+def feed_timed(store: BreakerStore, key: str, letters: str, at: float, policy: BreakerPolicy = TIMED) -> None:
+    for letter in letters:
+        store.record(key, letter, policy, now=at)
+
+
+def test_time_window_opens_by_rate_once_minimum_calls_were_made_in_it(store: BreakerStore, key: str) -> None:
+    # Far more calls than window_size (6) fit in a time window: only seconds count.
+    feed_timed(store, key, "s" * 8, at=T0)
+    feed_timed(store, key, "ff", at=T0 + 1)
+    state = store.get(key)
+    assert state is not None
+    assert (state.state, state.failures, state.calls) == ("closed", 2, 10)
+    reply = store.record(key, "ffffffff", TIMED, now=T0 + 2)
+    assert reply.previous == "closed"
+    assert reply.state.state == "open"
+    # It opened at the 8 failures of 16 calls that reached 50 %; the rest arrived while open.
+    assert (reply.state.failures, reply.state.calls) == (8, 16)
+    assert reply.state.retry_at == T0 + 2 + POLICY.open_duration
+
+
+def test_time_window_forgets_calls_older_than_its_duration(store: BreakerStore, key: str) -> None:
+    feed_timed(store, key, "ff", at=T0)
+    # T0 + 10 is the first second outside a 10 s window that began in T0's second.
+    feed_timed(store, key, "s", at=T0 + 9.999)
+    state = store.get(key)
+    assert state is not None
+    assert (state.failures, state.calls) == (2, 3)
+    reply = store.record(key, "f", TIMED, now=T0 + 10)
+    assert (reply.state.state, reply.state.failures, reply.state.calls) == ("closed", 1, 2)
+
+
+def test_time_window_needs_minimum_calls_within_the_window(store: BreakerStore, key: str) -> None:
+    # Four failures, but never four within 10 s of each other.
+    for i in range(4):
+        feed_timed(store, key, "f", at=T0 + 4 * i)
+    state = store.get(key)
+    assert state is not None
+    assert (state.state, state.calls) == ("closed", 3)
+
+
+def test_time_window_counts_slow_calls_by_their_own_rate(store: BreakerStore, key: str) -> None:
+    policy = TIMED.model_copy(update={"slow_call_duration": 1.0, "slow_call_rate_threshold": 0.75})
+    store.record(key, "SSs", policy, now=T0)
+    assert store.get(key).state == "closed"  # type: ignore[union-attr]
+    reply = store.record(key, Outcome.SLOW_SUCCESS, policy, now=T0 + 3)
+    assert reply.state.state == "open"
+    assert (reply.state.failures, reply.state.slow_calls, reply.state.calls) == (0, 3, 4)
+
+
+def test_time_window_half_open_round_and_growth_work_as_with_a_count_window(store: BreakerStore, key: str) -> None:
+    feed_timed(store, key, "ffff", at=T0)
+    retry_at = T0 + POLICY.open_duration
+    assert store.get(key).retry_at == retry_at  # type: ignore[union-attr]
+    for permit in ("t1", "t2"):
+        assert store.admit(key, TIMED, permit=permit, now=retry_at).allowed
+    assert not store.admit(key, TIMED, permit="t3", now=retry_at).allowed
+    store.record(key, S, TIMED, permit="t1", now=retry_at)
+    reopened = store.record(key, F, TIMED, permit="t2", now=retry_at)
+    assert (reopened.previous, reopened.state.state) == ("half_open", "open")
+    assert (reopened.state.failures, reopened.state.calls) == (1, 2)
+    assert reopened.state.retry_at == retry_at + 2 * POLICY.open_duration
+    again = reopened.state.retry_at
+    for permit in ("t4", "t5"):
+        store.admit(key, TIMED, permit=permit, now=again)
+        store.record(key, S, TIMED, permit=permit, now=again)
+    closed = store.get(key)
+    assert closed is not None
+    assert (closed.state, closed.calls, closed.openings) == ("closed", 0, 0)
+    # The new window starts empty: three failures are below minimum_calls.
+    feed_timed(store, key, "fff", at=again)
+    assert store.get(key).state == "closed"  # type: ignore[union-attr]
+
+
+def test_rate_limited_opens_a_time_window_breaker_for_retry_after(store: BreakerStore, key: str) -> None:
+    reply = store.record(key, R, TIMED, retry_after=3, now=T0)
+    assert (reply.state.state, reply.state.retry_at) == ("open", T0 + 3)
+
+
+def test_a_window_of_the_other_type_starts_afresh_when_the_policy_changes(store: BreakerStore, key: str) -> None:
+    feed(store, key, "fff")
+    feed_timed(store, key, "s", at=T0 + 1)
+    state = store.get(key)
+    assert state is not None
+    assert (state.failures, state.calls) == (0, 1)
+    feed(store, key, "f", at=T0 + 2)
+    state = store.get(key)
+    assert state is not None
+    assert (state.failures, state.calls) == (1, 1)
+
+
+def test_half_open_trials_are_limited_across_workers(state_client: redis.Redis, namespace: str, key: str) -> None:
+    # Two workers: each its own connection to the shared store.
+    first = RedisBreakerStore(state_client, namespace)
+    second = RedisBreakerStore(redis.Redis.from_url(REDIS_URL), namespace)
+    open_breaker(first, key)
+    later = T0 + POLICY.open_duration
+    assert first.admit(key, POLICY, permit="a1", now=later).allowed
+    assert second.admit(key, POLICY, permit="b1", now=later).allowed
+    assert not first.admit(key, POLICY, permit="a2", now=later).allowed
+    assert not second.admit(key, POLICY, permit="b2", now=later).allowed
+    second.record(key, S, POLICY, permit="b1", now=later)
+    reply = first.record(key, S, POLICY, permit="a1", now=later)
+    assert (reply.previous, reply.state.state) == ("half_open", "closed")
+
+
+def test_a_trial_that_reported_keeps_its_slot_until_the_round_ends(store: BreakerStore, key: str) -> None:
+    open_breaker(store, key)
+    later = T0 + POLICY.open_duration
+    store.admit(key, POLICY, permit="t1", now=later)
+    store.admit(key, POLICY, permit="t2", now=later)
+    store.record(key, S, POLICY, permit="t1", now=later)
+    # A round runs half_open_max_calls trials in all, not at a time...
+    assert not store.admit(key, POLICY, permit="t3", now=later).allowed
+    # ...and a retry of a trial that reported (same message id) is not a new trial.
+    assert not store.admit(key, POLICY, permit="t1", now=later).allowed
+    store.record(key, S, POLICY, permit="t1", now=later)
+    assert store.get(key).calls == 1  # type: ignore[union-attr]
+    reply = store.record(key, S, POLICY, permit="t2", now=later)
+    assert (reply.previous, reply.state.state) == ("half_open", "closed")

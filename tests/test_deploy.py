@@ -31,6 +31,8 @@ FAMILIES = {
     "fairway_queue_depth",
     "fairway_in_flight",
     "fairway_tenant_served_total",
+    "fairway_tenant_in_flight",
+    "fairway_tenant_throttled_total",
 }
 ALERT_NAMES = {
     "FairwayBacklogHigh",

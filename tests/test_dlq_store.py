@@ -226,3 +226,114 @@ def test_records_spool_while_the_store_is_down_and_replay_when_it_returns(
     assert online.add(record("m3")) == "stored"
     assert sorted(r.id for r in online.list()) == ["m1", "m2", "m3"]
     assert not online.spool.pending()
+
+
+def test_add_many_writes_through_the_same_script_in_batches(
+    namespace: str, short_tmp: Path, state_client: redis.Redis, clock: Clock
+) -> None:
+    store = DeadLetterStore(make_settings(namespace, short_tmp, dlq={"max_records": 4}), clock=clock)
+    store.add(record("m0", T0))
+    batch = [record(f"m{n}", T0 + timedelta(minutes=n), fingerprint=f"fp-{n % 2}") for n in range(6)]
+    # m0 is already stored (left as it was); a batch of 2 makes the last round trip a partial one.
+    assert store.add_many(batch, batch=2) == 5
+    assert store.add_many(batch[-2:], batch=2) == 0
+    assert [r.id for r in store.list()] == ["m5", "m4", "m3", "m2"]
+    assert {(row.key, row.count) for row in store.stats()} == {("fp-0", 2), ("fp-1", 2)}
+    assert [r.id for r in store.list(DeadLetterFilter(fingerprint="fp-1"))] == ["m5", "m3"]
+    assert not any(f"rec:m{n}" in key for n in (0, 1) for key in ns_keys(state_client, namespace))
+
+
+class ReadSpy:
+    """Records how many ids each page read asks Redis for."""
+
+    def __init__(self, store: DeadLetterStore, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.pages: list[int] = []
+        read = store._read
+
+        def spy(ids: list[str]) -> list[bytes | None]:
+            self.pages.append(len(ids))
+            return read(ids)
+
+        monkeypatch.setattr(store, "_read", spy)
+
+
+def test_list_reads_only_limit_records_when_one_index_answers(
+    store: DeadLetterStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store.add_many(
+        record(f"m{n:03}", T0 + timedelta(seconds=n), tenant=f"t{n % 2}", queue="photos" if n % 4 == 3 else "papers")
+        for n in range(120)
+    )
+    spy = ReadSpy(store, monkeypatch)
+    assert [r.id for r in store.list(DeadLetterFilter(tenant="t1"), limit=5)] == [
+        f"m{n:03}" for n in range(119, 109, -2)
+    ]
+    assert [r.id for r in store.list(DeadLetterFilter(since=T0 + timedelta(seconds=100)), limit=3)] == [
+        "m119",
+        "m118",
+        "m117",
+    ]
+    assert spy.pages == [5, 3]
+    # Two equalities: the smaller index (t1, 60 ids) is read a whole page at a time, the queue is
+    # checked on the records' index fields, and only the 30 matching records are fetched.
+    assert [r.id for r in store.list(DeadLetterFilter(tenant="t1", queue="papers"), limit=2)] == ["m117", "m113"]
+    assert spy.pages[2:] == [30]
+
+
+def test_export_streams_page_by_page(store: DeadLetterStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    store.add_many(record(f"m{n:04}", T0 + timedelta(seconds=n)) for n in range(1100))
+    spy = ReadSpy(store, monkeypatch)
+    out = io.StringIO()
+    assert store.export(out, "csv") == 1100
+    assert spy.pages == [500, 500, 100]
+    ids = [row["id"] for row in csv.DictReader(io.StringIO(out.getvalue()))]
+    assert ids == [f"m{n:04}" for n in range(1099, -1, -1)]
+
+
+def test_purge_expired_reads_only_the_expired_end_of_the_time_index(
+    namespace: str, short_tmp: Path, clock: Clock, state_client: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = DeadLetterStore(make_settings(namespace, short_tmp, dlq={"retention_days": 1}), clock=clock)
+    store.add_many(record(f"old{n:04}", T0 - timedelta(days=2, seconds=n)) for n in range(700))
+    store.add_many(record(f"new{n:04}", T0 + timedelta(seconds=n)) for n in range(300))
+    removals: list[int] = []
+    remove = store._remove
+
+    def spy(ids: list[str]) -> int:
+        removals.append(len(ids))
+        return remove(ids)
+
+    monkeypatch.setattr(store, "_remove", spy)
+    assert store.purge_expired() == 700
+    assert removals == [500, 200]
+    assert store.purge_expired() == 0
+    assert removals == [500, 200]
+    assert store.count() == 300
+
+
+def test_trend_counters_span_days_and_follow_removals(
+    store: DeadLetterStore, state_client: redis.Redis, clock: Clock
+) -> None:
+    clock.now = T0 + timedelta(days=3)
+    late = T0.replace(hour=23, minute=30)
+    store.add_many([record("a", late), record("b", late + timedelta(hours=1)), record("c", T0 + timedelta(days=2))])
+    daily = store.stats(bucket=timedelta(days=1))[0]
+    assert [(b.start, b.count) for b in daily.buckets] == [
+        (T0.replace(hour=0), 1),
+        (T0.replace(hour=0) + timedelta(days=1), 1),
+        (T0.replace(hour=0) + timedelta(days=2), 1),
+    ]
+    # Since 23:50: the hour holding it counts whole, while ``count`` and ``first_seen`` start at 23:50.
+    recent = store.stats(since=clock.now - late.replace(minute=50))[0]
+    assert (recent.count, recent.first_seen) == (2, late + timedelta(hours=1))
+    assert [(b.start, b.count) for b in recent.buckets] == [
+        (late.replace(minute=0), 1),
+        (late.replace(minute=0) + timedelta(hours=1), 1),
+        (T0 + timedelta(days=2), 1),
+    ]
+    assert store.stats(since=timedelta(days=100_000))[0].count == 3
+    trend = f"{store.prefix}trend:fingerprint:fp-a"
+    assert len(state_client.hgetall(trend)) == 3
+    assert store.purge(["c"]) == 1
+    assert len(state_client.hgetall(trend)) == 2
+    assert [b.count for b in store.stats()[0].buckets] == [1, 1]

@@ -19,7 +19,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from dramatiq_fairway.connections import rabbitmq_parameters
 from dramatiq_fairway.errors import PermanentError, TransientError
-from dramatiq_fairway.middlewares.metrics import Metrics, _depths, find_metrics
+from dramatiq_fairway.middlewares.metrics import Metrics, find_metrics, queue_depth_by_level
 from dramatiq_fairway.settings import Settings
 
 from .conftest import REDIS_URL
@@ -92,10 +92,9 @@ def test_tenant_labels_are_capped(broker: Broker, settings: Settings, start_work
     capped = Metrics(
         settings=settings.model_copy(update={"metrics": settings.metrics.model_copy(update={"max_tenants": 2})})
     )
-    message = dramatiq.Message(queue_name="q", actor_name="a", args=(), kwargs={}, options={})
-    labels = [capped._tenant_label(message.copy(options={"tenant": f"t{n}"})) for n in range(4)]  # type: ignore[arg-type]
+    labels = [capped._tenant_label({"tenant": f"t{n}"}) for n in range(4)]
     assert labels == ["t0", "t1", "other", "other"]
-    assert capped._tenant_label(message.copy(options={"tenant": "t1"})) == "t1"  # type: ignore[arg-type]
+    assert capped._tenant_label({"tenant": "t1"}) == "t1"
 
 
 def test_breaker_metrics(settings: Settings) -> None:
@@ -191,7 +190,8 @@ def test_queue_depth_comes_from_broker_counters(broker: Broker, queue_name: str)
 
     for _ in range(3):
         waiting.send()
-    wait_for(lambda: dict(_depths(broker, queue_name)) == {"all": 3})
+    per_level = {"CRITICAL": 0, "HIGH": 0, "NORMAL": 3, "LOW": 0, "BATCH": 0}
+    wait_for(lambda: dict(queue_depth_by_level(broker, queue_name)) == per_level)
 
 
 @pytest.mark.parametrize("broker_kind", ["redis"], indirect=True)
@@ -206,7 +206,7 @@ def test_queue_depth_per_level_on_fair_redis(settings: Settings, queue_name: str
         waiting.send_with_options(priority_level="high")
         waiting.send()
         waiting.send()
-        depths = dict(_depths(fair, queue_name))
+        depths = dict(queue_depth_by_level(fair, queue_name))
         assert depths == {"CRITICAL": 0, "HIGH": 1, "NORMAL": 2, "LOW": 0, "BATCH": 0}
     finally:
         fair.flush_all()
@@ -225,9 +225,10 @@ def test_depth_sampling_never_declares_a_queue(broker: Broker, queue_name: str, 
     waiting.send()
     missing = f"{queue_name}_gone"
     with pytest.raises(pika.exceptions.ChannelClosedByBroker):
-        list(_depths(broker, missing))
+        list(queue_depth_by_level(broker, missing))
     connection = pika.BlockingConnection(rabbitmq_parameters(settings))
     with pytest.raises(pika.exceptions.ChannelClosedByBroker):
         connection.channel().queue_declare(missing, passive=True)
     connection.close()
-    assert dict(_depths(broker, queue_name)) == {"all": 1}
+    depths = dict(queue_depth_by_level(broker, queue_name))
+    assert depths == {"CRITICAL": 0, "HIGH": 0, "NORMAL": 1, "LOW": 0, "BATCH": 0}

@@ -1,16 +1,11 @@
-"""`dramatiq examples.quickstart` and `fairway demo` end to end with the real commands."""
+"""`dramatiq examples.quickstart` end to end with the real command (`fairway demo`: tests/test_demo.py)."""
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
 import uuid
 from pathlib import Path
 
 import pytest
-import redis
 from dramatiq import Message
 
 from dramatiq_fairway import setup
@@ -56,26 +51,3 @@ def test_dramatiq_command_runs_the_quickstart(kind: str, namespace: str, short_t
         broker.close()
         if kind == "embedded":
             EmbeddedRedis(short_tmp).stop()
-
-
-def test_fairway_demo_on_the_embedded_default(short_tmp: Path) -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("FAIRWAY_")}
-    env["FAIRWAY_DATA_DIR"] = str(short_tmp)
-    result = subprocess.run(
-        [sys.executable, "-m", "dramatiq_fairway.cli", "demo", "--jobs", "40", "--json"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=240,
-        cwd="/",
-        check=False,
-    )
-    assert result.returncode == 0, result.stderr
-    summary = json.loads(result.stdout)
-    assert summary["broker"] == "embedded"
-    assert summary["completed"] == 40
-    assert summary["verified"] is True
-    # The demo leaves no server running.
-    assert not EmbeddedRedis(short_tmp).status().running
-    with pytest.raises(redis.ConnectionError):
-        redis.Redis(unix_socket_path=str(short_tmp / "redis.sock")).ping()

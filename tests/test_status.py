@@ -143,6 +143,20 @@ def test_progress_is_visible_while_the_job_runs(
     assert final(store, message.message_id, S.SUCCESS).progress == 100
 
 
+def test_progress_from_an_async_actor(
+    broker: Broker, queue_name: str, store: JobStatusStore, start_worker: Callable[..., Worker]
+) -> None:
+    @dramatiq.actor(broker=broker, queue_name=queue_name)
+    async def async_job() -> None:
+        await asyncio.sleep(0)
+        progress(70, "from a coroutine")
+
+    message = async_job.send()
+    start_worker()
+    record = final(store, message.message_id, S.SUCCESS)
+    assert (record.progress, record.note) == (70, "from a coroutine")
+
+
 def test_progress_outside_an_actor_is_an_error() -> None:
     with pytest.raises(RuntimeError, match="inside an actor"):
         progress(10)

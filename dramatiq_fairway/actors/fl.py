@@ -29,7 +29,7 @@ import os
 import tempfile
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -43,11 +43,11 @@ from pydantic import BaseModel, Field, ValidationError, model_validator
 
 from ..connections import state_store_client
 from ..errors import PermanentError
-from ..settings import load_settings
+from ..settings import ActorSettings, load_settings
 
 QUEUE = "fl"
 FEATURES = 8
-DEFAULT_QUORUM = 0.8
+DEFAULT_QUORUM = ActorSettings().fl_quorum
 DEFAULT_EPSILON_BUDGET = 10.0
 ROUND_TTL = 86_400
 HEALTH_TTL = 3_600
@@ -558,17 +558,29 @@ def _round(round_id: str) -> FederatedRound:
     return FederatedRound(client, namespace, round_id)
 
 
+def round_report(round_id: str) -> ConvergenceReport | None:
+    """The round's convergence report once it aggregated, else None (for producers that wait)."""
+    return _round(round_id).report()
+
+
 def start_federated_round(
     round_id: str,
     clients: Sequence[str],
     *,
     seed: int,
-    deadline_s: float = 120.0,
+    deadline_s: float | None = None,
     global_weights: Sequence[float] | None = None,
-    quorum: float = DEFAULT_QUORUM,
+    quorum: float | None = None,
     privacy: PrivacyConfig | None = None,
+    options: Mapping[str, Any] | None = None,
 ) -> RoundConfig:
-    """Open a round and send its jobs: one training per client, and the deadline check."""
+    """Open a round and send its jobs: one training per client, and the deadline check.
+
+    ``deadline_s`` and ``quorum`` default to ``FAIRWAY_ACTORS__FL_ROUND_DEADLINE`` and
+    ``__FL_QUORUM``; ``options`` (priority, tenant, ...) go on every message of the round.
+    """
+    settings = load_settings().actors
+    deadline_s = settings.fl_round_deadline if deadline_s is None else deadline_s
     config = open_round(
         _round(round_id),
         clients,
@@ -576,12 +588,13 @@ def start_federated_round(
         now=time.time(),
         deadline_s=deadline_s,
         global_weights=global_weights,
-        quorum=quorum,
+        quorum=settings.fl_quorum if quorum is None else quorum,
         privacy=privacy,
     )
+    options = dict(options or {})
     for client_id in clients:
-        train_local_model.send(round_id, client_id)
-    aggregate_models.send_with_options(args=(round_id,), delay=int(deadline_s * 1000))
+        train_local_model.send_with_options(args=(round_id, client_id), **options)
+    aggregate_models.send_with_options(args=(round_id,), delay=int(deadline_s * 1000), **options)
     return config
 
 

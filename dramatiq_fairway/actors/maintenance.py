@@ -2,6 +2,12 @@
 
 Two schedulers would double every tick (DRAMATIQ-NOTES.md), so each run first claims its tick
 with SET NX in the state store; the second claimant does nothing.
+
+State-store keys:
+
+    {namespace}:periodic:{job}:{tick}     claim of one tick of one job (``_CLAIM_TTL``)
+    {namespace}:metrics:depth:{minute}    hash "queue|level" -> messages waiting, sampled once a
+                                          minute for every queue of the namespace (``SAMPLE_TTL``)
 """
 
 from __future__ import annotations
@@ -10,10 +16,12 @@ import logging
 import time
 
 import dramatiq
+from dramatiq.common import q_name
 from periodiq import cron
 
 from ..connections import state_store_client
 from ..diagnostics import check
+from ..middlewares.metrics import queue_depth_by_level
 from ..settings import load_settings
 from ..store.dead_letters import purge_expired
 
@@ -22,6 +30,8 @@ logger = logging.getLogger(__name__)
 QUEUE = "fairway_maintenance"
 # A claimed tick is kept a little longer than the longest period, so late duplicates still see it.
 _CLAIM_TTL = 2 * 3600
+# Depth samples cover the last hour, with room for a reader that looks at the full hour late.
+SAMPLE_TTL = 2 * 3600
 
 
 def claim_tick(name: str, period: int, now: float | None = None) -> bool:
@@ -47,3 +57,27 @@ def health_check() -> None:
         report = check(load_settings())
         if not report.ok:
             logger.warning("fairway health check: %s", report.failure())
+
+
+@dramatiq.actor(queue_name=QUEUE, actor_name="maintenance.sample_queue_metrics", periodic=cron("* * * * *"))
+def sample_queue_metrics() -> dict[str, int] | None:
+    """Every minute: keep the depth of every queue per level, also of queues no worker serves now
+    (a worker's own sampler sees only its queues). None when another scheduler had this tick."""
+    now = time.time()
+    if not claim_tick("sample_queue_metrics", 60, now):
+        return None
+    broker = dramatiq.get_broker()
+    known = getattr(broker, "known_queues", broker.get_declared_queues)()
+    sample = {
+        f"{queue}|{level}": depth
+        for queue in sorted(name for name in known if name == q_name(name))
+        for level, depth in queue_depth_by_level(broker, queue)
+    }
+    settings = load_settings()
+    key = f"{settings.namespace}:metrics:depth:{int(now // 60)}"
+    if sample:
+        with state_store_client(settings).pipeline(transaction=True) as pipe:
+            pipe.hset(key, mapping=sample)  # type: ignore[arg-type]
+            pipe.expire(key, SAMPLE_TTL)
+            pipe.execute()
+    return sample

@@ -1,7 +1,9 @@
 """Research papers on queue ``papers``: a citation crawl, PDF summaries, Obsidian notes.
 
-Metadata comes from a :class:`MetadataSource`: the offline corpus shipped in this package (the
-default, no network) or the Semantic Scholar Graph API, whose HTTP 429 becomes
+Metadata comes from a :class:`MetadataSource`, chosen by ``FAIRWAY_ACTORS__PAPERS_SOURCE``: the
+offline corpus shipped in this package (``corpus``, the default, no network) or the Semantic
+Scholar Graph API (``semantic_scholar``, at ``FAIRWAY_ACTORS__SEMANTIC_SCHOLAR_URL`` with
+``__SEMANTIC_SCHOLAR_API_KEY``), whose HTTP 429 becomes
 :class:`RateLimited` with the server's ``Retry-After`` and whose crawl messages carry the
 ``semantic_scholar`` breaker when the stack has breakers.
 
@@ -90,7 +92,7 @@ class MetadataSource(Protocol):
 class OfflineCorpus:
     """Papers from a JSON corpus (the one shipped as ``corpus.json`` unless given others)."""
 
-    name = "offline"
+    name = "corpus"
 
     def __init__(self, papers: Iterable[Mapping[str, Any]] | None = None) -> None:
         if papers is None:
@@ -264,6 +266,9 @@ class CrawlStore:
             pipe.expire(self.papers_key, CRAWL_TTL)
             pipe.execute()
 
+    def claimed(self) -> int:
+        return int(self.client.scard(self.seen_key))
+
     def papers(self) -> dict[str, PaperMetadata]:
         raw = cast(dict[bytes, bytes], self.client.hgetall(self.papers_key))
         return {key.decode(): PaperMetadata.model_validate_json(value) for key, value in raw.items()}
@@ -272,22 +277,22 @@ class CrawlStore:
 def crawl_step(
     source: MetadataSource, store: CrawlStore, paper_id: str, depth: int, current_year: int
 ) -> tuple[PaperMetadata, list[ChildFetch]]:
-    """Fetch one paper, record it, and claim the references still to fetch (if depth remains).
+    """Fetch one paper, claim the references still to fetch (if depth remains), record the paper.
 
-    Children come out most urgent first, so that even a stock FIFO queue sees them in that order.
+    Claiming before recording keeps "every claimed paper is recorded" true only once the whole
+    crawl is done, which is how a producer tells that it is (:meth:`CrawlStore.claimed`). Children
+    come out most urgent first, so that even a stock FIFO queue sees them in that order.
     """
     if not 0 <= depth <= MAX_DEPTH:
         raise PermanentError(f"crawl depth must be between 0 and {MAX_DEPTH}, got {depth}")
     metadata = source.get(paper_id)
-    store.save(metadata)
-    if depth == 0:
-        return metadata, []
-    by_id = {ref.id: ref for ref in metadata.references}
+    by_id = {ref.id: ref for ref in metadata.references} if depth > 0 else {}
     children = [
         ChildFetch(id=ref_id, depth=depth - 1, priority=paper_priority(ref.citation_count, ref.year, current_year))
         for ref_id in store.claim(list(by_id))
         for ref in [by_id[ref_id]]
     ]
+    store.save(metadata)
 
     def urgency(child: ChildFetch) -> tuple[Priority, float, str]:
         ref = by_id[child.id]
@@ -449,13 +454,22 @@ def _state() -> tuple[redis.Redis, str]:
     return state_store_client(settings), settings.namespace
 
 
+def crawl_store(crawl_id: str) -> CrawlStore:
+    """What crawl ``crawl_id`` claimed and fetched so far: it is done when both counts agree."""
+    client, namespace = _state()
+    return CrawlStore(client, namespace, crawl_id)
+
+
 @cache
-def source_named(name: str) -> MetadataSource:
+def source_named(name: str | None = None) -> MetadataSource:
+    """The metadata source called ``name``; None: the one ``FAIRWAY_ACTORS__PAPERS_SOURCE`` names."""
+    settings = load_settings().actors
+    name = name or settings.papers_source
     if name == OfflineCorpus.name:
         return OfflineCorpus()
     if name == SemanticScholarSource.name:
-        return SemanticScholarSource()
-    raise PermanentError(f"unknown metadata source {name!r}; use 'offline' or 'semantic_scholar'")
+        return SemanticScholarSource(settings.semantic_scholar_url, api_key=settings.semantic_scholar_api_key)
+    raise PermanentError(f"unknown metadata source {name!r}; use 'corpus' or 'semantic_scholar'")
 
 
 def crawl_options(broker: dramatiq.Broker, child: ChildFetch, source: str) -> dict[str, Any]:
@@ -468,18 +482,22 @@ def crawl_options(broker: dramatiq.Broker, child: ChildFetch, source: str) -> di
 
 @dramatiq.actor(queue_name=QUEUE, actor_name="papers.fetch_paper_metadata")
 def fetch_paper_metadata(
-    paper_id: str, depth: int = 1, crawl_id: str | None = None, source: str = "offline"
+    paper_id: str, depth: int = 1, crawl_id: str | None = None, source: str | None = None
 ) -> dict[str, Any]:
-    """Fetch a paper and, while ``depth`` remains, each of its references once per crawl."""
-    client, namespace = _state()
+    """Fetch a paper and, while ``depth`` remains, each of its references once per crawl.
+
+    ``source`` None uses ``FAIRWAY_ACTORS__PAPERS_SOURCE``; the children get the source it
+    resolved to, so one crawl never mixes sources.
+    """
     crawl_id = crawl_id or uuid.uuid4().hex
-    store = CrawlStore(client, namespace, crawl_id)
+    store = crawl_store(crawl_id)
     store.claim([paper_id])
-    metadata, children = crawl_step(source_named(source), store, paper_id, depth, time.gmtime().tm_year)
+    metadata_source = source_named(source)
+    metadata, children = crawl_step(metadata_source, store, paper_id, depth, time.gmtime().tm_year)
     for child in children:
         fetch_paper_metadata.send_with_options(
-            args=(child.id, child.depth, crawl_id, source),
-            **crawl_options(fetch_paper_metadata.broker, child, source),
+            args=(child.id, child.depth, crawl_id, metadata_source.name),
+            **crawl_options(fetch_paper_metadata.broker, child, metadata_source.name),
         )
     return {"crawl_id": crawl_id, **metadata.model_dump()}
 
@@ -490,7 +508,7 @@ def summarize_pdf(path: str, sentences: int = SUMMARY_SENTENCES) -> dict[str, An
 
 
 @dramatiq.actor(queue_name=QUEUE, actor_name="papers.generate_markdown")
-def generate_markdown(paper_id: str, vault_dir: str, source: str = "offline", pdf_path: str | None = None) -> str:
+def generate_markdown(paper_id: str, vault_dir: str, source: str | None = None, pdf_path: str | None = None) -> str:
     """Write the paper's Obsidian note (with a summary of its PDF when given); returns the note's path."""
     metadata = source_named(source).get(paper_id)
     summary = summarize(pdf_path) if pdf_path else None

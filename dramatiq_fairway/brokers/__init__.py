@@ -26,6 +26,7 @@ def build_broker(settings: Settings) -> Broker:
             url=settings.rabbitmq_url,
             confirm_delivery=True,
             max_priority=RABBITMQ_MAX_PRIORITY,
+            settings=settings,
         )
         broker.parameters = rabbitmq_parameters(settings)
         return broker

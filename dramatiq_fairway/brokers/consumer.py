@@ -22,6 +22,9 @@ from dramatiq import Broker, Message
 from dramatiq.common import current_millis
 from dramatiq.errors import DecodeError
 
+from ..errors import MessageTooLarge
+from ..middlewares.message_size import max_message_bytes
+
 logger = logging.getLogger(__name__)
 
 # Message option holding the time (ms) a message was first held back, so a middleware can give up
@@ -41,31 +44,49 @@ class UndecodableRecorder(Protocol):
         """Keep what can be kept of a body that could not be decoded. Raise if it could not be kept."""
 
 
+class ArrivedTooLarge(MessageTooLarge):
+    """A message over ``FAIRWAY_MAX_MESSAGE_BYTES`` reached a consumer; it is recorded, never run."""
+
+    def __init__(self, message: Message, size: int, limit: int) -> None:
+        super().__init__(f"message of {size} bytes is over FAIRWAY_MAX_MESSAGE_BYTES ({limit})")
+        self.message = message
+
+
 def decode_or_report(broker: Broker, queue_name: str, body: bytes) -> Message | None:
-    """The decoded message, or None after the body was reported as undecodable."""
+    """The decoded message, or None after the body was reported as undecodable or too large."""
     try:
-        return Message.decode(body)
+        message = Message.decode(body)
     except DecodeError as error:
-        recorders = [m for m in broker.middleware if isinstance(m, UndecodableRecorder)]
-        for recorder in recorders:
-            recorder.record_undecodable(broker, queue_name, body, error)
-        if not recorders:
-            logger.warning(
-                "Dropped an undecodable message from %r (%d bytes, sha256 %s): %s",
-                queue_name,
-                len(body),
-                hashlib.sha256(body).hexdigest(),
-                error,
-            )
+        _report(broker, queue_name, body, error)
         return None
+    limit = max_message_bytes(broker)
+    if limit is not None and len(body) > limit:
+        _report(broker, queue_name, body, ArrivedTooLarge(message, len(body), limit))
+        return None
+    return message
+
+
+def _report(broker: Broker, queue_name: str, body: bytes, error: Exception) -> None:
+    recorders = [m for m in broker.middleware if isinstance(m, UndecodableRecorder)]
+    for recorder in recorders:
+        recorder.record_undecodable(broker, queue_name, body, error)
+    if not recorders:
+        logger.warning(
+            "Dropped a message from %r (%d bytes, sha256 %s): %s",
+            queue_name,
+            len(body),
+            hashlib.sha256(body).hexdigest(),
+            error,
+        )
 
 
 def hold_delay(broker: Broker, message: Message) -> int | None:
     """The longest wait any middleware asks for ``message``, in milliseconds, or None."""
+    # getattr, not isinstance: a runtime Protocol check costs more than the rest of the consumer.
     delays = [
         delay
         for middleware in broker.middleware
-        if isinstance(middleware, HoldingMiddleware) and (delay := middleware.hold(broker, message))
+        if (hold := getattr(middleware, "hold", None)) is not None and (delay := hold(broker, message))
     ]
     return max(delays) if delays else None
 

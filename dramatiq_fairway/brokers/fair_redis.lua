@@ -1,6 +1,8 @@
 -- Fair dispatch for FairRedisBroker: one FIFO per (priority level, tenant), levels chosen by the
--- "3 consecutive passes" rule, tenants by deficit round robin, aging one level per max_wait.
--- Written for dramatiq-fairway (MIT); it shares no code with Dramatiq's dispatch.lua.
+-- "3 consecutive passes" rule, tenants by deficit round robin, aging one level per max_wait, and
+-- per-tenant limits (concurrency cap, token bucket) enforced when a tenant comes up in its round.
+-- Written for dramatiq-fairway (MIT); it shares no code with Dramatiq's dispatch.lua. It runs after
+-- store/limits_lib.lua (prepended by the broker), which reads limits and keeps token buckets.
 --
 -- KEYS[1]  key prefix of one queue, carrying its hash tag: "{<namespace>:<queue>}". Every key this
 --          call touches starts with it (same cluster slot). For "heartbeat", the workers' prefix
@@ -27,6 +29,12 @@
 --   P:weights    hash tenant -> DRR weight (absent = 1)
 --   P:paused     exists while the queue is paused: fetch returns nothing
 --   P:acks:B, P:dacks:B   sets of rids worker B holds from the queue / the delay queue
+--   P:parked     hash tenant -> reason ("c" at its cap, "r" out of tokens) .. the levels whose ring it
+--                left, e.g. "c34": a tenant skipped for a limit waits here, out of the rounds
+--   P:wake       zset tenant -> ms when a tenant parked for its rate has a token again
+--   P:limits:seen   the P:limits:version parked tenants were judged against
+--   P:limits, P:limits:*   limits and token buckets (see limits_lib.lua); in flight per tenant is the sum of
+--                P:inflight["L|tenant"] over its native levels L (CRITICAL left out when exempt)
 --   P:xq, P:xmsgs         dead messages: zset rid -> time of death, hash rid -> body
 --
 -- Invariants kept by every command:
@@ -35,8 +43,13 @@
 --     P:fifo:L:T has T in P:ring:L (a ring may also hold tenants whose fifo emptied by aging;
 --     they are dropped when they reach the head, so each pick stays O(1) amortised);
 --   * P:levels[L] is the number of rids in all P:fifo:L:*;
---   * P:aging:L[T] is due time of the head of a non-empty P:fifo:L:T, absent otherwise.
--- Per pick the cost is O(levels + log n): four counters, one ring head, one ZPOPMIN.
+--   * P:aging:L[T] is due time of the head of a non-empty P:fifo:L:T, absent otherwise;
+--   * a tenant with a field in P:deficit:L is either in P:ring:L or parked with L in P:parked[T],
+--     never both: parking keeps its deficit (DESIGN §14 rule 3). A tenant parked at its cap comes
+--     back when one of its messages leaves the in-flight count (ack, nack, requeue, hold, recovery
+--     of a dead worker), one parked for its rate at P:wake, and every one when the limits change.
+-- Per pick the cost is O(levels + log n): four counters, one ring head, one ZPOPMIN, and with
+-- limits a few O(1) reads; each park and unpark is O(levels) and happens once per block.
 
 if redis.replicate_commands then
     redis.replicate_commands()
@@ -155,15 +168,15 @@ end
 
 -- Rule of DESIGN §14: CRITICAL first; else a waiting level passed by PASS_LIMIT times in a row
 -- (the highest such); else the highest waiting level. `ready` (messages per level) is read,
--- `passed` updated in place.
-local function choose_level(ready, passed)
-    if ready[CRITICAL] > 0 then
+-- `passed` updated in place. A level in `blocked` has no tenant that may run now: not waiting.
+local function choose_level(ready, passed, blocked)
+    if ready[CRITICAL] > 0 and not blocked[CRITICAL] then
         return CRITICAL
     end
     local waiting = {}
     local chosen
     for level = HIGH, BATCH do
-        waiting[level] = ready[level] > 0
+        waiting[level] = ready[level] > 0 and not blocked[level]
     end
     for level = HIGH + 1, BATCH do
         if waiting[level] and passed[level] >= PASS_LIMIT then
@@ -192,19 +205,128 @@ local function choose_level(ready, passed)
     return chosen
 end
 
--- Deficit round robin inside a level: serve the ring head while its deficit lasts. The caller
--- accounts for the message in P:levels.
-local function pop_tenant(level, scale)
+-- Take tenant (the head of level's ring) out of the round, keeping its deficit, until unpark.
+local function park(tenant, level, reason, wake_at)
+    redis.call("LPOP", P .. ":ring:" .. level)
+    local current = redis.call("HGET", P .. ":parked", tenant)
+    local levels = current and string.sub(current, 2) or ""
+    if not string.find(levels, tostring(level), 1, true) then
+        levels = levels .. level
+    end
+    redis.call("HSET", P .. ":parked", tenant, reason .. levels)
+    if reason == "r" then
+        redis.call("ZADD", P .. ":wake", int(wake_at), tenant)
+    else
+        redis.call("ZREM", P .. ":wake", tenant)
+    end
+end
+
+-- Put a parked tenant back at the end of the rounds it left, with the deficits it had.
+local function unpark(tenant, reason)
+    local current = redis.call("HGET", P .. ":parked", tenant)
+    if not current or (reason and string.sub(current, 1, 1) ~= reason) then
+        return
+    end
+    redis.call("HDEL", P .. ":parked", tenant)
+    redis.call("ZREM", P .. ":wake", tenant)
+    for i = 2, #current do
+        local level = string.sub(current, i, i)
+        redis.call("HSETNX", P .. ":deficit:" .. level, tenant, 0)
+        redis.call("RPUSH", P .. ":ring:" .. level, tenant)
+    end
+end
+
+-- A message of tenant left the in-flight count: a slot is free.
+local function slot_freed(tenant)
+    unpark(tenant, "c")
+end
+
+-- Limits as one fetch sees them: limits read once per tenant, in-flight counts kept up to date
+-- with the picks of this call. `blocked` answers nil (may run, a token was taken) or a reason.
+local function limiter(exempt_critical, budget)
+    local versions = redis.call("MGET", P .. ":limits:version", P .. ":limits:seen")
+    if versions[1] ~= versions[2] then
+        -- Limits changed (or were removed): judge every parked tenant again.
+        for _, tenant in ipairs(redis.call("HKEYS", P .. ":parked")) do
+            unpark(tenant)
+        end
+        redis.call("SET", P .. ":limits:seen", versions[1] or "0")
+    end
+    for _, tenant in ipairs(redis.call("ZRANGEBYSCORE", P .. ":wake", "-inf", int(now), "LIMIT", 0, budget)) do
+        unpark(tenant)
+    end
+    local limit_of = limits_reader(P)
+    local state = { on = limit_of ~= nil, limits = {}, running = {}, throttled = {} }
+    if not state.on then
+        return state
+    end
+    local first = exempt_critical and HIGH or CRITICAL
+    function state.blocked(tenant, level)
+        if level < first then
+            return nil
+        end
+        local limit = state.limits[tenant]
+        if not limit then
+            limit = limit_of(tenant)
+            state.limits[tenant] = limit
+        end
+        if limit.cap then
+            local running = state.running[tenant]
+            if not running then
+                running = 0
+                local fields = {}
+                for native = first, BATCH do
+                    fields[#fields + 1] = native .. "|" .. tenant
+                end
+                for _, count in ipairs(redis.call("HMGET", P .. ":inflight", unpack(fields))) do
+                    running = running + (tonumber(count) or 0)
+                end
+            end
+            if running >= limit.cap then
+                state.running[tenant] = running
+                return "c"
+            end
+            state.running[tenant] = running + 1
+        end
+        local wait = limits_take_token(P, tenant, limit, now)
+        if wait > 0 then
+            if limit.cap then
+                state.running[tenant] = state.running[tenant] - 1
+            end
+            return "r", now + wait
+        end
+        return nil
+    end
+    return state
+end
+
+-- Deficit round robin inside a level: serve the ring head while its deficit lasts, skipping (and
+-- parking) tenants held back by a limit. Returns nil when no tenant of the level may run now. The
+-- caller accounts for the message in P:levels.
+local function pop_tenant(level, scale, limits)
     local ring = P .. ":ring:" .. level
     local deficits = P .. ":deficit:" .. level
     while true do
         local tenant = redis.call("LINDEX", ring, 0)
+        if not tenant then
+            return nil
+        end
         local fifo = fifo_key(level, tenant)
         local popped = redis.call("ZPOPMIN", fifo)
+        local reason, wake_at
+        if #popped > 0 and limits.on then
+            reason, wake_at = limits.blocked(tenant, level)
+        end
         if #popped == 0 then
             -- Emptied by aging while waiting in the ring: leave the round.
             redis.call("LPOP", ring)
             redis.call("HDEL", deficits, tenant)
+        elseif reason then
+            -- Back at the head of its FIFO (same seq), and the tenant out of the round.
+            redis.call("ZADD", fifo, popped[2], popped[1])
+            park(tenant, level, reason, wake_at)
+            limits.throttled[#limits.throttled + 1] = tenant
+            limits.throttled[#limits.throttled + 1] = reason
         else
             local deficit = tonumber(redis.call("HGET", deficits, tenant)) or 0
             if deficit < 1 then
@@ -253,8 +375,9 @@ if command == "enqueue" then
     end
     return 1
 
--- fetch: ARGV[6] how many, ARGV[7] DRR scale (quantum = weight * scale >= 1).
--- Returns rid1, body1, rid2, body2, ... and moves the rids to this worker's ack set.
+-- fetch: ARGV[6] how many, ARGV[7] DRR scale (quantum = weight * scale >= 1), ARGV[8] "1" when
+-- CRITICAL is exempt from limits. Returns {{rid1, body1, rid2, body2, ...}, {tenant, reason, ...}}
+-- (the tenants skipped for a limit, reason "c" or "r") and moves the rids to this worker's ack set.
 elseif command == "fetch" then
     local wanted = tonumber(ARGV[6])
     local out = {}
@@ -271,13 +394,14 @@ elseif command == "fetch" then
                 out[#out + 1] = body
             end
         end
-        return out
+        return { out, {} }
     end
     if redis.call("EXISTS", P .. ":paused") == 1 then
-        return out
+        return { out, {} }
     end
     local scale = tonumber(ARGV[7])
     age(wanted + 32)
+    local limits = limiter(ARGV[8] == "1", wanted + 32)
     -- Counters are read once, kept here while picking and written back once.
     local stored = redis.call("HMGET", P .. ":passed", 3, 4, 5)
     local passed = { 0, 0, tonumber(stored[1]) or 0, tonumber(stored[2]) or 0, tonumber(stored[3]) or 0 }
@@ -287,13 +411,26 @@ elseif command == "fetch" then
         ready[level] = tonumber(counts[level]) or 0
         taken[level] = 0
     end
-    local rids, served = {}, {}
+    local rids, served, blocked = {}, {}, {}
     for _ = 1, wanted do
-        local level = choose_level(ready, passed)
-        if not level then
+        local level, rid
+        while true do
+            local before = { passed[3], passed[4], passed[5] }
+            level = choose_level(ready, passed, blocked)
+            if not level then
+                break
+            end
+            rid = pop_tenant(level, scale, limits)
+            if rid then
+                break
+            end
+            -- Every tenant of this level is parked: pick again as if the level were empty.
+            blocked[level] = true
+            passed[3], passed[4], passed[5] = before[1], before[2], before[3]
+        end
+        if not rid then
             break
         end
-        local rid = pop_tenant(level, scale)
         ready[level] = ready[level] - 1
         taken[level] = taken[level] + 1
         local field = counter_field(decode_meta(redis.call("HGET", P .. ":meta", rid)))
@@ -302,7 +439,7 @@ elseif command == "fetch" then
     end
     redis.call("HSET", P .. ":passed", 3, passed[3], 4, passed[4], 5, passed[5])
     if #rids == 0 then
-        return out
+        return { out, limits.throttled }
     end
     for level = CRITICAL, BATCH do
         if taken[level] > 0 then
@@ -323,7 +460,7 @@ elseif command == "fetch" then
             out[#out + 1] = bodies[i - first + 1]
         end
     end
-    return out
+    return { out, limits.throttled }
 
 -- ack: ARGV[6…] rids (also removes undecodable bodies). Only rids this worker holds count:
 -- a rid recovered from this worker meanwhile belongs to the queue again.
@@ -340,8 +477,11 @@ elseif command == "ack" or command == "nack" then
             local body = command == "nack" and redis.call("HGET", msgs, rid)
             redis.call("HDEL", msgs, rid)
             redis.call("HDEL", P .. ":meta", rid)
-            if meta then
-                bump(P .. (part == "dq" and ":delayed" or ":inflight"), counter_field(meta), -1)
+            if meta and part == "dq" then
+                bump(P .. ":delayed", counter_field(meta), -1)
+            elseif meta then
+                bump(P .. ":inflight", counter_field(meta), -1)
+                slot_freed(meta.tenant)
             end
             if command == "nack" and body then
                 redis.call("ZADD", P .. ":xq", int(now), rid)
@@ -363,6 +503,7 @@ elseif command == "requeue" then
                 push_ready(meta.level, meta.tenant, rid, meta.seq)
                 bump(P .. ":inflight", counter_field(meta), -1)
                 bump(P .. ":ready", counter_field(meta), 1)
+                slot_freed(meta.tenant)
             end
         end
     end
@@ -381,6 +522,7 @@ elseif command == "hold" then
     redis.call("HDEL", P .. ":meta", rid)
     if meta then
         bump(P .. ":inflight", counter_field(meta), -1)
+        slot_freed(meta.tenant)
         redis.call("HSET", P .. ":dmsgs", copy_rid, copy_body)
         redis.call("HSET", P .. ":meta", copy_rid, encode_meta(meta.native, meta.native, now, 0, meta.tenant))
         redis.call("RPUSH", P .. ":dq", copy_rid)
@@ -400,6 +542,7 @@ elseif command == "recover" then
             push_ready(meta.level, meta.tenant, rid, meta.seq)
             bump(P .. ":inflight", counter_field(meta), -1)
             bump(P .. ":ready", counter_field(meta), 1)
+            slot_freed(meta.tenant)
             count = count + 1
         end
     end
@@ -425,7 +568,8 @@ elseif command == "purge" then
     end
     redis.call(
         "DEL", P .. ":msgs", P .. ":dmsgs", P .. ":meta", P .. ":dq", P .. ":xq", P .. ":xmsgs",
-        P .. ":levels", P .. ":passed", P .. ":ready", P .. ":delayed", P .. ":inflight"
+        P .. ":levels", P .. ":passed", P .. ":ready", P .. ":delayed", P .. ":inflight",
+        P .. ":parked", P .. ":wake"
     )
     return 1
 

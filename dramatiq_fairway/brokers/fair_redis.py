@@ -3,8 +3,10 @@
 Each queue keeps one FIFO per (priority level, tenant). A fetch picks CRITICAL first, then the
 highest waiting level unless a lower waiting level was passed by three picks in a row, and inside
 a level serves tenants by deficit round robin weighted by ``FAIRWAY_FAIRNESS__WEIGHTS``. A message
-that waited ``FAIRWAY_FAIRNESS__MAX_WAIT`` seconds moves up one level (never above HIGH). All of
-it happens in ``fair_redis.lua`` in O(levels + log tenants) per message.
+that waited ``FAIRWAY_FAIRNESS__MAX_WAIT`` seconds moves up one level (never above HIGH). A tenant
+at its ``max_concurrency`` or out of tokens (``FAIRWAY_LIMITS__*``, ``fairway limits``) is left out
+of the rounds until a slot frees or a token is due, keeping its deficit; its messages simply wait.
+All of it happens in ``fair_redis.lua`` in O(levels + log tenants) per message.
 
 It keeps Dramatiq's guarantees: prefetch, ack, nack to the dead messages (``.XQ``), requeue on
 shutdown, delayed messages (``q.DQ`` is a plain FIFO), ``flush``, ``flush_all`` and ``join``.
@@ -15,8 +17,9 @@ worker's messages once they have been gone for ``GONE_GRACE`` seconds, or after
 ``FAIRWAY_HEARTBEAT_TIMEOUT`` if they are still there.
 
 Keys (``ns`` is the broker namespace): everything of queue ``q`` under ``{ns:q}:*`` (listed in the
-script's header), worker heartbeats ``{ns:workers}:heartbeats`` (zset id -> ms), the queues each
-worker consumes ``{ns:workers}:queues:<id>`` and the queues ever used ``{ns:workers}:known``.
+script's header; the limits' keys in ``store/limits.py``), worker heartbeats
+``{ns:workers}:heartbeats`` (zset id -> ms), the queues each worker consumes
+``{ns:workers}:queues:<id>`` and the queues ever used ``{ns:workers}:known``.
 Nothing expires by TTL: a dead worker's keys are deleted when it is recovered.
 """
 
@@ -25,7 +28,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -42,11 +45,16 @@ from dramatiq.errors import ConnectionClosed, QueueJoinTimeout
 from ..middlewares import dead_letters
 from ..priority import Priority
 from ..settings import Settings, load_settings
+from ..store import limits
+from ..store.scripts import LuaScript, ScriptCall, run_scripts
 from .consumer import decode_or_report, held_copy, hold_delay
 
 logger = logging.getLogger(__name__)
 
-SCRIPT = (Path(__file__).parent / "fair_redis.lua").read_bytes()
+SCRIPT = limits.LIB + (Path(__file__).parent / "fair_redis.lua").read_text()
+_LUA = LuaScript.from_text(SCRIPT)
+# Reasons the script gives for skipping a tenant, as metrics label them.
+THROTTLE_REASONS = {b"c": "concurrency", b"r": "rate"}
 
 DEFAULT_TENANT = "default"
 # Seconds between heartbeats, and the age at which a heartbeat is worth a look at CLIENT LIST.
@@ -84,8 +92,15 @@ class FairRedisBroker(RedisBroker):
         self.drr_scale = max(1.0, 1.0 / min(weights.values())) if weights else 1.0
         self._heartbeat: _Heartbeat | None = None
         self._orphans: dict[str, list[str]] = {}
+        # Broker ids this process holds per queue (fetched, not settled yet), and the queues whose
+        # last fetch failed on the connection: that fetch may have run with its reply lost.
+        self._held: dict[str, set[str]] = {}
+        self._settling: dict[str, dict[str, list[str]]] = {}
+        self._unsure: set[str] = set()
         self._lock = threading.Lock()
         self._weighted_queues: set[str] = set()
+        self.tenant_limits = limits.TenantLimits(self.client, self.namespace, "redis")
+        self._throttled: Counter[tuple[str, str, str]] = Counter()
         self._registered_queues: set[str] = set()
         self._consumed: set[str] = set()
         self._missing: dict[str, float] = {}
@@ -160,6 +175,8 @@ class FairRedisBroker(RedisBroker):
             waiting.options["redis_message_id"],
             waiting.encode(),
         )
+        with self._lock:
+            self._held.get(canonical, set()).discard(message.options["redis_message_id"])
 
     def flush(self, queue_name: str) -> None:
         self._call(q_name(queue_name), "purge")
@@ -244,6 +261,11 @@ class FairRedisBroker(RedisBroker):
 
     # Script calls and worker liveness.
 
+    def _script_call(self, queue_name: str, command: str, *args: Any) -> ScriptCall:
+        part = "dq" if queue_name != q_name(queue_name) else "q"
+        args = (command, self._clock_arg(), self.broker_id, self._max_wait_ms(), part, *args)
+        return ScriptCall(_LUA, [self._queue_prefix(queue_name)], list(args))
+
     def _call(self, queue_name: str, command: str, *args: Any, pipe: redis.client.Pipeline | None = None) -> Any:
         part = "dq" if queue_name != q_name(queue_name) else "q"
         return self.script(
@@ -259,23 +281,107 @@ class FairRedisBroker(RedisBroker):
         rid = message.options["redis_message_id"]
         self._call(message.queue_name, "enqueue", rid, body, int(level), tenant, pipe=pipe)
 
+    def settle_later(self, queue_name: str, command: str, rid: str) -> None:
+        """Queue an ``ack`` or ``nack`` of ``rid`` for the next :meth:`fetch` of ``queue_name``.
+
+        Worker threads settle the jobs they finished this way and the consumer thread sends them
+        with its next fetch (or alone, at once, when no fetch is due): one round trip for all of
+        them. They stay queued here until sent, so a consumer restarted after a connection error
+        sends them with its first fetch (settling is idempotent).
+        """
+        with self._lock:
+            self._settling.setdefault(queue_name, {}).setdefault(command, []).append(rid)
+
+    def settles_waiting(self, queue_name: str) -> bool:
+        return queue_name in self._settling
+
+    def send_settles(self, queue_name: str) -> None:
+        """Send the settles queued by :meth:`settle_later` for ``queue_name`` now, without a fetch."""
+        self._settle_and_fetch(queue_name, None)
+
     def fetch(self, queue_name: str, count: int) -> list[tuple[str, bytes]]:
-        """Take up to ``count`` messages of ``queue_name`` into this worker's ack set, as (id, body) pairs."""
+        """Take up to ``count`` messages of ``queue_name`` into this worker's ack set, as (id, body) pairs.
+
+        The settles queued by :meth:`settle_later` go first, in the same round trip.
+        """
+        return self._settle_and_fetch(queue_name, count)
+
+    def _settle_and_fetch(self, queue_name: str, count: int | None) -> list[tuple[str, bytes]]:
         self._requeue_orphans(queue_name)
+        if queue_name in self._unsure:
+            self._reclaim(queue_name)
         if queue_name not in self._weighted_queues and queue_name == q_name(queue_name):
             self._store_weights(queue_name)
+            self.tenant_limits.install(queue_name, self.settings.limits)
             self._weighted_queues.add(queue_name)
-        flat = self._call(queue_name, "fetch", count, self.drr_scale)
-        return [(rid.decode(), body) for rid, body in zip(flat[::2], flat[1::2], strict=True)]
+        exempt = int(self.settings.limits.exempt_critical)
+        with self._lock:
+            settle = self._settling.pop(queue_name, {})
+        calls = [self._settle_call(queue_name, command, rids) for command, rids in settle.items()]
+        if count is not None:
+            calls.append(self._script_call(queue_name, "fetch", count, self.drr_scale, exempt))
+        try:
+            replies = run_scripts(self.client, calls)
+        except redis.RedisError as error:
+            with self._lock:
+                for command, rids in settle.items():
+                    self._settling.setdefault(queue_name, {}).setdefault(command, [])[:0] = rids
+            if count is not None and isinstance(error, redis.ConnectionError | redis.TimeoutError):
+                # Redis may have run the fetch (and kept its effect in the AOF) with the reply lost:
+                # those messages sit in our ack set, and no one recovers a live worker's ack set.
+                self._unsure.add(queue_name)
+            raise
+        self._forget(queue_name, [rid for rids in settle.values() for rid in rids])
+        if count is None:
+            return []
+        flat, throttled = replies[-1]
+        if throttled:
+            with self._lock:
+                for tenant, reason in zip(throttled[::2], throttled[1::2], strict=True):
+                    self._throttled[(queue_name, tenant.decode(), THROTTLE_REASONS[reason])] += 1
+        fetched = [(rid.decode(), body) for rid, body in zip(flat[::2], flat[1::2], strict=True)]
+        with self._lock:
+            self._held.setdefault(queue_name, set()).update(rid for rid, _body in fetched)
+        return fetched
+
+    def _reclaim(self, queue_name: str) -> None:
+        """Requeue what our ack set holds of ``queue_name`` that this process never received."""
+        part = "acks" if queue_name == q_name(queue_name) else "dacks"
+        members = self.client.smembers(f"{self._queue_prefix(queue_name)}:{part}:{self.broker_id}")
+        with self._lock:
+            lost = sorted({rid.decode() for rid in members} - self._held.get(queue_name, set()))
+        self.settle(queue_name, "requeue", lost)
+        self._unsure.discard(queue_name)
+        if lost:
+            logger.warning(
+                "Requeued %d message(s) of %r fetched by a call whose reply was lost.", len(lost), queue_name
+            )
+
+    def drain_throttled(self) -> dict[tuple[str, str, str], int]:
+        """Times each (queue, tenant, reason) was skipped for a limit since the last drain (for metrics).
+
+        A tenant is counted once each time it is set aside, not for each pick it then sits out.
+        """
+        with self._lock:
+            counts = dict(self._throttled)
+            self._throttled.clear()
+        return counts
 
     def settle(self, queue_name: str, command: str, rids: Sequence[str]) -> None:
         """``ack``, ``nack`` or ``requeue`` the broker ids ``rids`` held by this worker."""
         if not rids:
             return
+        run_scripts(self.client, [self._settle_call(queue_name, command, rids)])
+        self._forget(queue_name, rids)
+
+    def _settle_call(self, queue_name: str, command: str, rids: Sequence[str]) -> ScriptCall:
         if command == "nack":
-            self._call(queue_name, command, self.dead_message_ttl, *rids)
-        else:
-            self._call(queue_name, command, *rids)
+            return self._script_call(queue_name, command, self.dead_message_ttl, *rids)
+        return self._script_call(queue_name, command, *rids)
+
+    def _forget(self, queue_name: str, rids: Iterable[str]) -> None:
+        with self._lock:
+            self._held.get(queue_name, set()).difference_update(rids)
 
     def keep_orphans(self, queue_name: str, rids: Iterable[str]) -> None:
         """Remember ids a closing consumer could not requeue; the next fetch of the queue requeues them."""
@@ -370,7 +476,7 @@ class FairRedisBroker(RedisBroker):
         }
 
     def _queue_prefix(self, queue_name: str) -> str:
-        return "{" + f"{self.namespace}:{q_name(queue_name)}" + "}"
+        return limits.queue_prefix(self.namespace, queue_name)
 
     def _workers_prefix(self) -> str:
         return "{" + f"{self.namespace}:workers" + "}"
@@ -399,6 +505,8 @@ class FairRedisConsumer(Consumer):
         self.canonical = queue_name == q_name(queue_name)
         self.cache: deque[tuple[str, bytes]] = deque()
         self.delivered: set[str] = set()
+        # Set by worker threads when they settle a job: wakes an idle consumer to send it now.
+        self.settled = threading.Event()
         self.misses = 0
 
     @property
@@ -414,6 +522,7 @@ class FairRedisConsumer(Consumer):
         self._settle("ack" if dead_letters.was_recorded(message) else "nack", message)
 
     def requeue(self, messages: Iterable[MessageProxy]) -> None:
+        self._send_settles()
         rids = [message.options["redis_message_id"] for message in messages]
         with _closed_on_connection_error():
             self.broker.settle(self.queue_name, "requeue", rids)
@@ -423,8 +532,10 @@ class FairRedisConsumer(Consumer):
         rids = [rid for rid, _body in self.cache]
         self.cache.clear()
         try:
+            self.broker.send_settles(self.queue_name)
             self.broker.settle(self.queue_name, "requeue", rids)
         except redis.ConnectionError:
+            # The settles stay queued in the broker; the orphans are requeued by the next fetch.
             self.broker.keep_orphans(self.queue_name, rids)
 
     def __next__(self) -> MessageProxy | None:
@@ -434,10 +545,16 @@ class FairRedisConsumer(Consumer):
                 if wanted > 0:
                     with _closed_on_connection_error():
                         self.cache.extend(self.broker.fetch(self.queue_name, wanted))
+                else:
+                    self._send_settles()
                 if not self.cache:
-                    self.misses, backoff_ms = compute_backoff(self.misses, max_backoff=self.timeout)
-                    time.sleep(backoff_ms / 1000)
+                    misses, backoff_ms = compute_backoff(self.misses, max_backoff=self.timeout)
+                    # Woken to send a settle: not a miss, the poll interval stays as it was.
+                    if not self.settled.wait(backoff_ms / 1000):
+                        self.misses = misses
+                    self.settled.clear()
                     return None
+            self._send_settles()
             rid, body = self.cache.popleft()
             proxy = self._deliverable(rid, body)
             if proxy is not None:
@@ -466,11 +583,14 @@ class FairRedisConsumer(Consumer):
 
     def _settle(self, command: str, message: MessageProxy) -> None:
         rid = message.options["redis_message_id"]
-        try:
+        self.broker.settle_later(self.queue_name, command, rid)
+        self.delivered.discard(rid)
+        self.settled.set()
+
+    def _send_settles(self) -> None:
+        if self.broker.settles_waiting(self.queue_name):
             with _closed_on_connection_error():
-                self.broker.settle(self.queue_name, command, [rid])
-        finally:
-            self.delivered.discard(rid)
+                self.broker.send_settles(self.queue_name)
 
 
 @contextmanager

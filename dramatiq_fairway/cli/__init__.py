@@ -11,10 +11,10 @@ import pika
 import redis
 
 from ..errors import FairwayError
-from . import breakers, check, demo, dlq, embedded, jobs, queues
+from . import breakers, check, dashboard, demo, dlq, embedded, jobs, limits, queues, workers
 from .output import CommandError
 
-VERB_MODULES = (breakers, check, demo, dlq, embedded, jobs, queues)
+VERB_MODULES = (breakers, check, dashboard, demo, dlq, embedded, jobs, limits, queues, workers)
 
 
 def build_parser() -> argparse.ArgumentParser:

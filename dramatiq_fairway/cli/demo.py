@@ -1,135 +1,129 @@
-"""``fairway demo``: the quickstart app end to end on the configured broker (embedded by default).
-
-Starts a real ``dramatiq`` worker on ``dramatiq_fairway.quickstart``, sends a batch of jobs,
-shows progress, checks the answer, prints a summary, and stops everything it started.
-"""
+"""``fairway demo [--jobs N]``: the domain actors end to end on the configured broker (embedded by
+default), with transient failures, a permanent one and an outage that trips a breaker; live
+progress, then a summary. The work is :func:`dramatiq_fairway.demo.run_demo`."""
 
 from __future__ import annotations
 
 import argparse
-import os
-import signal
-import subprocess
-import sys
-import tempfile
-import time
-import uuid
-from pathlib import Path
 from typing import Any
 
 from rich.console import Console
-from rich.progress import Progress
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from ..connections import uses_embedded
-from ..embedded import EmbeddedRedis
 from ..settings import load_settings
 from .output import CommandError, console, emit, json_flag
 
-_SPAN = 50_000
-_TIMEOUT = 180.0
+DOMAINS = {"fl": "federated round", "photos": "photo import", "papers": "citation crawl"}
 
 
 def register(subparsers: Any) -> None:
-    parser = subparsers.add_parser("demo", parents=[json_flag()], help="run the quickstart end to end")
-    parser.add_argument("--jobs", type=_positive, default=200, help="jobs to send (default 200)")
-    parser.add_argument("--threads", type=_positive, default=4, help="worker threads (default 4)")
+    parser = subparsers.add_parser(
+        "demo", parents=[json_flag()], help="run the domain actors end to end, failures included"
+    )
+    parser.add_argument(
+        "--jobs",
+        type=_at_least(1),
+        default=None,
+        help="jobs the demo sends itself, more meaning more photos (the scenario sets the default and minimum)",
+    )
+    parser.add_argument("--threads", type=_at_least(1), default=8, help="worker threads (default 8)")
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> None:
-    settings = load_settings()
-    embedded = EmbeddedRedis(settings.data_dir) if uses_embedded(settings) else None
-    started_server = embedded.ensure_running() if embedded else False
-    log = tempfile.NamedTemporaryFile(prefix="fairway-demo-", suffix=".log", delete=False)  # noqa: SIM115
-    worker = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "dramatiq",
-            "dramatiq_fairway.quickstart",
-            "--processes",
-            "1",
-            "--threads",
-            str(args.threads),
-        ],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        stdin=subprocess.DEVNULL,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-        cwd=tempfile.gettempdir(),
-    )
+    # The demo runs the domain actors: numpy, Pillow and pypdf come with the `actors` extra, which
+    # every other verb does without.
     try:
-        summary = _send_and_wait(args, worker, Path(log.name))
-    finally:
-        _stop(worker)
-        log.close()
-        if embedded and started_server:
-            embedded.stop()
-    summary["broker"] = settings.broker
-    emit(args, summary, _render)
-    if not summary["verified"]:
-        raise CommandError(f"the workers' answer {summary['primes']} differs from {summary['expected_primes']}")
-    Path(log.name).unlink(missing_ok=True)
+        from ..demo import DEFAULT_JOBS, MIN_JOBS, DemoProgress, run_demo
+    except ImportError as error:
+        raise CommandError(
+            f"demo: the domain actors need {error.name!r}: pip install 'dramatiq-fairway[actors]'"
+        ) from None
+    jobs = DEFAULT_JOBS if args.jobs is None else args.jobs
+    if jobs < MIN_JOBS:
+        raise CommandError(f"demo: --jobs {jobs} is too few, the scenario needs at least {MIN_JOBS}")
+    settings = load_settings()
+    with Progress(
+        TextColumn("{task.description:<16}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("{task.fields[note]}"),
+        console=console,
+        disable=args.json,
+        transient=True,
+    ) as progress:
+        tasks: dict[str, TaskID] = {}
 
+        def show(state: DemoProgress) -> None:
+            for domain, title in DOMAINS.items():
+                if domain not in tasks:
+                    tasks[domain] = progress.add_task(title, total=state.total[domain], note="")
+                notes = [f"{state.dead_letters[domain]} dead-lettered"] if state.dead_letters[domain] else []
+                if domain == "papers":
+                    notes.append(f"breaker {state.breaker}" + (", dependency DOWN" if state.outage else ""))
+                note = " · ".join(notes)
+                progress.update(tasks[domain], completed=state.done[domain], note=note)
 
-def _send_and_wait(args: argparse.Namespace, worker: subprocess.Popen[bytes], log: Path) -> dict[str, Any]:
-    from .. import quickstart  # sets up the broker from the same settings as the worker
-
-    store = quickstart.state_store
-    run_id = uuid.uuid4().hex
-    key = quickstart.tally_key(quickstart.settings, run_id)
-    started = time.monotonic()
-    for job in range(args.jobs):
-        quickstart.count_primes.send(job * _SPAN, (job + 1) * _SPAN, run_id)
-    done = 0
-    with Progress(console=console, disable=args.json, transient=True) as progress:
-        task = progress.add_task("jobs", total=args.jobs)
-        while done < args.jobs:
-            if worker.poll() is not None:
-                raise CommandError(f"the dramatiq worker exited with {worker.returncode}; its log: {log}")
-            if time.monotonic() - started > _TIMEOUT:
-                raise CommandError(f"only {done} of {args.jobs} jobs finished in {_TIMEOUT:.0f}s; worker log: {log}")
-            time.sleep(0.1)
-            done = int(store.hget(key, "done") or 0)
-            progress.update(task, completed=done)
-    elapsed = time.monotonic() - started
-    primes = int(store.hget(key, "primes") or 0)
-    store.delete(key)
-    expected = quickstart.count_primes_between(0, args.jobs * _SPAN)
-    quickstart.broker.close()
-    return {
-        "jobs": args.jobs,
-        "completed": done,
-        "primes": primes,
-        "expected_primes": expected,
-        "verified": primes == expected,
-        "seconds": round(elapsed, 3),
-        "jobs_per_second": round(done / elapsed, 1),
-    }
-
-
-def _stop(worker: subprocess.Popen[bytes]) -> None:
-    if worker.poll() is None:
-        worker.send_signal(signal.SIGTERM)
-        try:
-            worker.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            worker.kill()
-            worker.wait()
+        summary = run_demo(settings, jobs, threads=args.threads, on_progress=show)
+    emit(args, summary.model_dump(mode="json"), _render)
 
 
 def _render(console: Console, summary: dict[str, Any]) -> None:
-    table = Table(title=f"fairway demo on {summary['broker']}", show_header=False)
-    table.add_row("jobs sent / completed", f"{summary['jobs']} / {summary['completed']}")
-    table.add_row("primes found by the workers", f"{summary['primes']:,}")
-    table.add_row("checked against a local count", "[green]yes[/]" if summary["verified"] else "[red]NO[/]")
-    table.add_row("elapsed", f"{summary['seconds']:.2f} s ({summary['jobs_per_second']} jobs/s)")
-    console.print(table)
+    console.print(
+        f"[bold]fairway demo on {summary['broker']}[/]: {summary['jobs_sent']} jobs sent, "
+        f"{summary['jobs_finished']} finished (with follow-ups) in {summary['seconds']:.1f} s"
+    )
+    tenants = Table("tenant", "jobs", "dead letters", "wait avg (s)", "wait max (s)", title="Per tenant")
+    for row in summary["tenants"]:
+        tenants.add_row(
+            row["tenant"],
+            str(row["jobs"]),
+            str(row["dead_letters"]),
+            f"{row['wait_avg_s']:.2f}",
+            f"{row['wait_max_s']:.2f}",
+        )
+    console.print(tenants)
+    levels = ", ".join(f"{level} {count}" for level, count in summary["priority_levels"].items())
+    console.print(f"Priority levels: {levels}")
+    retries = ", ".join(f"{kind} {count}" for kind, count in summary["retries"].items()) or "none"
+    console.print(f"Retries by classification: {retries}")
+    dead = Table("fingerprint", "count", "reason", "actor", "error", title="Dead letters by fingerprint")
+    for group in summary["dead_letters"]:
+        dead.add_row(
+            group["fingerprint"][:12],
+            str(group["count"]),
+            group["reason"],
+            group["actor"] or "",
+            f"{(group['error_type'] or '').rsplit('.', 1)[-1]}: {group['error_message']}",
+        )
+    console.print(dead)
+    transitions = " → ".join(
+        [summary["breaker_transitions"][0]["from_state"], *(t["to_state"] for t in summary["breaker_transitions"])]
+        if summary["breaker_transitions"]
+        else ["none"]
+    )
+    console.print(f"Breaker semantic_scholar: {transitions}")
+    fl = summary["fl_round"]
+    console.print(
+        f"Federated round: {len(fl['participants'])} clients aggregated, missing {fl['missing']}; "
+        f"held-out accuracy {fl['global_accuracy']:.3f} (mean client {fl['mean_client_accuracy']:.3f})"
+    )
+    console.print(
+        f"Photos exported: {summary['photos_exported']} · papers fetched: {summary['papers_fetched']} "
+        f"· notes written: {summary['notes_written']}"
+    )
 
 
-def _positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a positive integer")
-    return value
+def _at_least(minimum: int) -> Any:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"{text!r} is less than {minimum}")
+        return value
+
+    return parse

@@ -1,23 +1,56 @@
-"""``fairway pause QUEUE | resume QUEUE``: stop and restart intake of a queue (jobs wait, none lost)."""
+"""``fairway queues`` (depth per queue x level x tenant) and ``fairway pause|resume QUEUE``."""
 
 from __future__ import annotations
 
 import argparse
 from typing import Any
 
+from rich.console import Console
+from rich.table import Table
+
 from ..brokers import build_broker
 from ..controls import pause_queue, resume_queue
+from ..queues import UnsupportedBroker, queue_depths
 from ..settings import load_settings
-from .output import emit, json_flag
+from .output import CommandError, emit, json_flag
+
+_COLUMNS = ("queue", "priority_level", "tenant", "ready", "delayed", "in_flight", "dead")
 
 
 def register(subparsers: Any) -> None:
+    queues_parser = subparsers.add_parser(
+        "queues", parents=[json_flag()], help="depth per queue x priority level x tenant, in flight, delayed, dead"
+    )
+    queues_parser.add_argument("queues", nargs="*", metavar="QUEUE", help="only these queues (default: all known)")
+    queues_parser.set_defaults(func=show_queues)
     pause_parser = subparsers.add_parser("pause", parents=[json_flag()], help="workers stop starting jobs of QUEUE")
     pause_parser.add_argument("queue")
     pause_parser.set_defaults(func=pause)
     resume_parser = subparsers.add_parser("resume", parents=[json_flag()], help="workers start jobs of QUEUE again")
     resume_parser.add_argument("queue")
     resume_parser.set_defaults(func=resume)
+
+
+def show_queues(args: argparse.Namespace) -> None:
+    settings = load_settings()
+    broker = build_broker(settings)
+    try:
+        rows = [row.model_dump() for row in queue_depths(broker, settings, args.queues)]
+    except UnsupportedBroker as error:
+        raise CommandError(str(error)) from None
+    finally:
+        broker.close()
+    emit(args, rows, _render)
+
+
+def _render(console: Console, rows: list[dict[str, Any]]) -> None:
+    if not rows:
+        console.print("no queued, delayed, running or dead messages")
+        return
+    table = Table(*_COLUMNS)
+    for row in rows:
+        table.add_row(*("n/a" if row[column] is None else str(row[column]) for column in _COLUMNS))
+    console.print(table)
 
 
 def pause(args: argparse.Namespace) -> None:

@@ -16,18 +16,31 @@ back on the delay queue until the breaker's retry time plus jitter, no retry use
 **Holding needs fairway's brokers** (``FairwayRabbitmqBroker``, ``FairRedisBroker``, both built by
 ``setup()``); on a stock broker this middleware only records outcomes, and says so once at boot.
 
-A job held back for longer than ``FAIRWAY_BREAKER__MAX_HOLD`` is not held again: :meth:`hold`
-lets it through marked, and :meth:`before_process_message` fails it with :class:`HeldTooLong`
+A job held back by its breaker for longer than ``FAIRWAY_BREAKER__MAX_HOLD`` is not held again
+(only the breaker's own holds count, timed from the :data:`BREAKER_HELD_SINCE` option it sets on
+the held copy and clears when the job is let through; a paused queue's wait does not count):
+:meth:`hold` lets it through marked, and :meth:`before_process_message` fails it with :class:`HeldTooLong`
 (a ``MiddlewareError``, so the actor does not run and Results and Callbacks see a failure, and a
 ``PermanentError``, so no retry is used), with the ``dead_letter_reason`` option set so that
 ``DeadLetters`` records it with reason ``held_too_long``.
 ``SkipMessage`` is never used: Results would store ``None`` for the job.
 
-Cost per job while closed: one read of a per-process cache (refreshed at most every second) when
-the job is fetched, and an append to a per-process buffer when it finishes. Successes are sent to
-the store in one script call per key per second (or per window), failures at once; every reply
-refreshes the cache. Trials of a half-open breaker report at once. When the state store is down,
-breakers fall back to per-process state, with one warning per minute.
+Cost per job while closed (DESIGN.md §5): nothing at start, at most one script call at the end.
+When a job is fetched its breaker is looked up in a per-process cache that every store reply
+refreshes; only a cache older than :data:`CACHE_TTL` (the process was idle) costs a call. When a
+job finishes, its outcome is sent to the store at once unless another thread of the process is
+already sending for that breaker: then it joins the outcomes that thread sends next (group
+commit), so a busy process makes fewer calls than it runs jobs, and what every worker knows of the
+breaker is at most one call old while jobs flow, which is what stops every worker within a few
+calls when one of them opens it. Failures and trials never wait for another thread's call. Jobs
+without a ``breaker`` cost nothing. When the state store is down, breakers fall back to
+per-process state, with one warning per minute.
+
+Metrics (when the broker has :class:`~dramatiq_fairway.middlewares.metrics.Metrics`): each
+transition a store call of this process made is counted, each change of this process's view of a
+breaker sets ``fairway_breaker_state``, and each job it holds back counts as ``delayed_by_breaker``.
+Transitions are also logged, one line each, by the process that made them
+(:mod:`dramatiq_fairway.store.breakers`).
 """
 
 from __future__ import annotations
@@ -46,7 +59,6 @@ from dramatiq.logging import get_logger
 from dramatiq.message import Message
 from dramatiq.middleware import MiddlewareError
 
-from ..brokers.consumer import HELD_SINCE
 from ..errors import PermanentError, RateLimited, TransientError
 from ..settings import BreakerPolicy, Settings, load_settings
 from ..store.breakers import (
@@ -58,6 +70,7 @@ from ..store.breakers import (
     StoreUnavailable,
 )
 from .dead_letters import REASON_OPTION
+from .metrics import Metrics, find_metrics
 
 # How long a worker trusts what it last heard of a breaker before asking the store again.
 CACHE_TTL = 1.0
@@ -68,6 +81,11 @@ HALF_OPEN_RECHECK = 2.0
 # breaker does not wake every waiting job at the same instant.
 JITTER_SHARE = 0.1
 _STORE_DOWN_WARNING_INTERVAL = 60.0
+# A thread sending outcomes sends those other threads queued meanwhile, at most this many times
+# more, so that it is never kept from its own next job for long; what is left goes with the next one.
+_DRAIN_ROUNDS = 2
+# Message option: when (epoch ms) the breaker first held this job back, since it last ran.
+BREAKER_HELD_SINCE = "fairway_breaker_held_since"
 
 
 class HeldTooLong(MiddlewareError, PermanentError):
@@ -94,9 +112,11 @@ class _Cached:
 
 @dataclass
 class _Pending:
+    """Outcomes of one breaker waiting for the call that another thread has in flight."""
+
     policy: BreakerPolicy
-    since: float
     letters: list[str] = field(default_factory=list)
+    sending: int = 0
 
 
 class CircuitBreaker(Middleware):
@@ -126,6 +146,8 @@ class CircuitBreaker(Middleware):
         self._trials: set[str] = set()
         self._held_too_long: dict[str, tuple[str, float]] = {}
         self._started: dict[str, float] = {}
+        self._broker: Broker | None = None
+        self._metrics: Metrics | None = None
 
     @property
     def actor_options(self) -> set[str]:
@@ -138,6 +160,7 @@ class CircuitBreaker(Middleware):
         _check_option(message.options.get("breaker"), f"message {message.message_id}")
 
     def before_worker_boot(self, broker: Broker, worker: Any) -> None:  # noqa: ARG002 (hook signature)
+        self._bind(broker)
         if not callable(getattr(broker, "hold_back", None)):
             self.logger.warning(
                 "%s is not a fairway broker: open breakers cannot hold jobs back on it, so jobs of an "
@@ -155,11 +178,13 @@ class CircuitBreaker(Middleware):
         target = self._target(broker, message)
         if target is None:
             return None
+        self._bind(broker)
         key, policy = target
         now = self.clock()
         cached = self._cache.get(key)
         if cached is not None and now < cached.fresh_until:
             if cached.state == "closed":
+                _let_through(message)
                 return None
             if cached.state == "open" and cached.retry_at is not None and now < cached.retry_at:
                 return self._wait(key, message, cached.retry_at, now)
@@ -167,6 +192,7 @@ class CircuitBreaker(Middleware):
         if reply.allowed:
             if reply.state.state == "half_open":
                 self._trials.add(message.message_id)
+            _let_through(message)
             return None
         if reply.state.retry_at is not None and reply.state.retry_at > now:
             return self._wait(key, message, reply.state.retry_at, now)
@@ -196,6 +222,7 @@ class CircuitBreaker(Middleware):
         target = self._target(broker, message)
         if target is None:
             return
+        self._bind(broker)
         key, policy = target
         started = self._started.pop(message.message_id, None)
         outcome, retry_after = self._outcome(exception, started, policy)
@@ -211,9 +238,15 @@ class CircuitBreaker(Middleware):
 
     def before_worker_shutdown(self, broker: Broker, worker: Any) -> None:  # noqa: ARG002 (hook signature)
         with self._pending_lock:
-            pending, self._pending = self._pending, {}
-        for key, buffered in pending.items():
-            self._send(key, "".join(buffered.letters), buffered.policy, self.clock())
+            pending = {key: buffered.letters for key, buffered in self._pending.items() if buffered.letters}
+            for key in pending:
+                self._pending[key].letters = []
+        for key, letters in pending.items():
+            self._send(key, "".join(letters), self._pending[key].policy, self.clock())
+
+    def _bind(self, broker: Broker) -> None:
+        if broker is not self._broker:
+            self._broker, self._metrics = broker, find_metrics(broker)
 
     def _target(self, broker: Broker, message: Message[Any] | MessageProxy) -> tuple[str, BreakerPolicy] | None:
         """The breaker key of ``message`` (``{tenant}`` filled in) and its policy, or None."""
@@ -236,16 +269,21 @@ class CircuitBreaker(Middleware):
         return policy
 
     def _wait(self, key: str, message: Message[Any], retry_at: float, now: float) -> int | None:
-        held_since = message.options.get(HELD_SINCE)
+        held_since = message.options.get(BREAKER_HELD_SINCE)
         if held_since is not None:
             held_for = now - held_since / 1000
             if held_for > self.settings.breaker.max_hold:
                 self._held_too_long[message.message_id] = (key, held_for)
                 self._trials.discard(message.message_id)
                 return None
+        else:
+            # The consumer's held copy carries the message's options, this one included.
+            message.options[BREAKER_HELD_SINCE] = round(now * 1000)
         wait = max(retry_at - now, 0.0)
         wait += random.uniform(0, wait * JITTER_SHARE + 0.25)
         self.logger.debug("Holding message %s back %.3fs for breaker %r.", message.message_id, wait, key)
+        if self._metrics is not None:
+            self._metrics.message_held(message)
         return max(1, round(wait * 1000))
 
     def _outcome(
@@ -266,23 +304,35 @@ class CircuitBreaker(Middleware):
         return Outcome.IGNORED, 0.0
 
     def _report(self, key: str, policy: BreakerPolicy, message_id: str, outcome: Outcome, retry_after: float) -> None:
-        now = self.clock()
         if message_id in self._trials:
             self._trials.discard(message_id)
-            self._send(key, outcome, policy, now, permit=message_id, retry_after=retry_after)
+            self._send(key, outcome, policy, self.clock(), permit=message_id, retry_after=retry_after)
             return
         if outcome is Outcome.IGNORED:
             return
+        urgent = outcome not in (Outcome.SUCCESS, Outcome.SLOW_SUCCESS)
         with self._pending_lock:
             buffered = self._pending.get(key)
             if buffered is None:
-                buffered = self._pending[key] = _Pending(policy, now)
-            buffered.letters.append(outcome)
-            urgent = outcome not in (Outcome.SUCCESS, Outcome.SLOW_SUCCESS)
-            if not (urgent or len(buffered.letters) >= policy.window_size or now - buffered.since >= CACHE_TTL):
+                buffered = self._pending[key] = _Pending(policy)
+            if buffered.sending and not urgent:
+                buffered.letters.append(outcome)
                 return
-            del self._pending[key]
-        self._send(key, "".join(buffered.letters), policy, now, retry_after=retry_after)
+            # A failure never waits; it is the last letter of its own call, so that a rate-limited
+            # outcome's retry_after goes with it (the queue never holds one).
+            letters, buffered.letters = "".join(buffered.letters) + outcome, []
+            buffered.sending += 1
+        try:
+            self._send(key, letters, policy, self.clock(), retry_after=retry_after)
+            for _round in range(_DRAIN_ROUNDS):
+                with self._pending_lock:
+                    letters, buffered.letters = "".join(buffered.letters), []
+                if not letters:
+                    break
+                self._send(key, letters, policy, self.clock())
+        finally:
+            with self._pending_lock:
+                buffered.sending -= 1
 
     def _send(
         self,
@@ -310,7 +360,14 @@ class CircuitBreaker(Middleware):
                 self._store_down_warned_at = now
                 self.logger.warning("Breakers fall back to per-process state: %s", error)
             reply = operation(self._fallback, now)
+        seen = self._cache.get(key)
         self._cache[key] = _Cached(reply.state.state, reply.state.retry_at, now + CACHE_TTL)
+        if self._metrics is not None:
+            if reply.previous is not None:
+                self._metrics.breaker_changed(key, reply.state.state, reply.previous)
+            elif seen is None or seen.state != reply.state.state:
+                # Another process (or the CLI) made the transition: only this process's view changes.
+                self._metrics.breaker_changed(key, reply.state.state)
         return reply
 
     def _shared_store(self) -> BreakerStore:
@@ -319,6 +376,11 @@ class CircuitBreaker(Middleware):
                 if self._store is None:
                     self._store = RedisBreakerStore.from_settings(self.settings)
         return self._store
+
+
+def _let_through(message: Message[Any]) -> None:
+    """Let ``message`` run now: a later hold is timed afresh (FAIRWAY_BREAKER__MAX_HOLD)."""
+    message.options.pop(BREAKER_HELD_SINCE, None)
 
 
 def _check_option(value: Any, where: str) -> None:

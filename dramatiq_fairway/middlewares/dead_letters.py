@@ -47,7 +47,7 @@ from dramatiq.common import q_name
 from dramatiq.errors import ActorNotFound
 from dramatiq.middleware import MiddlewareError
 
-from ..brokers.consumer import HELD_SINCE
+from ..brokers.consumer import HELD_SINCE, ArrivedTooLarge
 from ..errors import BreakerOpen, MessageTooLarge, PermanentError
 from ..fingerprint import fingerprint
 from ..priority import Priority
@@ -121,22 +121,24 @@ class DeadLetters(Middleware):
         setattr(message, _RECORDED, True)
 
     def record_undecodable(self, broker: Broker, queue_name: str, body: bytes, error: Exception) -> None:
-        """Record a body that could not be decoded; raises ``OSError`` if it could not be kept anywhere."""
+        """Record a body that could not be decoded or arrived too large (kept as its length, digest
+        and head, never whole); raises ``OSError`` if it could not be kept anywhere."""
         del broker  # part of the consumer protocol; the record needs only the queue's name
         digest = hashlib.sha256(body).hexdigest()
+        message = error.message if isinstance(error, ArrivedTooLarge) else None
         # DecodeError's own text quotes the whole body; its cause says what was wrong without it.
-        cause = getattr(error, "error", None) or error.__cause__
+        cause = error if message else getattr(error, "error", None) or error.__cause__
         error_type = _qualified_name(error)
         error_message = str(cause)[:_MAX_ERROR_MESSAGE] if cause else ""
         record = DeadLetter(
-            id=f"undecodable-{digest[:32]}",
+            id=message.message_id if message else f"undecodable-{digest[:32]}",
             queue=q_name(queue_name),
-            actor=None,
+            actor=message.actor_name if message else None,
             error_type=error_type,
             error_message=error_message,
             fingerprint=fingerprint(error_type, error_message, None),
             failed_at=self._now(),
-            reason="undecodable",
+            reason="too_large" if message else "undecodable",
             raw={
                 "length": len(body),
                 "sha256": digest,

@@ -12,8 +12,10 @@ At enqueue the options are validated (``InvalidOption``, a ``ValueError`` naming
 values) and written back normalised (level as its number), so the broker and every worker read
 the same thing. On RabbitMQ the level also becomes the AMQP ``broker_priority`` (CRITICAL=1 ->
 5, BATCH=5 -> 1 on the ``x-max-priority=5`` that fairway's brokers declare; nothing on a
-RabbitmqBroker declared without priorities). Exact fairness between tenants and
-levels needs ``FairRedisBroker``; on RabbitMQ only the level order holds (docs/fairness.md).
+RabbitmqBroker declared without priorities; it still orders the pre-upgrade queue and ``.DQ``).
+On ``FairRedisBroker`` the dispatch script applies the DESIGN.md §14 rule exactly; on RabbitMQ
+fairway's consumer applies it over the messages it holds, with tenants hashed over lanes
+(docs/fairness.md).
 
 Capacity: with ``FAIRWAY_FAIRNESS__MAX_QUEUED_PER_TENANT`` set, a message is admitted once, when
 first sent, and refused with ``TenantQueueFull`` (a ``QueueFull``) if its tenant already has that

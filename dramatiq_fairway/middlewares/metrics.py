@@ -37,13 +37,14 @@ scanning a queue; without a per-level count the level label is ``all``.
 
 from __future__ import annotations
 
+import collections
 import multiprocessing
 import os
 import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -59,6 +60,7 @@ from dramatiq.middleware import Shutdown
 from ..errors import Cancelled
 from ..priority import Priority
 from ..settings import Settings, load_settings
+from .limits import drain_throttled, tenant_in_flight
 
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
@@ -120,7 +122,7 @@ class Metrics(Middleware):
 
     def after_worker_boot(self, broker: Broker, worker: Any) -> None:  # noqa: ARG002 (hook signature)
         if self._sampler is None or not self._sampler.is_alive():
-            self._sampler = _DepthSampler(broker, self._families, self.logger)
+            self._sampler = _DepthSampler(broker, self._families, self.logger, self._tenant_name)
             self._sampler.start()
 
     def before_worker_shutdown(self, broker: Broker, worker: Any) -> None:  # noqa: ARG002 (hook signature)
@@ -138,11 +140,12 @@ class Metrics(Middleware):
         now = current_millis()
         self._started[message.message_id] = time.perf_counter()
         queue = q_name(message.queue_name)
+        options = message.options
         families = self._families
-        families.in_flight.labels(queue).inc()
-        since = max(int(message.message_timestamp), int(message.options.get("eta", 0)))
-        families.wait.labels(queue, _level(message)).observe(max(0, now - since) / 1000)
-        families.tenant_served.labels(queue, self._tenant_label(message)).inc()
+        families.in_flight(queue).inc()
+        since = max(int(message.message_timestamp), int(options.get("eta", 0)))
+        families.wait(queue, _level(options)).observe(max(0, now - since) / 1000)
+        families.tenant_served(queue, self._tenant_label(options)).inc()
 
     def after_process_message(
         self,
@@ -156,7 +159,7 @@ class Metrics(Middleware):
         if started is None:
             return
         queue, actor = q_name(message.queue_name), message.actor_name
-        self._families.duration.labels(queue, actor).observe(time.perf_counter() - started)
+        self._families.duration(queue, actor).observe(time.perf_counter() - started)
         if message.failed:
             self._dead_lettered(message, exception)
         elif exception is None:
@@ -196,11 +199,11 @@ class Metrics(Middleware):
     def _finish(self, message: MessageProxy) -> float | None:
         started = self._started.pop(message.message_id, None)
         if started is not None:
-            self._families.in_flight.labels(q_name(message.queue_name)).dec()
+            self._families.in_flight(q_name(message.queue_name)).dec()
         return started
 
     def _count(self, message: Message[Any] | MessageProxy, outcome: str) -> None:
-        self._families.messages.labels(q_name(message.queue_name), message.actor_name, outcome).inc()
+        self._families.messages(q_name(message.queue_name), message.actor_name, outcome).inc()
 
     def _dead_lettered(
         self, message: MessageProxy, exception: BaseException | None, error_type: str | None = None
@@ -209,8 +212,10 @@ class Metrics(Middleware):
         error_type = error_type or message.options.get("error_type") or _qualified_name(exception)
         self._families.dead_letters.labels(q_name(message.queue_name), message.actor_name, error_type).inc()
 
-    def _tenant_label(self, message: MessageProxy) -> str:
-        tenant = str(message.options.get("tenant", "default"))
+    def _tenant_label(self, options: dict[str, Any]) -> str:
+        return self._tenant_name(str(options.get("tenant", "default")))
+
+    def _tenant_name(self, tenant: str) -> str:
         with self._tenants_lock:
             if tenant in self._tenants:
                 return tenant
@@ -298,24 +303,31 @@ class _Families:
         def counter(name: str, doc: str, labels: Iterable[str]) -> Counter:
             return Counter(f"fairway_{name}", doc, list(labels), registry=registry)
 
-        self.messages = counter("messages", "Messages handled, by outcome.", ("queue", "actor", "outcome"))
+        self.messages = _Labelled(counter("messages", "Messages handled, by outcome.", ("queue", "actor", "outcome")))
         self.retries = counter("retries", "Failed runs that will run again.", ("queue", "actor", "classification"))
         self.dead_letters = counter("dead_letters", "Messages dead-lettered.", ("queue", "actor", "error_type"))
         self.breaker_transitions = counter("breaker_transitions", "Breaker state changes.", ("key", "to"))
-        self.tenant_served = counter("tenant_served", "Jobs started per tenant.", ("queue", "tenant"))
-        self.duration = Histogram(
-            "fairway_message_duration_seconds",
-            "Time spent running a message.",
-            ["queue", "actor"],
-            buckets=SECOND_BUCKETS,
-            registry=registry,
+        self.tenant_served = _Labelled(counter("tenant_served", "Jobs started per tenant.", ("queue", "tenant")))
+        self.tenant_throttled = counter(
+            "tenant_throttled", "Times a tenant was held back by its limits.", ("queue", "tenant", "reason")
         )
-        self.wait = Histogram(
-            "fairway_message_wait_seconds",
-            "Time from enqueue (or eta) to start.",
-            ["queue", "priority_level"],
-            buckets=WAIT_BUCKETS,
-            registry=registry,
+        self.duration = _Labelled(
+            Histogram(
+                "fairway_message_duration_seconds",
+                "Time spent running a message.",
+                ["queue", "actor"],
+                buckets=SECOND_BUCKETS,
+                registry=registry,
+            )
+        )
+        self.wait = _Labelled(
+            Histogram(
+                "fairway_message_wait_seconds",
+                "Time from enqueue (or eta) to start.",
+                ["queue", "priority_level"],
+                buckets=WAIT_BUCKETS,
+                registry=registry,
+            )
         )
         gauge_mode: Any = "mostrecent" if multiprocess else "all"
         self.breaker_state = Gauge(
@@ -332,28 +344,54 @@ class _Families:
             registry=registry,
             multiprocess_mode=gauge_mode,
         )
-        self.in_flight = Gauge(
-            "fairway_in_flight", "Messages running now.", ["queue"], registry=registry, multiprocess_mode="livesum"
+        self.tenant_in_flight = Gauge(
+            "fairway_tenant_in_flight",
+            "Jobs of a tenant counted against its concurrency cap.",
+            ["queue", "tenant"],
+            registry=registry,
+            multiprocess_mode=gauge_mode,
         )
+        self.in_flight = _Labelled(
+            Gauge(
+                "fairway_in_flight", "Messages running now.", ["queue"], registry=registry, multiprocess_mode="livesum"
+            )
+        )
+
+
+class _Labelled:
+    """A metric's labelled children, kept: ``labels()`` validates and locks on every call, per job."""
+
+    def __init__(self, metric: Any) -> None:
+        self.metric = metric
+        self.children: dict[tuple[str, ...], Any] = {}
+
+    def __call__(self, *values: str) -> Any:
+        child = self.children.get(values)
+        if child is None:
+            child = self.children[values] = self.metric.labels(*values)
+        return child
 
 
 class _DepthSampler(threading.Thread):
     """Samples the depth of the worker's queues from the broker's counters, never by scanning."""
 
-    def __init__(self, broker: Broker, families: _Families, logger: Any) -> None:
+    def __init__(self, broker: Broker, families: _Families, logger: Any, tenant_label: Callable[[str], str]) -> None:
         super().__init__(name="fairway-queue-depth", daemon=True)
         self.broker = broker
         self.families = families
         self.logger = logger
+        self.tenant_label = tenant_label
         self.stopping = threading.Event()
+        self._in_flight_labels: set[tuple[str, str]] = set()
 
     def run(self) -> None:
         last_error = ""
         while not self.stopping.is_set():
             try:
                 for queue in self._queues():
-                    for level, depth in _depths(self.broker, queue):
+                    for level, depth in queue_depth_by_level(self.broker, queue):
                         self.families.queue_depth.labels(queue, level).set(depth)
+                self._sample_limits()
                 last_error = ""
             except Exception as error:
                 # One warning per distinct error, not one every few seconds while it lasts.
@@ -365,8 +403,22 @@ class _DepthSampler(threading.Thread):
     def _queues(self) -> Iterator[str]:
         return (name for name in sorted(self.broker.get_declared_queues()) if name == q_name(name))
 
+    def _sample_limits(self) -> None:
+        """Tenant throttles since the last sample, and each tenant's jobs counted against its cap."""
+        for (queue, tenant, reason), count in drain_throttled(self.broker).items():
+            self.families.tenant_throttled.labels(queue, self.tenant_label(tenant), reason).inc(count)
+        in_flight: collections.Counter[tuple[str, str]] = collections.Counter()
+        for queue in self._queues():
+            for tenant, count in tenant_in_flight(self.broker, queue).items():
+                in_flight[(queue, self.tenant_label(tenant))] += count
+        # A tenant with nothing in flight is no longer listed: report its 0 once.
+        for labels in self._in_flight_labels | set(in_flight):
+            self.families.tenant_in_flight.labels(*labels).set(in_flight[labels])
+        self._in_flight_labels = set(in_flight)
 
-def _depths(broker: Any, queue: str) -> Iterable[tuple[str, int]]:
+
+def queue_depth_by_level(broker: Any, queue: str) -> Iterable[tuple[str, int]]:
+    """(level name, ready messages) of ``queue`` from the broker's counters; level ``all`` without them."""
     if callable(getattr(broker, "ready_by_level", None)):
         ready = broker.ready_by_level(queue)
         return [(level.name, int(ready.get(level, 0))) for level in Priority]
@@ -388,9 +440,9 @@ def _rabbitmq_ready(broker: RabbitmqBroker, queue: str) -> int:
         raise
 
 
-def _level(message: MessageProxy) -> str:
+def _level(options: dict[str, Any]) -> str:
     try:
-        return Priority.parse(message.options.get("priority_level", Priority.NORMAL)).name
+        return Priority.parse(options.get("priority_level", Priority.NORMAL)).name
     except ValueError:
         return "UNKNOWN"
 

@@ -3,8 +3,12 @@
 States (DESIGN.md §7): PENDING when enqueued, STARTED, then SUCCESS, RETRY (failed, will run
 again), FAILURE (failed, no retry left, no dead-letter store), DEAD_LETTER (failed and recorded),
 REVOKED (cancelled) or REJECTED (refused before running: unknown actor, duplicate ``unique_key``).
-Kept in the state store by :class:`~dramatiq_fairway.store.status.JobStatusStore`; the job's
-start is one round trip (unique key, cancel flag and STARTED together), its end one more.
+Kept in the state store by :class:`~dramatiq_fairway.store.status.JobStatusStore`. PENDING is
+written when ``send`` returns; a worker queues STARTED, outcomes and progress in a
+:class:`~dramatiq_fairway.store.status.StatusWriter` that writes everything that waited in the
+last 50 ms in one pipeline, so a job costs no round trip of its own unless it has a ``unique_key``
+(one, to claim it). A worker killed with SIGKILL loses at most those 50 ms of status; its
+messages are redelivered and their status written when they run again.
 
 Options (actor; per message where JSON allows):
 
@@ -25,7 +29,9 @@ Options (actor; per message where JSON allows):
 Cancel (``fairway jobs cancel ID``): a queued job is skipped as REVOKED when a worker takes it; a
 running one gets :class:`~dramatiq_fairway.errors.Cancelled` raised into its thread, as
 Dramatiq's time limits do, and ends REVOKED (``ClassifiedRetries`` neither retries nor
-dead-letters it). Workers poll the cancel flags of their running jobs twice a second. An async
+dead-letters it). Each worker process follows the stream of cancelled ids twice a second
+(:class:`~dramatiq_fairway.store.status.CancelledJobs`), so a job cancelled less than half a
+second before a worker takes it may start, and is then interrupted as a running job. An async
 exception lands only when the thread runs Python again (a blocking C call finishes first), and is
 raised only while the thread is still inside that job's actor call, so it never hits the next job
 or an idle worker thread. Code that catches ``BaseException`` can swallow it.
@@ -57,15 +63,19 @@ from dramatiq.middleware.threading import raise_thread_exception
 from ..brokers.consumer import UndecodableRecorder
 from ..errors import Cancelled, SoftTimeLimitExceeded
 from ..settings import Settings, load_settings
-from ..store.status import JobState, JobStatusStore
+from ..store.status import CancelledJobs, JobState, JobStatusStore, StatusWriter, iso_from_millis
 
 DEFAULT_UNIQUE_TTL = 3_600_000
 CANCEL_POLL_INTERVAL = 0.5
 WARNING_INTERVAL = 60.0
 
-_current_job: contextvars.ContextVar[tuple[JobStatusStore, str] | None] = contextvars.ContextVar(
+_current_job: contextvars.ContextVar[tuple[StatusWriter, str] | None] = contextvars.ContextVar(
     "fairway_current_job", default=None
 )
+
+
+class StatusOptionError(MiddlewareError, ValueError):
+    """``track_status``, ``unique_key``, ``unique_ttl`` or ``soft_time_limit`` has an unusable value."""
 
 
 class UniqueKeyUnavailable(MiddlewareError):
@@ -75,19 +85,16 @@ class UniqueKeyUnavailable(MiddlewareError):
 def progress(percent: float, note: str | None = None) -> None:
     """Record the progress of the job this thread is running (0 to 100, and an optional note).
 
-    Visible at once to ``fairway jobs show`` in any process. Does nothing for a job whose status
-    is not tracked; raises ``RuntimeError`` outside a job run by a worker with ``JobStatus``.
+    Visible to ``fairway jobs show`` in any process within 50 ms. Does nothing for a job whose
+    status is not tracked; raises ``RuntimeError`` outside a job run by a worker with ``JobStatus``.
     """
     job = _current_job.get()
     if job is None:
         raise RuntimeError("progress() is only available inside an actor run by a worker with JobStatus")
     if not 0 <= percent <= 100:
         raise ValueError(f"progress: percent must be between 0 and 100, got {percent!r}")
-    store, message_id = job
-    try:
-        store.progress(message_id, percent, note)
-    except redis.RedisError as error:
-        _StoreOutage.shared.dropped(error)
+    writer, message_id = job
+    writer.progress(message_id, percent, note)
 
 
 class JobStatus(Middleware):
@@ -97,6 +104,8 @@ class JobStatus(Middleware):
         self.logger = get_logger(__name__, type(self))
         self.settings = settings or load_settings()
         self._store = store
+        self._writer: StatusWriter | None = None
+        self._cancelled: CancelledJobs | None = None
         self._running = _RunningJobs(self)
         self._own_skips: set[str] = set()
 
@@ -113,8 +122,29 @@ class JobStatus(Middleware):
         return self._store
 
     @property
+    def writer(self) -> StatusWriter:
+        if self._writer is None:
+            self._writer = StatusWriter(self.store, on_error=_StoreOutage.shared.dropped)
+        return self._writer
+
+    @property
+    def cancelled(self) -> CancelledJobs:
+        if self._cancelled is None:
+            self._cancelled = CancelledJobs(self.store, max_age=2 * CANCEL_POLL_INTERVAL)
+        return self._cancelled
+
+    @property
     def dropped_updates(self) -> int:
         return _StoreOutage.shared.count
+
+    def before_declare_actor(self, broker: Broker, actor: Actor[Any, Any]) -> None:  # noqa: ARG002 (hook signature)
+        options = {name: value for name, value in actor.options.items() if not callable(value)}
+        _check_options(options, f"actor {actor.actor_name!r}")
+
+    def before_enqueue(self, broker: Broker, message: Message[Any], delay: int | None) -> None:  # noqa: ARG002 (hook signature)
+        # Refused at send: when the job starts, a bad value could only be logged (Dramatiq
+        # swallows a before_process_message error) and the job would run unchecked.
+        _check_options(message.options, f"message {message.message_id}")
 
     def after_enqueue(self, broker: Broker, message: Message[Any], delay: int | None) -> None:  # noqa: ARG002 (hook signature)
         if self._tracked(broker, message):
@@ -124,13 +154,18 @@ class JobStatus(Middleware):
         actor = broker.get_actor(message.actor_name)
         track = self._tracked(broker, message)
         unique_key = _unique_key(actor, message)
-        if track or unique_key is not None:
+        if track and self._was_cancelled(message):
+            self._write(message, JobState.REVOKED)
+            self._skip(message, "it was cancelled")
+        if unique_key is not None:
             self._start(actor, message, track=track, unique_key=unique_key)
+        elif track:
+            self._write(message, JobState.STARTED)
         soft_limit = message.options.get("soft_time_limit") or actor.options.get("soft_time_limit")
         if track or soft_limit:
             self._running.add(message.message_id if track else None, soft_limit)
         if track:
-            _current_job.set((self.store, message.message_id))
+            _current_job.set((self.writer, message.message_id))
 
     def after_process_message(
         self,
@@ -143,8 +178,7 @@ class JobStatus(Middleware):
         self._running.remove()
         _current_job.set(None)
         if self._tracked(broker, message):
-            state = self._outcome(broker, message, exception)
-            self._safely(self.store.finish, message.message_id, state, message.actor_name, message.queue_name)
+            self._write(message, self._outcome(broker, message, exception))
 
     def after_skip_message(self, broker: Broker, message: MessageProxy) -> None:
         self._running.remove()
@@ -152,20 +186,22 @@ class JobStatus(Middleware):
         if message.message_id in self._own_skips:
             self._own_skips.discard(message.message_id)
         elif self._tracked(broker, message):
-            state = self._failed_state(broker) if message.failed else JobState.REJECTED
-            self._safely(self.store.finish, message.message_id, state, message.actor_name, message.queue_name)
+            self._write(message, self._failed_state(broker) if message.failed else JobState.REJECTED)
 
     def after_nack(self, broker: Broker, message: MessageProxy) -> None:
         # Messages for an unknown actor are failed in the consumer thread: only the nack hooks see
         # them. A job that ran already has its outcome, which ``reject`` leaves alone.
         if self._tracked(broker, message):
-            self._safely(self.store.reject, message.message_id, message.actor_name, message.queue_name)
+            self._write(message, JobState.REJECTED, mode="reject")
 
     def after_worker_shutdown(self, broker: Broker, worker: Any) -> None:  # noqa: ARG002 (hook signature)
         self._running.stop()
+        if self._writer is not None:
+            self._writer.close()
 
-    def _start(self, actor: Actor[Any, Any], message: MessageProxy, *, track: bool, unique_key: str | None) -> None:
+    def _start(self, actor: Actor[Any, Any], message: MessageProxy, *, track: bool, unique_key: str) -> None:
         ttl = message.options.get("unique_ttl") or actor.options.get("unique_ttl", DEFAULT_UNIQUE_TTL)
+        self.writer.flush()  # this job's earlier changes (a retry's) go first
         try:
             start = self.store.start(
                 message.message_id,
@@ -174,20 +210,39 @@ class JobStatus(Middleware):
                 track=track,
                 unique_key=unique_key,
                 unique_ttl=int(ttl),
+                enqueued_at=_enqueued_at(message),
             )
         except redis.RedisError as error:
-            if unique_key is not None and actor.options.get("unique_strict", False):
+            if actor.options.get("unique_strict", False):
                 raise UniqueKeyUnavailable(f"state store unavailable for unique_key {unique_key!r}") from error
             _StoreOutage.shared.dropped(error)
             return
         if start.duplicate:
-            self.logger.info("Skipping %r: unique_key %r is held by another message.", message.message_id, unique_key)
-        elif start.state is JobState.REVOKED:
-            self.logger.info("Skipping %r: it was cancelled.", message.message_id)
-        else:
-            return
+            self._skip(message, f"unique_key {unique_key!r} is held by another message")
+        if start.state is JobState.REVOKED:
+            self._skip(message, "it was cancelled")
+
+    def _skip(self, message: MessageProxy, reason: str) -> None:
+        self.logger.info("Skipping %r: %s.", message.message_id, reason)
         self._own_skips.add(message.message_id)
         raise SkipMessage
+
+    def _was_cancelled(self, message: MessageProxy) -> bool:
+        try:
+            return message.message_id in self.cancelled
+        except redis.RedisError as error:
+            _StoreOutage.shared.dropped(error)
+            return False
+
+    def _write(self, message: MessageProxy, state: JobState, *, mode: str = "record") -> None:
+        self.writer.transition(
+            message.message_id,
+            state,
+            message.actor_name,
+            message.queue_name,
+            mode=mode,
+            enqueued_at=_enqueued_at(message),
+        )
 
     def _outcome(self, broker: Broker, message: MessageProxy, exception: BaseException | None) -> JobState:
         if isinstance(exception, Cancelled):
@@ -215,6 +270,22 @@ class JobStatus(Middleware):
             update(*args)
         except redis.RedisError as error:
             _StoreOutage.shared.dropped(error)
+
+
+def _enqueued_at(message: MessageProxy) -> str:
+    return iso_from_millis(message.message_timestamp)
+
+
+def _check_options(options: dict[str, Any], where: str) -> None:
+    if "track_status" in options and not isinstance(options["track_status"], bool):
+        raise StatusOptionError(f"{where}: track_status must be true or false, got {options['track_status']!r}")
+    key = options.get("unique_key")
+    if key is not None and not (isinstance(key, str) and key):
+        raise StatusOptionError(f"{where}: unique_key must be a non-empty string, got {key!r}")
+    for name in ("unique_ttl", "soft_time_limit"):
+        value = options.get(name)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int | float) or value <= 0):
+            raise StatusOptionError(f"{where}: {name} must be a positive number of milliseconds, got {value!r}")
 
 
 def _unique_key(actor: Actor[Any, Any], message: MessageProxy) -> str | None:
@@ -278,15 +349,16 @@ class _RunningJobs:
         due: dict[int, type[BaseException]] = {
             tid: SoftTimeLimitExceeded for tid, job in jobs.items() if job.soft_deadline and now >= job.soft_deadline
         }
-        tracked = {job.message_id: tid for tid, job in jobs.items() if job.message_id is not None}
-        if tracked and now - self.last_poll >= CANCEL_POLL_INTERVAL:
+        if now - self.last_poll >= CANCEL_POLL_INTERVAL:
             self.last_poll = now
             try:
-                cancelled = self.middleware.store.cancel_requested(tracked)
+                self.middleware.cancelled.refresh()
             except redis.RedisError as error:
                 _StoreOutage.shared.dropped(error)
-                cancelled = set()
-            due.update({tracked[message_id]: Cancelled for message_id in cancelled})
+            tracked = {job.message_id: tid for tid, job in jobs.items() if job.message_id is not None}
+            due.update(
+                {tid: Cancelled for message_id, tid in tracked.items() if message_id in self.middleware.cancelled}
+            )
         for thread_id, exception in due.items():
             self._interrupt(thread_id, jobs[thread_id], exception)
 
@@ -329,9 +401,9 @@ class _StoreOutage:
         self.lock = threading.Lock()
         self.logger = get_logger(__name__, type(self))
 
-    def dropped(self, error: redis.RedisError) -> None:
+    def dropped(self, error: redis.RedisError, count: int = 1) -> None:
         with self.lock:
-            self.count += 1
+            self.count += count
             now = time.monotonic()
             if now - self.last_warning < WARNING_INTERVAL and self.last_warning:
                 return

@@ -1,11 +1,15 @@
 -- One circuit breaker's state machine, shared by every worker: closed -> open -> half_open -> closed
--- (resilience4j's count-based model), plus an operator's forced open. Runs on Redis 6.2 and 7.
+-- (resilience4j's model, count- or time-based window), plus an operator's forced open. Runs on
+-- Redis 6.2 and 7.
 --
 -- KEYS[1]  {ns}:breaker:{key}         hash: state (closed|open|half_open), forced (0|1),
---                                     window (outcome letters of the last window_size calls),
+--                                     window: a count window is the outcome letters of the last
+--                                     window_size calls; a time window is "second:calls:failures:slow"
+--                                     buckets joined by ",", oldest first, of the last window_size seconds,
 --                                     trials (letters of this half-open round), openings (consecutive
 --                                     openings, grows open_duration), opened_at, retry_at (ms)
--- KEYS[2]  {ns}:breaker:{key}:trials  zset: trial permit id -> expiry (ms) of the running half-open trials
+-- KEYS[2]  {ns}:breaker:{key}:trials  zset: the permits of this half-open round, id -> expiry (ms) of a
+--                                     running trial, or +inf once it reported (it keeps its slot)
 -- Both names carry the same hash tag, {key}.
 --
 -- ARGV[1]  command: admit | record | force_open | close | reset
@@ -13,19 +17,22 @@
 -- ARGV[3]  idle TTL in ms: an unforced breaker nobody writes to is forgotten after it (plus any open time)
 -- admit:   ARGV[4] permit id, ARGV[5] half_open_max_calls, ARGV[6] trial timeout ms
 -- record:  ARGV[4] outcome letters, in order: s success, S slow success, f failure, F slow failure,
---          i ignored (frees a trial permit only), r rate limited (opens for ARGV[6] ms);
+--          i ignored (frees a trial's slot for another trial), r rate limited (opens for ARGV[6] ms);
 --          ARGV[5] permit id or "", ARGV[6] retry_after ms, ARGV[7] failure_rate_threshold,
---          ARGV[8] slow_call_rate_threshold, ARGV[9] minimum_calls, ARGV[10] window_size,
---          ARGV[11] open_duration ms, ARGV[12] open_duration_factor, ARGV[13] max_open_duration ms,
---          ARGV[14] half_open_max_calls
+--          ARGV[8] slow_call_rate_threshold, ARGV[9] minimum_calls, ARGV[10] window type (count|time),
+--          ARGV[11] window size (calls for count, seconds for time), ARGV[12] open_duration ms,
+--          ARGV[13] open_duration_factor, ARGV[14] max_open_duration ms, ARGV[15] half_open_max_calls
 --
 -- Reply: {state, forced, window, trials, openings, opened_at, retry_at, previous state or "" when
 -- the state did not change, created (1 when this call created the hash), allowed (admit: 1 = run)}.
 --
--- Invariants: at most half_open_max_calls unexpired permits exist, and only in half_open; a forced
+-- Invariants: at most half_open_max_calls unexpired permits exist, and only in half_open, so a round
+-- runs at most half_open_max_calls trials that count (plus replacements of trials that were ignored
+-- or never reported within the trial timeout); a permit counts one outcome, once; a forced
 -- breaker stays open (and never expires) until close or reset; outcomes reach the window only while
 -- closed, and a half-open round counts only the outcomes of its own permits; every call changes
--- the state at most once. The mirror in Python is MemoryBreakerStore: change both together.
+-- the state at most once; a window in the other type's format (the policy changed) starts afresh.
+-- The mirror in Python is MemoryBreakerStore: change both together.
 
 local hash, permits = KEYS[1], KEYS[2]
 local command = ARGV[1]
@@ -56,9 +63,38 @@ local function count(letters, pattern)
   return n
 end
 
-local function rate_exceeded(letters, failure_threshold, slow_threshold)
-  local calls = #letters
-  return count(letters, '[fF]') / calls >= failure_threshold or count(letters, '[SF]') / calls >= slow_threshold
+-- calls, failures, slow calls of outcome letters
+local function tally(letters)
+  return #letters, count(letters, '[fF]'), count(letters, '[SF]')
+end
+
+local function rate_exceeded(calls, failures, slow, failure_threshold, slow_threshold)
+  return failures / calls >= failure_threshold or slow / calls >= slow_threshold
+end
+
+-- The time window's buckets {second, calls, failures, slow}, oldest first, without those older than
+-- duration seconds before now; a count window (no ':') starts afresh.
+local function parse_buckets(window, duration)
+  local buckets = {}
+  local oldest = math.floor(now / 1000) - duration
+  for second, calls, failures, slow in string.gmatch(window, '(%d+):(%d+):(%d+):(%d+)') do
+    if tonumber(second) > oldest then
+      buckets[#buckets + 1] = {tonumber(second), tonumber(calls), tonumber(failures), tonumber(slow)}
+    end
+  end
+  return buckets
+end
+
+local function format_bucket(second, calls, failures, slow)
+  return string.format('%d:%d:%d:%d', second, calls, failures, slow)
+end
+
+local function format_buckets(buckets)
+  local parts = {}
+  for i, bucket in ipairs(buckets) do
+    parts[i] = format_bucket(bucket[1], bucket[2], bucket[3], bucket[4])
+  end
+  return table.concat(parts, ',')
 end
 
 local function open_for(duration)
@@ -103,8 +139,12 @@ if command == 'admit' then
     end
     if b.state == 'half_open' then
       redis.call('ZREMRANGEBYSCORE', permits, '-inf', now)
-      if redis.call('ZSCORE', permits, permit) then
-        allowed = 1
+      local score = redis.call('ZSCORE', permits, permit)
+      if score then
+        -- a redelivered trial keeps its slot; a retry of one that reported waits for the next round
+        if score ~= 'inf' then
+          allowed = 1
+        end
       elseif redis.call('ZCARD', permits) < max_trials then
         redis.call('ZADD', permits, now + trial_timeout, permit)
         redis.call('PEXPIRE', permits, trial_timeout)
@@ -115,13 +155,31 @@ if command == 'admit' then
 elseif command == 'record' then
   local outcomes, permit, retry_after = ARGV[4], ARGV[5], tonumber(ARGV[6])
   local failure_threshold, slow_threshold = tonumber(ARGV[7]), tonumber(ARGV[8])
-  local minimum_calls, window_size = tonumber(ARGV[9]), tonumber(ARGV[10])
-  local base, factor, cap, max_trials = tonumber(ARGV[11]), tonumber(ARGV[12]), tonumber(ARGV[13]), tonumber(ARGV[14])
-  local trial = permit ~= '' and redis.call('ZREM', permits, permit) == 1
+  local minimum_calls, window_type, window_size = tonumber(ARGV[9]), ARGV[10], tonumber(ARGV[11])
+  local base, factor, cap, max_trials = tonumber(ARGV[12]), tonumber(ARGV[13]), tonumber(ARGV[14]), tonumber(ARGV[15])
+  local trial = false
+  if permit ~= '' then
+    local score = redis.call('ZSCORE', permits, permit)
+    if score and score ~= 'inf' then
+      trial = true
+      if string.sub(outcomes, -1) == 'i' then
+        redis.call('ZREM', permits, permit)
+      else
+        redis.call('ZADD', permits, '+inf', permit)
+      end
+    end
+  end
+  -- The window is parsed once per call; buckets is nil for a count window.
+  local buckets
+  if window_type == 'time' then
+    buckets = parse_buckets(b.window, window_size)
+  elseif string.find(b.window, ':', 1, true) then
+    b.window = ''
+  end
   for i = 1, #outcomes do
     local letter = string.sub(outcomes, i, i)
     if b.forced == '1' or letter == 'i' then
-      -- a forced breaker ignores outcomes; an ignored outcome only frees its permit (above)
+      -- a forced breaker ignores outcomes; an ignored trial only frees its slot (above)
     elseif letter == 'r' then
       if b.state ~= 'open' then
         open_for(retry_after)
@@ -130,18 +188,43 @@ elseif command == 'record' then
         changed = true
       end
     elseif b.state == 'closed' then
-      b.window = string.sub(b.window .. letter, -window_size)
+      local calls, failures, slow, minimum
+      if buckets then
+        local second = math.floor(now / 1000)
+        if #buckets == 0 or buckets[#buckets][1] < second then
+          buckets[#buckets + 1] = {second, 0, 0, 0}
+        end
+        local current = buckets[#buckets]
+        current[2] = current[2] + 1
+        current[3] = current[3] + count(letter, '[fF]')
+        current[4] = current[4] + count(letter, '[SF]')
+        b.window = format_buckets(buckets)
+        calls, failures, slow = 0, 0, 0
+        for _, bucket in ipairs(buckets) do
+          calls, failures, slow = calls + bucket[2], failures + bucket[3], slow + bucket[4]
+        end
+        minimum = minimum_calls
+      else
+        b.window = string.sub(b.window .. letter, -window_size)
+        calls, failures, slow = tally(b.window)
+        minimum = math.min(minimum_calls, window_size)
+      end
       changed = true
-      if #b.window >= math.min(minimum_calls, window_size)
-        and rate_exceeded(b.window, failure_threshold, slow_threshold) then
+      if calls >= minimum and rate_exceeded(calls, failures, slow, failure_threshold, slow_threshold) then
         open_grown(base, factor, cap)
       end
     elseif b.state == 'half_open' and trial and i == #outcomes then
       b.trials = b.trials .. letter
       changed = true
       if #b.trials >= max_trials then
-        if rate_exceeded(b.trials, failure_threshold, slow_threshold) then
-          b.window = b.trials
+        local calls, failures, slow = tally(b.trials)
+        if rate_exceeded(calls, failures, slow, failure_threshold, slow_threshold) then
+          -- The failed round is what an operator sees of the window while it is open.
+          if buckets then
+            b.window = format_bucket(math.floor(now / 1000), calls, failures, slow)
+          else
+            b.window = b.trials
+          end
           open_grown(base, factor, cap)
         else
           close()

@@ -1,21 +1,29 @@
 """Circuit breaker state shared by every worker: the state machine, its Redis and in-memory backends.
 
 A breaker guards one dependency (a key such as ``semantic_scholar`` or ``api:acme``). It is
-*closed* while the failure rate over the last ``window_size`` calls stays below the threshold,
+*closed* while the failure rate over its sliding window stays below the threshold (or too few
+calls were made: ``minimum_calls``). The window is the last ``window_size`` calls
+(``window_type="count"``) or the calls of the last ``window_duration`` seconds in per-second
+buckets (``window_type="time"``), as resilience4j's COUNT_BASED and TIME_BASED windows. It is
 *open* (nothing runs) for ``open_duration`` after it trips, growing by ``open_duration_factor``
-on each consecutive opening up to ``max_open_duration``, then *half-open*: at most
-``half_open_max_calls`` trial jobs run at once across all workers, and their outcomes close it or
-open it again. ``RateLimited(retry_after)`` opens it for exactly ``retry_after``. An operator can
+on each consecutive opening up to ``max_open_duration``, then *half-open*: across all workers,
+``half_open_max_calls`` trial jobs run (as resilience4j's permitted calls in half-open: a trial's
+slot is taken until the round ends, and only a trial whose outcome does not count or that never
+reports within ``trial_timeout`` is replaced), and their outcomes close it or open it again.
+``RateLimited(retry_after)`` opens it for exactly ``retry_after``. An operator can
 force it open until it is closed or reset (``fairway breakers``).
 
 Redis keys (prefix ``{namespace}:``; the breaker key in braces is the hash tag, so both keys of a
 breaker live in one Redis Cluster slot):
 
 ``{ns}:breaker:{key}``
-    hash: state, forced, window, trials, openings, opened_at, retry_at (see ``breaker.lua``).
+    hash: state, forced, window, trials, openings, opened_at, retry_at (see ``breaker.lua``;
+    ``window`` holds outcome letters for a count window, ``second:calls:failures:slow`` buckets
+    for a time window).
     TTL: :data:`IDLE_TTL` after the last write, plus the time it stays open; none while forced.
 ``{ns}:breaker:{key}:trials``
-    zset of the running half-open trials (permit id → expiry). TTL: the policy's ``trial_timeout``.
+    zset of the permits of the current half-open round (id → expiry of a running trial, +inf once
+    it reported). TTL: the policy's ``trial_timeout``.
 ``{ns}:breakers``
     set of the breaker keys, for ``list`` only (never on a job's path); written when a breaker
     hash is created, pruned by ``list`` of keys whose hash expired. No TTL.
@@ -49,6 +57,8 @@ logger = logging.getLogger(__name__)
 
 # An unforced breaker that nobody wrote to for this long is forgotten (it would be closed anyway).
 IDLE_TTL = 7 * 24 * 3600.0
+# The expiry of a trial permit whose outcome was counted: it keeps its slot until the round ends.
+_REPORTED = float("inf")
 
 StateName = Literal["closed", "open", "half_open"]
 
@@ -70,7 +80,8 @@ class StoreUnavailable(FairwayError):
 
 class BreakerState(BaseModel):
     """A breaker as every worker sees it. ``failures``/``calls`` are of the current window (the
-    half-open round while half-open); times are epoch seconds, None when not set."""
+    half-open round while half-open; a time window as of its last update); times are epoch
+    seconds, None when not set."""
 
     model_config = ConfigDict(frozen=True)
 
@@ -149,17 +160,17 @@ class _Fields:
     openings: int = 0
     opened_at: int = 0
     retry_at: int = 0
-    permits: dict[str, int] = field(default_factory=dict)
+    permits: dict[str, float] = field(default_factory=dict)
 
     def to_state(self, key: str) -> BreakerState:
-        letters = self.trials if self.state == "half_open" else self.window
+        calls, failures, slow = _tally(self.trials) if self.state == "half_open" else _window_tally(self.window)
         return BreakerState(
             key=key,
             state=self.state,
             forced=self.forced,
-            failures=_count(letters, "fF"),
-            slow_calls=_count(letters, "SF"),
-            calls=len(letters),
+            failures=failures,
+            slow_calls=slow,
+            calls=calls,
             openings=self.openings,
             opened_at=self.opened_at / 1000 if self.opened_at else None,
             retry_at=self.retry_at / 1000 if self.retry_at else None,
@@ -205,7 +216,8 @@ class RedisBreakerStore:
             repr(policy.failure_rate_threshold),
             repr(policy.slow_call_rate_threshold),
             policy.minimum_calls,
-            policy.window_size,
+            policy.window_type,
+            policy.window_size if policy.window_type == "count" else policy.window_duration,
             _ms(policy.open_duration),
             repr(policy.open_duration_factor),
             _ms(policy.max_open_duration),
@@ -297,7 +309,7 @@ class MemoryBreakerStore:
                 if b.state == "half_open":
                     b.permits = {p: expiry for p, expiry in b.permits.items() if expiry > now_ms}
                     if permit in b.permits:
-                        allowed = True
+                        allowed = b.permits[permit] != _REPORTED
                     elif len(b.permits) < policy.half_open_max_calls:
                         b.permits[permit] = now_ms + _ms(policy.trial_timeout)
                         allowed = True
@@ -315,7 +327,12 @@ class MemoryBreakerStore:
     ) -> BreakerReply:
         with self._lock:
             b, now_ms, before = self._load(key, now)
-            trial = permit is not None and b.permits.pop(permit, None) is not None
+            trial = permit is not None and b.permits.get(permit, _REPORTED) != _REPORTED
+            if trial and permit is not None:
+                if outcomes.endswith(Outcome.IGNORED):
+                    del b.permits[permit]
+                else:
+                    b.permits[permit] = _REPORTED
             for i, letter in enumerate(outcomes, start=1):
                 if b.forced or letter == Outcome.IGNORED:
                     continue
@@ -325,16 +342,21 @@ class MemoryBreakerStore:
                     else:
                         b.retry_at = max(b.retry_at, now_ms + _ms(retry_after))
                 elif b.state == "closed":
-                    b.window = (b.window + letter)[-policy.window_size :]
-                    if len(b.window) >= min(policy.minimum_calls, policy.window_size) and _rate_exceeded(
-                        b.window, policy
-                    ):
+                    if policy.window_type == "count":
+                        b.window = (_letters(b.window) + letter)[-policy.window_size :]
+                        tally, minimum = _tally(b.window), min(policy.minimum_calls, policy.window_size)
+                    else:
+                        b.window = _add_to_buckets(b.window, letter, now_ms, policy.window_duration)
+                        tally, minimum = _window_tally(b.window), policy.minimum_calls
+                    if tally[0] >= minimum and _rate_exceeded(tally, policy):
                         _open_grown(b, now_ms, policy)
                 elif b.state == "half_open" and trial and i == len(outcomes):
                     b.trials += letter
                     if len(b.trials) >= policy.half_open_max_calls:
-                        if _rate_exceeded(b.trials, policy):
-                            b.window = b.trials
+                        tally = _tally(b.trials)
+                        if _rate_exceeded(tally, policy):
+                            # The failed round is what an operator sees of the window while it is open.
+                            b.window = b.trials if policy.window_type == "count" else _bucket(now_ms // 1000, tally)
                             _open_grown(b, now_ms, policy)
                         else:
                             _close(b)
@@ -411,16 +433,58 @@ def _close(b: _Fields) -> None:
     )
 
 
-def _rate_exceeded(letters: str, policy: BreakerPolicy) -> bool:
-    calls = len(letters)
-    return (
-        _count(letters, "fF") / calls >= policy.failure_rate_threshold
-        or _count(letters, "SF") / calls >= policy.slow_call_rate_threshold
-    )
+_Tally = tuple[int, int, int]  # calls, failures, slow calls
+
+
+def _rate_exceeded(tally: _Tally, policy: BreakerPolicy) -> bool:
+    calls, failures, slow = tally
+    return failures / calls >= policy.failure_rate_threshold or slow / calls >= policy.slow_call_rate_threshold
+
+
+def _tally(letters: str) -> _Tally:
+    return len(letters), _count(letters, "fF"), _count(letters, "SF")
 
 
 def _count(letters: str, which: str) -> int:
     return sum(letters.count(letter) for letter in which)
+
+
+def _letters(window: str) -> str:
+    """A count window's letters; a time window left by an earlier policy starts it afresh."""
+    return "" if ":" in window else window
+
+
+def _parse_buckets(window: str) -> list[list[int]]:
+    """A time window's ``[second, calls, failures, slow]`` buckets, oldest first; a count window
+    left by an earlier policy starts it afresh."""
+    if ":" not in window:
+        return []
+    return [[int(part) for part in bucket.split(":")] for bucket in window.split(",")]
+
+
+def _bucket(second: int, tally: _Tally) -> str:
+    return ":".join(str(part) for part in (second, *tally))
+
+
+def _window_tally(window: str) -> _Tally:
+    if ":" not in window:
+        return _tally(window)
+    buckets = _parse_buckets(window)
+    return sum(b[1] for b in buckets), sum(b[2] for b in buckets), sum(b[3] for b in buckets)
+
+
+def _add_to_buckets(window: str, letter: str, now_ms: int, duration: int) -> str:
+    """``window`` with the buckets older than ``duration`` seconds dropped and ``letter`` counted in
+    the bucket of the current second."""
+    second = now_ms // 1000
+    buckets = [b for b in _parse_buckets(window) if b[0] > second - duration]
+    if not buckets or buckets[-1][0] < second:
+        buckets.append([second, 0, 0, 0])
+    current = buckets[-1]
+    current[1] += 1
+    current[2] += letter in "fF"
+    current[3] += letter in "SF"
+    return ",".join(_bucket(b[0], (b[1], b[2], b[3])) for b in buckets)
 
 
 def _decode_hash(raw: dict[bytes, bytes]) -> _Fields:

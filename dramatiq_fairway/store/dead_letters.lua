@@ -4,7 +4,7 @@
 --          carries the store's hash tag, so all keys of one call live in one cluster slot.
 -- ARGV[1]  command: "add" or "remove"
 -- ARGV[2]  prefix (ends with ":")
--- ARGV[3]  trend bucket width in milliseconds
+-- ARGV[3]  trend counter width in milliseconds (a divisor of a day)
 --
 -- add:    ARGV[4] max records, ARGV[5] id, ARGV[6] failed_at (ms), ARGV[7] record JSON,
 --         ARGV[8..] dimension name, value pairs (queue, actor, ...; empty values left out).
@@ -14,16 +14,31 @@
 --
 -- Invariant: for every record <prefix>rec:<id> (hash: data, at, dim:<name>) the id is in
 -- <prefix>time and in <prefix>idx:<name>:<value> for each of its dimensions, with score = at;
--- <prefix>buckets:<name>:<value> (hash: bucket start in seconds -> count) counts exactly the
--- records of that value per bucket; <prefix>keys:<name> holds every value with at least one record.
+-- <prefix>trend:<name>:<value> counts exactly the records of that value per counter (hash: epoch
+-- day -> one big-endian uint32 per counter of that day, so that a week of hourly counters is one
+-- read of 8 fields; a day whose counters are all 0 is deleted); <prefix>keys:<name> holds every
+-- value with at least one record.
 
 local time_key = KEYS[1]
 local command = ARGV[1]
 local prefix = ARGV[2]
-local bucket_ms = tonumber(ARGV[3])
+local counter_ms = tonumber(ARGV[3])
 
-local function bucket_of(at)
-    return string.format("%d", math.floor(at / bucket_ms) * bucket_ms / 1000)
+local DAY_MS = 86400000
+local zero_day = string.rep("\0", 4 * DAY_MS / counter_ms)
+
+-- Add delta to the trend counter of a record failed at ``at`` (ms).
+local function count(trend, at, delta)
+    local day = string.format("%d", math.floor(at / DAY_MS))
+    local offset = 4 * math.floor((at % DAY_MS) / counter_ms)
+    local counters = redis.call("HGET", trend, day) or zero_day
+    local n = math.max(struct.unpack(">I4", counters, offset + 1) + delta, 0)
+    counters = string.sub(counters, 1, offset) .. struct.pack(">I4", n) .. string.sub(counters, offset + 5)
+    if counters == zero_day then
+        redis.call("HDEL", trend, day)
+    else
+        redis.call("HSET", trend, day, counters)
+    end
 end
 
 local function remove_one(id)
@@ -43,17 +58,15 @@ local function remove_one(id)
             dims[string.sub(name, 5)] = fields[i + 1]
         end
     end
-    local bucket = bucket_of(at)
     for dim, value in pairs(dims) do
         local index = prefix .. "idx:" .. dim .. ":" .. value
-        local counts = prefix .. "buckets:" .. dim .. ":" .. value
+        local trend = prefix .. "trend:" .. dim .. ":" .. value
         redis.call("ZREM", index, id)
-        if redis.call("HINCRBY", counts, bucket, -1) <= 0 then
-            redis.call("HDEL", counts, bucket)
-        end
         if redis.call("ZCARD", index) == 0 then
             redis.call("ZREM", prefix .. "keys:" .. dim, value)
-            redis.call("DEL", counts)
+            redis.call("DEL", trend)
+        else
+            count(trend, at, -1)
         end
     end
     redis.call("DEL", record)
@@ -69,13 +82,12 @@ if command == "add" then
         return {0, 0}
     end
     local fields = {"data", ARGV[7], "at", ARGV[6]}
-    local bucket = bucket_of(at)
     for i = 8, #ARGV, 2 do
         local dim, value = ARGV[i], ARGV[i + 1]
         fields[#fields + 1] = "dim:" .. dim
         fields[#fields + 1] = value
         redis.call("ZADD", prefix .. "idx:" .. dim .. ":" .. value, at, id)
-        redis.call("HINCRBY", prefix .. "buckets:" .. dim .. ":" .. value, bucket, 1)
+        count(prefix .. "trend:" .. dim .. ":" .. value, at, 1)
         redis.call("ZADD", prefix .. "keys:" .. dim, "GT", at, value)
     end
     redis.call("HSET", record, unpack(fields))

@@ -13,18 +13,22 @@ key                                    type     content
                                                 error_type, fingerprint, tenant, reason
 ``P keys:<dim>``                       zset     value → latest failed_at ms of that value
                                                 (may lag after removals; never misses one)
-``P buckets:<dim>:<value>``            hash     hour start (epoch s) → records of that value
+``P trend:<dim>:<value>``              hash     epoch day → 24 big-endian uint32: records of
+                                                that value per hour of the day (no all-zero days)
 =====================================  =======  ==============================================
 
 No key has a TTL: records leave by retention (``purge_expired``, age > ``FAIRWAY_DLQ__RETENTION_DAYS``),
 by the ``FAIRWAY_DLQ__MAX_RECORDS`` cap (oldest evicted by the write that exceeds it), by
-``purge`` and by ``requeue``; index, key and bucket entries leave with their record in the same
+``purge`` and by ``requeue``; index, key and trend entries leave with their record in the same
 script (``dead_letters.lua``), so ``stats`` counts exactly the records ``list`` shows.
 
 Listing by any one dimension and a time range is a range read of its index (the smallest one
 that applies); further filters are checked on the records read. Statistics take counts, first
-and last seen from the index of each value and trends from its hour buckets (the hour holding
-``since`` is counted whole; buckets narrower than an hour are read from the index instead).
+and last seen from the index of each value and trends from its hour counters, in one read-only
+script (``dead_letters_stats.lua``) whose reply is one string of counters per value, not an element
+per hour (the hour holding ``since`` is counted whole; buckets narrower than an hour are read from
+the index instead). No list, stats or retention call walks the store: each reads the index
+ranges, values and days it answers with (export reads all it exports, a page at a time).
 
 When the state store cannot be reached, records are appended to a spool file in
 ``FAIRWAY_DATA_DIR`` (``dead-letters-<namespace>.spool.jsonl``, fsynced, under a file lock) and
@@ -37,12 +41,15 @@ from __future__ import annotations
 import builtins
 import csv
 import fcntl
+import itertools
 import json
 import logging
 import os
+import struct
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal, TextIO
@@ -95,6 +102,7 @@ _RUN_OPTIONS = frozenset(
 _PAGE = 500
 _WARN_EVERY = 60.0
 _SCRIPT = Path(__file__).with_name("dead_letters.lua").read_text()
+_STATS_SCRIPT = Path(__file__).with_name("dead_letters_stats.lua").read_text()
 
 
 # The pydantic mypy plugin builds __init__(**kwargs) and then trips over a field named ``kwargs``.
@@ -156,7 +164,10 @@ class DeadLetterFilter(BaseModel):
         return self.until is None or record.failed_at <= self.until
 
 
-class Bucket(BaseModel):
+# A dataclass, not a model: ``stats`` builds one per value and hour (30,000 for a week of hourly
+# trends of 200 fingerprints), and a slotted dataclass costs a fraction of a model to build.
+@dataclass(frozen=True, slots=True)
+class Bucket:
     start: datetime
     count: int
 
@@ -223,6 +234,7 @@ class DeadLetterStore:
         self.prefix = f"{namespace}:dlq:{{{namespace}}}:"
         self.spool = Spool(self.settings.data_dir / f"dead-letters-{namespace}.spool.jsonl")
         self._script = self.client.register_script(_SCRIPT)
+        self._stats_script = self.client.register_script(_STATS_SCRIPT)
         self._last_warning = 0.0
 
     # -- writing ---------------------------------------------------------------------------------
@@ -242,22 +254,38 @@ class DeadLetterStore:
             self.replay_spool()
         return "stored"
 
+    def add_many(self, records: Iterable[DeadLetter], batch: int = _PAGE) -> int:
+        """Write ``records`` through the same script as ``add``, ``batch`` script calls per round trip.
+
+        For bulk loads and spool replay: there is no spool fallback, a connection error propagates.
+        Records already stored are left as they are. Returns the number of records that were new.
+        """
+        stored = 0
+        pipe = self.client.pipeline(transaction=False)
+        for position, record in enumerate(records, start=1):
+            self._write(record, pipe)
+            if position % batch == 0:
+                stored += sum(int(new) for new, _evicted in pipe.execute())
+        return stored + sum(int(new) for new, _evicted in pipe.execute())
+
     def replay_spool(self) -> int:
         """Write the spooled records into the store; the number replayed (0 if the store is still down)."""
         try:
-            return self.spool.drain(self._write)
+            return self.spool.drain(self.add_many)
         except redis.RedisError as error:
             # The spool is kept whole and tried again later; the write that triggered the replay
             # has already succeeded and must not fail because of an older record.
             self._warn_unreachable(error)
             return 0
 
-    def _write(self, record: DeadLetter) -> None:
+    def _write(self, record: DeadLetter, client: redis.Redis | None = None) -> None:
+        """Run the ``add`` script for ``record``, on ``client`` when given (a pipeline batches calls)."""
         dims: builtins.list[str] = []
         for dim in DIMENSIONS:
             if value := record.dimension(dim):
                 dims += [dim, value]
         self._script(
+            client=client,
             keys=[self.prefix + "time"],
             args=[
                 "add",
@@ -300,18 +328,20 @@ class DeadLetterStore:
 
     def list(self, filters: DeadLetterFilter | None = None, limit: int = 50) -> builtins.list[DeadLetter]:
         """The newest ``limit`` records matching ``filters``, newest first."""
-        records = []
-        for record in self.iter_records(filters):
-            records.append(record)
-            if len(records) >= limit:
-                break
-        return records
-
-    def iter_records(self, filters: DeadLetterFilter | None = None) -> Iterator[DeadLetter]:
-        """Every record matching ``filters``, newest first, read page by page (constant memory)."""
         filters = filters or DeadLetterFilter()
-        for page in self._pages(filters):
-            for data in self._read(page):
+        # When one index answers every filter (a time range and at most one equality), its first
+        # ``limit`` ids are the answer: reading a whole page would parse records nobody asked for.
+        page = min(limit, _PAGE) if len(filters.equalities()) <= 1 else _PAGE
+        return builtins.list(itertools.islice(self.iter_records(filters, page), limit))
+
+    def iter_records(self, filters: DeadLetterFilter | None = None, page_size: int = _PAGE) -> Iterator[DeadLetter]:
+        """Every record matching ``filters``, newest first, read ``page_size`` at a time (constant memory)."""
+        filters = filters or DeadLetterFilter()
+        equalities = filters.equalities()
+        for page in self._pages(filters, page_size):
+            # One index answered; the other equalities are checked on the records' small index
+            # fields first, so that only matching records are fetched and parsed.
+            for data in self._read(self._having(page, equalities) if len(equalities) > 1 else page):
                 if data is None:
                     continue
                 record = DeadLetter.model_validate_json(data)
@@ -321,13 +351,22 @@ class DeadLetterStore:
     def count(self) -> int:
         return int(self.client.zcard(self.prefix + "time"))
 
+    def _having(self, ids: builtins.list[str], equalities: dict[Dimension, str]) -> builtins.list[str]:
+        """The ``ids`` whose records have every one of ``equalities`` (read from their ``dim:`` fields)."""
+        fields = [f"dim:{dim}" for dim in equalities]
+        wanted = [value.encode() for value in equalities.values()]
+        pipe = self.client.pipeline(transaction=False)
+        for record_id in ids:
+            pipe.hmget(self.prefix + f"rec:{record_id}", fields)
+        return [record_id for record_id, values in zip(ids, pipe.execute(), strict=True) if values == wanted]
+
     def _read(self, ids: builtins.list[str]) -> builtins.list[bytes | None]:
         pipe = self.client.pipeline(transaction=False)
         for record_id in ids:
             pipe.hget(self.prefix + f"rec:{record_id}", "data")
         return pipe.execute()
 
-    def _pages(self, filters: DeadLetterFilter) -> Iterator[builtins.list[str]]:
+    def _pages(self, filters: DeadLetterFilter, page_size: int) -> Iterator[builtins.list[str]]:
         """Pages of ids, newest first, from the smallest index that can answer ``filters``."""
         low = _score(filters.since, "-inf")
         high = _score(filters.until, "+inf")
@@ -345,12 +384,12 @@ class DeadLetterStore:
         # other ids at exactly ``last`` are fetched on their own, then the walk goes on below it.
         top: str = high
         while True:
-            rows = self.client.zrevrangebyscore(index, top, low, start=0, num=_PAGE, withscores=True)
+            rows = self.client.zrevrangebyscore(index, top, low, start=0, num=page_size, withscores=True)
             if not rows:
                 return
             page = [member.decode() for member, _ in rows]
             yield page
-            if len(rows) < _PAGE:
+            if len(rows) < page_size:
                 return
             last = int(rows[-1][1])
             seen = set(page)
@@ -373,47 +412,47 @@ class DeadLetterStore:
         low = "-inf" if since is None else _millis(timedelta(seconds=self.clock()) - since)
         width = int(bucket.total_seconds())
         hour = int(COUNTER_BUCKET.total_seconds())
-        from_counters = width >= hour and width % hour == 0
-        # The hour that holds ``since`` is counted whole: counters are kept per hour.
-        hours = None
-        if low != "-inf":
-            first_hour = int(low) // 1000 // hour * hour
-            hours = [str(h) for h in range(first_hour, int(self.clock()) + hour, hour)]
+        if width % hour:
+            rows = self._stats_from_index(by, low, width)
+        else:
+            reply = self._stats_script(keys=[self.prefix + f"keys:{by}"], args=[self.prefix, by, low, hour * 1000])
+            # The hour that holds ``since`` is counted whole: counters are kept per hour.
+            first_hour = 0 if low == "-inf" else int(low) // 1000 // hour * hour
+            starts: dict[tuple[int, int], builtins.list[datetime]] = {}
+            rows = []
+            for position in range(0, len(reply), 6):
+                value, count, first, last, first_day, counters = reply[position : position + 6]
+                rows.append(
+                    DeadLetterStats(
+                        key=value.decode(),
+                        count=count,
+                        first_seen=_from_ms(int(first)),
+                        last_seen=_from_ms(int(last)),
+                        buckets=_trend(first_day, counters, first_hour, width, starts),
+                    )
+                )
+        rows.sort(key=lambda row: (-row.count, row.key))
+        return rows
+
+    def _stats_from_index(self, by: Dimension, low: str | int, width: int) -> builtins.list[DeadLetterStats]:
+        """Rows with buckets narrower than the counters: every record's time is read from the indexes."""
         values = [v.decode() for v in self.client.zrangebyscore(self.prefix + f"keys:{by}", low, "+inf")]
         pipe = self.client.pipeline(transaction=False)
         for value in values:
             index = self.prefix + f"idx:{by}:{value}"
-            pipe.zcount(index, low, "+inf")
-            pipe.zrangebyscore(index, low, "+inf", start=0, num=1, withscores=True)
-            pipe.zrange(index, -1, -1, withscores=True)
-            if from_counters and hours:
-                pipe.hmget(self.prefix + f"buckets:{by}:{value}", hours)
-            elif from_counters:
-                pipe.hgetall(self.prefix + f"buckets:{by}:{value}")
-            else:
-                pipe.zrangebyscore(index, low, "+inf", withscores=True)
-        replies = pipe.execute()
+            pipe.zrangebyscore(index, low, "+inf", withscores=True)
         rows = []
-        for position, value in enumerate(values):
-            count, first, last, spread = replies[4 * position : 4 * position + 4]
-            if not count or not first or not last:
-                continue
-            if from_counters and hours:
-                starts = [(int(h), int(n)) for h, n in zip(hours, spread, strict=True) if n]
-            elif from_counters:
-                starts = [(int(h), int(n)) for h, n in spread.items()]
-            else:
-                starts = [(int(score) // 1000, 1) for _member, score in spread]
-            rows.append(
-                DeadLetterStats(
-                    key=value,
-                    count=count,
-                    first_seen=_from_ms(first[0][1]),
-                    last_seen=_from_ms(last[0][1]),
-                    buckets=_bucketed(starts, width),
+        for value, spread in zip(values, pipe.execute(), strict=True):
+            if spread:
+                rows.append(
+                    DeadLetterStats(
+                        key=value,
+                        count=len(spread),
+                        first_seen=_from_ms(spread[0][1]),
+                        last_seen=_from_ms(spread[-1][1]),
+                        buckets=_bucketed(((int(score) // 1000, 1) for _member, score in spread), width),
+                    )
                 )
-            )
-        rows.sort(key=lambda row: (-row.count, row.key))
         return rows
 
     # -- export ----------------------------------------------------------------------------------
@@ -552,17 +591,16 @@ class Spool:
         except FileNotFoundError:
             return False
 
-    def drain(self, write: Callable[[DeadLetter], object]) -> int:
-        """Pass every spooled record to ``write``, then empty the spool. A failure keeps the spool whole."""
+    def drain(self, write_many: Callable[[Iterator[DeadLetter]], int]) -> int:
+        """Pass the spooled records to ``write_many``, then empty the spool; what it returned.
+
+        A failure keeps the spool whole.
+        """
         if not self.pending():
             return 0
         with open(self.path, "r+", encoding="utf-8") as spool:
             fcntl.flock(spool, fcntl.LOCK_EX)
-            count = 0
-            for line in spool:
-                if line.strip():
-                    write(DeadLetter.model_validate_json(line))
-                    count += 1
+            count = write_many(DeadLetter.model_validate_json(line) for line in spool if line.strip())
             spool.seek(0)
             spool.truncate()
             os.fsync(spool.fileno())
@@ -610,6 +648,32 @@ def _bucketed(counts: Iterable[tuple[int, int]], width: int) -> builtins.list[Bu
             start = second // width * width
             totals[start] = totals.get(start, 0) + count
     return [Bucket(start=datetime.fromtimestamp(start, UTC), count=n) for start, n in sorted(totals.items())]
+
+
+def _trend(
+    first_day: int,
+    counters: bytes,
+    first_second: int,
+    width: int,
+    starts: dict[tuple[int, int], builtins.list[datetime]],
+) -> builtins.list[Bucket]:
+    """Buckets ``width`` seconds wide from the stats script's hourly day counters, from ``first_second`` on.
+
+    ``starts`` caches each counter's start time across the values of one answer: they mostly cover
+    the same days, and making the datetimes once per answer instead of once per value and hour is
+    what keeps a week of hourly trends for hundreds of values fast.
+    """
+    hour = int(COUNTER_BUCKET.total_seconds())
+    day_start = first_day * 86_400
+    counts = struct.unpack(f">{len(counters) // 4}I", counters)
+    skip = max(0, (first_second - day_start) // hour)
+    if width != hour:
+        return _bucketed(((day_start + slot * hour, n) for slot, n in enumerate(counts[skip:], start=skip)), width)
+    moments = starts.get((first_day, len(counts)))
+    if moments is None:
+        moments = [datetime.fromtimestamp(day_start + slot * hour, UTC) for slot in range(len(counts))]
+        starts[first_day, len(counts)] = moments
+    return [Bucket(start=moments[slot], count=n) for slot, n in enumerate(counts[skip:], start=skip) if n]
 
 
 def _millis(delta: timedelta) -> int:

@@ -11,16 +11,25 @@ Keys (``{namespace}`` is ``FAIRWAY_NAMESPACE``):
     many successful ones cost one hour of memory. Every change resets the TTL.
 ``{namespace}:unique:{key}``
     String holding the id of the message that claimed the idempotency key; TTL ``unique_ttl``.
+``{namespace}:cancelled``
+    Stream of the ids of cancelled jobs (field ``id``), capped at about :data:`CANCELLED_KEPT`
+    entries, no TTL. Workers follow it (:class:`CancelledJobs`) so that a queued job's cancel
+    flag costs no read per job; its ids are ordered by the server, so no worker clock matters.
 
 Every multi-step update is one Lua script (beside this module). A job's hash and a unique key are
 separate script calls (they never share a hash tag) sent in one pipeline: one round trip.
+Workers write through :class:`StatusWriter`, which queues changes and writes them in one pipeline.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import json
-from collections.abc import Callable, Iterable
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
@@ -32,8 +41,10 @@ from redis.retry import Retry
 
 from ..connections import state_store_client
 from ..settings import Settings
+from .scripts import LuaScript, ScriptCall, run_scripts
 
 _SCRIPTS = Path(__file__).parent
+CANCELLED_KEPT = 10_000
 
 
 class JobState(StrEnum):
@@ -105,10 +116,10 @@ class JobStatusStore:
         self.failed_ttl = failed_ttl
         self.history_limit = history_limit
         self.clock = clock or (lambda: dt.datetime.now(dt.UTC))
-        self._transition = client.register_script((_SCRIPTS / "status_transition.lua").read_text())
-        self._progress = client.register_script((_SCRIPTS / "status_progress.lua").read_text())
+        self._transition = LuaScript.load(_SCRIPTS / "status_transition.lua")
+        self._progress = LuaScript.load(_SCRIPTS / "status_progress.lua")
         self._cancel = client.register_script((_SCRIPTS / "status_cancel.lua").read_text())
-        self._claim = client.register_script((_SCRIPTS / "unique_claim.lua").read_text())
+        self._claim = LuaScript.load(_SCRIPTS / "unique_claim.lua")
 
     @classmethod
     def from_settings(cls, settings: Settings, client: redis.Redis | None = None) -> JobStatusStore:
@@ -129,6 +140,10 @@ class JobStatusStore:
     def unique_key(self, key: str) -> str:
         return f"{self.namespace}:unique:{key}"
 
+    @property
+    def cancelled_key(self) -> str:
+        return f"{self.namespace}:cancelled"
+
     def enqueued(self, message_id: str, actor: str, queue: str) -> None:
         """PENDING, unless the job is already known (a retry or a move out of the delay queue)."""
         self._record("enqueue", message_id, JobState.PENDING, actor, queue)
@@ -142,20 +157,28 @@ class JobStatusStore:
         track: bool = True,
         unique_key: str | None = None,
         unique_ttl: int = 3_600_000,
+        enqueued_at: str = "",
     ) -> JobStart:
         """Claim the unique key (if any) and mark the job STARTED, in one round trip.
 
         The job comes back REVOKED when it was cancelled while queued. A duplicate is marked
         REJECTED (a second call: duplicates are the rare path).
         """
-        pipe = self.client.pipeline(transaction=False)
+        calls = []
         if unique_key is not None:
-            self._claim(keys=[self.unique_key(unique_key)], args=[message_id, unique_ttl], client=pipe)
+            calls.append(ScriptCall(self._claim, [self.unique_key(unique_key)], [message_id, unique_ttl]))
         if track:
-            self._transition(
-                keys=[self.job_key(message_id)], args=self._args("start", JobState.STARTED, actor, queue), client=pipe
+            calls.append(
+                self.transition_call(
+                    "start",
+                    message_id,
+                    [(JobState.STARTED, self.now())],
+                    actor=actor,
+                    queue=queue,
+                    enqueued_at=enqueued_at,
+                )
             )
-        replies = pipe.execute()
+        replies = run_scripts(self.client, calls)
         duplicate = unique_key is not None and int(replies.pop(0)) == 0
         state = JobState(_text(replies[0])) if track else None
         if duplicate and track:
@@ -172,7 +195,8 @@ class JobStatusStore:
 
     def progress(self, message_id: str, percent: float, note: str | None = None) -> bool:
         """Record progress of a known job; False when the job is unknown (not tracked, or expired)."""
-        return bool(self._progress(keys=[self.job_key(message_id)], args=[percent, note or ""]))
+        [known] = run_scripts(self.client, [self.progress_call(message_id, percent, note)])
+        return bool(known)
 
     def cancel(self, message_id: str) -> JobState | None:
         """Flag the job for cancellation; its state, or None when the job is unknown.
@@ -180,17 +204,20 @@ class JobStatusStore:
         Only a PENDING, STARTED or RETRY job gets the flag; a finished one is left as it is.
         """
         state = self._cancel(keys=[self.job_key(message_id)])
-        return JobState(_text(state)) if state else None
+        if not state:
+            return None
+        result = JobState(_text(state))
+        if not result.finished:
+            self.client.xadd(self.cancelled_key, {"id": message_id}, maxlen=CANCELLED_KEPT, approximate=True)
+        return result
 
-    def cancel_requested(self, message_ids: Iterable[str]) -> set[str]:
-        """Which of ``message_ids`` have their cancel flag set (one round trip)."""
-        ids = list(message_ids)
-        if not ids:
-            return set()
-        pipe = self.client.pipeline(transaction=False)
-        for message_id in ids:
-            pipe.hget(self.job_key(message_id), "cancel")
-        return {message_id for message_id, flag in zip(ids, pipe.execute(), strict=True) if flag}
+    def cancelled_after(self, stream_id: str | None) -> tuple[list[str], str | None]:
+        """Ids of jobs cancelled after ``stream_id`` (all kept ones for None) and the newest stream id."""
+        low = "-" if stream_id is None else f"({stream_id}"
+        entries = self.client.xrange(self.cancelled_key, low, "+")
+        if not entries:
+            return [], stream_id
+        return [_text(fields[b"id"]) for _, fields in entries], _text(entries[-1][0])
 
     def get(self, message_id: str) -> JobRecord | None:
         fields = {_text(k): _text(v) for k, v in self.client.hgetall(self.job_key(message_id)).items()}
@@ -207,13 +234,175 @@ class JobStatusStore:
             history=json.loads(fields.get("history", "[]")),
         )
 
+    def now(self) -> str:
+        """The current time as the history records it."""
+        return _iso(self.clock())
+
+    def transition_call(
+        self,
+        mode: str,
+        message_id: str,
+        states: list[tuple[JobState, str]],
+        *,
+        actor: str,
+        queue: str,
+        enqueued_at: str = "",
+    ) -> ScriptCall:
+        """The script call that moves a job through ``states`` (pairs of state and time)."""
+        args: list[str | int | float] = [mode, self.ttl, self.failed_ttl, actor, queue, self.history_limit, enqueued_at]
+        for state, at in states:
+            args += [state.value, at]
+        return ScriptCall(self._transition, [self.job_key(message_id)], args)
+
+    def progress_call(self, message_id: str, percent: float, note: str | None) -> ScriptCall:
+        return ScriptCall(self._progress, [self.job_key(message_id)], [percent, note or ""])
+
     def _record(self, mode: str, message_id: str, state: JobState, actor: str, queue: str) -> JobState:
-        reply = self._transition(keys=[self.job_key(message_id)], args=self._args(mode, state, actor, queue))
+        [reply] = run_scripts(
+            self.client, [self.transition_call(mode, message_id, [(state, self.now())], actor=actor, queue=queue)]
+        )
         return JobState(_text(reply))
 
-    def _args(self, mode: str, state: JobState, actor: str, queue: str) -> list[str | int]:
-        ttl = self.ttl if state is JobState.SUCCESS else self.failed_ttl
-        return [mode, state.value, _iso(self.clock()), ttl, actor, queue, self.history_limit]
+
+class StatusWriter:
+    """One process's status changes, queued and written in one pipeline per flush.
+
+    A worker records STARTED, outcomes and progress here instead of paying a round trip for each:
+    a background thread writes what waited ``interval`` seconds in one pipeline, and a fast job's
+    STARTED and outcome travel as one script call. Writes leave in the order they were made (one
+    flush at a time). A failed flush drops its
+    changes and reports them to ``on_error`` (status is best effort: DESIGN.md §12).
+    """
+
+    def __init__(
+        self,
+        store: JobStatusStore,
+        *,
+        interval: float = 0.05,
+        on_error: Callable[[redis.RedisError, int], None] | None = None,
+    ) -> None:
+        self.store = store
+        self.interval = interval
+        self.on_error = on_error
+        self._lock = threading.Lock()
+        self._work = threading.Condition(self._lock)
+        self._flushing = threading.Lock()
+        self._changes: list[_Transition | ScriptCall] = []
+        self._open: dict[str, _Transition] = {}
+        self._thread: threading.Thread | None = None
+        self._closed = False
+
+    def transition(
+        self, message_id: str, state: JobState, actor: str, queue: str, *, mode: str = "record", enqueued_at: str = ""
+    ) -> None:
+        """Queue a move of the job to ``state`` (now)."""
+        at = self.store.now()
+        with self._lock:
+            pending = self._open.get(message_id)
+            if pending is not None and mode == "record":
+                pending.states.append((state, at))
+            else:
+                change = _Transition(mode, message_id, [(state, at)], actor, queue, enqueued_at)
+                self._changes.append(change)
+                if mode == "record":
+                    self._open[message_id] = change
+            self._wake()
+
+    def progress(self, message_id: str, percent: float, note: str | None = None) -> None:
+        with self._lock:
+            self._changes.append(self.store.progress_call(message_id, percent, note))
+            self._wake()
+
+    def flush(self) -> None:
+        """Write every queued change now (returns at once when nothing waits)."""
+        with self._flushing:
+            with self._lock:
+                changes, self._changes, self._open = self._changes, [], {}
+            if not changes:
+                return
+            calls = [c if isinstance(c, ScriptCall) else c.call(self.store) for c in changes]
+            try:
+                run_scripts(self.store.client, calls)
+            except redis.RedisError as error:
+                if self.on_error is None:
+                    raise
+                self.on_error(error, len(calls))
+
+    def close(self) -> None:
+        """Write what waits and stop the background thread."""
+        with self._lock:
+            self._closed = True
+            self._work.notify()
+        self.flush()
+
+    def _wake(self) -> None:
+        if self._thread is None or not self._thread.is_alive():
+            self._closed = False
+            self._thread = threading.Thread(target=self._run, name="fairway-status-writer", daemon=True)
+            self._thread.start()
+        self._work.notify()
+
+    def _run(self) -> None:
+        while True:
+            with self._lock:
+                while not self._changes and not self._closed:
+                    self._work.wait()
+                if self._closed:
+                    return
+            time.sleep(self.interval)
+            try:
+                self.flush()
+            except Exception:  # a bug here must not silently stop status for the whole process
+                logging.getLogger(__name__).exception("Unhandled error while writing job status.")
+
+
+@dataclass
+class _Transition:
+    mode: str
+    message_id: str
+    states: list[tuple[JobState, str]]
+    actor: str
+    queue: str
+    enqueued_at: str
+
+    def call(self, store: JobStatusStore) -> ScriptCall:
+        return store.transition_call(
+            self.mode, self.message_id, self.states, actor=self.actor, queue=self.queue, enqueued_at=self.enqueued_at
+        )
+
+
+class CancelledJobs:
+    """This process's copy of the cancelled-jobs stream, so checking a job costs no round trip.
+
+    ``refresh`` reads what was added since the last read; a copy older than ``max_age`` seconds
+    is refreshed before it answers (a worker's first job, or after its refresher stalled).
+    """
+
+    def __init__(self, store: JobStatusStore, *, max_age: float = 1.0) -> None:
+        self.store = store
+        self.max_age = max_age
+        self._ids: set[str] = set()
+        self._last: str | None = None
+        self._refreshed = 0.0
+        self._lock = threading.Lock()
+
+    def refresh(self) -> None:
+        with self._lock:
+            if len(self._ids) > 2 * CANCELLED_KEPT:
+                self._ids, self._last = set(), None
+            ids, self._last = self.store.cancelled_after(self._last)
+            self._ids.update(ids)
+            self._refreshed = time.monotonic()
+
+    def __contains__(self, message_id: object) -> bool:
+        if time.monotonic() - self._refreshed > self.max_age:
+            self.refresh()
+        return message_id in self._ids
+
+
+def iso_from_millis(millis: int) -> str:
+    """A message timestamp (ms since the epoch) as the history records times."""
+    return _iso(dt.datetime.fromtimestamp(millis / 1000, dt.UTC))
 
 
 def _iso(at: dt.datetime) -> str:

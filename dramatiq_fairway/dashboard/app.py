@@ -1,0 +1,447 @@
+"""The dashboard's Starlette application (DESIGN.md §10): pages, actions and their guards.
+
+It reads and acts only through the Python API the ``fairway`` verbs use (``DeadLetterStore``,
+``RedisBreakerStore``, ``JobStatusStore``, ``controls``, the broker's depth counters), so a page
+and the matching verb always agree. Routes (operators bookmark them): ``/``, ``/tenants``,
+``/dead-letters``, ``/dead-letters/{id}``, ``/breakers``, ``/jobs`` and ``/jobs/{id}``, ``/queues``,
+``/healthz``, ``/metrics``; actions POST to the page's route plus a verb. Every action needs a
+CSRF token and is refused (403) in read-only mode; the templates ask for confirmation first.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import threading
+from collections.abc import AsyncIterator, Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any, get_args
+from urllib.parse import quote
+
+import jinja2
+import pika
+import redis
+from dramatiq import Broker
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
+from pydantic import ValidationError
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import FormData
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import JSONResponse, RedirectResponse, Response
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
+from starlette.templating import Jinja2Templates
+
+from ..brokers import build_broker
+from ..cli.dlq import parse_duration
+from ..controls import pause_queue, resume_queue
+from ..errors import FairwayError
+from ..priority import Priority
+from ..settings import Settings, load_settings, mask_url
+from ..setup import install
+from ..store.breakers import RedisBreakerStore
+from ..store.dead_letters import DeadLetter, DeadLetterFilter, DeadLetterStats, DeadLetterStore, Reason, RedactedRecords
+from ..store.status import JobStatusStore
+from .charts import Bar, trend_bars
+from .security import CSRF_COOKIE, CSRF_FIELD, BasicAuth, Csrf, SecurityHeaders, has_credentials
+from .sources import live_workers, queue_summaries
+from .throughput import MetricsWindow
+
+# The `fairway dlq list` flags, spelled as on the command line.
+FILTER_PARAMS = ("queue", "actor", "error-type", "fingerprint", "tenant", "reason", "since")
+DEFAULT_LIMIT = 50
+TREND_SINCE = timedelta(hours=24)
+REFRESH_MS = 3000
+
+
+@dataclass(frozen=True)
+class Group:
+    """Dead letters sharing one fingerprint, as the dead-letter page lists them."""
+
+    fingerprint: str
+    records: list[DeadLetter]
+    recent: int
+    bars: list[Bar]
+
+    @property
+    def first(self) -> DeadLetter:
+        return self.records[0]
+
+
+def create_app(settings: Settings | None = None, *, broker: Broker | None = None) -> Starlette:
+    """The dashboard for ``settings`` (``load_settings()`` when None).
+
+    ``broker`` lets an application that already has one (with its actors declared) share it;
+    otherwise the dashboard builds its own with the fairway stack on first use.
+    """
+    dashboard = Dashboard(settings or load_settings(), broker)
+    middleware = [Middleware(SecurityHeaders)]
+    if dashboard.auth:
+        middleware.append(Middleware(BasicAuth, settings=dashboard.settings.dashboard))
+    return Starlette(
+        routes=dashboard.routes(),
+        middleware=middleware,
+        exception_handlers={
+            HTTPException: dashboard.http_error,
+            FairwayError: dashboard.fairway_error,
+            RedactedRecords: dashboard.redacted_error,
+            redis.RedisError: dashboard.server_error,
+            pika.exceptions.AMQPError: dashboard.server_error,
+        },
+        lifespan=dashboard.lifespan,
+    )
+
+
+class Dashboard:
+    """The stores, the broker and the handlers of one dashboard application."""
+
+    def __init__(self, settings: Settings, broker: Broker | None) -> None:
+        self.settings = settings
+        self.read_only = settings.dashboard.read_only
+        self.auth = has_credentials(settings.dashboard)
+        self.dead_letters = DeadLetterStore(settings)
+        self.breakers = RedisBreakerStore.from_settings(settings)
+        self.jobs = JobStatusStore.from_settings(settings)
+        self.metrics = MetricsWindow(settings)
+        self.csrf = Csrf()
+        self.templates = Jinja2Templates(env=_environment())
+        self._broker = broker
+        self._owns_broker = broker is None
+        self._broker_lock = threading.Lock()
+
+    def routes(self) -> list[Route | Mount]:
+        return [
+            Route("/", self.overview),
+            Route("/tenants", self.tenants),
+            Route("/dead-letters", self.dead_letter_list),
+            Route("/dead-letters/requeue", self.requeue, methods=["POST"]),
+            Route("/dead-letters/purge", self.purge, methods=["POST"]),
+            Route("/dead-letters/{id}", self.dead_letter),
+            Route("/breakers", self.breaker_list),
+            Route("/breakers/{key:path}/{verb}", self.breaker_action, methods=["POST"]),
+            Route("/jobs", self.job_lookup),
+            Route("/jobs/{id}", self.job),
+            Route("/jobs/{id}/cancel", self.cancel_job, methods=["POST"]),
+            Route("/queues", self.queue_list),
+            Route("/queues/{queue}/{verb}", self.queue_action, methods=["POST"]),
+            Route("/healthz", self.healthz),
+            Route("/metrics", self.prometheus),
+            Mount("/static", StaticFiles(packages=[("dramatiq_fairway.dashboard", "static")]), name="static"),
+        ]
+
+    @property
+    def broker(self) -> Broker:
+        with self._broker_lock:
+            if self._broker is None:
+                # The full stack, as `fairway dlq requeue` has it: status, fairness checks at enqueue.
+                self._broker = install(build_broker(self.settings), self.settings)
+            return self._broker
+
+    @contextlib.asynccontextmanager
+    async def lifespan(self, app: Starlette) -> AsyncIterator[None]:  # noqa: ARG002 (lifespan signature)
+        yield
+        if self._owns_broker and self._broker is not None:
+            self._broker.close()
+
+    # -- pages -----------------------------------------------------------------------------------
+
+    def overview(self, request: Request) -> Response:
+        summaries = queue_summaries(self.broker, self.settings, self.dead_letters)
+        in_flight = [summary.in_flight for summary in summaries]
+        context = {
+            "summaries": summaries,
+            "backlog": sum(summary.ready for summary in summaries),
+            "delayed": sum(summary.delayed for summary in summaries),
+            "in_flight": None if None in in_flight else sum(count or 0 for count in in_flight),
+            "dead": self.dead_letters.count(),
+            "figures": self.metrics.figures(),
+            "metrics_error": self.metrics.error,
+            "workers": live_workers(self.broker),
+            "open_breakers": [state for state in self.breakers.list() if state.state != "closed"],
+            "refresh_ms": REFRESH_MS,
+        }
+        live = request.query_params.get("fragment") == "live"
+        return self.render(request, "overview_live.html" if live else "overview.html", context)
+
+    def tenants(self, request: Request) -> Response:
+        figures = self.metrics.figures()
+        served = figures.served if figures else {}
+        weights = self.settings.fairness.weights
+        queues = []
+        for summary in queue_summaries(self.broker, self.settings, self.dead_letters):
+            backlog: dict[str, int] = {}
+            for row in summary.rows:
+                backlog[row["tenant"]] = backlog.get(row["tenant"], 0) + int(row["ready"]) + int(row["delayed"])
+            names = sorted(set(backlog) | {tenant for queue, tenant in served if queue == summary.name})
+            total_served = sum(served.get((summary.name, tenant), 0.0) for tenant in names)
+            total_weight = sum(weights.get(tenant, 1.0) for tenant in names)
+            rows = [
+                {
+                    "tenant": tenant,
+                    "backlog": backlog.get(tenant, 0) if summary.per_tenant else None,
+                    "served": served.get((summary.name, tenant), 0.0) if figures else None,
+                    "share": served.get((summary.name, tenant), 0.0) / total_served if total_served else None,
+                    "weight": weights.get(tenant, 1.0),
+                    "weight_share": weights.get(tenant, 1.0) / total_weight if total_weight else None,
+                }
+                for tenant in names
+            ]
+            queues.append({"name": summary.name, "rows": rows})
+        context = {"queues": queues, "figures": figures, "metrics_error": self.metrics.error}
+        return self.render(request, "tenants.html", context)
+
+    def dead_letter_list(self, request: Request) -> Response:
+        params = request.query_params
+        filters = _filters(params)
+        limit = _limit(params.get("limit"))
+        records = self.dead_letters.list(filters, limit=limit)
+        trends = {row.key: row for row in self.dead_letters.stats(by="fingerprint", since=TREND_SINCE)}
+        context = {
+            "groups": _groups(records, trends),
+            "params": {name: params.get(name, "") for name in FILTER_PARAMS},
+            "limit": limit,
+            "listed": len(records),
+            "priorities": [level.name for level in Priority],
+            "reasons": get_args(Reason),
+        }
+        return self.render(request, "dead_letters.html", context)
+
+    def dead_letter(self, request: Request) -> Response:
+        record = self.dead_letters.get(request.path_params["id"])
+        if record is None:
+            raise HTTPException(404, f"no dead letter with id {request.path_params['id']!r}")
+        return self.render(request, "dead_letter.html", {"record": record, "priorities": [p.name for p in Priority]})
+
+    def breaker_list(self, request: Request) -> Response:
+        return self.render(request, "breakers.html", {"breakers": self.breakers.list()})
+
+    def job_lookup(self, request: Request) -> Response:
+        job_id = request.query_params.get("id", "").strip()
+        if job_id:
+            return RedirectResponse(f"/jobs/{quote(job_id, safe='')}", status_code=303)
+        return self.render(request, "job.html", {"job": None, "job_id": None})
+
+    def job(self, request: Request) -> Response:
+        job_id = request.path_params["id"]
+        record = self.jobs.get(job_id)
+        status = 200 if record is not None else 404
+        return self.render(request, "job.html", {"job": record, "job_id": job_id}, status=status)
+
+    def queue_list(self, request: Request) -> Response:
+        summaries = queue_summaries(self.broker, self.settings, self.dead_letters)
+        return self.render(request, "queues.html", {"summaries": summaries})
+
+    def healthz(self, request: Request) -> Response:  # noqa: ARG002 (endpoint signature)
+        try:
+            self.dead_letters.client.ping()
+        except redis.RedisError as error:
+            return JSONResponse({"status": "unavailable", "state_store": type(error).__name__}, status_code=503)
+        return JSONResponse({"status": "ok"})
+
+    def prometheus(self, request: Request) -> Response:  # noqa: ARG002 (endpoint signature)
+        return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
+
+    # -- actions ---------------------------------------------------------------------------------
+
+    async def requeue(self, request: Request) -> Response:
+        form = await self.guard(request)
+        ids, filters = _selection(form)
+        allow_redacted = form.get("allow_redacted") == "on"
+        level = _priority(form.get("priority"))
+        result = await run_in_threadpool(
+            lambda: self.dead_letters.requeue(self.broker, ids, filters, priority=level, allow_redacted=allow_redacted)
+        )
+        lines = [f"requeued {item.id} as {item.new_id} ({item.actor} on {item.queue})" for item in result.requeued]
+        lines += [f"skipped {item.id}: {item.reason}" for item in result.skipped]
+        summary = f"{len(result.requeued)} dead letter(s) requeued at {level.name}, {len(result.skipped)} skipped"
+        return self.done(request, summary, lines, back="/dead-letters")
+
+    async def purge(self, request: Request) -> Response:
+        form = await self.guard(request)
+        ids, filters = _selection(form)
+        removed = await run_in_threadpool(lambda: self.dead_letters.purge(ids, filters))
+        return self.done(request, f"{removed} dead letter(s) purged", [], back="/dead-letters")
+
+    async def breaker_action(self, request: Request) -> Response:
+        await self.guard(request)
+        key, verb = request.path_params["key"], request.path_params["verb"]
+        actions: dict[str, Callable[[str], Any]] = {
+            "open": self.breakers.force_open,
+            "close": self.breakers.close,
+            "reset": self.breakers.reset,
+        }
+        if verb not in actions:
+            raise HTTPException(404, f"no breaker action {verb!r} (open, close, reset)")
+
+        def act() -> str:
+            if verb != "open" and self.breakers.get(key) is None:
+                raise HTTPException(404, f"no breaker named {key!r}")
+            state = actions[verb](key).state
+            return f"breaker {key} is {state.state}" + (" (forced)" if state.forced else "")
+
+        return self.done(request, await run_in_threadpool(act), [], back="/breakers")
+
+    async def cancel_job(self, request: Request) -> Response:
+        await self.guard(request)
+        job_id = request.path_params["id"]
+        state = await run_in_threadpool(self.jobs.cancel, job_id)
+        if state is None:
+            raise HTTPException(
+                404, f"no status for job {job_id!r} (unknown, expired, or not tracked): cannot cancel it"
+            )
+        if state.finished:
+            raise HTTPException(409, f"job {job_id!r} already finished ({state.value}): nothing to cancel")
+        return self.done(request, f"cancel requested for {job_id} ({state.value})", [], back=f"/jobs/{job_id}")
+
+    async def queue_action(self, request: Request) -> Response:
+        await self.guard(request)
+        queue, verb = request.path_params["queue"], request.path_params["verb"]
+        if verb not in ("pause", "resume"):
+            raise HTTPException(404, f"no queue action {verb!r} (pause, resume)")
+        switch = pause_queue if verb == "pause" else resume_queue
+        changed = await run_in_threadpool(switch, self.broker, queue, self.settings)
+        word = "paused" if verb == "pause" else "resumed"
+        already = "paused" if verb == "pause" else "running"
+        message = f"{queue} {word}" if changed else f"{queue} was already {already}"
+        return self.done(request, message, [], back="/queues")
+
+    async def guard(self, request: Request) -> FormData:
+        """The action's form, once read-only mode and the CSRF token allow it (403 otherwise)."""
+        if self.read_only:
+            raise HTTPException(403, "read-only mode: actions are disabled (FAIRWAY_DASHBOARD__READ_ONLY)")
+        form = await request.form()
+        if not self.csrf.valid(request, form.get(CSRF_FIELD)):
+            raise HTTPException(403, "missing or invalid CSRF token: reload the page and try again")
+        return form
+
+    # -- rendering -------------------------------------------------------------------------------
+
+    def render(self, request: Request, name: str, context: dict[str, Any], status: int = 200) -> Response:
+        session, new = self.csrf.session(request)
+        page = {
+            "read_only": self.read_only,
+            "csrf_field": CSRF_FIELD,
+            "csrf_token": self.csrf.token(session),
+            "broker_kind": self.settings.broker,
+            "broker_url": _broker_url(self.settings),
+            "namespace": self.settings.namespace,
+            **context,
+        }
+        response = self.templates.TemplateResponse(request, name, page, status_code=status)
+        if new:
+            response.set_cookie(CSRF_COOKIE, session, httponly=True, samesite="lax", path="/")
+        return response
+
+    def done(self, request: Request, summary: str, lines: list[str], *, back: str) -> Response:
+        return self.render(request, "done.html", {"summary": summary, "lines": lines, "back": back})
+
+    def http_error(self, request: Request, error: Exception) -> Response:
+        assert isinstance(error, HTTPException)
+        return self.render(request, "error.html", {"message": error.detail}, status=error.status_code)
+
+    def fairway_error(self, request: Request, error: Exception) -> Response:
+        return self.render(request, "error.html", {"message": f"{type(error).__name__}: {error}"}, status=400)
+
+    def redacted_error(self, request: Request, error: Exception) -> Response:
+        assert isinstance(error, RedactedRecords)
+        names = sorted({name for names in error.fields.values() for name in names})
+        message = (
+            f"{len(error.fields)} record(s) have redacted fields ({', '.join(names)}); "
+            'tick "allow redacted" to requeue them with the placeholder'
+        )
+        return self.render(request, "error.html", {"message": message}, status=400)
+
+    def server_error(self, request: Request, error: Exception) -> Response:
+        # One line; client errors name the server's address, never its credentials.
+        message = f"{type(error).__name__}: {' '.join(str(error).split())}"
+        return self.render(request, "error.html", {"message": message}, status=503)
+
+
+def _environment() -> jinja2.Environment:
+    env = jinja2.Environment(
+        loader=jinja2.PackageLoader("dramatiq_fairway.dashboard", "templates"),
+        autoescape=True,
+        undefined=jinja2.StrictUndefined,
+    )
+    env.filters["seconds"] = _seconds
+    env.filters["epoch"] = _epoch
+    env.filters["percent"] = lambda value: "-" if value is None else f"{value * 100:.0f}%"
+    env.filters["when"] = lambda moment: moment.strftime("%Y-%m-%d %H:%M:%S") if moment else "-"
+    return env
+
+
+def _seconds(value: float | None) -> str:
+    if value is None:
+        return "-"
+    if value < 1:
+        return f"{value * 1000:.0f} ms"
+    return f"{value:.1f} s" if value < 120 else f"{value / 60:.1f} min"
+
+
+def _epoch(value: float | None) -> str:
+    return "-" if value is None else datetime.fromtimestamp(value, UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _broker_url(settings: Settings) -> str:
+    if settings.broker == "rabbitmq":
+        return mask_url(settings.rabbitmq_url)
+    if settings.broker == "redis":
+        return mask_url(settings.redis_url)
+    return f"embedded Redis in {settings.data_dir}"
+
+
+def _filters(params: Mapping[str, Any]) -> DeadLetterFilter:
+    """A ``DeadLetterFilter`` from the `fairway dlq list` flags (query parameters or form fields)."""
+    values = {name.replace("-", "_"): (params.get(name) or None) for name in FILTER_PARAMS if name != "since"}
+    since = params.get("since") or None
+    try:
+        age = parse_duration(since) if since else None
+        return DeadLetterFilter(**values, since=datetime.now(UTC) - age if age else None)
+    except argparse.ArgumentTypeError as error:
+        raise HTTPException(400, f"since: {error}") from None
+    except ValidationError as error:
+        first = error.errors()[0]
+        raise HTTPException(400, f"{first['loc'][0]}: {first['input']!r} {first['msg'].lower()}") from None
+
+
+def _selection(form: FormData) -> tuple[list[str], DeadLetterFilter]:
+    ids = [value for value in form.getlist("ids") if isinstance(value, str) and value]
+    return ids, _filters(form)
+
+
+def _limit(text: str | None) -> int:
+    if not text:
+        return DEFAULT_LIMIT
+    if not text.isdigit() or int(text) < 1:
+        raise HTTPException(400, f"limit: {text!r} is not a positive whole number")
+    return int(text)
+
+
+def _priority(text: object) -> Priority:
+    try:
+        return Priority.parse(text if isinstance(text, str) and text else Priority.HIGH)
+    except ValueError as error:
+        raise HTTPException(400, str(error)) from None
+
+
+def _groups(records: list[DeadLetter], trends: Mapping[str, DeadLetterStats]) -> list[Group]:
+    """Records grouped by fingerprint, in the order of each group's newest record."""
+    grouped: dict[str, list[DeadLetter]] = {}
+    for record in records:
+        grouped.setdefault(record.fingerprint, []).append(record)
+    groups = []
+    for fingerprint, members in grouped.items():
+        trend = trends.get(fingerprint)
+        groups.append(
+            Group(
+                fingerprint=fingerprint,
+                records=members,
+                recent=trend.count if trend else 0,
+                bars=trend_bars(trend.buckets if trend else []),
+            )
+        )
+    return groups

@@ -1,0 +1,27 @@
+"""The worker module of ``fairway demo``: ``dramatiq dramatiq_fairway.demo_app``.
+
+All the domain actors on the fairway stack, with the demo's ledger (:mod:`.demo_ledger`) recording
+every finished job and every breaker transition for the demo's summary.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from periodiq import PeriodiqMiddleware
+
+from .demo_ledger import BreakerTransitions, DemoLedger
+from .settings import load_settings
+from .setup import setup
+
+settings = load_settings()
+broker = setup(settings, middleware=[PeriodiqMiddleware(), DemoLedger(settings)])
+# The breaker store logs every transition with the states as ``extra`` fields.
+_breaker_logger = logging.getLogger("dramatiq_fairway.store.breakers")
+_breaker_logger.addHandler(BreakerTransitions(settings))
+_breaker_logger.setLevel(logging.INFO)
+
+# Imported last: the actors bind to the broker set up above.
+from .actors import fl, papers, photos  # noqa: E402
+
+__all__ = ["broker", "fl", "papers", "photos"]

@@ -1,0 +1,59 @@
+"""JSON log lines that carry the job they were logged from (``FAIRWAY_LOGS__FORMAT=json``).
+
+One JSON object per line: ``time`` (ISO 8601 UTC), ``level``, ``logger``, ``process``,
+``thread``, ``message``, ``exception`` (formatted traceback, when there is one) and, for a line
+logged while a worker runs a job (in the actor, or by a middleware for it), ``message_id``,
+``actor``, ``queue``, ``tenant`` and ``attempt`` (1 for the first run). The job's fields come
+from a context variable that :class:`~dramatiq_fairway.middlewares.logs.JobLogContext` sets
+around each job, so they reach ``async def`` actors too (through ``ContextAsyncIO``).
+"""
+
+from __future__ import annotations
+
+import contextvars
+import datetime as dt
+import json
+import logging
+from typing import Any
+
+from dramatiq import Message
+from dramatiq.broker import MessageProxy
+
+current_job: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar("fairway_log_job", default=None)
+
+
+def job_fields(message: Message[Any] | MessageProxy) -> dict[str, Any]:
+    """The fields a log line about ``message`` carries."""
+    return {
+        "message_id": message.message_id,
+        "actor": message.actor_name,
+        "queue": message.queue_name,
+        "tenant": message.options.get("tenant", "default"),
+        "attempt": message.options.get("retries", 0) + 1,
+    }
+
+
+class JsonLogFormatter(logging.Formatter):
+    """Formats a record as one JSON object, with the fields of the job being run, if any."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        line: dict[str, Any] = {
+            "time": dt.datetime.fromtimestamp(record.created, dt.UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname,
+            "logger": record.name,
+            "process": record.process,
+            "thread": record.threadName,
+            "message": record.getMessage(),
+        }
+        job = current_job.get()
+        if job is not None:
+            line.update(job)
+        if record.exc_info:
+            line["exception"] = self.formatException(record.exc_info)
+        return json.dumps(line, default=str)
+
+
+def use_json_logs(logger: logging.Logger | None = None) -> None:
+    """Give every handler of ``logger`` (the root logger by default) the JSON formatter."""
+    for handler in (logger or logging.getLogger()).handlers:
+        handler.setFormatter(JsonLogFormatter())

@@ -1,0 +1,48 @@
+"""JobLogContext: JSON log lines (``FAIRWAY_LOGS__FORMAT=json``) that name the job they came from.
+
+Around each job it sets the fields of :func:`dramatiq_fairway.logs.job_fields` (message id, actor,
+queue, tenant, attempt) for :class:`~dramatiq_fairway.logs.JsonLogFormatter`, which it installs
+on the root logger's handlers when a worker process boots (the ``dramatiq`` command's processes)
+or when an in-process worker starts. With the text format it only keeps the fields (a context
+variable set and reset per job), so a user's own formatter or filter may read them.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from dramatiq import Broker, Middleware
+from dramatiq.broker import MessageProxy
+
+from ..logs import current_job, job_fields, use_json_logs
+from ..settings import Settings, load_settings
+
+
+class JobLogContext(Middleware):
+    """Gives log lines logged during a job the job's fields; installs JSON logs when configured."""
+
+    def __init__(self, *, settings: Settings | None = None) -> None:
+        self.settings = settings or load_settings()
+
+    def after_process_boot(self, broker: Broker) -> None:  # noqa: ARG002 (hook signature)
+        if self.settings.logs.format == "json":
+            use_json_logs()
+
+    def before_worker_boot(self, broker: Broker, worker: Any) -> None:  # noqa: ARG002 (hook signature)
+        self.after_process_boot(broker)
+
+    def before_process_message(self, broker: Broker, message: MessageProxy) -> None:  # noqa: ARG002 (hook signature)
+        current_job.set(job_fields(message))
+
+    def after_process_message(
+        self,
+        broker: Broker,  # noqa: ARG002 (hook signature)
+        message: MessageProxy,  # noqa: ARG002 (hook signature)
+        *,
+        result: Any = None,  # noqa: ARG002 (hook signature)
+        exception: BaseException | None = None,  # noqa: ARG002 (hook signature)
+    ) -> None:
+        current_job.set(None)
+
+    def after_skip_message(self, broker: Broker, message: MessageProxy) -> None:
+        self.after_process_message(broker, message)

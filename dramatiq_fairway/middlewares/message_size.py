@@ -1,0 +1,65 @@
+"""MessageSize: a message no worker should receive is refused when it is sent (DESIGN.md §2, §4).
+
+At enqueue, after every other middleware set its options, the message is encoded once: an option
+or argument that is not JSON is refused with a ``MessageRejected`` naming it and its value, and a
+body over ``FAIRWAY_MAX_MESSAGE_BYTES`` raises ``MessageOverLimit`` (a ``MessageTooLarge``). A
+message that arrives too large anyway (a producer without fairway, a body pushed by hand) is not
+run: fairway's consumers hand it to ``DeadLetters``, which records it with reason ``too_large``
+without keeping the body.
+"""
+
+from __future__ import annotations
+
+import json
+import reprlib
+from typing import Any
+
+from dramatiq import Broker, Message, Middleware
+from dramatiq.middleware import MiddlewareError
+
+from ..errors import MessageTooLarge
+from ..settings import Settings, load_settings
+
+
+class MessageRejected(MiddlewareError, TypeError):
+    """An option or argument of a message cannot travel as JSON."""
+
+
+class MessageOverLimit(MiddlewareError, MessageTooLarge):
+    """The encoded message is over ``FAIRWAY_MAX_MESSAGE_BYTES``. A ``MiddlewareError``, so that
+    Dramatiq lets it reach the caller of ``send``."""
+
+
+class MessageSize(Middleware):
+    """Refuses at enqueue what cannot travel: non-JSON options or arguments, oversized bodies."""
+
+    def __init__(self, *, settings: Settings | None = None) -> None:
+        self.max_bytes = (settings or load_settings()).max_message_bytes
+
+    def before_enqueue(self, broker: Broker, message: Message[Any], delay: int | None) -> None:  # noqa: ARG002 (hook signature)
+        try:
+            size = len(message.encode())
+        except (TypeError, ValueError) as error:
+            raise MessageRejected(_not_json(message, error)) from None
+        if size > self.max_bytes:
+            raise MessageOverLimit(
+                f"message {message.message_id} of {message.actor_name!r} is {size} bytes, "
+                f"over FAIRWAY_MAX_MESSAGE_BYTES ({self.max_bytes})"
+            )
+
+
+def max_message_bytes(broker: Broker) -> int | None:
+    """The size over which ``broker``'s consumers refuse a message, or None without ``MessageSize``."""
+    return next((m.max_bytes for m in broker.middleware if isinstance(m, MessageSize)), None)
+
+
+def _not_json(message: Message[Any], error: Exception) -> str:
+    fields = [(f"option {name!r}", value) for name, value in message.options.items()]
+    fields += [(f"argument {index}", value) for index, value in enumerate(message.args)]
+    fields += [(f"argument {name!r}", value) for name, value in message.kwargs.items()]
+    for field, value in fields:
+        try:
+            json.dumps(value)
+        except (TypeError, ValueError):
+            return f"message to {message.actor_name!r}: {field} {reprlib.repr(value)} is not JSON-serialisable"
+    return f"message to {message.actor_name!r} is not JSON-serialisable: {error}"

@@ -1,0 +1,57 @@
+"""Lua scripts called by SHA, several in one pipeline: how the hot paths talk to Redis.
+
+redis-py's own ``Script`` objects cost one more round trip per pipeline (``SCRIPT EXISTS`` before
+every ``execute``); here a pipeline of script calls is one round trip, and a script the server
+lost (a restart, ``SCRIPT FLUSH``) is loaded and its calls rerun.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import redis
+from redis.exceptions import NoScriptError
+
+
+@dataclass(frozen=True)
+class LuaScript:
+    text: str
+    sha: str
+
+    @classmethod
+    def load(cls, path: Path) -> LuaScript:
+        return cls.from_text(path.read_text())
+
+    @classmethod
+    def from_text(cls, text: str) -> LuaScript:
+        return cls(text, hashlib.sha1(text.encode()).hexdigest())
+
+
+@dataclass(frozen=True)
+class ScriptCall:
+    script: LuaScript
+    keys: list[str]
+    args: list[Any]
+
+
+def run_scripts(client: redis.Redis, calls: list[ScriptCall]) -> list[Any]:
+    """The replies of ``calls``, sent in one pipeline; the first error reply is raised."""
+    if not calls:
+        return []
+    pipe = client.pipeline(transaction=False)
+    for call in calls:
+        pipe.evalsha(call.script.sha, len(call.keys), *call.keys, *call.args)
+    replies: list[Any] = pipe.execute(raise_on_error=False)
+    lost = [i for i, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
+    if lost:
+        for script in {calls[i].script for i in lost}:
+            client.script_load(script.text)
+        for i, reply in zip(lost, run_scripts(client, [calls[i] for i in lost]), strict=True):
+            replies[i] = reply
+    for reply in replies:
+        if isinstance(reply, Exception):
+            raise reply
+    return replies

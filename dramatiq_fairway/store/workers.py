@@ -1,0 +1,87 @@
+"""Live worker processes in the state store, for ``fairway workers`` and the dashboard.
+
+Key (``{namespace}`` is ``FAIRWAY_NAMESPACE``):
+
+``{namespace}:workers``
+    Hash: worker id → JSON :class:`WorkerInfo`, rewritten by each worker process every
+    :data:`BEAT_INTERVAL` seconds and deleted when it stops. No TTL on the hash: an entry whose
+    heartbeat is older than ``FAIRWAY_HEARTBEAT_TIMEOUT`` belongs to a process that died without
+    stopping and is dropped by the next :meth:`WorkerRegistry.live`.
+
+Independent of the broker, so it lists RabbitMQ workers as well as Redis ones.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable
+
+import redis
+from pydantic import BaseModel, ValidationError
+
+from ..connections import state_store_client
+from ..settings import Settings
+
+BEAT_INTERVAL = 5.0
+
+
+class WorkerInfo(BaseModel):
+    """One worker process, as it last reported itself."""
+
+    id: str
+    host: str
+    pid: int
+    queues: list[str]
+    threads: int
+    in_flight: int
+    processed: int
+    started_at: dt.datetime
+    beat_at: dt.datetime
+
+    def as_json(self, now: dt.datetime) -> dict[str, object]:
+        """The ``fairway workers --json`` row: the report plus its heartbeat age in seconds."""
+        age = max(0.0, (now - self.beat_at).total_seconds())  # a beat written after ``now`` was read
+        return {**self.model_dump(mode="json"), "heartbeat_age": round(age, 3)}
+
+
+class WorkerRegistry:
+    def __init__(
+        self,
+        client: redis.Redis,
+        namespace: str,
+        *,
+        timeout: float = 60.0,
+        clock: Callable[[], dt.datetime] | None = None,
+    ) -> None:
+        self.client = client
+        self.key = f"{namespace}:workers"
+        self.timeout = timeout
+        self.clock = clock or (lambda: dt.datetime.now(dt.UTC))
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> WorkerRegistry:
+        return cls(state_store_client(settings), settings.namespace, timeout=settings.heartbeat_timeout)
+
+    def beat(self, info: WorkerInfo) -> None:
+        self.client.hset(self.key, info.id, info.model_dump_json())
+
+    def remove(self, worker_id: str) -> None:
+        self.client.hdel(self.key, worker_id)
+
+    def live(self) -> list[WorkerInfo]:
+        """Workers whose heartbeat is fresh, oldest first; dead entries are dropped on the way."""
+        now = self.clock()
+        live, dead = [], []
+        for worker_id, raw in self.client.hgetall(self.key).items():
+            try:
+                info = WorkerInfo.model_validate_json(raw)
+            except ValidationError:
+                dead.append(worker_id)
+                continue
+            if (now - info.beat_at).total_seconds() > self.timeout:
+                dead.append(worker_id)
+            else:
+                live.append(info)
+        if dead:
+            self.client.hdel(self.key, *dead)
+        return sorted(live, key=lambda info: info.started_at)
