@@ -22,10 +22,12 @@ import redis
 from dramatiq import Broker, Worker
 
 from dramatiq_fairway import setup
+from dramatiq_fairway.brokers import fair_redis
 from dramatiq_fairway.brokers.fair_redis import FairRedisBroker
 from dramatiq_fairway.priority import Priority
 from dramatiq_fairway.settings import Settings
 from dramatiq_fairway.store.dead_letters import DeadLetterStore
+from dramatiq_fairway.store.scripts import ScriptCall, run_scripts
 
 from .chaos_support import (
     RunLog,
@@ -157,18 +159,17 @@ def test_fetch_reply_lost_to_a_dropped_connection_loses_no_message(
     broker = fair_broker(settings)
     job, _fail = declare_actors(broker, queue_name, namespace)
     send_jobs(broker, job, range(3), seconds=0)
-    script = broker.script
     lost: list[object] = []
 
-    def reply_lost_once(*args: Any, **kwargs: Any) -> Any:
+    def reply_lost_once(client: redis.Redis, calls: list[ScriptCall]) -> list[Any]:
         # What a Redis killed between running the script (AOF fsynced) and sending its reply does.
-        reply = script(*args, **kwargs)
-        if kwargs["args"][0] == "fetch" and reply[0] and not lost:
-            lost.append(reply)
+        replies = run_scripts(client, calls)
+        if calls and calls[-1].args[0] == "fetch" and replies[-1][0] and not lost:
+            lost.append(replies[-1])
             raise redis.ConnectionError("Connection closed by server.")
-        return reply
+        return replies
 
-    monkeypatch.setattr(broker, "script", reply_lost_once)
+    monkeypatch.setattr(fair_redis, "run_scripts", reply_lost_once)
     worker = Worker(broker, worker_threads=2, worker_timeout=50)
     worker.start()
     try:

@@ -392,7 +392,11 @@ class FairRedisBroker(RedisBroker):
         with self._lock:
             rids = self._orphans.pop(queue_name, [])
         if rids:
-            self.settle(queue_name, "requeue", rids)
+            try:
+                self.settle(queue_name, "requeue", rids)
+            except redis.RedisError:
+                self.keep_orphans(queue_name, rids)
+                raise
 
     def _register(self, queue_name: str) -> None:
         """Add the queue to ``known_queues`` once per process (not at declaration: importing
@@ -522,10 +526,13 @@ class FairRedisConsumer(Consumer):
         self._settle("ack" if dead_letters.was_recorded(message) else "nack", message)
 
     def requeue(self, messages: Iterable[MessageProxy]) -> None:
-        self._send_settles()
         rids = [message.options["redis_message_id"] for message in messages]
-        with _closed_on_connection_error():
+        try:
             self.broker.settle(self.queue_name, "requeue", rids)
+        except redis.ConnectionError:
+            # Dramatiq closes a consumer after requeueing, and skips the close if this raises:
+            # the ids wait for the next fetch, as a closing consumer's cache does.
+            self.broker.keep_orphans(self.queue_name, rids)
         self.delivered.difference_update(rids)
 
     def close(self) -> None:
