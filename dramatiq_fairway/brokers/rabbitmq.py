@@ -58,6 +58,8 @@ logger = logging.getLogger(__name__)
 
 _CONNECTION_ERRORS = (AssertionError, pika.exceptions.AMQPConnectionError, pika.exceptions.AMQPChannelError)
 DEFAULT_TENANT = "default"
+# Seconds between two polls of the connection while the consumer has messages in hand.
+POLL_INTERVAL = 0.002
 # AMQP header with the time (ms) a message was published to its level queue: aging counts from it.
 ENQUEUED_HEADER = "fairway-enqueued-ms"
 
@@ -321,6 +323,7 @@ class _FairRabbitmqConsumer(_FairwayRabbitmqConsumer):
         self.known_tags: set[int] = set()
         self._handed_out: set[int] = set()
         self._lock = threading.Lock()
+        self._polled_at = 0.0
         fairness = broker.settings.fairness
         self.picker = Picker(fairness.weights, int(fairness.max_wait * 1000), broker.clock)
         try:
@@ -341,10 +344,13 @@ class _FairRabbitmqConsumer(_FairwayRabbitmqConsumer):
         return len(self.picker) + len(self._handed_out)
 
     def __next__(self) -> Any:
-        deadline = time.monotonic() + self.timeout / 1000
-        # First take what has arrived (and send the acks queued by worker threads) without waiting:
-        # a CRITICAL message delivered a moment ago must be seen by this pick.
-        self._process_events(0)
+        now = time.monotonic()
+        deadline = now + self.timeout / 1000
+        # First take what has arrived (and send the acks queued by worker threads) without waiting,
+        # so a CRITICAL message delivered a moment ago is seen by this pick; at most every
+        # POLL_INTERVAL while messages are in hand, since a poll costs more than the rest of a pick.
+        if now - self._polled_at >= POLL_INTERVAL or not self.picker:
+            self._process_events(0)
         while True:
             if len(self._handed_out) < self.prefetch and (delivery := self.picker.pick()) is not None:
                 proxy = self._hand_out(delivery)
@@ -357,6 +363,7 @@ class _FairRabbitmqConsumer(_FairwayRabbitmqConsumer):
             self._process_events(remaining)
 
     def _process_events(self, time_limit: float) -> None:
+        self._polled_at = time.monotonic()
         try:
             self.connection.process_data_events(time_limit=time_limit)
         except _CONNECTION_ERRORS as error:

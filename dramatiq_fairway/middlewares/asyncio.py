@@ -3,7 +3,7 @@
 Dramatiq's event loop thread starts every coroutine in the loop thread's own context, so what a
 middleware puts in a context variable for the job (the job ``progress()`` reports to, the fields
 of JSON log lines) would not reach an ``async def`` actor. Here the coroutine first takes over
-the values of the worker thread that waits for it.
+the values of the worker thread that waits for it. The loop thread is a daemon thread.
 """
 
 from __future__ import annotations
@@ -29,6 +29,12 @@ class ContextAsyncIO(AsyncIO):
 
 
 class _ContextEventLoopThread(EventLoopThread):
+    def __init__(self, logger: Any) -> None:
+        super().__init__(logger)
+        # A worker stopped without its shutdown hooks (or a second worker on the same broker,
+        # which replaces the process-wide loop) must not keep the interpreter from exiting.
+        self.daemon = True
+
     def run_coroutine(self, coro: Awaitable[R]) -> R:
         context = contextvars.copy_context()
 
