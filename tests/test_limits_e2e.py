@@ -21,6 +21,7 @@ from dramatiq_fairway.brokers.fair_redis import FairRedisBroker
 from dramatiq_fairway.cli import limits as limits_cli
 from dramatiq_fairway.settings import Settings
 from dramatiq_fairway.store.dead_letters import DeadLetterStore
+from dramatiq_fairway.store.limits import TenantLimits
 
 from .fair_support import delete_namespace
 from .helpers import dramatiq_command, settings_env, wait_for
@@ -134,6 +135,36 @@ def test_killed_worker_gives_its_slots_back_after_recovery(
     after = starts(state_client, namespace, "a")
     assert len(after) == 22
     assert max(running for _, running, _ in after) == 2  # at its cap again, not at cap - 2
+
+
+@pytest.mark.parametrize("broker_kind", ["rabbitmq"])
+def test_killed_worker_on_rabbitmq_leaves_no_slot_taken(
+    job: Actor[..., None],
+    settings: Settings,
+    queue_name: str,
+    namespace: str,
+    state_client: redis.Redis,
+    short_tmp: Path,
+) -> None:
+    env = command_env(settings, queue_name, {"a": {"max_concurrency": 2}})
+    for index in range(2):
+        job.send_with_options(args=("a", index), kwargs={"first_seconds": 60.0}, tenant="a")
+    with dramatiq_command("tests.limits_app", env, processes=2, threads=4, log_file=short_tmp / "one.log") as first:
+        wait_for(lambda: len(starts(state_client, namespace, "a")) == 2, timeout=60)
+        for pid in {pid for _, _, pid in starts(state_client, namespace, "a")}:
+            os.kill(pid, signal.SIGKILL)
+        first.wait(timeout=60)
+    # RabbitMQ redelivers a dead connection's messages at once; a lease is keyed by message id, so
+    # the worker that runs them again takes over their slots, and the rest expire with their lease.
+    state_client.delete(f"{namespace}:test:starts:a", f"{namespace}:test:running:a")
+    for index in range(2, 22):
+        job.send_with_options(args=("a", index, 0.3), tenant="a")
+    with dramatiq_command("tests.limits_app", env, processes=2, threads=4, log_file=short_tmp / "two.log"):
+        wait_for(lambda: done_count(state_client, namespace)() >= 22, timeout=150, interval=0.5)
+    after = starts(state_client, namespace, "a")
+    assert len(after) >= 20
+    assert max(running for _, running, _ in after) == 2  # at its cap again, not at cap - 2
+    assert TenantLimits.from_settings(settings).in_flight(queue_name) == {}  # no slot left taken
 
 
 def test_limits_set_takes_effect_on_running_workers_within_a_second(
