@@ -46,6 +46,7 @@ from ..setup import install
 from ..store.breakers import RedisBreakerStore
 from ..store.dead_letters import DeadLetter, DeadLetterFilter, DeadLetterStats, DeadLetterStore, Reason, RedactedRecords
 from ..store.status import JobStatusStore
+from ..store.workers import WorkerRegistry
 from .charts import Bar, trend_bars
 from .security import CSRF_COOKIE, CSRF_FIELD, BasicAuth, Csrf, SecurityHeaders, has_credentials
 from .sources import live_workers, queue_summaries
@@ -160,7 +161,7 @@ class Dashboard:
             "dead": self.dead_letters.count(),
             "figures": self.metrics.figures(),
             "metrics_error": self.metrics.error,
-            "workers": live_workers(self.broker),
+            "workers": live_workers(WorkerRegistry.from_settings(self.settings)),
             "open_breakers": [state for state in self.breakers.list() if state.state != "closed"],
             "refresh_ms": REFRESH_MS,
         }

@@ -35,6 +35,7 @@ from ..brokers.fair_redis import FairRedisBroker
 from ..controls import paused_queues
 from ..settings import Settings
 from ..store.dead_letters import DeadLetterStore
+from ..store.workers import WorkerRegistry
 
 ALL = "all"
 T = TypeVar("T")
@@ -94,22 +95,14 @@ def queue_summaries(broker: Broker, settings: Settings, dead_letters: DeadLetter
     return summaries
 
 
-def live_workers(broker: Broker) -> list[WorkerInfo] | None:
-    """Workers with a heartbeat, freshest first; None when the broker cannot list them."""
-    if not isinstance(broker, FairRedisBroker):
-        return None
-    heartbeats = broker._workers_key("heartbeats")
-    seconds, micros = broker.client.time()
-    now_ms = seconds * 1000 + micros // 1000
-    beats = broker.client.zrevrange(heartbeats, 0, -1, withscores=True)
-    with broker.client.pipeline(transaction=False) as pipe:
-        for worker, _ in beats:
-            pipe.smembers(broker._workers_key(f"queues:{worker.decode()}"))
-        queues = pipe.execute()
-    return [
-        WorkerInfo(id=worker.decode(), heartbeat_age=max(0.0, (now_ms - score) / 1000), queues=_sorted(names))
-        for (worker, score), names in zip(beats, queues, strict=True)
+def live_workers(registry: WorkerRegistry) -> list[WorkerInfo]:
+    """Worker processes whose heartbeat is fresh (``fairway workers``), freshest first."""
+    now = registry.clock()
+    workers = [
+        WorkerInfo(id=info.id, heartbeat_age=max(0.0, (now - info.beat_at).total_seconds()), queues=info.queues)
+        for info in registry.live()
     ]
+    return sorted(workers, key=lambda worker: worker.heartbeat_age)
 
 
 def _rows(broker: Broker, queue: str) -> list[dict[str, Any]]:
