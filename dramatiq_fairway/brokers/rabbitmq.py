@@ -59,7 +59,7 @@ logger = logging.getLogger(__name__)
 _CONNECTION_ERRORS = (AssertionError, pika.exceptions.AMQPConnectionError, pika.exceptions.AMQPChannelError)
 DEFAULT_TENANT = "default"
 # Seconds between two polls of the connection while the consumer has messages in hand.
-POLL_INTERVAL = 0.002
+POLL_INTERVAL = 0.005
 # AMQP header with the time (ms) a message was published to its level queue: aging counts from it.
 ENQUEUED_HEADER = "fairway-enqueued-ms"
 

@@ -46,22 +46,24 @@ class Delivery:
 
 def aged_level(level: Priority, waited_ms: int, max_wait_ms: int) -> Priority:
     """The level a message of ``level`` has earned after waiting ``waited_ms`` (never above HIGH)."""
-    if level <= Priority.HIGH:
+    if level <= Priority.HIGH or waited_ms < max_wait_ms:
         return level
     return Priority(max(Priority.HIGH, level - max(0, waited_ms) // max_wait_ms))
+
+
+# The levels that count the picks passing them by (per pick: iterating the enum costs more).
+_PASSED_BY = tuple(level for level in Priority if level > Priority.HIGH)
 
 
 def choose_level(waiting: set[Priority], passed: dict[Priority, int]) -> Priority | None:
     """The level to serve among ``waiting``; updates the pass-by counts in ``passed``."""
     if Priority.CRITICAL in waiting:
         return Priority.CRITICAL
-    lower = [level for level in Priority if level > Priority.HIGH]
-    due = [level for level in lower if level in waiting and passed[level] >= PASS_LIMIT]
-    candidates = due or sorted(waiting)
-    if not candidates:
+    if not waiting:
         return None
-    chosen = candidates[0]
-    for level in lower:
+    due = [level for level in _PASSED_BY if level in waiting and passed[level] >= PASS_LIMIT]
+    chosen = due[0] if due else min(waiting)
+    for level in _PASSED_BY:
         if level not in waiting or level == chosen:
             passed[level] = 0
         elif level > chosen:
