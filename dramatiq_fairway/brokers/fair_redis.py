@@ -86,7 +86,6 @@ class FairRedisBroker(RedisBroker):
         self.settings = settings or load_settings()
         self.clock = clock
         self.client = _named_client(self.client, CLIENT_NAME_PREFIX + self.broker_id)
-        self.script = self.client.register_script(SCRIPT)
         weights = self.settings.fairness.weights
         # DRR quantum = weight * scale, scaled so the lightest tenant still gets one message a turn.
         self.drr_scale = max(1.0, 1.0 / min(weights.values())) if weights else 1.0
@@ -133,22 +132,19 @@ class FairRedisBroker(RedisBroker):
             options["eta"] = self._now_ms() + delay
         message = message.copy(queue_name=queue_name, options=options)
         self.emit_before("enqueue", message, delay)
-        self._enqueue_encoded(message, message.encode())
+        run_scripts(self.client, [self._enqueue_call(message, message.encode())])
         self.emit_after("enqueue", message, delay)
         return message
 
     def enqueue_many(self, messages: Iterable[Message]) -> list[Message]:
         """Enqueue ``messages`` (no delay) in one round trip, firing the same hooks as ``enqueue``."""
-        enqueued = []
-        with self.client.pipeline(transaction=False) as pipe:
-            for original in messages:
-                message = original.copy(
-                    queue_name=q_name(original.queue_name), options={"redis_message_id": str(uuid4())}
-                )
-                self.emit_before("enqueue", message, None)
-                self._enqueue_encoded(message, message.encode(), pipe)
-                enqueued.append(message)
-            pipe.execute()
+        enqueued, calls = [], []
+        for original in messages:
+            message = original.copy(queue_name=q_name(original.queue_name), options={"redis_message_id": str(uuid4())})
+            self.emit_before("enqueue", message, None)
+            calls.append(self._enqueue_call(message, message.encode()))
+            enqueued.append(message)
+        run_scripts(self.client, calls)
         for message in enqueued:
             self.emit_after("enqueue", message, None)
         return enqueued
@@ -266,20 +262,16 @@ class FairRedisBroker(RedisBroker):
         args = (command, self._clock_arg(), self.broker_id, self._max_wait_ms(), part, *args)
         return ScriptCall(_LUA, [self._queue_prefix(queue_name)], list(args))
 
-    def _call(self, queue_name: str, command: str, *args: Any, pipe: redis.client.Pipeline | None = None) -> Any:
-        part = "dq" if queue_name != q_name(queue_name) else "q"
-        return self.script(
-            keys=[self._queue_prefix(queue_name)],
-            args=[command, self._clock_arg(), self.broker_id, self._max_wait_ms(), part, *args],
-            client=pipe,
-        )
+    def _call(self, queue_name: str, command: str, *args: Any) -> Any:
+        [reply] = run_scripts(self.client, [self._script_call(queue_name, command, *args)])
+        return reply
 
-    def _enqueue_encoded(self, message: Message, body: bytes, pipe: redis.client.Pipeline | None = None) -> None:
+    def _enqueue_call(self, message: Message, body: bytes) -> ScriptCall:
         self._register(q_name(message.queue_name))
         level = Priority.parse(message.options.get("priority_level", Priority.NORMAL))
         tenant = message.options.get("tenant") or DEFAULT_TENANT
         rid = message.options["redis_message_id"]
-        self._call(message.queue_name, "enqueue", rid, body, int(level), tenant, pipe=pipe)
+        return self._script_call(message.queue_name, "enqueue", rid, body, int(level), tenant)
 
     def settle_later(self, queue_name: str, command: str, rid: str) -> None:
         """Queue an ``ack`` or ``nack`` of ``rid`` for the next :meth:`fetch` of ``queue_name``.
@@ -422,9 +414,15 @@ class FairRedisBroker(RedisBroker):
     def beat(self) -> list[tuple[str, float]]:
         """Refresh this worker's heartbeat; return the other workers' stale heartbeats as (id, age s)."""
         # Always the server's clock: a test clock must not make live workers look dead.
-        now, stale = self.script(
-            keys=[self._workers_prefix()],
-            args=["heartbeat", "", self.broker_id, 0, "", int(STALE_AFTER * 1000), *sorted(self._consumed)],
+        [(now, stale)] = run_scripts(
+            self.client,
+            [
+                ScriptCall(
+                    _LUA,
+                    [self._workers_prefix()],
+                    ["heartbeat", "", self.broker_id, 0, "", int(STALE_AFTER * 1000), *sorted(self._consumed)],
+                )
+            ],
         )
         now_ms = int(now)
         return [
