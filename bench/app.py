@@ -21,6 +21,7 @@ from dramatiq_fairway.settings import load_settings
 # x-max-priority (406 PRECONDITION_FAILED), as it would for a user adopting fairway (`fairway migrate`).
 QUEUE = f"bench_{os.environ.get('BENCH_MODE', 'plain')}"
 LATENCY_KEY = "bench:latency"
+FINISHED_KEY = "bench:finished"
 
 settings = load_settings()
 if os.environ.get("BENCH_MODE") == "fairway":
@@ -50,3 +51,9 @@ def one_ms() -> None:
 def probe(sent_at: float) -> None:
     """Records the enqueue → start latency."""
     recorder.rpush(LATENCY_KEY, time.time() - sent_at)
+
+
+@dramatiq.actor(queue_name=QUEUE, max_retries=0)
+def finished() -> None:
+    """Sent after a run's jobs: the time it ran marks the end of the drain."""
+    recorder.rpush(FINISHED_KEY, time.time())

@@ -122,10 +122,10 @@ def test_aging_moves_a_head_up_one_level_per_max_wait_never_above_high() -> None
 
 
 def fill(consumer: _FairRabbitmqConsumer, held: int) -> None:
-    """Let RabbitMQ deliver until ``consumer`` holds ``held`` messages."""
+    """Let RabbitMQ deliver until ``consumer`` holds ``held`` messages (acks queued by ``take`` go first)."""
 
     def enough() -> bool:
-        consumer.connection.process_data_events(time_limit=0.05)
+        consumer._process_events(0.05)
         return consumer.held() >= held
 
     wait_for(enough, timeout=10)

@@ -48,6 +48,7 @@ from ..settings import Settings, load_settings
 from ..store import limits
 from ..store.scripts import LuaScript, ScriptCall, run_scripts
 from .consumer import decode_or_report, held_copy, hold_delay
+from .hooks import OverriddenHooks
 
 logger = logging.getLogger(__name__)
 
@@ -64,7 +65,7 @@ GONE_GRACE = 2.0
 CLIENT_NAME_PREFIX = "fairway:"
 
 
-class FairRedisBroker(RedisBroker):
+class FairRedisBroker(OverriddenHooks, RedisBroker):
     """A RedisBroker with fair dispatch across priority levels and tenants.
 
     Parameters (besides RedisBroker's ``client``, ``url``, ``namespace``, ``middleware``,

@@ -35,6 +35,7 @@ import logging
 import threading
 import time
 import weakref
+from collections import deque
 from collections.abc import Callable, Iterable
 from functools import partial
 from typing import Any
@@ -52,6 +53,7 @@ from ..middlewares import dead_letters
 from ..priority import Priority
 from ..settings import Settings, load_settings
 from .consumer import decode_or_report, held_copy, hold_delay
+from .hooks import OverriddenHooks
 from .rabbitmq_picker import Delivery, Picker
 
 logger = logging.getLogger(__name__)
@@ -81,7 +83,7 @@ def tenant_of(message: Message) -> str:
     return str(message.options.get("tenant") or DEFAULT_TENANT)
 
 
-class FairwayRabbitmqBroker(RabbitmqBroker):
+class FairwayRabbitmqBroker(OverriddenHooks, RabbitmqBroker):
     """A RabbitmqBroker with per-level, per-lane queues and a consumer that picks by DESIGN.md §14.
 
     Parameters (besides RabbitmqBroker's ``url``, ``confirm_delivery``, ``max_priority``, ...):
@@ -322,6 +324,14 @@ class _FairRabbitmqConsumer(_FairwayRabbitmqConsumer):
         self.logger = logger
         self.known_tags: set[int] = set()
         self._handed_out: set[int] = set()
+        # Acks and nacks of worker threads, (tag, ack?), in order: sent by this consumer's thread
+        # with its next poll, so a settle costs no wake-up of the connection and no flush of its own.
+        self._settles: deque[tuple[int, bool]] = deque()
+        # While this consumer's thread waits: a settle wakes it once no more than this many
+        # messages are out (-1: not waiting). Waiting for free slots, it wakes when a quarter of
+        # them are free, to hand several out per wake-up; waiting for deliveries, at any settle.
+        self._wake_at = -1
+        self._refill_at = prefetch - max(1, prefetch // 4)
         self._lock = threading.Lock()
         self._polled_at = 0.0
         fairness = broker.settings.fairness
@@ -348,8 +358,9 @@ class _FairRabbitmqConsumer(_FairwayRabbitmqConsumer):
         deadline = now + self.timeout / 1000
         # First take what has arrived (and send the acks queued by worker threads) without waiting,
         # so a CRITICAL message delivered a moment ago is seen by this pick; at most every
-        # POLL_INTERVAL while messages are in hand, since a poll costs more than the rest of a pick.
-        if now - self._polled_at >= POLL_INTERVAL or not self.picker:
+        # POLL_INTERVAL while messages are in hand, since a poll costs more than the rest of a pick,
+        # or sooner once half the prefetch waits to be acked (RabbitMQ counts those against it).
+        if not self.picker or now - self._polled_at >= POLL_INTERVAL or 2 * len(self._settles) >= self.prefetch:
             self._process_events(0)
         while True:
             if len(self._handed_out) < self.prefetch and (delivery := self.picker.pick()) is not None:
@@ -360,17 +371,38 @@ class _FairRabbitmqConsumer(_FairwayRabbitmqConsumer):
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return None
-            self._process_events(remaining)
+            with self._lock:
+                # Asleep only with nothing to send: a settle queued after this wakes the connection.
+                if self._settles:
+                    remaining = 0
+                else:
+                    self._wake_at = self._refill_at if len(self._handed_out) >= self.prefetch else self.prefetch
+            try:
+                self._process_events(remaining)
+            finally:
+                self._wake_at = -1
 
     def _process_events(self, time_limit: float) -> None:
         self._polled_at = time.monotonic()
         try:
+            self._send_settles()
             self.connection.process_data_events(time_limit=time_limit)
         except _CONNECTION_ERRORS as error:
             self.picker.clear()
             if getattr(error, "reply_code", None) == 404:
                 self.broker.queues_pending.add(q_name(self.queue_name))
             raise ConnectionClosed(error) from None
+
+    def _send_settles(self) -> None:
+        # The channel's own methods (not BlockingChannel's, which flush and wait after each frame):
+        # the frames of a batch leave together when the connection is next polled.
+        channel = self.channel._impl
+        while self._settles:
+            tag, ack = self._settles.popleft()
+            if ack:
+                channel.basic_ack(tag)
+            else:
+                channel.basic_nack(tag, requeue=False)
 
     def _on_delivery(self, channel: Any, method: Any, properties: Any, body: bytes) -> None:
         message = decode_or_report(self.broker, self.queue_name, body)
@@ -408,17 +440,29 @@ class _FairRabbitmqConsumer(_FairwayRabbitmqConsumer):
         return _RabbitmqMessage(delivery.redelivered, delivery.tag, delivery.message)
 
     def ack(self, message: MessageProxy) -> None:
-        self._settled(message._tag)
-        super().ack(message)
+        try:
+            self.known_tags.remove(message._tag)
+        except KeyError:
+            # Delivered on an earlier channel: RabbitMQ has put it back already.
+            self.logger.warning("Failed to ack message %r: not in known tags.", message.message_id)
+            return
+        self._settle(message._tag, ack=True)
 
     def _nack(self, tag: int) -> None:
-        self._settled(tag)
-        super()._nack(tag)
+        self._settle(tag, ack=False)
 
-    def _settled(self, tag: int) -> None:
-        # The basic_ack/basic_nack callback that follows wakes ``__next__`` to hand out the next one.
+    def _settle(self, tag: int, *, ack: bool) -> None:
         with self._lock:
             self._handed_out.discard(tag)
+            self._settles.append((tag, ack))
+            wake = len(self._handed_out) <= self._wake_at
+            if wake:
+                self._wake_at = -1
+        if wake:
+            try:
+                self.connection.add_callback_threadsafe(_nothing)
+            except _CONNECTION_ERRORS as error:
+                raise ConnectionClosed(error) from None
 
     def requeue(self, messages: Iterable[MessageProxy]) -> None:
         """RabbitMQ puts back every unacked message, held ones included, when the channel closes."""
@@ -427,4 +471,12 @@ class _FairRabbitmqConsumer(_FairwayRabbitmqConsumer):
         # What this consumer held goes back to RabbitMQ with the channel: ``join`` must not wait on it.
         self.broker._consumers.discard(self)
         self.picker.clear()
+        try:
+            self._send_settles()
+        except _CONNECTION_ERRORS:
+            self.logger.debug("Connection closed before the last acks were sent; RabbitMQ redelivers those jobs.")
         super().close()
+
+
+def _nothing() -> None:
+    """Queued from a worker thread only to wake the consumer thread's poll."""
