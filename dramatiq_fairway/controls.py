@@ -99,8 +99,15 @@ class PausableBroker(Protocol):
 
 
 def _has_own_pause(broker: object) -> TypeGuard[PausableBroker]:
-    # Per message (QueuePause.hold): a hasattr costs far less than a runtime Protocol check.
-    return all(hasattr(broker, name) for name in ("pause", "resume", "paused_queues"))
+    # Per message (QueuePause.hold): looked up once per broker class, not a runtime Protocol check.
+    kind = type(broker)
+    pausable = _PAUSABLE.get(kind)
+    if pausable is None:
+        pausable = _PAUSABLE[kind] = all(hasattr(kind, name) for name in ("pause", "resume", "paused_queues"))
+    return pausable
+
+
+_PAUSABLE: dict[type, bool] = {}
 
 
 class QueuePause(Middleware):

@@ -46,7 +46,7 @@ def test_hooks_run_in_dramatiq_order_and_inherited_no_ops_are_skipped() -> None:
     broker.emit_before("ack", None)
     broker.emit_after("ack", None)
     assert calls == ["before a", "before b", "after b", "after a"]
-    assert [m for m, _hook in broker._hooks("before_ack")] == [broker.middleware[0], broker.middleware[2]]
+    assert [m for m, _hook in broker.hooks("before_ack")] == [broker.middleware[0], broker.middleware[2]]
 
 
 def test_middleware_added_removed_or_replaced_after_an_emit_takes_effect() -> None:

@@ -14,12 +14,12 @@ import pika
 import pytest
 import redis
 from dramatiq import Broker, Worker
-from prometheus_client import generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from dramatiq_fairway.connections import rabbitmq_parameters
 from dramatiq_fairway.errors import PermanentError, TransientError
-from dramatiq_fairway.middlewares.metrics import Metrics, find_metrics, queue_depth_by_level
+from dramatiq_fairway.middlewares.metrics import Metrics, _PendingSamples, find_metrics, queue_depth_by_level
 from dramatiq_fairway.settings import Settings
 
 from .conftest import REDIS_URL
@@ -95,6 +95,42 @@ def test_tenant_labels_are_capped(broker: Broker, settings: Settings, start_work
     labels = [capped._tenant_label({"tenant": f"t{n}"}) for n in range(4)]
     assert labels == ["t0", "t1", "other", "other"]
     assert capped._tenant_label({"tenant": "t1"}) == "t1"
+
+
+def test_queued_samples_export_exactly_as_direct_ones() -> None:
+    def families(registry: CollectorRegistry) -> tuple[Histogram, Counter, Gauge]:
+        return (
+            Histogram("wait_seconds", "w", ["queue"], buckets=(0.01, 0.1, 1), registry=registry),
+            Counter("jobs", "j", ["queue"], registry=registry),
+            Gauge("running", "r", ["queue"], registry=registry),
+        )
+
+    values = [0.0, 0.005, 0.01, 0.0100001, 0.5, 1.0, 7.0, 0.05]
+    direct = CollectorRegistry()
+    histogram, counter, gauge = families(direct)
+    for value in values:
+        histogram.labels("q").observe(value)
+        counter.labels("q").inc()
+        gauge.labels("q").inc()
+    gauge.labels("q").dec()
+
+    queued = CollectorRegistry()
+    pending = _PendingSamples()
+    queued.register(pending)
+    histogram, counter, gauge = families(queued)
+    for value in values:
+        pending.observe(histogram.labels("q"), value)
+        pending.add(counter.labels("q"), 1)
+        pending.add(gauge.labels("q"), 1)
+    pending.add(gauge.labels("q"), -1)
+    assert total(parse(generate_latest(queued).decode()), "jobs_total") == len(values)  # the scrape flushed
+
+    def without_created(samples: Samples) -> Samples:
+        return {key: value for key, value in samples.items() if not key[0].endswith("_created")}
+
+    assert without_created(parse(generate_latest(queued).decode())) == without_created(
+        parse(generate_latest(direct).decode())
+    )
 
 
 def test_breaker_metrics(settings: Settings) -> None:

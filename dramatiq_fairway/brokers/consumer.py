@@ -9,7 +9,8 @@
    used and Results, AgeLimit and Callbacks never see it.
 
 The broker classes (``FairwayRabbitmqBroker``, ``FairRedisBroker``) call these functions from
-their consumers and provide ``hold_back(message, delay_ms)``.
+their consumers and provide ``hold_back(message, delay_ms)``; the middleware involved are looked
+up once per change of the broker's middleware list (``OverriddenHooks``), not per message.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from dramatiq.errors import DecodeError
 
 from ..errors import MessageTooLarge
 from ..middlewares.message_size import max_message_bytes
+from .hooks import derived_of, hooks_of
 
 logger = logging.getLogger(__name__)
 
@@ -59,7 +61,7 @@ def decode_or_report(broker: Broker, queue_name: str, body: bytes) -> Message | 
     except DecodeError as error:
         _report(broker, queue_name, body, error)
         return None
-    limit = max_message_bytes(broker)
+    limit = derived_of(broker, "max_message_bytes", max_message_bytes)
     if limit is not None and len(body) > limit:
         _report(broker, queue_name, body, ArrivedTooLarge(message, len(body), limit))
         return None
@@ -82,12 +84,7 @@ def _report(broker: Broker, queue_name: str, body: bytes, error: Exception) -> N
 
 def hold_delay(broker: Broker, message: Message) -> int | None:
     """The longest wait any middleware asks for ``message``, in milliseconds, or None."""
-    # getattr, not isinstance: a runtime Protocol check costs more than the rest of the consumer.
-    delays = [
-        delay
-        for middleware in broker.middleware
-        if (hold := getattr(middleware, "hold", None)) is not None and (delay := hold(broker, message))
-    ]
+    delays = [delay for _middleware, hold in hooks_of(broker, "hold") if (delay := hold(broker, message))]
     return max(delays) if delays else None
 
 

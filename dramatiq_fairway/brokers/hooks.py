@@ -12,28 +12,29 @@ and the next middleware still runs.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
-from dramatiq import Middleware
+from dramatiq import Broker, Middleware
 from dramatiq.middleware import MiddlewareError
 
 Hook = Callable[..., Any]
-# Per signal, the middleware overriding its hook and the bound hook, in the order they run.
-HookTable = dict[str, list[tuple[Middleware, Hook]]]
+T = TypeVar("T")
 
 
 class OverriddenHooks:
     """A broker mixin: ``emit_before``/``emit_after`` over the hooks middleware override, kept per signal.
 
-    The table is rebuilt whenever ``broker.middleware`` differs from the list it was built from,
-    so middleware added, removed or replaced in place (as ``install()`` does) take effect at once.
+    The table (hooks per signal, and whatever else :meth:`derived` keeps) is rebuilt whenever
+    ``broker.middleware`` differs from the list it was built from, so middleware added, removed
+    or replaced in place (as ``install()`` does) take effect at once. A hook patched onto a
+    middleware *class* after the first emit is not seen.
     """
 
     middleware: list[Middleware]
     logger: Any
 
     def emit_before(self, signal: str, *args: Any, **kwargs: Any) -> None:
-        for middleware, hook in self._hooks("before_" + signal):
+        for middleware, hook in self.hooks("before_" + signal):
             try:
                 hook(self, *args, **kwargs)
             except MiddlewareError:
@@ -42,23 +43,50 @@ class OverriddenHooks:
                 self.logger.critical("Unexpected failure in before_%s of %r.", signal, middleware, exc_info=True)
 
     def emit_after(self, signal: str, *args: Any, **kwargs: Any) -> None:
-        for middleware, hook in self._hooks("after_" + signal):
+        for middleware, hook in self.hooks("after_" + signal):
             try:
                 hook(self, *args, **kwargs)
             except Exception:
                 self.logger.critical("Unexpected failure in after_%s of %r.", signal, middleware, exc_info=True)
 
-    def _hooks(self, name: str) -> list[tuple[Middleware, Hook]]:
-        table: tuple[list[Middleware], HookTable] | None = getattr(self, "_hook_table", None)
+    def hooks(self, name: str) -> list[tuple[Middleware, Hook]]:
+        """(middleware, bound hook) of every middleware overriding ``name``, in the order Dramatiq
+        calls them (``after_`` hooks last middleware first)."""
+        hooks: list[tuple[Middleware, Hook]] | None = self._table().get(name)
+        if hooks is None:
+            ordered = reversed(self.middleware) if name.startswith("after_") else self.middleware
+            hooks = self._table()[name] = [(m, getattr(m, name)) for m in ordered if _overrides(m, name)]
+        return hooks
+
+    def derived(self, key: str, compute: Callable[[list[Middleware]], T]) -> T:
+        """``compute(middleware)``, kept until the middleware list changes (per-message lookups)."""
+        table = self._table()
+        if key not in table:
+            table[key] = compute(list(self.middleware))
+        value: T = table[key]
+        return value
+
+    def _table(self) -> dict[str, Any]:
+        table: tuple[list[Middleware], dict[str, Any]] | None = getattr(self, "_hook_table", None)
         # List equality compares the middleware by identity first: one C loop, no Python per element.
         if table is None or table[0] != self.middleware:
             table = (list(self.middleware), {})
             self._hook_table = table
-        hooks = table[1].get(name)
-        if hooks is None:
-            ordered = table[0] if name.startswith("before_") else reversed(table[0])
-            hooks = table[1][name] = [(m, getattr(m, name)) for m in ordered if _overrides(m, name)]
-        return hooks
+        return table[1]
+
+
+def hooks_of(broker: Broker, name: str) -> list[tuple[Middleware, Hook]]:
+    """``broker.hooks(name)``, for any broker: kept by the fairway brokers, listed anew by others."""
+    if isinstance(broker, OverriddenHooks):
+        return broker.hooks(name)
+    return [(m, getattr(m, name)) for m in broker.middleware if _overrides(m, name)]
+
+
+def derived_of(broker: Broker, key: str, compute: Callable[[list[Middleware]], T]) -> T:
+    """``broker.derived(key, compute)``, for any broker: kept by the fairway brokers, computed anew by others."""
+    if isinstance(broker, OverriddenHooks):
+        return broker.derived(key, compute)
+    return compute(list(broker.middleware))
 
 
 def _overrides(middleware: Middleware, name: str) -> bool:

@@ -94,10 +94,10 @@ class TenantLimiter(Middleware):
         if _enforced_by_broker(broker):
             return None
         queue, tenant = q_name(message.queue_name), str(message.options.get("tenant", "default"))
-        if self.settings.limits.exempt_critical and _level(message) is Priority.CRITICAL:
-            return None
         try:
             if not self._limited(queue, tenant):
+                return None
+            if self.settings.limits.exempt_critical and _level(message) is Priority.CRITICAL:
                 return None
             reason, wait = self.store.acquire(queue, tenant, message.message_id)
         except redis.RedisError as error:

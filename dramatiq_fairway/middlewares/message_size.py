@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import reprlib
+from collections.abc import Iterable
 from typing import Any
 
 from dramatiq import Broker, Message, Middleware
@@ -48,9 +49,9 @@ class MessageSize(Middleware):
             )
 
 
-def max_message_bytes(broker: Broker) -> int | None:
-    """The size over which ``broker``'s consumers refuse a message, or None without ``MessageSize``."""
-    return next((m.max_bytes for m in broker.middleware if isinstance(m, MessageSize)), None)
+def max_message_bytes(middleware: Iterable[Middleware]) -> int | None:
+    """The size over which a broker with ``middleware`` refuses a message, or None without ``MessageSize``."""
+    return next((m.max_bytes for m in middleware if isinstance(m, MessageSize)), None)
 
 
 def _not_json(message: Message[Any], error: Exception) -> str:

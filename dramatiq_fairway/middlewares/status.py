@@ -241,7 +241,7 @@ class JobStatus(Middleware):
             message.actor_name,
             message.queue_name,
             mode=mode,
-            enqueued_at=_enqueued_at(message),
+            enqueued_ms=message.message_timestamp,
         )
 
     def _outcome(self, broker: Broker, message: MessageProxy, exception: BaseException | None) -> JobState:

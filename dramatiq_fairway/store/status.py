@@ -293,16 +293,23 @@ class StatusWriter:
         self._closed = False
 
     def transition(
-        self, message_id: str, state: JobState, actor: str, queue: str, *, mode: str = "record", enqueued_at: str = ""
+        self,
+        message_id: str,
+        state: JobState,
+        actor: str,
+        queue: str,
+        *,
+        mode: str = "record",
+        enqueued_ms: int | None = None,
     ) -> None:
-        """Queue a move of the job to ``state`` (now)."""
+        """Queue a move of the job to ``state`` (now); ``enqueued_ms``: the message's timestamp."""
         at = self.store.now()
         with self._lock:
             pending = self._open.get(message_id)
             if pending is not None and mode == "record":
                 pending.states.append((state, at))
             else:
-                change = _Transition(mode, message_id, [(state, at)], actor, queue, enqueued_at)
+                change = _Transition(mode, message_id, [(state, at)], actor, queue, enqueued_ms)
                 self._changes.append(change)
                 if mode == "record":
                     self._open[message_id] = change
@@ -363,11 +370,13 @@ class _Transition:
     states: list[tuple[JobState, str]]
     actor: str
     queue: str
-    enqueued_at: str
+    # Converted when written: a fast job's STARTED and outcome share one conversion.
+    enqueued_ms: int | None
 
     def call(self, store: JobStatusStore) -> ScriptCall:
+        enqueued_at = "" if self.enqueued_ms is None else iso_from_millis(self.enqueued_ms)
         return store.transition_call(
-            self.mode, self.message_id, self.states, actor=self.actor, queue=self.queue, enqueued_at=self.enqueued_at
+            self.mode, self.message_id, self.states, actor=self.actor, queue=self.queue, enqueued_at=enqueued_at
         )
 
 
