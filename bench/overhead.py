@@ -38,7 +38,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--brokers", nargs="+", default=["redis", "rabbitmq"], choices=["redis", "rabbitmq"])
     parser.add_argument("--shapes", nargs="+", default=["1x8", "2x8"], help="processes x threads")
-    parser.add_argument("--jobs", type=int, default=4000, help="jobs per throughput run")
+    parser.add_argument("--jobs", type=int, default=10_000, help="jobs per throughput run")
     parser.add_argument("--repetitions", type=int, default=3)
     parser.add_argument("--latency-jobs", type=int, default=500)
     args = parser.parse_args()

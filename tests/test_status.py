@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import datetime as dt
 import json
 import textwrap
 import threading
@@ -25,7 +26,7 @@ from dramatiq_fairway.errors import PermanentError, SoftTimeLimitExceeded, Trans
 from dramatiq_fairway.middlewares.dead_letters import DeadLetters
 from dramatiq_fairway.middlewares.status import JobStatus, UniqueKeyUnavailable, progress
 from dramatiq_fairway.settings import Settings
-from dramatiq_fairway.store.status import JobRecord, JobState, JobStatusStore
+from dramatiq_fairway.store.status import JobRecord, JobState, JobStatusStore, iso_from_millis, iso_from_seconds
 
 from .helpers import dramatiq_command, free_port, settings_env, wait_for
 
@@ -44,6 +45,13 @@ def states(store: JobStatusStore, message_id: str) -> list[JobState]:
 
 def final(store: JobStatusStore, message_id: str, state: JobState) -> JobRecord:
     return wait_for(lambda: (r := store.get(message_id)) is not None and r.state is state and r, timeout=20)
+
+
+@pytest.mark.parametrize("millis", [0, 1_764_921_371_001, 1_764_921_371_999, 1_764_921_372_000, 4_102_444_799_500])
+def test_history_times_are_utc_iso_with_milliseconds(millis: int) -> None:
+    expected = dt.datetime.fromtimestamp(millis / 1000, dt.UTC).isoformat(timespec="milliseconds")
+    assert iso_from_millis(millis) == expected.replace("+00:00", "Z")
+    assert iso_from_seconds(millis / 1000 + 0.0004) == iso_from_millis(millis)
 
 
 def test_success_walk_keeps_one_hour(

@@ -24,10 +24,12 @@ Workers write through :class:`StatusWriter`, which queues changes and writes the
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import json
 import logging
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
@@ -115,7 +117,7 @@ class JobStatusStore:
         self.ttl = ttl
         self.failed_ttl = failed_ttl
         self.history_limit = history_limit
-        self.clock = clock or (lambda: dt.datetime.now(dt.UTC))
+        self.clock = clock
         self._transition = LuaScript.load(_SCRIPTS / "status_transition.lua")
         self._progress = LuaScript.load(_SCRIPTS / "status_progress.lua")
         self._cancel = client.register_script((_SCRIPTS / "status_cancel.lua").read_text())
@@ -236,7 +238,12 @@ class JobStatusStore:
 
     def now(self) -> str:
         """The current time as the history records it."""
-        return _iso(self.clock())
+        return self.format_time(time.time() if self.clock is None else self.clock())
+
+    @staticmethod
+    def format_time(at: float | dt.datetime) -> str:
+        """A Unix time (the default clock's, which skips datetime per job) or a datetime, as the history records it."""
+        return _iso(at) if isinstance(at, dt.datetime) else iso_from_seconds(at)
 
     def transition_call(
         self,
@@ -269,9 +276,11 @@ class StatusWriter:
 
     A worker records STARTED, outcomes and progress here instead of paying a round trip for each:
     a background thread writes what waited ``interval`` seconds in one pipeline, and a fast job's
-    STARTED and outcome travel as one script call. Writes leave in the order they were made (one
-    flush at a time). A failed flush drops its
-    changes and reports them to ``on_error`` (status is best effort: DESIGN.md §12).
+    STARTED and outcome travel as one script call. Queueing a change is a deque append with no
+    lock; the merging and the time formatting happen in the flush, in one warm thread rather than
+    in every worker thread (bench/hotpath.py). Writes leave in the order they were made (one flush
+    at a time). A failed flush drops its changes and reports them to ``on_error`` (status is best
+    effort: DESIGN.md §12).
     """
 
     def __init__(
@@ -284,12 +293,11 @@ class StatusWriter:
         self.store = store
         self.interval = interval
         self.on_error = on_error
-        self._lock = threading.Lock()
-        self._work = threading.Condition(self._lock)
+        self._queue: deque[_Queued | ScriptCall] = deque()
+        self._queued = threading.Event()
         self._flushing = threading.Lock()
-        self._changes: list[_Transition | ScriptCall] = []
-        self._open: dict[str, _Transition] = {}
-        self._thread: threading.Thread | None = None
+        self._starting = threading.Lock()
+        self._running = False
         self._closed = False
 
     def transition(
@@ -303,28 +311,34 @@ class StatusWriter:
         enqueued_ms: int | None = None,
     ) -> None:
         """Queue a move of the job to ``state`` (now); ``enqueued_ms``: the message's timestamp."""
-        at = self.store.now()
-        with self._lock:
-            pending = self._open.get(message_id)
-            if pending is not None and mode == "record":
-                pending.states.append((state, at))
-            else:
-                change = _Transition(mode, message_id, [(state, at)], actor, queue, enqueued_ms)
-                self._changes.append(change)
-                if mode == "record":
-                    self._open[message_id] = change
-            self._wake()
+        at = time.time() if self.store.clock is None else self.store.clock()
+        self._put(_Queued(at, message_id, state, actor, queue, mode, enqueued_ms))
 
     def progress(self, message_id: str, percent: float, note: str | None = None) -> None:
-        with self._lock:
-            self._changes.append(self.store.progress_call(message_id, percent, note))
-            self._wake()
+        self._put(self.store.progress_call(message_id, percent, note))
 
     def flush(self) -> None:
         """Write every queued change now (returns at once when nothing waits)."""
         with self._flushing:
-            with self._lock:
-                changes, self._changes, self._open = self._changes, [], {}
+            changes: list[_Transition | ScriptCall] = []
+            open_records: dict[str, _Transition] = {}
+            # popleft, not a swap: a change queued while this runs is never lost.
+            while self._queue:
+                change = self._queue.popleft()
+                if isinstance(change, ScriptCall):
+                    changes.append(change)
+                    continue
+                at = self.store.format_time(change.at)
+                pending = open_records.get(change.message_id)
+                if pending is not None and change.mode == "record":
+                    pending.states.append((change.state, at))
+                    continue
+                transition = _Transition(
+                    change.mode, change.message_id, [(change.state, at)], change.actor, change.queue, change.enqueued_ms
+                )
+                changes.append(transition)
+                if change.mode == "record":
+                    open_records[change.message_id] = transition
             if not changes:
                 return
             calls = [c if isinstance(c, ScriptCall) else c.call(self.store) for c in changes]
@@ -337,30 +351,53 @@ class StatusWriter:
 
     def close(self) -> None:
         """Write what waits and stop the background thread."""
-        with self._lock:
-            self._closed = True
-            self._work.notify()
+        self._closed = True
+        self._queued.set()
         self.flush()
 
-    def _wake(self) -> None:
-        if self._thread is None or not self._thread.is_alive():
-            self._closed = False
-            self._thread = threading.Thread(target=self._run, name="fairway-status-writer", daemon=True)
-            self._thread.start()
-        self._work.notify()
+    def _put(self, change: _Queued | ScriptCall) -> None:
+        self._queue.append(change)
+        if not self._running:
+            self._start()
+        # The flag is cleared by the thread before it takes the queue: a change queued after
+        # that sets it again, one queued before is taken by that flush.
+        if not self._queued.is_set():
+            self._queued.set()
+
+    def _start(self) -> None:
+        with self._starting:
+            if not self._running:
+                self._closed = False
+                self._running = True
+                threading.Thread(target=self._run, name="fairway-status-writer", daemon=True).start()
 
     def _run(self) -> None:
-        while True:
-            with self._lock:
-                while not self._changes and not self._closed:
-                    self._work.wait()
+        try:
+            while True:
+                self._queued.wait()
                 if self._closed:
                     return
-            time.sleep(self.interval)
-            try:
-                self.flush()
-            except Exception:  # a bug here must not silently stop status for the whole process
-                logging.getLogger(__name__).exception("Unhandled error while writing job status.")
+                time.sleep(self.interval)
+                self._queued.clear()
+                try:
+                    self.flush()
+                except Exception:  # a bug here must not silently stop status for the whole process
+                    logging.getLogger(__name__).exception("Unhandled error while writing job status.")
+        finally:
+            self._running = False
+
+
+@dataclass
+class _Queued:
+    """A transition as a worker thread queued it: the time unformatted, nothing merged yet."""
+
+    at: float | dt.datetime
+    message_id: str
+    state: JobState
+    actor: str
+    queue: str
+    mode: str
+    enqueued_ms: int | None
 
 
 @dataclass
@@ -411,7 +448,17 @@ class CancelledJobs:
 
 def iso_from_millis(millis: int) -> str:
     """A message timestamp (ms since the epoch) as the history records times."""
-    return _iso(dt.datetime.fromtimestamp(millis / 1000, dt.UTC))
+    return f"{_second_prefix(millis // 1000)}.{millis % 1000:03d}Z"
+
+
+def iso_from_seconds(at: float) -> str:
+    """A Unix time as the history records times (``2026-12-05T08:16:11.752Z``)."""
+    return iso_from_millis(int(at * 1000))
+
+
+@functools.lru_cache(maxsize=8)
+def _second_prefix(second: int) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
 
 
 def _iso(at: dt.datetime) -> str:
