@@ -26,7 +26,17 @@ from dramatiq_fairway.errors import PermanentError, SoftTimeLimitExceeded, Trans
 from dramatiq_fairway.middlewares.dead_letters import DeadLetters
 from dramatiq_fairway.middlewares.status import JobStatus, UniqueKeyUnavailable, progress
 from dramatiq_fairway.settings import Settings
-from dramatiq_fairway.store.status import JobRecord, JobState, JobStatusStore, iso_from_millis, iso_from_seconds
+from dramatiq_fairway.store import status as status_store
+from dramatiq_fairway.store.scripts import ScriptCall
+from dramatiq_fairway.store.status import (
+    MOVES_PER_CALL,
+    JobRecord,
+    JobState,
+    JobStatusStore,
+    StatusWriter,
+    iso_from_millis,
+    iso_from_seconds,
+)
 
 from .helpers import dramatiq_command, free_port, settings_env, wait_for
 
@@ -52,6 +62,39 @@ def test_history_times_are_utc_iso_with_milliseconds(millis: int) -> None:
     expected = dt.datetime.fromtimestamp(millis / 1000, dt.UTC).isoformat(timespec="milliseconds")
     assert iso_from_millis(millis) == expected.replace("+00:00", "Z")
     assert iso_from_seconds(millis / 1000 + 0.0004) == iso_from_millis(millis)
+
+
+def test_a_flush_of_many_jobs_writes_each_job_with_a_few_script_calls(
+    store: JobStatusStore, state_client: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sent: list[list[ScriptCall]] = []
+    run_scripts = status_store.run_scripts
+
+    def recording(client: redis.Redis, calls: list[ScriptCall]) -> list[object]:
+        sent.append(calls)
+        return run_scripts(client, calls)
+
+    monkeypatch.setattr(status_store, "run_scripts", recording)
+    writer = StatusWriter(store, interval=3600)  # flushed by the test only
+    jobs = [f"flush-{n}-{time.monotonic_ns()}" for n in range(2 * MOVES_PER_CALL + 50)]
+    enqueued_ms = int(time.time() * 1000) - 5_000
+    for job in jobs:
+        writer.transition(job, S.STARTED, "work", "q", enqueued_ms=enqueued_ms)
+    writer.progress(jobs[0], 50, "half way")
+    for job in jobs[:-1]:
+        writer.transition(job, S.SUCCESS, "work", "q", enqueued_ms=enqueued_ms)
+    writer.transition(jobs[-1], S.REJECTED, "work", "q", mode="reject")
+    writer.flush()
+
+    assert [len(call.keys) for call in sent[0]] == [MOVES_PER_CALL, MOVES_PER_CALL, 50, 1, 1]
+    for job in jobs[:-1]:
+        assert states(store, job) == [S.PENDING, S.STARTED, S.SUCCESS]
+    assert states(store, jobs[-1]) == [S.PENDING, S.STARTED]  # reject leaves a started job alone
+    record = store.get(jobs[0])
+    assert record is not None
+    assert record.progress == 50
+    assert record.history[0].at == dt.datetime.fromtimestamp(enqueued_ms / 1000, dt.UTC)
+    assert state_client.ttl(store.job_key(jobs[1])) <= store.ttl
 
 
 def test_success_walk_keeps_one_hour(

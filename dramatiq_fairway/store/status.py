@@ -47,6 +47,9 @@ from .scripts import LuaScript, ScriptCall, run_scripts
 
 _SCRIPTS = Path(__file__).parent
 CANCELLED_KEPT = 10_000
+# Jobs per status_transition.lua call: a flush of thousands runs as calls of about a millisecond
+# each, so Redis (often the broker too) is never blocked for long.
+MOVES_PER_CALL = 100
 
 
 class JobState(StrEnum):
@@ -182,7 +185,7 @@ class JobStatusStore:
             )
         replies = run_scripts(self.client, calls)
         duplicate = unique_key is not None and int(replies.pop(0)) == 0
-        state = JobState(_text(replies[0])) if track else None
+        state = JobState(_text(replies[0][0])) if track else None
         if duplicate and track:
             state = self.finish(message_id, JobState.REJECTED, actor, queue)
         return JobStart(state=state, duplicate=duplicate)
@@ -255,20 +258,39 @@ class JobStatusStore:
         queue: str,
         enqueued_at: str = "",
     ) -> ScriptCall:
-        """The script call that moves a job through ``states`` (pairs of state and time)."""
-        args: list[str | int | float] = [mode, self.ttl, self.failed_ttl, actor, queue, self.history_limit, enqueued_at]
-        for state, at in states:
-            args += [state.value, at]
-        return ScriptCall(self._transition, [self.job_key(message_id)], args)
+        """The script call that moves a job through ``states`` (pairs of state and time); its reply
+        is a list holding the job's state after the call."""
+        return self.moves_call([Move(mode, message_id, states, actor, queue, enqueued_at)])
+
+    def moves_call(self, moves: list[Move]) -> ScriptCall:
+        """One script call making every move of ``moves`` in order; its reply lists each job's state."""
+        args: list[str | int | float] = [self.ttl, self.failed_ttl, self.history_limit]
+        for move in moves:
+            args += [move.mode, move.actor, move.queue, move.enqueued_at, len(move.states)]
+            for state, at in move.states:
+                args += [state.value, at]
+        return ScriptCall(self._transition, [self.job_key(move.message_id) for move in moves], args)
 
     def progress_call(self, message_id: str, percent: float, note: str | None) -> ScriptCall:
         return ScriptCall(self._progress, [self.job_key(message_id)], [percent, note or ""])
 
     def _record(self, mode: str, message_id: str, state: JobState, actor: str, queue: str) -> JobState:
-        [reply] = run_scripts(
+        [[reply]] = run_scripts(
             self.client, [self.transition_call(mode, message_id, [(state, self.now())], actor=actor, queue=queue)]
         )
         return JobState(_text(reply))
+
+
+@dataclass
+class Move:
+    """One job's move through ``states`` (pairs of state and ISO time) in status_transition.lua."""
+
+    mode: str
+    message_id: str
+    states: list[tuple[JobState, str]]
+    actor: str
+    queue: str
+    enqueued_at: str = ""
 
 
 class StatusWriter:
@@ -341,13 +363,29 @@ class StatusWriter:
                     open_records[change.message_id] = transition
             if not changes:
                 return
-            calls = [c if isinstance(c, ScriptCall) else c.call(self.store) for c in changes]
             try:
-                run_scripts(self.store.client, calls)
+                run_scripts(self.store.client, self._calls(changes))
             except redis.RedisError as error:
                 if self.on_error is None:
                     raise
-                self.on_error(error, len(calls))
+                self.on_error(error, len(changes))
+
+    def _calls(self, changes: list[_Transition | ScriptCall]) -> list[ScriptCall]:
+        """``changes`` in order, each run of transitions as script calls of up to MOVES_PER_CALL jobs."""
+        calls: list[ScriptCall] = []
+        moves: list[Move] = []
+        for change in changes:
+            if isinstance(change, ScriptCall):
+                calls.extend(self._moves_calls(moves))
+                moves = []
+                calls.append(change)
+            else:
+                moves.append(change.move())
+        calls.extend(self._moves_calls(moves))
+        return calls
+
+    def _moves_calls(self, moves: list[Move]) -> list[ScriptCall]:
+        return [self.store.moves_call(moves[i : i + MOVES_PER_CALL]) for i in range(0, len(moves), MOVES_PER_CALL)]
 
     def close(self) -> None:
         """Write what waits and stop the background thread."""
@@ -410,11 +448,9 @@ class _Transition:
     # Converted when written: a fast job's STARTED and outcome share one conversion.
     enqueued_ms: int | None
 
-    def call(self, store: JobStatusStore) -> ScriptCall:
+    def move(self) -> Move:
         enqueued_at = "" if self.enqueued_ms is None else iso_from_millis(self.enqueued_ms)
-        return store.transition_call(
-            self.mode, self.message_id, self.states, actor=self.actor, queue=self.queue, enqueued_at=enqueued_at
-        )
+        return Move(self.mode, self.message_id, self.states, self.actor, self.queue, enqueued_at)
 
 
 class CancelledJobs:

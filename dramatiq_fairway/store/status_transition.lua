@@ -1,55 +1,67 @@
--- Move one job through one or more states, appending each to the job's history, and keep the TTL
--- the last state asks for. Several states in one call let a worker write a fast job's STARTED and
--- its outcome together.
+-- Move jobs through one or more states each, appending each state to the job's history, and keep
+-- the TTL the job's last state asks for. Several states per job let a worker write a fast job's
+-- STARTED and its outcome together; several jobs per call let it write a flush of many jobs with
+-- one script call instead of one per job.
 --
--- KEYS[1]  the job's hash: {namespace}:job:{message_id}
--- ARGV[1]  mode: "record" (always), "enqueue" (only when the job is unknown: a retry or a move out
---          of the delay queue must not turn RETRY back into PENDING), "start" (REVOKED instead of
---          the first state when the cancel flag is set), "reject" (only when the job never started)
--- ARGV[2]  TTL in seconds when the last state is SUCCESS
--- ARGV[3]  TTL in seconds after any other state
--- ARGV[4]  actor name
--- ARGV[5]  queue name
--- ARGV[6]  most history entries kept (the oldest are dropped first)
--- ARGV[7]  enqueue time, ISO 8601 UTC, or "": an unknown job gets a PENDING entry at that time first
---          (the producer's own PENDING may arrive later, or never when its write was dropped)
--- ARGV[8], ARGV[9], ...  pairs of new state and time of the change (ISO 8601 UTC)
+-- KEYS[k]  the k-th job's hash: {namespace}:job:{message_id}
+-- ARGV[1]  TTL in seconds when a job's last state is SUCCESS
+-- ARGV[2]  TTL in seconds after any other state
+-- ARGV[3]  most history entries kept per job (the oldest are dropped first)
+-- then one group per key, in KEYS order:
+--   mode: "record" (always), "enqueue" (only when the job is unknown: a retry or a move out of
+--         the delay queue must not turn RETRY back into PENDING), "start" (REVOKED instead of the
+--         first state when the cancel flag is set), "reject" (only when the job never started)
+--   actor name
+--   queue name
+--   enqueue time, ISO 8601 UTC, or "": an unknown job gets a PENDING entry at that time first
+--         (the producer's own PENDING may arrive later, or never when its write was dropped)
+--   n, then n pairs of new state and time of the change (ISO 8601 UTC)
 --
--- Returns the job's state after the call. Invariant: `state` is always the last entry of `history`.
-local key = KEYS[1]
-local mode = ARGV[1]
-local current = redis.call('HGET', key, 'state')
+-- Returns each job's state after the call, in KEYS order. Invariant: a job's `state` is always the
+-- last entry of its `history`.
+local success_ttl, other_ttl, keep = ARGV[1], ARGV[2], tonumber(ARGV[3])
 
-if mode == 'enqueue' and current then
-  return current
-end
-if mode == 'reject' and current and current ~= 'PENDING' then
-  return current
-end
-
-local history = {}
-local raw = redis.call('HGET', key, 'history')
-if raw then
-  history = cjson.decode(raw)
-elseif ARGV[7] ~= '' and mode ~= 'enqueue' then
-  table.insert(history, {state = 'PENDING', at = ARGV[7]})
-end
-
-local state
-for i = 8, #ARGV, 2 do
-  state = ARGV[i]
-  if i == 8 and mode == 'start' and redis.call('HGET', key, 'cancel') == '1' then
-    state = 'REVOKED'
-    table.insert(history, {state = state, at = ARGV[i + 1]})
-    break
+local function move(key, mode, actor, queue, enqueued_at, first, n)
+  local current = redis.call('HGET', key, 'state')
+  if mode == 'enqueue' and current then
+    return current
   end
-  table.insert(history, {state = state, at = ARGV[i + 1]})
-end
-local keep = tonumber(ARGV[6])
-while #history > keep do
-  table.remove(history, 1)
+  if mode == 'reject' and current and current ~= 'PENDING' then
+    return current
+  end
+
+  local history = {}
+  local raw = redis.call('HGET', key, 'history')
+  if raw then
+    history = cjson.decode(raw)
+  elseif enqueued_at ~= '' and mode ~= 'enqueue' then
+    table.insert(history, {state = 'PENDING', at = enqueued_at})
+  end
+
+  local state
+  for i = first, first + 2 * (n - 1), 2 do
+    state = ARGV[i]
+    if i == first and mode == 'start' and redis.call('HGET', key, 'cancel') == '1' then
+      state = 'REVOKED'
+      table.insert(history, {state = state, at = ARGV[i + 1]})
+      break
+    end
+    table.insert(history, {state = state, at = ARGV[i + 1]})
+  end
+  while #history > keep do
+    table.remove(history, 1)
+  end
+
+  redis.call('HSET', key, 'state', state, 'actor', actor, 'queue', queue, 'history', cjson.encode(history))
+  redis.call('EXPIRE', key, state == 'SUCCESS' and success_ttl or other_ttl)
+  return state
 end
 
-redis.call('HSET', key, 'state', state, 'actor', ARGV[4], 'queue', ARGV[5], 'history', cjson.encode(history))
-redis.call('EXPIRE', key, state == 'SUCCESS' and ARGV[2] or ARGV[3])
-return state
+local states = {}
+local a = 4
+for k = 1, #KEYS do
+  local n = tonumber(ARGV[a + 4])
+  states[k] = move(KEYS[k], ARGV[a], ARGV[a + 1], ARGV[a + 2], ARGV[a + 3], a + 5, n)
+  a = a + 5 + 2 * n
+end
+return states
