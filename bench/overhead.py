@@ -22,7 +22,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 import psutil
@@ -32,6 +32,7 @@ ROOT = Path(__file__).resolve().parent.parent
 REDIS_URL = "redis://127.0.0.1:6379/0"
 # Marker jobs ending a throughput run: enough that each worker process runs some after its last job.
 FINISH_MARKS = 32
+DRAIN_TIMEOUT = 600
 
 
 def main() -> None:
@@ -90,13 +91,17 @@ class App:
 
     @contextmanager
     def stopped(self) -> Iterator[None]:
+        # The master's children include fork functions such as the metrics exporter, which
+        # exits when another worker's exporter holds its port: only a worker is measured.
         for process in self.workers:
-            process.suspend()
+            with suppress(psutil.NoSuchProcess):
+                process.suspend()
         try:
             yield
         finally:
             for process in self.workers:
-                process.resume()
+                with suppress(psutil.NoSuchProcess):
+                    process.resume()
 
 
 @contextmanager
@@ -145,6 +150,8 @@ def throughput(app: App, kind: str, jobs: int) -> float:
             app.module.finished.send()
         started = time.time()
     while app.recorder.llen(app.module.FINISHED_KEY) < FINISH_MARKS:
+        if time.time() - started > DRAIN_TIMEOUT:
+            raise RuntimeError(f"{jobs} {kind} jobs not drained in {DRAIN_TIMEOUT} s: did a worker process die?")
         time.sleep(0.001)
     ended = max(float(stamp) for stamp in app.recorder.lrange(app.module.FINISHED_KEY, 0, -1))
     app.module.broker.join(app.module.QUEUE, timeout=600_000)
