@@ -20,6 +20,7 @@ import signal
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
@@ -88,6 +89,7 @@ class App:
         self.module = app
         self.recorder = redis.Redis.from_url(redis_url)
         self.workers: list[psutil.Process] = []
+        self.log: Path | None = None
 
     @contextmanager
     def stopped(self) -> Iterator[None]:
@@ -117,9 +119,14 @@ def worker(broker: str, mode: str, processes: int, threads: int, redis_url: str 
     app.module.broker.flush_all()
     command = [sys.executable, "-m", "dramatiq", "app", "--processes", str(processes), "--threads", str(threads)]
     command += ["--path", str(ROOT / "bench"), "--queues", app.module.QUEUE]
-    process = subprocess.Popen(
-        command, env={**os.environ, **env}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=ROOT
-    )
+    log = Path(tempfile.gettempdir()) / f"fairway-bench-{broker}-{mode}-{processes}x{threads}.log"
+    # A session of its own: were this script's process group orphaned (its shell gone) while the
+    # worker is stopped, the kernel would send the whole group SIGHUP, which stops a Dramatiq worker.
+    with log.open("wb") as output:
+        process = subprocess.Popen(
+            command, env={**os.environ, **env}, stdout=output, stderr=output, cwd=ROOT, start_new_session=True
+        )
+    app.log = log
     try:
         throughput(app, "noop", 200)  # warm up: every process connected and consuming
         app.workers = psutil.Process(process.pid).children(recursive=True)
@@ -151,7 +158,7 @@ def throughput(app: App, kind: str, jobs: int) -> float:
         started = time.time()
     while app.recorder.llen(app.module.FINISHED_KEY) < FINISH_MARKS:
         if time.time() - started > DRAIN_TIMEOUT:
-            raise RuntimeError(f"{jobs} {kind} jobs not drained in {DRAIN_TIMEOUT} s: did a worker process die?")
+            raise RuntimeError(f"{jobs} {kind} jobs not drained in {DRAIN_TIMEOUT} s: see the worker's log {app.log}")
         time.sleep(0.001)
     ended = max(float(stamp) for stamp in app.recorder.lrange(app.module.FINISHED_KEY, 0, -1))
     app.module.broker.join(app.module.QUEUE, timeout=600_000)
