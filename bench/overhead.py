@@ -29,11 +29,14 @@ from pathlib import Path
 import psutil
 import redis
 
+from dramatiq_fairway.store import delete_namespace
+
 ROOT = Path(__file__).resolve().parent.parent
 REDIS_URL = "redis://127.0.0.1:6379/0"
 # Marker jobs ending a throughput run: enough that each worker process runs some after its last job.
 FINISH_MARKS = 32
 DRAIN_TIMEOUT = 600
+NAMESPACE = "bench"
 
 
 def main() -> None:
@@ -113,7 +116,7 @@ def worker(broker: str, mode: str, processes: int, threads: int, redis_url: str 
         "FAIRWAY_REDIS_URL": redis_url,
         "FAIRWAY_STATE_URL": redis_url,
         "BENCH_MODE": mode,
-        "FAIRWAY_NAMESPACE": "bench",
+        "FAIRWAY_NAMESPACE": NAMESPACE,
     }
     app = App(env)
     app.module.broker.flush_all()
@@ -136,6 +139,9 @@ def worker(broker: str, mode: str, processes: int, threads: int, redis_url: str 
         process.wait(timeout=60)
         app.module.broker.flush_all()
         app.module.broker.close()
+        # Job status and the rest of the run's state: 10,000 status records per run would stay
+        # in the user's Redis until their TTL.
+        delete_namespace(app.recorder, NAMESPACE)
 
 
 def throughput(app: App, kind: str, jobs: int) -> float:

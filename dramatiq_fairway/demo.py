@@ -32,7 +32,7 @@ import time
 import uuid
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -51,6 +51,7 @@ from .errors import FairwayError
 from .priority import Priority
 from .settings import Settings
 from .setup import setup
+from .store import delete_namespace
 from .store.dead_letters import DeadLetterStore
 
 WORKER_MODULE = "dramatiq_fairway.demo_app"
@@ -371,14 +372,9 @@ class _Demo:
 
     def _delete_namespace(self) -> None:
         """Everything of the run: its state (``ns:*``) and, on Redis, its queues (``{ns:...}``)."""
-        namespace = self.settings.namespace
-        try:
-            for pattern in (f"{namespace}:*", f"{{{namespace}:*"):
-                batch = list(self.client.scan_iter(match=pattern, count=1000))
-                for start in range(0, len(batch), 500):
-                    self.client.delete(*batch[start : start + 500])
-        except redis.RedisError:
-            pass  # the server is going away (embedded) or unreachable: nothing more to clean here
+        # The server going away (embedded) or unreachable leaves nothing more to clean here.
+        with suppress(redis.RedisError):
+            delete_namespace(self.client, self.settings.namespace)
 
 
 @contextmanager

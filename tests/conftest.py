@@ -23,6 +23,7 @@ from dramatiq_fairway import setup
 from dramatiq_fairway.brokers.rabbitmq import FairwayRabbitmqBroker
 from dramatiq_fairway.connections import rabbitmq_parameters
 from dramatiq_fairway.settings import Settings
+from dramatiq_fairway.store import delete_namespace
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
 BROKER_KINDS = ["redis", "rabbitmq"]
@@ -52,13 +53,11 @@ def short_tmp() -> Iterator[Path]:
 
 @pytest.fixture
 def state_client(namespace: str) -> Iterator[redis.Redis]:
-    """The shared Redis as the state store; every key of the test's namespace is deleted after."""
+    """The shared Redis as the state store; every key of the test's namespace (queues too) is deleted after."""
     client = redis.Redis.from_url(REDIS_URL)
     client.ping()
     yield client
-    keys = list(client.scan_iter(match=f"{namespace}:*", count=1000))
-    if keys:
-        client.delete(*keys)
+    delete_namespace(client, namespace)
     client.close()
 
 

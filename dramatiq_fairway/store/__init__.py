@@ -1,5 +1,27 @@
 """Fairway's shared state in Redis (the state store): the only place that knows key names."""
 
+import redis
+
 from .breakers import BreakerState, BreakerStore, MemoryBreakerStore, RedisBreakerStore, StoreUnavailable
 
-__all__ = ["BreakerState", "BreakerStore", "MemoryBreakerStore", "RedisBreakerStore", "StoreUnavailable"]
+__all__ = [
+    "BreakerState",
+    "BreakerStore",
+    "MemoryBreakerStore",
+    "RedisBreakerStore",
+    "StoreUnavailable",
+    "delete_namespace",
+]
+
+
+def delete_namespace(client: redis.Redis, namespace: str) -> int:
+    """Delete every key of ``namespace``: its state (``ns:*``) and, on Redis, its queues (``{ns:...}``).
+
+    For a run that owns its namespace (the demo, the benchmarks); returns how many keys went.
+    """
+    deleted = 0
+    for pattern in (f"{namespace}:*", f"{{{namespace}:*"):
+        batch = list(client.scan_iter(match=pattern, count=1000))
+        for start in range(0, len(batch), 500):
+            deleted += client.delete(*batch[start : start + 500])
+    return deleted
