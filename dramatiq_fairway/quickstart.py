@@ -7,36 +7,22 @@ the state store, so a producer can see every job finish on any broker.
 
 from __future__ import annotations
 
-import math
-
 import dramatiq
 
 from . import setup
 from .connections import state_store_client
-from .settings import Settings, load_settings
+from .prime_tally import TALLY_TTL, count_primes_between, tally_key
+from .settings import load_settings
 
 QUEUE = "quickstart"
-TALLY_TTL = 86_400
 
+__all__ = ["QUEUE", "broker", "count_primes", "count_primes_between", "settings", "state_store", "tally_key"]
+
+# At import, as a dramatiq app must: importing this module sets up the global broker (the
+# embedded Redis by default). Code that only needs the arithmetic imports prime_tally.
 settings = load_settings()
 broker = setup(settings)
 state_store = state_store_client(settings)
-
-
-def count_primes_between(low: int, high: int) -> int:
-    """How many primes p satisfy low <= p < high (segmented sieve of Eratosthenes)."""
-    if high <= 2:
-        return 0
-    low = max(low, 2)
-    segment = bytearray([1]) * (high - low)
-    for p in range(2, math.isqrt(high - 1) + 1):
-        start = max(p * p, -(-low // p) * p)
-        segment[start - low :: p] = bytes(len(range(start, high, p)))
-    return sum(segment)
-
-
-def tally_key(settings: Settings, run_id: str) -> str:
-    return f"{settings.namespace}:quickstart:{run_id}"
 
 
 @dramatiq.actor(queue_name=QUEUE, max_retries=3)
