@@ -68,6 +68,8 @@ from ..store.status import CancelledJobs, JobState, JobStatusStore, StatusWriter
 DEFAULT_UNIQUE_TTL = 3_600_000
 CANCEL_POLL_INTERVAL = 0.5
 WARNING_INTERVAL = 60.0
+# Seconds a worker's shutdown waits for the running-jobs thread to finish a check (a state-store call).
+STOP_TIMEOUT = 5.0
 
 _current_job: contextvars.ContextVar[tuple[StatusWriter, str] | None] = contextvars.ContextVar(
     "fairway_current_job", default=None
@@ -333,7 +335,10 @@ class _RunningJobs:
             self.jobs.pop(threading.get_ident(), None)
 
     def stop(self) -> None:
+        """Stop the thread and wait for a check in progress: none may land after the worker stopped."""
         self.stopping.set()
+        if self.thread is not None and self.thread is not threading.current_thread():
+            self.thread.join(timeout=STOP_TIMEOUT)
 
     def _run(self) -> None:
         while not self.stopping.wait(self.TICK):
