@@ -1,5 +1,7 @@
 """Fairway's shared state in Redis (the state store): the only place that knows key names."""
 
+import itertools
+
 import redis
 
 from .breakers import BreakerState, BreakerStore, MemoryBreakerStore, RedisBreakerStore, StoreUnavailable
@@ -21,7 +23,8 @@ def delete_namespace(client: redis.Redis, namespace: str) -> int:
     """
     deleted = 0
     for pattern in (f"{namespace}:*", f"{{{namespace}:*"):
-        batch = list(client.scan_iter(match=pattern, count=1000))
-        for start in range(0, len(batch), 500):
-            deleted += client.delete(*batch[start : start + 500])
+        # Deleted as the scan goes (SCAN tolerates it): a namespace can hold a million keys.
+        keys = client.scan_iter(match=pattern, count=1000)
+        while batch := list(itertools.islice(keys, 500)):
+            deleted += client.delete(*batch)
     return deleted
