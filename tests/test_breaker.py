@@ -227,6 +227,41 @@ def test_a_failure_is_sent_at_once_and_its_reply_opens_the_breaker_for_this_work
     assert len(stack.store.calls) == calls_before  # type: ignore[attr-defined]  # answered from the cache
 
 
+class LateReplyStore(CountingStore):
+    """Runs the first ``record`` at once but holds its reply until released, as a thread that the
+    OS did not schedule for a moment would."""
+
+    def __init__(self, clock: Clock) -> None:
+        super().__init__(clock)
+        self.recorded = threading.Event()
+        self.release = threading.Event()
+
+    def record(self, *args: Any, **kwargs: Any) -> Any:
+        reply = super().record(*args, **kwargs)
+        if not self.recorded.is_set():
+            self.recorded.set()
+            assert self.release.wait(10)
+        return reply
+
+
+def test_an_older_reply_arriving_last_does_not_reopen_the_cache_to_jobs(clock: Clock) -> None:
+    store = LateReplyStore(clock)
+    stack = MetricsStack(store, clock)
+    first = threading.Thread(target=stack.run, args=(stack.message(), TransientError("down")))
+    first.start()
+    assert store.recorded.wait(10)
+    # The second failure opens the breaker while the first thread still holds its "closed" reply.
+    stack.run(stack.message(), TransientError("down"))
+    store.release.set()
+    first.join(10)
+    assert store.get("dep").state == "open"  # type: ignore[union-attr]
+    calls_before = len(store.calls)
+    assert stack.hold(stack.message()) is not None
+    assert len(store.calls) == calls_before  # held from the cache, which kept the newer reply
+    assert stack.sample("fairway_breaker_state", key="dep") == 2
+    assert stack.sample("fairway_breaker_transitions_total", key="dep", to="open") == 1
+
+
 def test_rate_limited_opens_for_retry_after_then_trials_run(stack: Stack, clock: Clock) -> None:
     stack.run(stack.message(), RateLimited(retry_after=3))
     delay = stack.hold(stack.message())

@@ -289,6 +289,15 @@ def test_reset_forgets_the_breaker(store: BreakerStore, key: str) -> None:
     assert store.admit(key, POLICY, permit="m", now=T0 + 1).allowed
 
 
+def test_every_write_raises_the_version_and_a_read_reports_it(store: BreakerStore, key: str) -> None:
+    assert store.admit(key, POLICY, permit="m", now=T0).version == 0
+    versions = [store.record(key, letter, POLICY, now=T0).version for letter in "sf"]
+    assert versions == [1, 2]
+    assert store.admit(key, POLICY, permit="m", now=T0).version == 2
+    assert store.force_open(key, now=T0).version == 3
+    assert store.reset(key).version == 0
+
+
 def test_list_shows_every_breaker_in_the_cli_shape(store: BreakerStore) -> None:
     feed(store, "a", "sf")
     open_breaker(store, "b")

@@ -27,9 +27,10 @@ the held copy and clears when the job is let through; a paused queue's wait does
 
 Cost per job while closed (DESIGN.md §5): nothing at start, at most one script call at the end.
 When a job is fetched its breaker is looked up in a per-process cache that every store reply
-refreshes; only a cache older than :data:`CACHE_TTL` (the process was idle) costs a call. When a
-job finishes, its outcome is sent to the store at once unless another thread of the process is
-already sending for that breaker: then it joins the outcomes that thread sends next (group
+refreshes unless a newer one is already there (replies carry the breaker's version); only a
+cache older than :data:`CACHE_TTL` (the process was idle) costs a call. When a job finishes, its
+outcome is sent to the store at once unless another thread of the process is already sending for
+that breaker: then it joins the outcomes that thread sends next (group
 commit), so a busy process makes fewer calls than it runs jobs, and what every worker knows of the
 breaker is at most one call old while jobs flow, which is what stops every worker within a few
 calls when one of them opens it. Failures and trials never wait for another thread's call. Jobs
@@ -108,6 +109,15 @@ class _Cached:
     state: str
     retry_at: float | None
     fresh_until: float
+    version: int
+    shared: bool
+
+    def superseded_by(self, reply: BreakerReply, shared: bool, now: float) -> bool:
+        """Whether ``reply`` is at least as new as this entry. Threads' replies arrive in any order:
+        a closed reply read before another thread's failure opened the breaker must not overwrite
+        the open one. Versions count from 0 again after a reset or expiry, and the two stores count
+        apart, so an expired entry or one of the other store always gives way."""
+        return now >= self.fresh_until or shared is not self.shared or reply.version >= self.version
 
 
 @dataclass
@@ -141,6 +151,7 @@ class CircuitBreaker(Middleware):
         self._classify = _classifier(self.settings)
         self._policies: dict[tuple[str, str], BreakerPolicy] = {}
         self._cache: dict[str, _Cached] = {}
+        self._cache_lock = threading.Lock()
         self._pending: dict[str, _Pending] = {}
         self._pending_lock = threading.Lock()
         self._trials: set[str] = set()
@@ -353,21 +364,26 @@ class CircuitBreaker(Middleware):
         self, key: str, now: float, operation: Callable[[BreakerStore, float | None], BreakerReply]
     ) -> BreakerReply:
         """Run ``operation`` on the shared store (the per-process one while it is down); refresh the cache."""
+        shared = True
         try:
             reply = operation(self._shared_store(), now if self._clock_injected else None)
         except StoreUnavailable as error:
             if now - self._store_down_warned_at >= _STORE_DOWN_WARNING_INTERVAL:
                 self._store_down_warned_at = now
                 self.logger.warning("Breakers fall back to per-process state: %s", error)
-            reply = operation(self._fallback, now)
-        seen = self._cache.get(key)
-        self._cache[key] = _Cached(reply.state.state, reply.state.retry_at, now + CACHE_TTL)
-        if self._metrics is not None:
-            if reply.previous is not None:
-                self._metrics.breaker_changed(key, reply.state.state, reply.previous)
-            elif seen is None or seen.state != reply.state.state:
-                # Another process (or the CLI) made the transition: only this process's view changes.
-                self._metrics.breaker_changed(key, reply.state.state)
+            reply, shared = operation(self._fallback, now), False
+        state = reply.state.state
+        with self._cache_lock:
+            seen = self._cache.get(key)
+            if seen is not None and not seen.superseded_by(reply, shared, now):
+                if self._metrics is not None and reply.previous is not None:
+                    self._metrics.breaker_transition(key, state)
+                return reply
+            self._cache[key] = _Cached(state, reply.state.retry_at, now + CACHE_TTL, reply.version, shared)
+            # A change without a transition of this call's own: another process (or the CLI) made
+            # it, and only this process's view changes.
+            if self._metrics is not None and (reply.previous is not None or seen is None or seen.state != state):
+                self._metrics.breaker_changed(key, state, reply.previous)
         return reply
 
     def _shared_store(self) -> BreakerStore:

@@ -207,7 +207,11 @@ class Metrics(Middleware):
         """Record a breaker's state (``closed``, ``half_open``, ``open``) and, if it changed, the transition."""
         self._families.breaker_state.labels(key).set(BREAKER_STATES[state])
         if previous is not None and previous != state:
-            self._families.breaker_transitions.labels(key, state).inc()
+            self.breaker_transition(key, state)
+
+    def breaker_transition(self, key: str, state: str) -> None:
+        """Count a breaker's transition to ``state`` without changing its recorded state."""
+        self._families.breaker_transitions.labels(key, state).inc()
 
     def _finish(self, message: MessageProxy) -> float | None:
         started = self._started.pop(message.message_id, None)

@@ -7,7 +7,8 @@
 --                                     window_size calls; a time window is "second:calls:failures:slow"
 --                                     buckets joined by ",", oldest first, of the last window_size seconds,
 --                                     trials (letters of this half-open round), openings (consecutive
---                                     openings, grows open_duration), opened_at, retry_at (ms)
+--                                     openings, grows open_duration), opened_at, retry_at (ms),
+--                                     version (+1 on every write: replies are ordered by it)
 -- KEYS[2]  {ns}:breaker:{key}:trials  zset: the permits of this half-open round, id -> expiry (ms) of a
 --                                     running trial, or +inf once it reported (it keeps its slot)
 -- Both names carry the same hash tag, {key}.
@@ -24,7 +25,8 @@
 --          ARGV[13] open_duration_factor, ARGV[14] max_open_duration ms, ARGV[15] half_open_max_calls
 --
 -- Reply: {state, forced, window, trials, openings, opened_at, retry_at, previous state or "" when
--- the state did not change, created (1 when this call created the hash), allowed (admit: 1 = run)}.
+-- the state did not change, created (1 when this call created the hash), allowed (admit: 1 = run),
+-- version (of the hash after this call, 0 when there is none)}.
 --
 -- Invariants: at most half_open_max_calls unexpired permits exist, and only in half_open, so a round
 -- runs at most half_open_max_calls trials that count (plus replacements of trials that were ignored
@@ -44,7 +46,8 @@ end
 local idle_ttl = tonumber(ARGV[3])
 
 local existed = redis.call('EXISTS', hash) == 1
-local b = {state = 'closed', forced = '0', window = '', trials = '', openings = 0, opened_at = 0, retry_at = 0}
+local b = {state = 'closed', forced = '0', window = '', trials = '', openings = 0, opened_at = 0, retry_at = 0,
+  version = 0}
 if existed then
   local raw = redis.call('HGETALL', hash)
   for i = 1, #raw, 2 do
@@ -53,6 +56,7 @@ if existed then
   b.openings = tonumber(b.openings)
   b.opened_at = tonumber(b.opened_at)
   b.retry_at = tonumber(b.retry_at)
+  b.version = tonumber(b.version) or 0
 end
 local previous = b.state
 local changed = false
@@ -242,15 +246,16 @@ elseif command == 'close' then
   end
 elseif command == 'reset' then
   redis.call('DEL', hash, permits)
-  return {'closed', '0', '', '', 0, 0, 0, existed and previous ~= 'closed' and previous or '', 0, 0}
+  return {'closed', '0', '', '', 0, 0, 0, existed and previous ~= 'closed' and previous or '', 0, 0, 0}
 else
   return redis.error_reply('unknown breaker command ' .. tostring(command))
 end
 
 if changed then
+  b.version = b.version + 1
   redis.call('HSET', hash, 'state', b.state, 'forced', b.forced, 'window', b.window, 'trials', b.trials,
     'openings', string.format('%d', b.openings), 'opened_at', string.format('%d', b.opened_at),
-    'retry_at', string.format('%d', b.retry_at))
+    'retry_at', string.format('%d', b.retry_at), 'version', string.format('%d', b.version))
   if b.forced == '1' then
     redis.call('PERSIST', hash)
   else
@@ -265,4 +270,5 @@ end
 if b.state == previous then
   previous = ''
 end
-return {b.state, b.forced, b.window, b.trials, b.openings, b.opened_at, b.retry_at, previous, created, allowed}
+return {b.state, b.forced, b.window, b.trials, b.openings, b.opened_at, b.retry_at, previous, created, allowed,
+  b.version}

@@ -109,12 +109,15 @@ class BreakerState(BaseModel):
 
 @dataclass(frozen=True)
 class BreakerReply:
-    """What a store call did: the breaker after it, whether the job may run (``admit``), and the
-    state it left, when it changed one."""
+    """What a store call did: the breaker after it, whether the job may run (``admit``), the
+    state it left, when it changed one, and the breaker's version after it (every write adds one,
+    so of two replies about one breaker the higher version is the newer state; 0 when the breaker
+    has no record)."""
 
     state: BreakerState
     allowed: bool = False
     previous: StateName | None = None
+    version: int = 0
 
 
 class BreakerStore(Protocol):
@@ -160,6 +163,7 @@ class _Fields:
     openings: int = 0
     opened_at: int = 0
     retry_at: int = 0
+    version: int = 0
     permits: dict[str, float] = field(default_factory=dict)
 
     def to_state(self, key: str) -> BreakerState:
@@ -258,7 +262,7 @@ class RedisBreakerStore:
         now_arg = "" if now is None else _ms(now)
         keys = [hash_key, f"{hash_key}:trials"]
         reply = self._guard(self._script, keys=keys, args=[command, now_arg, _ms(IDLE_TTL), *args])
-        state, forced, window, trials, openings, opened_at, retry_at, previous, created, allowed = reply
+        state, forced, window, trials, openings, opened_at, retry_at, previous, created, allowed, version = reply
         fields = _Fields(
             state=state.decode(),
             forced=forced == b"1",
@@ -270,7 +274,7 @@ class RedisBreakerStore:
         )
         if created:
             self._guard(self.client.sadd, self._index, key)
-        result = BreakerReply(fields.to_state(key), bool(allowed), previous.decode() or None)
+        result = BreakerReply(fields.to_state(key), bool(allowed), previous.decode() or None, int(version))
         _log_transition(result)
         return result
 
@@ -401,10 +405,12 @@ class MemoryBreakerStore:
         return working, _ms(self._clock() if now is None else now), before
 
     def _save(self, key: str, b: _Fields, before: _Fields | None, allowed: bool = False) -> BreakerReply:
-        if before is not None or b != _Fields():
+        if b != (before or _Fields()):
+            b.version += 1
             self._breakers[key] = b
         previous_state = before.state if before is not None else "closed"
-        result = BreakerReply(b.to_state(key), allowed, previous_state if previous_state != b.state else None)
+        previous = previous_state if previous_state != b.state else None
+        result = BreakerReply(b.to_state(key), allowed, previous, b.version)
         _log_transition(result)
         return result
 
@@ -497,6 +503,7 @@ def _decode_hash(raw: dict[bytes, bytes]) -> _Fields:
         openings=int(text.get("openings", 0)),
         opened_at=int(text.get("opened_at", 0)),
         retry_at=int(text.get("retry_at", 0)),
+        version=int(text.get("version", 0)),
     )
 
 
