@@ -292,6 +292,8 @@ class MemoryBreakerStore:
     """Breakers in this process, with exactly the semantics of ``breaker.lua`` (keep them in step).
 
     Only the Redis keys' idle expiry has no counterpart: a process does not live for weeks of idleness.
+    Versions order this store's replies as ``breaker.lua``'s order Redis's, but count only real changes
+    (permits included), so the two stores' numbers differ; they are never compared with each other.
     """
 
     def __init__(self, clock: Any = time.time) -> None:
