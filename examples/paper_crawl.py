@@ -25,8 +25,12 @@ DEPTH = 2
 
 
 def main(timeout: float = 60.0) -> None:
+    with tempfile.TemporaryDirectory(prefix="fairway-vault-") as vault:
+        run(Path(vault), timeout)
+
+
+def run(vault: Path, timeout: float) -> None:
     crawl_id = f"example-{uuid.uuid4().hex[:8]}"
-    vault = Path(tempfile.mkdtemp(prefix="fairway-vault-"))
     papers.fetch_paper_metadata.send_with_options(args=(ROOT, DEPTH, crawl_id), priority_level="HIGH")
     papers.generate_markdown.send_with_options(args=(ROOT, str(vault)), priority_level="BATCH")
     store = papers.crawl_store(crawl_id)

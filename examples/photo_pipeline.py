@@ -28,7 +28,11 @@ PHOTOS = 6
 
 
 def main(timeout: float = 60.0) -> None:
-    workdir = Path(tempfile.mkdtemp(prefix="fairway-photos-"))
+    with tempfile.TemporaryDirectory(prefix="fairway-photos-") as workdir:
+        run(Path(workdir), timeout)
+
+
+def run(workdir: Path, timeout: float) -> None:
     uploads = make_photos(workdir / "uploads", PHOTOS)
     for index, path in enumerate(uploads):
         owner = OWNERS[index % len(OWNERS)]
@@ -44,7 +48,7 @@ def main(timeout: float = 60.0) -> None:
     for path in expected:
         with Image.open(path) as image:
             print(f"exported {path.relative_to(workdir)}: {image.width}x{image.height} {image.format}")
-    print(f"{PHOTOS} photos exported under {workdir}")
+    print(f"{PHOTOS} photos exported under {workdir} (removed on exit)")
 
 
 if __name__ == "__main__":

@@ -50,7 +50,7 @@ def family_of(name: str) -> str:
 
 def promtool(*args: str) -> subprocess.CompletedProcess[str]:
     if shutil.which("promtool") is None:
-        pytest.skip("promtool not installed (Debian package `prometheus`)")
+        pytest.fail("promtool is missing: apt-get install prometheus (scripts/test-all.sh does)")
     return subprocess.run(["promtool", *args], capture_output=True, text=True, check=False, cwd=ALERTS.parent)
 
 

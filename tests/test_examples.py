@@ -38,7 +38,9 @@ EXPECTED_OUTPUT = {
 @pytest.fixture
 def example_env(namespace: str, short_tmp: Path) -> Iterator[dict[str, str]]:
     """Real Redis, a namespace of the test's own; its queues and state are deleted afterwards."""
+    (short_tmp / "tmp").mkdir()
     yield {
+        "TMPDIR": str(short_tmp / "tmp"),
         "FAIRWAY_BROKER": "redis",
         "FAIRWAY_REDIS_URL": REDIS_URL,
         "FAIRWAY_NAMESPACE": namespace,
@@ -71,6 +73,8 @@ def test_example_runs_with_the_stock_dramatiq_command(
             check=False,
         )
     assert producer.returncode == 0, producer.stderr + worker_log.read_text()
+    leftovers = sorted(str(path) for path in Path(example_env["TMPDIR"]).rglob("*"))
+    assert leftovers == [], f"the example and its worker left {leftovers} in the temp dir" + worker_log.read_text()
     lines = producer.stdout.splitlines()
     for pattern in EXPECTED_OUTPUT[example]:
         assert any(re.search(pattern, line) for line in lines), f"{pattern!r} not in:\n{producer.stdout}"

@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import bisect
 import collections
+import contextlib
 import multiprocessing
 import os
 import sys
@@ -144,10 +145,8 @@ class Metrics(Middleware):
 
     def after_worker_shutdown(self, broker: Broker, worker: Any) -> None:  # noqa: ARG002 (hook signature)
         self._pending.stop_flushing()
-        if self.multiprocess:
-            from prometheus_client import multiprocess
-
-            multiprocess.mark_process_dead(os.getpid())
+        if RUN_DIR is not None:
+            _leave_run(RUN_DIR)
 
     def before_process_message(self, broker: Broker, message: MessageProxy) -> None:  # noqa: ARG002 (hook signature)
         now = current_millis()
@@ -260,6 +259,20 @@ def serve_metrics() -> None:
     server, thread = start_http_server(settings.metrics.port, settings.metrics.host, registry)
     get_logger(__name__).info("Serving metrics on http://%s:%d/metrics", settings.metrics.host, server.server_port)
     thread.join()
+
+
+def _leave_run(run_dir: Path) -> None:
+    """Delete this worker process's sample files, and the run's directory once no process has any left.
+
+    The ``dramatiq`` command stops all its processes when one stops, so a worker shutting down means
+    the run is ending and nobody will scrape its samples again. The exporter cannot do this: the
+    workers still write while they finish their jobs, and it may be stopped before it ever ran.
+    """
+    for file in run_dir.glob(f"*_{os.getpid()}.db"):
+        file.unlink(missing_ok=True)
+    for directory in (run_dir, run_dir.parent):
+        with contextlib.suppress(OSError):  # not empty: another process of this run (or another run) is still there
+            directory.rmdir()
 
 
 def _remove_stale_runs(run_dir: Path) -> None:
