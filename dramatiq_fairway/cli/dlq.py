@@ -110,6 +110,8 @@ def requeue_records(args: argparse.Namespace) -> None:
     finally:
         broker.close()
     emit(args, result.model_dump(mode="json"), _render_requeue)
+    if refused := result.refused():
+        raise CommandError(f"{len(refused)} dead letter(s) not requeued (the broker refused them); records kept")
 
 
 def purge_records(args: argparse.Namespace) -> None:
