@@ -81,8 +81,8 @@ def test_fairway_demo_refuses_too_few_jobs(short_tmp: Path) -> None:
         timeout=60,
         check=False,
     )
-    assert result.returncode != 0
-    assert result.stderr.strip() == f"fairway: demo: --jobs 3 is too few, the scenario needs at least {MIN_JOBS}"
+    assert result.returncode == 2
+    assert result.stderr.strip() == f"fairway demo: error: --jobs: 3 is too few, the scenario needs at least {MIN_JOBS}"
     assert not (short_tmp / "redis.sock").exists()
 
 

@@ -12,7 +12,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextC
 from rich.table import Table
 
 from ..settings import load_settings
-from .output import CommandError, console, emit, json_flag
+from .output import CommandError, UsageError, console, emit, json_flag
 
 DOMAINS = {"fl": "federated round", "photos": "photo import", "papers": "citation crawl"}
 
@@ -42,7 +42,7 @@ def run(args: argparse.Namespace) -> None:
         ) from None
     jobs = DEFAULT_JOBS if args.jobs is None else args.jobs
     if jobs < MIN_JOBS:
-        raise CommandError(f"demo: --jobs {jobs} is too few, the scenario needs at least {MIN_JOBS}")
+        raise UsageError(f"--jobs: {jobs} is too few, the scenario needs at least {MIN_JOBS}")
     settings = load_settings()
     with Progress(
         TextColumn("{task.description:<16}"),

@@ -17,6 +17,15 @@ class CommandError(Exception):
     """A verb failed in a way the user can act on; ``main`` prints it as one line and exits 1."""
 
 
+class UsageError(CommandError):
+    """The verb was called wrongly (a flag's value argparse cannot check alone); exit 2."""
+
+
+def one_line(text: str) -> str:
+    """``text`` with its line breaks and runs of spaces folded into single spaces."""
+    return " ".join(text.split()) or "no detail"
+
+
 def json_flag() -> argparse.ArgumentParser:
     """A parent parser giving a verb its ``--json`` flag."""
     parent = argparse.ArgumentParser(add_help=False)

@@ -414,8 +414,8 @@ class DeadLetterStore:
         bucket: timedelta = COUNTER_BUCKET,
     ) -> builtins.list[DeadLetterStats]:
         """Records per value of ``by`` failed in the last ``since`` (all when None), most frequent first."""
-        if bucket <= timedelta(0):
-            raise ValueError("bucket must be a positive duration")
+        if bucket < timedelta(seconds=1):
+            raise ValueError(f"bucket: {bucket} is shorter than one second")
         low = "-inf" if since is None else _millis(timedelta(seconds=self.clock()) - since)
         width = int(bucket.total_seconds())
         hour = int(COUNTER_BUCKET.total_seconds())
