@@ -16,7 +16,7 @@ from .. import durations
 from ..priority import Priority
 from ..settings import load_settings
 from ..store.dead_letters import DIMENSIONS, DeadLetterFilter, DeadLetterStore, Reason
-from .output import CommandError, UsageError, emit, json_flag
+from .output import CommandError, UsageError, emit, json_flag, whole_column
 
 # Trend buckets are whole seconds (the store's buckets are epoch-second aligned).
 _SHORTEST_BUCKET = timedelta(seconds=1)
@@ -205,7 +205,9 @@ def _render_list(console: Console, records: list[dict[str, Any]]) -> None:
     if not records:
         console.print("no dead letters")
         return
-    table = Table("id", "failed at", "queue", "actor", "reason", "error", "tenant", "fingerprint")
+    table = Table(
+        whole_column("id"), "failed at", "queue", "actor", "reason", "error", "tenant", whole_column("fingerprint")
+    )
     for r in records:
         table.add_row(
             r["id"], _short_time(r["failed_at"]), r["queue"], r["actor"] or "-", r["reason"], r["error_type"] or "-",
@@ -215,7 +217,7 @@ def _render_list(console: Console, records: list[dict[str, Any]]) -> None:
 
 
 def _render_record(console: Console, record: dict[str, Any]) -> None:
-    table = Table("field", "value", show_header=False)
+    table = Table("field", whole_column("value"), show_header=False)
     for name, value in record.items():
         if name != "traceback":
             table.add_row(name, str(value))
@@ -228,7 +230,7 @@ def _render_stats(console: Console, rows: list[dict[str, Any]]) -> None:
     if not rows:
         console.print("no dead letters")
         return
-    table = Table("key", "count", "first seen", "last seen", "trend")
+    table = Table(whole_column("key"), "count", "first seen", "last seen", "trend")
     for row in rows:
         first, last = _short_time(row["first_seen"]), _short_time(row["last_seen"])
         table.add_row(row["key"], str(row["count"]), first, last, _sparkline(row["buckets"]))

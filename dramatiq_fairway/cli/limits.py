@@ -15,7 +15,7 @@ from rich.table import Table
 from ..errors import ConfigError
 from ..settings import load_settings
 from ..store.limits import LIMIT_FIELDS, TenantLimits, validated
-from .output import UsageError, emit, json_flag
+from .output import UsageError, emit, json_flag, whole_column
 
 
 def register(subparsers: Any) -> None:
@@ -74,9 +74,7 @@ def _render(console: Console, rows: list[dict[str, Any]]) -> None:
     if not rows:
         console.print("no limits")
         return
-    table = Table()
-    for column in ("queue", "tenant", "in flight / cap", "rate/s", "burst", "source"):
-        table.add_column(column)
+    table = Table(whole_column("queue"), whole_column("tenant"), "in flight / cap", "rate/s", "burst", "source")
     for row in rows:
         cap = row["max_concurrency"]
         in_flight = "-" if row["in_flight"] is None else str(row["in_flight"])
