@@ -52,7 +52,7 @@ from .priority import Priority
 from .settings import Settings
 from .setup import setup
 from .store import delete_namespace
-from .store.dead_letters import DeadLetterStore
+from .store.dead_letters import DeadLetter, DeadLetterStore
 
 WORKER_MODULE = "dramatiq_fairway.demo_app"
 DEFAULT_JOBS = 40
@@ -130,6 +130,25 @@ class DemoProgress:
     dead_letters: dict[str, int]
     breaker: str
     outage: bool
+
+
+def tenant_rows(seen: list[FinishedJob], records: list[DeadLetter]) -> list[TenantSummary]:
+    """Per tenant: jobs finished (succeeded or dead-lettered, so the rows add up to the summary's
+    ``jobs_finished``), of which dead-lettered, and the waits of the succeeded ones."""
+    waits: dict[str, list[float]] = defaultdict(list)
+    for job in seen:
+        waits[job.tenant].append(job.wait_s)
+    dead_by_tenant = Counter(record.tenant for record in records)
+    return [
+        TenantSummary(
+            tenant=tenant,
+            jobs=len(waits[tenant]) + dead_by_tenant[tenant],
+            dead_letters=dead_by_tenant[tenant],
+            wait_avg_s=round(float(np.mean(waits[tenant])), 3) if waits[tenant] else 0.0,
+            wait_max_s=round(max(waits[tenant]), 3) if waits[tenant] else 0.0,
+        )
+        for tenant in sorted(set(waits) | set(dead_by_tenant))
+    ]
 
 
 class DemoFailed(FairwayError):
@@ -319,20 +338,7 @@ class _Demo:
         retries: Counter[str] = Counter(reason for job in seen for reason in job.retried_for)
         for record in records:
             retries.update(str(a["classification"]) for a in record.options.get("attempt_history", [])[:-1])
-        waits: dict[str, list[float]] = defaultdict(list)
-        for job in seen:
-            waits[job.tenant].append(job.wait_s)
-        dead_by_tenant = Counter(record.tenant for record in records)
-        tenants = [
-            TenantSummary(
-                tenant=tenant,
-                jobs=len(waits[tenant]),
-                dead_letters=dead_by_tenant[tenant],
-                wait_avg_s=round(float(np.mean(waits[tenant])), 3) if waits[tenant] else 0.0,
-                wait_max_s=round(max(waits[tenant]), 3) if waits[tenant] else 0.0,
-            )
-            for tenant in sorted(set(waits) | set(dead_by_tenant))
-        ]
+        tenants = tenant_rows(seen, records)
         groups: dict[str, list[Any]] = defaultdict(list)
         for record in records:
             groups[record.fingerprint].append(record)

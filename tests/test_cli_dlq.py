@@ -15,9 +15,9 @@ import redis
 from dramatiq import Broker, Worker
 
 from dramatiq_fairway.cli.dlq import parse_duration, register
-from dramatiq_fairway.cli.output import CommandError
+from dramatiq_fairway.cli.output import CommandError, UsageError
 from dramatiq_fairway.settings import Settings
-from dramatiq_fairway.store.dead_letters import DeadLetter, DeadLetterStore, NothingSelected, RedactedRecords
+from dramatiq_fairway.store.dead_letters import DeadLetter, DeadLetterStore, RedactedRecords
 
 from .conftest import REDIS_URL
 from .helpers import settings_env, wait_for
@@ -176,8 +176,11 @@ def test_requeue_sends_the_job_again(
 
 
 def test_requeue_or_purge_without_selection_is_refused(store: DeadLetterStore) -> None:
-    with pytest.raises(NothingSelected, match="name record ids or give at least one filter"):
+    with pytest.raises(UsageError, match=r"name record ids \(ID ...\) or give a filter"):
         run(["dlq", "purge", "--yes"])
+    with pytest.raises(UsageError, match="name record ids"):
+        run(["dlq", "requeue"])
+    assert store.count() == 3
 
 
 @pytest.mark.parametrize(

@@ -57,6 +57,8 @@ def test_fairway_demo_runs_every_failure_mode_and_leaves_no_server(kind: str, sh
     [dead] = summary["dead_letters"]
     assert (dead["reason"], dead["actor"], dead["count"]) == ("permanent", "fl.train_local_model", 1)
     assert tenants["hospital-lab"]["dead_letters"] == 1
+    # The per-tenant rows count every finished job, dead-lettered ones included: they add up.
+    assert sum(row["jobs"] for row in tenants.values()) == summary["jobs_finished"]
     assert summary["fl_round"]["missing"] == ["clinic-e"]
     # The breaker opened on the outage and closed again.
     moves = [(t["from_state"], t["to_state"]) for t in summary["breaker_transitions"]]
@@ -81,8 +83,8 @@ def test_fairway_demo_refuses_too_few_jobs(short_tmp: Path) -> None:
         timeout=60,
         check=False,
     )
-    assert result.returncode != 0
-    assert result.stderr.strip() == f"fairway: demo: --jobs 3 is too few, the scenario needs at least {MIN_JOBS}"
+    assert result.returncode == 2
+    assert result.stderr.strip() == f"fairway demo: error: --jobs: 3 is too few, the scenario needs at least {MIN_JOBS}"
     assert not (short_tmp / "redis.sock").exists()
 
 

@@ -14,7 +14,7 @@ from rich.table import Table
 
 from ..settings import load_settings
 from ..store.breakers import BreakerState, RedisBreakerStore
-from .output import CommandError, emit, json_flag
+from .output import CommandError, emit, json_flag, whole_column
 
 
 def register(subparsers: Any) -> None:
@@ -70,9 +70,7 @@ def _render(console: Console, states: list[BreakerState]) -> None:
     if not states:
         console.print("no breakers")
         return
-    table = Table()
-    for column in ("key", "state", "failures/calls", "opened at", "retry at"):
-        table.add_column(column)
+    table = Table(whole_column("key"), "state", "failures/calls", "opened at", "retry at")
     colours = {"closed": "green", "half_open": "yellow", "open": "red"}
     for state in states:
         row = state.summary()

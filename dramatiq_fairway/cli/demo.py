@@ -12,7 +12,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextC
 from rich.table import Table
 
 from ..settings import load_settings
-from .output import CommandError, console, emit, json_flag
+from .output import CommandError, UsageError, console, emit, json_flag, whole_column
 
 DOMAINS = {"fl": "federated round", "photos": "photo import", "papers": "citation crawl"}
 
@@ -42,7 +42,7 @@ def run(args: argparse.Namespace) -> None:
         ) from None
     jobs = DEFAULT_JOBS if args.jobs is None else args.jobs
     if jobs < MIN_JOBS:
-        raise CommandError(f"demo: --jobs {jobs} is too few, the scenario needs at least {MIN_JOBS}")
+        raise UsageError(f"--jobs: {jobs} is too few, the scenario needs at least {MIN_JOBS}")
     settings = load_settings()
     with Progress(
         TextColumn("{task.description:<16}"),
@@ -75,7 +75,7 @@ def _render(console: Console, summary: dict[str, Any]) -> None:
         f"[bold]fairway demo on {summary['broker']}[/]: {summary['jobs_sent']} jobs sent, "
         f"{summary['jobs_finished']} finished (with follow-ups) in {summary['seconds']:.1f} s"
     )
-    tenants = Table("tenant", "jobs", "dead letters", "wait avg (s)", "wait max (s)", title="Per tenant")
+    tenants = Table("tenant", "finished", "dead letters", "wait avg (s)", "wait max (s)", title="Per tenant")
     for row in summary["tenants"]:
         tenants.add_row(
             row["tenant"],
@@ -89,10 +89,10 @@ def _render(console: Console, summary: dict[str, Any]) -> None:
     console.print(f"Priority levels: {levels}")
     retries = ", ".join(f"{kind} {count}" for kind, count in summary["retries"].items()) or "none"
     console.print(f"Retries by classification: {retries}")
-    dead = Table("fingerprint", "count", "reason", "actor", "error", title="Dead letters by fingerprint")
+    dead = Table(whole_column("fingerprint"), "count", "reason", "actor", "error", title="Dead letters by fingerprint")
     for group in summary["dead_letters"]:
         dead.add_row(
-            group["fingerprint"][:12],
+            group["fingerprint"],
             str(group["count"]),
             group["reason"],
             group["actor"] or "",

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import re
 import sys
 from contextlib import nullcontext
 from datetime import UTC, datetime, timedelta
@@ -13,13 +12,14 @@ from typing import Any, get_args
 from rich.console import Console
 from rich.table import Table
 
+from .. import durations
 from ..priority import Priority
 from ..settings import load_settings
 from ..store.dead_letters import DIMENSIONS, DeadLetterFilter, DeadLetterStore, Reason
-from .output import CommandError, emit, json_flag
+from .output import CommandError, UsageError, emit, json_flag, whole_column
 
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd])\s*$")
-_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
+# Trend buckets are whole seconds (the store's buckets are epoch-second aligned).
+_SHORTEST_BUCKET = timedelta(seconds=1)
 
 
 def register(subparsers: Any) -> None:
@@ -39,7 +39,7 @@ def register(subparsers: Any) -> None:
     stats = verbs.add_parser("stats", parents=[output], help="counts and trend buckets per key")
     stats.add_argument("--by", choices=DIMENSIONS, default="fingerprint")
     stats.add_argument("--since", type=parse_duration, help="only records newer than this (30s, 15m, 2h, 7d)")
-    stats.add_argument("--bucket", type=parse_duration, default=timedelta(hours=1), help="trend bucket width")
+    stats.add_argument("--bucket", type=_bucket_width, default=timedelta(hours=1), help="trend bucket width")
     stats.set_defaults(func=show_stats)
 
     export = verbs.add_parser("export", parents=[filters, output], help="JSON Lines or CSV, streamed")
@@ -95,6 +95,7 @@ def export_records(args: argparse.Namespace) -> None:
 def requeue_records(args: argparse.Namespace) -> None:
     from ..setup import setup
 
+    _require_selection(args)
     store = _store()
     broker = setup(store.settings)
     try:
@@ -110,9 +111,13 @@ def requeue_records(args: argparse.Namespace) -> None:
     finally:
         broker.close()
     emit(args, result.model_dump(mode="json"), _render_requeue)
+    if refused := result.refused():
+        raise CommandError(f"{len(refused)} dead letter(s) not requeued (the broker refused them); records kept")
 
 
 def purge_records(args: argparse.Namespace) -> None:
+    if args.older_than is None:
+        _require_selection(args)
     store = _store()
     filters = _filters(args)
     if not args.yes:
@@ -125,11 +130,18 @@ def purge_records(args: argparse.Namespace) -> None:
 
 
 def parse_duration(text: str) -> timedelta:
-    """``30s``, ``15m``, ``2h`` or ``7d`` as a timedelta."""
-    match = _DURATION.match(text)
-    if not match:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a duration like 30s, 15m, 2h or 7d")
-    return timedelta(**{_UNITS[match.group(2)]: float(match.group(1))})
+    """``30s``, ``15m``, ``2h`` or ``7d`` as a timedelta (an argparse type)."""
+    try:
+        return durations.parse_duration(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def _bucket_width(text: str) -> timedelta:
+    width = parse_duration(text)
+    if width < _SHORTEST_BUCKET:
+        raise argparse.ArgumentTypeError(f"{text!r} is shorter than the shortest bucket, 1s")
+    return width
 
 
 def _filter_flags() -> argparse.ArgumentParser:
@@ -154,6 +166,12 @@ def _filters(args: argparse.Namespace) -> DeadLetterFilter:
         reason=args.reason,
         since=datetime.now(UTC) - args.since if args.since else None,
     )
+
+
+def _require_selection(args: argparse.Namespace) -> None:
+    # Requeue and purge never act on every record by default (``DeadLetterStore.select``).
+    if not args.ids and _filters(args).is_empty():
+        raise UsageError("name record ids (ID ...) or give a filter (--queue, --actor, --fingerprint, --since, ...)")
 
 
 def _store() -> DeadLetterStore:
@@ -187,7 +205,9 @@ def _render_list(console: Console, records: list[dict[str, Any]]) -> None:
     if not records:
         console.print("no dead letters")
         return
-    table = Table("id", "failed at", "queue", "actor", "reason", "error", "tenant", "fingerprint")
+    table = Table(
+        whole_column("id"), "failed at", "queue", "actor", "reason", "error", "tenant", whole_column("fingerprint")
+    )
     for r in records:
         table.add_row(
             r["id"], _short_time(r["failed_at"]), r["queue"], r["actor"] or "-", r["reason"], r["error_type"] or "-",
@@ -197,7 +217,7 @@ def _render_list(console: Console, records: list[dict[str, Any]]) -> None:
 
 
 def _render_record(console: Console, record: dict[str, Any]) -> None:
-    table = Table("field", "value", show_header=False)
+    table = Table("field", whole_column("value"), show_header=False)
     for name, value in record.items():
         if name != "traceback":
             table.add_row(name, str(value))
@@ -210,7 +230,7 @@ def _render_stats(console: Console, rows: list[dict[str, Any]]) -> None:
     if not rows:
         console.print("no dead letters")
         return
-    table = Table("key", "count", "first seen", "last seen", "trend")
+    table = Table(whole_column("key"), "count", "first seen", "last seen", "trend")
     for row in rows:
         first, last = _short_time(row["first_seen"]), _short_time(row["last_seen"])
         table.add_row(row["key"], str(row["count"]), first, last, _sparkline(row["buckets"]))

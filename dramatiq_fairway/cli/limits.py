@@ -12,9 +12,10 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from ..errors import ConfigError
 from ..settings import load_settings
-from ..store.limits import LIMIT_FIELDS, TenantLimits
-from .output import emit, json_flag
+from ..store.limits import LIMIT_FIELDS, TenantLimits, validated
+from .output import UsageError, emit, json_flag, whole_column
 
 
 def register(subparsers: Any) -> None:
@@ -43,6 +44,14 @@ def list_limits(args: argparse.Namespace) -> None:
 
 def set_limit(args: argparse.Namespace) -> None:
     fields = {name: getattr(args, name) for name in LIMIT_FIELDS}
+    if all(value is None for value in fields.values()):
+        raise UsageError("give at least one of --max-concurrency, --rate, --burst")
+    try:
+        validated(**{name: value for name, value in fields.items() if value is not None})
+    except ConfigError as error:
+        # The store names the field (max_concurrency: -3 ...); the user typed the flag.
+        field, _, problem = str(error).partition(": ")
+        raise UsageError(f"--{field.replace('_', '-')}: {problem}") from None
     entry = _store().set(args.tenant, args.queue, **fields)
     data = {"queue": args.queue, "tenant": args.tenant, **entry.model_dump()}
     where = f"on {args.queue}" if args.queue else "on every queue"
@@ -65,9 +74,7 @@ def _render(console: Console, rows: list[dict[str, Any]]) -> None:
     if not rows:
         console.print("no limits")
         return
-    table = Table()
-    for column in ("queue", "tenant", "in flight / cap", "rate/s", "burst", "source"):
-        table.add_column(column)
+    table = Table(whole_column("queue"), whole_column("tenant"), "in flight / cap", "rate/s", "burst", "source")
     for row in rows:
         cap = row["max_concurrency"]
         in_flight = "-" if row["in_flight"] is None else str(row["in_flight"])

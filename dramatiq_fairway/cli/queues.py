@@ -12,7 +12,7 @@ from ..brokers import build_broker
 from ..controls import pause_queue, resume_queue
 from ..queues import UnsupportedBroker, queue_depths
 from ..settings import load_settings
-from .output import CommandError, emit, json_flag
+from .output import CommandError, emit, json_flag, whole_column
 
 _COLUMNS = ("queue", "priority_level", "tenant", "ready", "delayed", "in_flight", "dead")
 
@@ -47,7 +47,7 @@ def _render(console: Console, rows: list[dict[str, Any]]) -> None:
     if not rows:
         console.print("no queued, delayed, running or dead messages")
         return
-    table = Table(*_COLUMNS)
+    table = Table(whole_column("queue"), "priority_level", whole_column("tenant"), *_COLUMNS[3:])
     for row in rows:
         table.add_row(*("n/a" if row[column] is None else str(row[column]) for column in _COLUMNS))
     console.print(table)

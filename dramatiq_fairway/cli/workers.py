@@ -11,7 +11,7 @@ from rich.table import Table
 
 from ..settings import load_settings
 from ..store.workers import WorkerRegistry
-from .output import emit, json_flag
+from .output import emit, json_flag, whole_column
 
 
 def register(subparsers: Any) -> None:
@@ -30,7 +30,9 @@ def _render(console: Console, rows: list[dict[str, Any]]) -> None:
     if not rows:
         console.print("no live workers")
         return
-    table = Table("worker", "queues", "threads", "in flight", "processed", "heartbeat age", "up since (UTC)")
+    table = Table(
+        whole_column("worker"), "queues", "threads", "in flight", "processed", "heartbeat age", "up since (UTC)"
+    )
     for row in rows:
         started = dt.datetime.fromisoformat(row["started_at"]).strftime("%Y-%m-%d %H:%M:%S")
         table.add_row(

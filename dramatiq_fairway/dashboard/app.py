@@ -10,7 +10,6 @@ CSRF token and is refused (403) in read-only mode; the templates ask for confirm
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import threading
 from collections.abc import AsyncIterator, Callable, Mapping
@@ -37,8 +36,8 @@ from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 
 from ..brokers import build_broker
-from ..cli.dlq import parse_duration
 from ..controls import pause_queue, resume_queue
+from ..durations import parse_duration
 from ..errors import FairwayError
 from ..priority import Priority
 from ..settings import Settings, load_settings, mask_url
@@ -401,9 +400,10 @@ def _filters(params: Mapping[str, Any]) -> DeadLetterFilter:
     since = params.get("since") or None
     try:
         age = parse_duration(since) if since else None
-        return DeadLetterFilter(**values, since=datetime.now(UTC) - age if age else None)
-    except argparse.ArgumentTypeError as error:
+    except ValueError as error:
         raise HTTPException(400, f"since: {error}") from None
+    try:
+        return DeadLetterFilter(**values, since=datetime.now(UTC) - age if age else None)
     except ValidationError as error:
         first = error.errors()[0]
         raise HTTPException(400, f"{first['loc'][0]}: {first['input']!r} {first['msg'].lower()}") from None

@@ -212,6 +212,7 @@ class JobStatus(Middleware):
                 track=track,
                 unique_key=unique_key,
                 unique_ttl=int(ttl),
+                requeued_from=_requeued_from(message),
                 enqueued_at=_enqueued_at(message),
             )
         except redis.RedisError as error:
@@ -288,6 +289,12 @@ def _check_options(options: dict[str, Any], where: str) -> None:
         value = options.get(name)
         if value is not None and (isinstance(value, bool) or not isinstance(value, int | float) or value <= 0):
             raise StatusOptionError(f"{where}: {name} must be a positive number of milliseconds, got {value!r}")
+
+
+def _requeued_from(message: MessageProxy) -> str | None:
+    # Set by ``DeadLetterStore.requeue``; the unique claim lets the copy take the key over.
+    origin = message.options.get("requeued_from")
+    return origin if isinstance(origin, str) and origin else None
 
 
 def _unique_key(actor: Actor[Any, Any], message: MessageProxy) -> str | None:

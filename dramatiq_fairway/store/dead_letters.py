@@ -195,10 +195,17 @@ class SkippedRecord(BaseModel):
     reason: str
 
 
+REFUSED_BY_BROKER = "the broker refused it"
+
+
 class RequeueResult(BaseModel):
     dry_run: bool
     requeued: list[RequeuedMessage] = []
     skipped: list[SkippedRecord] = []
+
+    def refused(self) -> list[SkippedRecord]:
+        """The records kept because the broker refused their new message (the others were undecodable)."""
+        return [item for item in self.skipped if item.reason.startswith(REFUSED_BY_BROKER)]
 
 
 class RedactedRecords(FairwayError):
@@ -407,8 +414,8 @@ class DeadLetterStore:
         bucket: timedelta = COUNTER_BUCKET,
     ) -> builtins.list[DeadLetterStats]:
         """Records per value of ``by`` failed in the last ``since`` (all when None), most frequent first."""
-        if bucket <= timedelta(0):
-            raise ValueError("bucket must be a positive duration")
+        if bucket < timedelta(seconds=1):
+            raise ValueError(f"bucket: {bucket} is shorter than one second")
         low = "-inf" if since is None else _millis(timedelta(seconds=self.clock()) - since)
         width = int(bucket.total_seconds())
         hour = int(COUNTER_BUCKET.total_seconds())
@@ -506,7 +513,10 @@ class DeadLetterStore:
 
         Each new message gets a fresh id, ``priority_level`` = ``priority`` and
         ``requeued_from`` = the record id. ``rate`` caps messages per second. Records with redacted
-        fields are refused as a whole (``RedactedRecords``) unless ``allow_redacted``.
+        fields are refused as a whole (``RedactedRecords``) unless ``allow_redacted``. A record
+        whose message the broker refuses is kept and listed in ``skipped``. A job with a
+        ``unique_key`` runs again: the copy takes the key over from the failed message (see
+        ``store/unique_claim.lua``).
         """
         level = Priority.parse(priority)
         records = list(self.select(ids, filters))
@@ -519,22 +529,29 @@ class DeadLetterStore:
                 result.skipped.append(SkippedRecord(id=record.id, reason="the original message could not be decoded"))
                 continue
             message = _requeued_message(record, level)
-            result.requeued.append(
-                RequeuedMessage(
-                    id=record.id,
-                    new_id=None if dry_run else message.message_id,
-                    queue=message.queue_name,
-                    actor=record.actor,
-                    priority_level=level.name,
-                )
+            requeued = RequeuedMessage(
+                id=record.id,
+                new_id=None if dry_run else message.message_id,
+                queue=message.queue_name,
+                actor=record.actor,
+                priority_level=level.name,
             )
-            if dry_run:
-                continue
-            if rate and position:
-                sleep(1.0 / rate)
-            broker.enqueue(message)
-            self._remove([record.id])
-            _drop_from_redis_xq(broker, record)
+            if not dry_run:
+                if rate and position:
+                    sleep(1.0 / rate)
+                # The record goes only once the broker has the new message (with publisher
+                # confirms on RabbitMQ, once it confirmed): a refused enqueue keeps the job here.
+                try:
+                    broker.enqueue(message)
+                except Exception as error:  # any refusal keeps the record; the other records go on
+                    reason = " ".join(str(error).split()) or "no detail"
+                    result.skipped.append(
+                        SkippedRecord(id=record.id, reason=f"{REFUSED_BY_BROKER} ({type(error).__name__}: {reason})")
+                    )
+                    continue
+                self._remove([record.id])
+                _drop_from_redis_xq(broker, record)
+            result.requeued.append(requeued)
         return result
 
     def purge(

@@ -162,16 +162,22 @@ class JobStatusStore:
         track: bool = True,
         unique_key: str | None = None,
         unique_ttl: int = 3_600_000,
+        requeued_from: str | None = None,
         enqueued_at: str = "",
     ) -> JobStart:
         """Claim the unique key (if any) and mark the job STARTED, in one round trip.
+
+        A job requeued from a dead letter (``requeued_from``, the failed message's id) takes the
+        key over from that message (see ``unique_claim.lua``).
 
         The job comes back REVOKED when it was cancelled while queued. A duplicate is marked
         REJECTED (a second call: duplicates are the rare path).
         """
         calls = []
         if unique_key is not None:
-            calls.append(ScriptCall(self._claim, [self.unique_key(unique_key)], [message_id, unique_ttl]))
+            calls.append(
+                ScriptCall(self._claim, [self.unique_key(unique_key)], [message_id, unique_ttl, requeued_from or ""])
+            )
         if track:
             calls.append(
                 self.transition_call(
