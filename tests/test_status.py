@@ -27,6 +27,7 @@ from dramatiq_fairway.middlewares.dead_letters import DeadLetters
 from dramatiq_fairway.middlewares.status import JobStatus, UniqueKeyUnavailable, progress
 from dramatiq_fairway.settings import Settings
 from dramatiq_fairway.store import status as status_store
+from dramatiq_fairway.store.dead_letters import DeadLetterStore
 from dramatiq_fairway.store.scripts import ScriptCall
 from dramatiq_fairway.store.status import (
     MOVES_PER_CALL,
@@ -38,6 +39,7 @@ from dramatiq_fairway.store.status import (
     iso_from_seconds,
 )
 
+from .chaos_support import push_raw
 from .helpers import dramatiq_command, free_port, settings_env, wait_for
 
 S = JobState
@@ -306,6 +308,32 @@ def test_soft_time_limit_raises_inside_the_actor(
     start_worker()
     final(store, message.message_id, S.SUCCESS)
     assert cleaned == ["cleaned up"]
+
+
+def test_a_message_arriving_too_large_is_rejected(
+    broker: Broker,
+    settings: Settings,
+    queue_name: str,
+    store: JobStatusStore,
+    start_worker: Callable[..., Worker],
+) -> None:
+    ran: list[int] = []
+
+    @dramatiq.actor(broker=broker, queue_name=queue_name)
+    def job(payload: str) -> None:
+        ran.append(len(payload))
+
+    small = job.send("x")  # declares the queue, on RabbitMQ too
+    huge = job.message("x" * (settings.max_message_bytes + 1))
+    # As `send` would have: PENDING first; the body then skips every check `enqueue` makes.
+    store.enqueued(huge.message_id, huge.actor_name, queue_name)
+    push_raw(broker, settings, queue_name, huge.encode())
+    start_worker()
+    final(store, small.message_id, S.SUCCESS)
+    wait_for(lambda: DeadLetterStore(settings).get(huge.message_id) is not None)
+    record = final(store, huge.message_id, S.REJECTED)
+    assert [c.state for c in record.history] == [S.PENDING, S.REJECTED]
+    assert ran == [1]
 
 
 def test_track_status_false_keeps_nothing(

@@ -46,6 +46,12 @@ class UndecodableRecorder(Protocol):
         """Keep what can be kept of a body that could not be decoded. Raise if it could not be kept."""
 
 
+@runtime_checkable
+class RejectionRecorder(Protocol):
+    def record_rejected(self, broker: Broker, message: Message) -> None:
+        """Note that ``message`` was decoded but refused before any worker saw it (too large)."""
+
+
 class ArrivedTooLarge(MessageTooLarge):
     """A message over ``FAIRWAY_MAX_MESSAGE_BYTES`` reached a consumer; it is recorded, never run."""
 
@@ -72,6 +78,10 @@ def _report(broker: Broker, queue_name: str, body: bytes, error: Exception) -> N
     recorders = [m for m in broker.middleware if isinstance(m, UndecodableRecorder)]
     for recorder in recorders:
         recorder.record_undecodable(broker, queue_name, body, error)
+    if isinstance(error, ArrivedTooLarge):
+        # No processing hook ever sees this message, so its job status hears of it only here.
+        for _middleware, record_rejected in hooks_of(broker, "record_rejected"):
+            record_rejected(broker, error.message)
     if not recorders:
         logger.warning(
             "Dropped a message from %r (%d bytes, sha256 %s): %s",
