@@ -7,6 +7,7 @@ import argparse
 import asyncio
 import datetime as dt
 import json
+import logging
 import textwrap
 import threading
 import time
@@ -40,7 +41,7 @@ from dramatiq_fairway.store.status import (
 )
 
 from .chaos_support import push_raw
-from .helpers import dramatiq_command, free_port, settings_env, wait_for
+from .helpers import dramatiq_command, free_port, info_lines, loud_lines, settings_env, wait_for
 
 S = JobState
 
@@ -238,8 +239,13 @@ def test_cancel_of_a_queued_job_skips_it_as_revoked(
 
 
 def test_cancel_of_a_running_job_interrupts_it_without_retry(
-    broker: Broker, queue_name: str, store: JobStatusStore, start_worker: Callable[..., Worker]
+    broker: Broker,
+    queue_name: str,
+    store: JobStatusStore,
+    start_worker: Callable[..., Worker],
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
+    caplog.set_level(logging.INFO)
     events: list[str] = []
 
     @dramatiq.actor(broker=broker, queue_name=queue_name, max_retries=3, min_backoff=10)
@@ -259,6 +265,9 @@ def test_cancel_of_a_running_job_interrupts_it_without_retry(
     broker.join(queue_name, timeout=10_000)
     assert events == ["started"]
     assert store.cancel(message.message_id) is S.REVOKED
+    # A cancel is asked for: one INFO line, no warning, no traceback.
+    assert loud_lines(caplog) == []
+    assert info_lines(caplog, "cancel") == [f"Message {message.message_id} of actor busy was cancelled; not retried."]
 
 
 def test_cancel_of_an_unknown_job_says_so(store: JobStatusStore) -> None:

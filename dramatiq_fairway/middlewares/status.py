@@ -44,6 +44,7 @@ When the state store is down, status and progress updates are dropped and counte
 from __future__ import annotations
 
 import contextvars
+import logging
 import sys
 import threading
 import time
@@ -383,8 +384,10 @@ class _RunningJobs:
                 job.soft_deadline = None
             else:
                 job.interrupted = True
-            self.middleware.logger.warning(
-                "Raising %s in the worker thread running %r.", exception.__name__, job.message_id or "a job"
+            # A cancel is asked for: the retry middleware logs the job's end, once, at INFO.
+            level = logging.DEBUG if exception is Cancelled else logging.WARNING
+            self.middleware.logger.log(
+                level, "Raising %s in the worker thread running %r.", exception.__name__, job.message_id or "a job"
             )
             raise_thread_exception(thread_id, exception)
 
