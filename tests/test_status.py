@@ -20,6 +20,7 @@ import redis
 from dramatiq import Broker, Message, Worker
 from dramatiq.broker import MessageProxy
 from dramatiq.brokers.stub import StubBroker
+from dramatiq.middleware import TimeLimit
 
 from dramatiq_fairway.cli import jobs as jobs_cli
 from dramatiq_fairway.cli.output import CommandError
@@ -317,6 +318,48 @@ def test_soft_time_limit_raises_inside_the_actor(
     start_worker()
     final(store, message.message_id, S.SUCCESS)
     assert cleaned == ["cleaned up"]
+
+
+def test_soft_time_limit_raises_inside_an_async_actor_and_the_hard_limit_still_cancels(
+    broker: Broker, queue_name: str, store: JobStatusStore, start_worker: Callable[..., Worker]
+) -> None:
+    events: list[str] = []
+
+    @dramatiq.actor(broker=broker, queue_name=queue_name, soft_time_limit=200, max_retries=0)
+    async def cleans_up() -> str:
+        try:
+            # Never waited out: the soft limit ends the sleep after 0.2 s.
+            await asyncio.sleep(20)
+        except SoftTimeLimitExceeded:
+            events.append("soft limit")
+        await asyncio.sleep(0.01)  # the coroutine goes on: it was not cancelled
+        return "done"
+
+    @dramatiq.actor(broker=broker, queue_name=queue_name, soft_time_limit=200, time_limit=1000, max_retries=0)
+    async def overstays() -> None:
+        try:
+            await asyncio.sleep(20)
+        except SoftTimeLimitExceeded:
+            events.append("overstays: soft limit")
+        try:
+            await asyncio.sleep(20)
+        except asyncio.CancelledError:
+            events.append("overstays: cancelled")
+            raise
+
+    soft = cleans_up.send()
+    start_worker()
+    final(store, soft.message_id, S.SUCCESS)
+    assert events == ["soft limit"]
+    # TimeLimit starts its watcher in after_process_boot, which only the dramatiq command emits.
+    next(m for m in broker.middleware if isinstance(m, TimeLimit)).after_process_boot(broker)
+    hard = overstays.send()
+    record = wait_for(
+        lambda: (r := store.get(hard.message_id)) is not None and r.state in (S.FAILURE, S.DEAD_LETTER) and r,
+        timeout=20,
+    )
+    assert record.state in (S.FAILURE, S.DEAD_LETTER)
+    assert events == ["soft limit", "overstays: soft limit", "overstays: cancelled"]
 
 
 def test_a_message_arriving_too_large_is_rejected(
