@@ -51,7 +51,8 @@ class MessageTooLarge(FairwayError):
 
 
 class SoftTimeLimitExceeded(Interrupt):
-    """Raised inside an actor when its ``soft_time_limit`` passes."""
+    """Raised inside an actor when its ``soft_time_limit`` passes (inside an ``async def`` actor too,
+    at its current ``await``: see :mod:`dramatiq_fairway.middlewares.asyncio`)."""
 
 
 class Cancelled(Interrupt):

@@ -14,10 +14,14 @@ import contextvars
 import datetime as dt
 import json
 import logging
+import re
+from collections.abc import Callable
 from typing import Any
 
 from dramatiq import Message
 from dramatiq.broker import MessageProxy
+
+from .errors import Cancelled
 
 current_job: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar("fairway_log_job", default=None)
 
@@ -57,3 +61,40 @@ def use_json_logs(logger: logging.Logger | None = None) -> None:
     """Give every handler of ``logger`` (the root logger by default) the JSON formatter."""
     for handler in (logger or logging.getLogger()).handlers:
         handler.setFormatter(JsonLogFormatter())
+
+
+# The logger of Dramatiq's worker threads (``dramatiq.logging.get_logger`` names it module.class).
+WORKER_THREAD_LOGGER = "dramatiq.worker.WorkerThread"
+# Dramatiq formats this warning eagerly, so the actor's name is only in the text.
+_RESULT_DISCARDED = re.compile(r"Actor '(?P<actor>.+?)' returned a value that is not None")
+
+
+class WorkerLineFilter(logging.Filter):
+    """Drops two lines Dramatiq's worker threads log that are not something wrong on the fairway stack.
+
+    - A job ended by :class:`~dramatiq_fairway.errors.Cancelled` (``fairway jobs cancel``): Dramatiq
+      logs it as an unhandled exception, at ERROR with a traceback, though the cancel was asked
+      for; the retry middleware logs the job's end instead, one line at INFO.
+    - "returned a value ... without the Results middleware" for the actors ``quiet_results``
+      accepts (the shipped domain actors, whose return values are there for applications that add
+      Results or pipe them): it would fire on every job of the demo. Other actors still warn.
+    """
+
+    def __init__(self, quiet_results: Callable[[str], bool]) -> None:
+        super().__init__()
+        self.quiet_results = quiet_results
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info is not None and isinstance(record.exc_info[1], Cancelled):
+            return False
+        if record.levelno == logging.WARNING and (found := _RESULT_DISCARDED.match(str(record.msg))):
+            return not self.quiet_results(found["actor"])
+        return True
+
+
+def filter_worker_lines(quiet_results: Callable[[str], bool]) -> None:
+    """Put a :class:`WorkerLineFilter` on Dramatiq's worker-thread logger, replacing an earlier one."""
+    logger = logging.getLogger(WORKER_THREAD_LOGGER)
+    for old in [f for f in logger.filters if isinstance(f, WorkerLineFilter)]:
+        logger.removeFilter(old)
+    logger.addFilter(WorkerLineFilter(quiet_results))

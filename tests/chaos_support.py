@@ -27,8 +27,10 @@ from dramatiq import Actor, Broker, Message
 from dramatiq.common import dq_name, xq_name
 
 from dramatiq_fairway import setup
+from dramatiq_fairway.brokers.fair_redis import FairRedisBroker
 from dramatiq_fairway.connections import rabbitmq_parameters
 from dramatiq_fairway.errors import PermanentError
+from dramatiq_fairway.priority import Priority
 from dramatiq_fairway.settings import Settings, load_settings
 
 from .conftest import REDIS_URL
@@ -232,6 +234,14 @@ def publish_raw(settings: Settings, queue_name: str, body: bytes) -> None:
         )
     finally:
         connection.close()
+
+
+def push_raw(broker: Broker, settings: Settings, queue_name: str, body: bytes) -> None:
+    """Put ``body`` straight into the queue, past every check ``enqueue`` makes."""
+    if isinstance(broker, FairRedisBroker):
+        broker.push_body(queue_name, body, level=Priority.NORMAL, tenant="default")
+    else:
+        publish_raw(settings, queue_name, body)
 
 
 def delete_rabbitmq_queues(broker: Broker, settings: Settings, queue_name: str) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import socket
@@ -14,6 +15,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import dramatiq
+import pytest
 from dramatiq import Broker, Worker
 
 from dramatiq_fairway.settings import Settings
@@ -102,3 +104,21 @@ def run_jobs(broker: Broker, queue_name: str, values: list[Any]) -> list[Any]:
     finally:
         worker.stop()
     return done
+
+
+def loud_lines(caplog: pytest.LogCaptureFixture) -> list[str]:
+    """Lines of Dramatiq's and fairway's loggers at WARNING or above, or carrying a traceback."""
+    return [
+        record.getMessage()
+        for record in caplog.records
+        if record.name.startswith("dramatiq") and (record.levelno >= logging.WARNING or record.exc_info)
+    ]
+
+
+def info_lines(caplog: pytest.LogCaptureFixture, containing: str) -> list[str]:
+    """INFO lines of Dramatiq's and fairway's loggers that contain ``containing``."""
+    return [
+        record.getMessage()
+        for record in caplog.records
+        if record.name.startswith("dramatiq") and record.levelno == logging.INFO and containing in record.getMessage()
+    ]

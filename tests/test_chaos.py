@@ -23,8 +23,6 @@ from dramatiq import Broker, Worker
 
 from dramatiq_fairway import setup
 from dramatiq_fairway.brokers import fair_redis
-from dramatiq_fairway.brokers.fair_redis import FairRedisBroker
-from dramatiq_fairway.priority import Priority
 from dramatiq_fairway.settings import Settings
 from dramatiq_fairway.store.dead_letters import DeadLetterStore
 from dramatiq_fairway.store.scripts import ScriptCall, run_scripts
@@ -36,7 +34,7 @@ from .chaos_support import (
     declare_actors,
     delete_rabbitmq_queues,
     log_tail,
-    publish_raw,
+    push_raw,
     send_jobs,
     throwaway_redis,
     worker_commands,
@@ -222,14 +220,6 @@ def test_rabbitmq_app_restart_mid_run_loses_no_job(
 # (d) -------------------------------------------------------------------------------------------
 
 
-def _push_raw(broker: Broker, settings: Settings, queue_name: str, body: bytes) -> None:
-    """Put ``body`` straight into the queue, past every check ``enqueue`` makes."""
-    if isinstance(broker, FairRedisBroker):
-        broker.push_body(queue_name, body, level=Priority.NORMAL, tenant="default")
-    else:
-        publish_raw(settings, queue_name, body)
-
-
 @pytest.mark.usefixtures("cleanup_namespace")
 def test_garbage_and_unknown_actor_are_dead_lettered_and_the_worker_keeps_serving(
     broker: Broker, settings: Settings, queue_name: str, runs: RunLog, short_tmp: Path
@@ -237,11 +227,11 @@ def test_garbage_and_unknown_actor_are_dead_lettered_and_the_worker_keeps_servin
     job, _fail = declare_actors(broker, queue_name, settings.namespace)
     send_jobs(broker, job, range(50), seconds=0)
     garbage = b"\xff\x00 not json at all {" * 4
-    _push_raw(broker, settings, queue_name, garbage)
+    push_raw(broker, settings, queue_name, garbage)
     stray: dramatiq.Message[Any] = dramatiq.Message(
         queue_name=queue_name, actor_name="no_such_actor", args=(1,), kwargs={}, options={}
     )
-    _push_raw(broker, settings, queue_name, stray.encode())
+    push_raw(broker, settings, queue_name, stray.encode())
     send_jobs(broker, job, range(50, 100), seconds=0)
     log = short_tmp / "worker.log"
     store = DeadLetterStore(settings)
@@ -271,7 +261,7 @@ def test_ten_megabyte_message_is_dead_lettered_as_too_large(
     job, _fail = declare_actors(broker, queue_name, settings.namespace)
     huge = job.message_with_options(args=(-1, 0.0, "x" * 10_000_000))
     send_jobs(broker, job, range(10), seconds=0)
-    _push_raw(broker, settings, queue_name, huge.encode())
+    push_raw(broker, settings, queue_name, huge.encode())
     send_jobs(broker, job, range(10, 20), seconds=0)
     log = short_tmp / "worker.log"
     store = DeadLetterStore(settings)

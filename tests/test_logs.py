@@ -4,16 +4,19 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from pathlib import Path
 
+import dramatiq
 import pytest
-from dramatiq import Message
+from dramatiq import Broker, Message, Worker
 
+from dramatiq_fairway.actors import fl
 from dramatiq_fairway.logs import JsonLogFormatter, current_job, job_fields
 from dramatiq_fairway.settings import Settings
 from dramatiq_fairway.setup import setup
 
-from .helpers import dramatiq_command, settings_env, wait_for
+from .helpers import dramatiq_command, loud_lines, settings_env, wait_for
 
 
 def _record(message: str) -> logging.LogRecord:
@@ -50,6 +53,31 @@ def test_a_bad_log_format_names_the_field(monkeypatch: pytest.MonkeyPatch) -> No
     monkeypatch.setenv("FAIRWAY_LOGS__FORMAT", "xml")
     with pytest.raises(ConfigError, match="FAIRWAY_LOGS__FORMAT"):
         load_settings()
+
+
+def test_shipped_actors_return_values_without_a_warning_while_other_actors_still_warn(
+    broker: Broker,
+    queue_name: str,
+    short_tmp: Path,
+    start_worker: Callable[..., Worker],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO)
+    # The demo's actor, declared on the test's broker and queue as the demo's worker has it.
+    shipped = dramatiq.actor(fl.sync_client_data.fn, broker=broker, queue_name=queue_name, actor_name="fl.sync_test")
+
+    @dramatiq.actor(broker=broker, queue_name=queue_name)
+    def users_own() -> int:
+        return 1
+
+    for n in range(3):
+        shipped.send(f"client-{n}", n, str(short_tmp))
+    users_own.send()
+    start_worker()
+    wait_for(lambda: len(list(short_tmp.iterdir())) >= 3 and loud_lines(caplog))
+    broker.join(queue_name, timeout=15_000)
+    [warning] = loud_lines(caplog)
+    assert warning.startswith("Actor 'users_own' returned a value that is not None")
 
 
 @pytest.mark.parametrize("broker_kind", ["redis"], indirect=True)

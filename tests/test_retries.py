@@ -24,7 +24,7 @@ from dramatiq_fairway.middlewares.retries import HISTORY_LENGTH, ClassifiedRetri
 from dramatiq_fairway.settings import RetrySettings, Settings
 from dramatiq_fairway.store.dead_letters import DeadLetterStore
 
-from .helpers import wait_for
+from .helpers import info_lines, loud_lines, wait_for
 
 RETRY_LOGGER = "dramatiq_fairway.middlewares.retries"
 
@@ -57,6 +57,11 @@ class Runs:
 
     def gaps(self) -> list[float]:
         return [later - earlier for earlier, later in zip(self.started, self.started[1:], strict=False)]
+
+
+def _not_retried_lines(caplog: pytest.LogCaptureFixture) -> list[str]:
+    lines = [r.getMessage() for r in caplog.records if r.name.startswith(RETRY_LOGGER) and r.levelno == logging.WARNING]
+    return [line.removeprefix("Message ").removesuffix("; not retried.") for line in lines if "not retried" in line]
 
 
 @pytest.fixture
@@ -158,7 +163,9 @@ def test_value_error_runs_once_and_lands_dead_as_permanent(
     queue_name: str,
     start_worker: Callable[..., Worker],
     dead: DeadView,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
+    caplog.set_level(logging.INFO, logger=RETRY_LOGGER)
     calls: list[int] = []
 
     @dramatiq.actor(broker=broker, queue_name=queue_name, max_retries=5, min_backoff=10, max_backoff=100)
@@ -180,6 +187,7 @@ def test_value_error_runs_once_and_lands_dead_as_permanent(
     assert "ValueError: invalid literal" in options["traceback"]
     assert options.get("retries", 0) == 0
     assert [entry["classification"] for entry in options["attempt_history"]] == ["permanent"]
+    assert _not_retried_lines(caplog) == [f"{message.message_id} of actor parse failed on attempt 1 (permanent)"]
 
 
 def test_rate_limited_waits_for_retry_after(
@@ -253,7 +261,9 @@ def test_exhausted_retries_dead_letter_with_the_bounded_attempt_history(
     queue_name: str,
     start_worker: Callable[..., Worker],
     dead: DeadView,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
+    caplog.set_level(logging.INFO, logger=RETRY_LOGGER)
     calls: list[int] = []
     exhausted: list[tuple[dict[str, Any], dict[str, Any]]] = []
 
@@ -293,6 +303,9 @@ def test_exhausted_retries_dead_letter_with_the_bounded_attempt_history(
     message_data, retry_info = exhausted[0]
     assert message_data["message_id"] == message.message_id
     assert retry_info == {"retries": 11, "max_retries": 11}
+    assert _not_retried_lines(caplog) == [
+        f"{message.message_id} of actor always_down failed on attempt 12 (transient, retries_exhausted)"
+    ]
 
 
 @pytest.mark.parametrize(("unknown_policy", "expected_runs"), [("retry", 2), ("fail", 1)])
@@ -386,7 +399,9 @@ def test_cancelled_ends_the_job_without_retry_or_dead_letter(
     queue_name: str,
     start_worker: Callable[..., Worker],
     dead: DeadView,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
+    caplog.set_level(logging.DEBUG)
     calls: list[int] = []
 
     @dramatiq.actor(broker=broker, queue_name=queue_name, min_backoff=10, max_backoff=20)
@@ -403,6 +418,11 @@ def test_cancelled_ends_the_job_without_retry_or_dead_letter(
     assert calls == [1]
     assert dead.nacked == {}
     assert message.message_id not in dead.ids()
+    # One INFO line says the job was cancelled; nothing louder, no traceback.
+    assert loud_lines(caplog) == []
+    assert info_lines(caplog, "cancelled") == [
+        f"Message {message.message_id} of actor cancellable was cancelled; not retried."
+    ]
 
 
 def test_throws_fails_at_once_and_retry_when_decides_over_classification(

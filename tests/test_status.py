@@ -7,6 +7,7 @@ import argparse
 import asyncio
 import datetime as dt
 import json
+import logging
 import textwrap
 import threading
 import time
@@ -19,6 +20,7 @@ import redis
 from dramatiq import Broker, Message, Worker
 from dramatiq.broker import MessageProxy
 from dramatiq.brokers.stub import StubBroker
+from dramatiq.middleware import TimeLimit
 
 from dramatiq_fairway.cli import jobs as jobs_cli
 from dramatiq_fairway.cli.output import CommandError
@@ -27,6 +29,7 @@ from dramatiq_fairway.middlewares.dead_letters import DeadLetters
 from dramatiq_fairway.middlewares.status import JobStatus, UniqueKeyUnavailable, progress
 from dramatiq_fairway.settings import Settings
 from dramatiq_fairway.store import status as status_store
+from dramatiq_fairway.store.dead_letters import DeadLetterStore
 from dramatiq_fairway.store.scripts import ScriptCall
 from dramatiq_fairway.store.status import (
     MOVES_PER_CALL,
@@ -38,7 +41,8 @@ from dramatiq_fairway.store.status import (
     iso_from_seconds,
 )
 
-from .helpers import dramatiq_command, free_port, settings_env, wait_for
+from .chaos_support import push_raw
+from .helpers import dramatiq_command, free_port, info_lines, loud_lines, settings_env, wait_for
 
 S = JobState
 
@@ -236,8 +240,13 @@ def test_cancel_of_a_queued_job_skips_it_as_revoked(
 
 
 def test_cancel_of_a_running_job_interrupts_it_without_retry(
-    broker: Broker, queue_name: str, store: JobStatusStore, start_worker: Callable[..., Worker]
+    broker: Broker,
+    queue_name: str,
+    store: JobStatusStore,
+    start_worker: Callable[..., Worker],
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
+    caplog.set_level(logging.INFO)
     events: list[str] = []
 
     @dramatiq.actor(broker=broker, queue_name=queue_name, max_retries=3, min_backoff=10)
@@ -257,6 +266,9 @@ def test_cancel_of_a_running_job_interrupts_it_without_retry(
     broker.join(queue_name, timeout=10_000)
     assert events == ["started"]
     assert store.cancel(message.message_id) is S.REVOKED
+    # A cancel is asked for: one INFO line, no warning, no traceback.
+    assert loud_lines(caplog) == []
+    assert info_lines(caplog, "cancel") == [f"Message {message.message_id} of actor busy was cancelled; not retried."]
 
 
 def test_cancel_of_an_unknown_job_says_so(store: JobStatusStore) -> None:
@@ -306,6 +318,74 @@ def test_soft_time_limit_raises_inside_the_actor(
     start_worker()
     final(store, message.message_id, S.SUCCESS)
     assert cleaned == ["cleaned up"]
+
+
+def test_soft_time_limit_raises_inside_an_async_actor_and_the_hard_limit_still_cancels(
+    broker: Broker, queue_name: str, store: JobStatusStore, start_worker: Callable[..., Worker]
+) -> None:
+    events: list[str] = []
+
+    @dramatiq.actor(broker=broker, queue_name=queue_name, soft_time_limit=200, max_retries=0)
+    async def cleans_up() -> str:
+        try:
+            # Never waited out: the soft limit ends the sleep after 0.2 s.
+            await asyncio.sleep(20)
+        except SoftTimeLimitExceeded:
+            events.append("soft limit")
+        await asyncio.sleep(0.01)  # the coroutine goes on: it was not cancelled
+        return "done"
+
+    @dramatiq.actor(broker=broker, queue_name=queue_name, soft_time_limit=200, time_limit=1000, max_retries=0)
+    async def overstays() -> None:
+        try:
+            await asyncio.sleep(20)
+        except SoftTimeLimitExceeded:
+            events.append("overstays: soft limit")
+        try:
+            await asyncio.sleep(20)
+        except asyncio.CancelledError:
+            events.append("overstays: cancelled")
+            raise
+
+    soft = cleans_up.send()
+    start_worker()
+    final(store, soft.message_id, S.SUCCESS)
+    assert events == ["soft limit"]
+    # TimeLimit starts its watcher in after_process_boot, which only the dramatiq command emits.
+    next(m for m in broker.middleware if isinstance(m, TimeLimit)).after_process_boot(broker)
+    hard = overstays.send()
+    record = wait_for(
+        lambda: (r := store.get(hard.message_id)) is not None and r.state in (S.FAILURE, S.DEAD_LETTER) and r,
+        timeout=20,
+    )
+    assert record.state in (S.FAILURE, S.DEAD_LETTER)
+    assert events == ["soft limit", "overstays: soft limit", "overstays: cancelled"]
+
+
+def test_a_message_arriving_too_large_is_rejected(
+    broker: Broker,
+    settings: Settings,
+    queue_name: str,
+    store: JobStatusStore,
+    start_worker: Callable[..., Worker],
+) -> None:
+    ran: list[int] = []
+
+    @dramatiq.actor(broker=broker, queue_name=queue_name)
+    def job(payload: str) -> None:
+        ran.append(len(payload))
+
+    small = job.send("x")  # declares the queue, on RabbitMQ too
+    huge = job.message("x" * (settings.max_message_bytes + 1))
+    # As `send` would have: PENDING first; the body then skips every check `enqueue` makes.
+    store.enqueued(huge.message_id, huge.actor_name, queue_name)
+    push_raw(broker, settings, queue_name, huge.encode())
+    start_worker()
+    final(store, small.message_id, S.SUCCESS)
+    wait_for(lambda: DeadLetterStore(settings).get(huge.message_id) is not None)
+    record = final(store, huge.message_id, S.REJECTED)
+    assert [c.state for c in record.history] == [S.PENDING, S.REJECTED]
+    assert ran == [1]
 
 
 def test_track_status_false_keeps_nothing(

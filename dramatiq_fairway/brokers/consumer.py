@@ -8,6 +8,11 @@
    original is acked, without firing any middleware hook: waiting is not failing, so no retry is
    used and Results, AgeLimit and Callbacks never see it.
 
+3. Ask again when a worker thread takes the message (``hold_at_start``, from what the middleware
+   already knows in this process, no round trip): a message prefetched while its breaker was
+   closed may reach a worker thread after the breaker opened. :class:`HoldsAtStart` makes the
+   broker hand such a message to its consumer's hold-back instead of the actor, with no hook fired.
+
 The broker classes (``FairwayRabbitmqBroker``, ``FairRedisBroker``) call these functions from
 their consumers and provide ``hold_back(message, delay_ms)``; the middleware involved are looked
 up once per change of the broker's middleware list (``OverriddenHooks``), not per message.
@@ -17,9 +22,9 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
-from dramatiq import Broker, Message
+from dramatiq import Broker, Message, MessageProxy
 from dramatiq.common import current_millis
 from dramatiq.errors import DecodeError
 
@@ -32,6 +37,10 @@ logger = logging.getLogger(__name__)
 # Message option holding the time (ms) a message was first held back, so a middleware can give up
 # on a message that waited too long (FAIRWAY_BREAKER__MAX_HOLD).
 HELD_SINCE = "fairway_held_since"
+# Attribute of a MessageProxy held back when a worker thread took it: the wait in milliseconds.
+_HELD_AT_START = "_fairway_held_at_start"
+# What a worker thread emits for a message after ``before_process_message``.
+_OUTCOME_SIGNALS = frozenset({"process_message", "skip_message", "ack", "nack"})
 
 
 @runtime_checkable
@@ -41,9 +50,22 @@ class HoldingMiddleware(Protocol):
 
 
 @runtime_checkable
+class StartHoldingMiddleware(Protocol):
+    def hold_at_start(self, broker: Broker, message: MessageProxy) -> int | None:
+        """Milliseconds ``message``, let through by :meth:`HoldingMiddleware.hold`, must still wait,
+        from what this process already knows (no round trip), or None to run it now."""
+
+
+@runtime_checkable
 class UndecodableRecorder(Protocol):
     def record_undecodable(self, broker: Broker, queue_name: str, body: bytes, error: Exception) -> None:
         """Keep what can be kept of a body that could not be decoded. Raise if it could not be kept."""
+
+
+@runtime_checkable
+class RejectionRecorder(Protocol):
+    def record_rejected(self, broker: Broker, message: Message) -> None:
+        """Note that ``message`` was decoded but refused before any worker saw it (too large)."""
 
 
 class ArrivedTooLarge(MessageTooLarge):
@@ -72,6 +94,10 @@ def _report(broker: Broker, queue_name: str, body: bytes, error: Exception) -> N
     recorders = [m for m in broker.middleware if isinstance(m, UndecodableRecorder)]
     for recorder in recorders:
         recorder.record_undecodable(broker, queue_name, body, error)
+    if isinstance(error, ArrivedTooLarge):
+        # No processing hook ever sees this message, so its job status hears of it only here.
+        for _middleware, record_rejected in hooks_of(broker, "record_rejected"):
+            record_rejected(broker, error.message)
     if not recorders:
         logger.warning(
             "Dropped a message from %r (%d bytes, sha256 %s): %s",
@@ -94,3 +120,41 @@ def held_copy(message: Message, delay: int) -> Message:
     if HELD_SINCE not in message.options:
         options[HELD_SINCE] = current_millis()
     return message.copy(options=options)
+
+
+def held_at_start(message: MessageProxy) -> int | None:
+    """The wait of a message a worker thread was about to run and handed back, or None."""
+    delay: int | None = getattr(message, _HELD_AT_START, None)
+    return delay
+
+
+class HoldsAtStart:
+    """A broker mixin: a message that must wait by the time a worker thread takes it goes back to
+    its delay queue through the consumer (``nack`` sees :func:`held_at_start`), not to the actor.
+
+    Dramatiq's worker thread offers no way to put a message back from ``before_process_message``
+    but ``SkipMessage`` (Results would store None) or a failure. So the message is marked and
+    ``fail()``-ed, which makes the worker skip the actor and hand it to ``consumer.nack``, and no
+    middleware hook fires for it from then on: to every middleware, it was never taken.
+    """
+
+    def emit_before(self, signal: str, *args: Any, **kwargs: Any) -> None:
+        if signal in _OUTCOME_SIGNALS:
+            message = args[0]
+            if held_at_start(message) is not None:
+                return
+            if signal == "process_message" and (delay := _start_hold_delay(self, message)):
+                setattr(message, _HELD_AT_START, delay)
+                message.fail()
+                return
+        super().emit_before(signal, *args, **kwargs)  # type: ignore[misc]
+
+    def emit_after(self, signal: str, *args: Any, **kwargs: Any) -> None:
+        if signal in _OUTCOME_SIGNALS and held_at_start(args[0]) is not None:
+            return
+        super().emit_after(signal, *args, **kwargs)  # type: ignore[misc]
+
+
+def _start_hold_delay(broker: Any, message: MessageProxy) -> int | None:
+    delays = [delay for _middleware, hold in hooks_of(broker, "hold_at_start") if (delay := hold(broker, message))]
+    return max(delays) if delays else None

@@ -47,7 +47,7 @@ from ..priority import Priority
 from ..settings import Settings, load_settings
 from ..store import limits
 from ..store.scripts import LuaScript, ScriptCall, run_scripts
-from .consumer import decode_or_report, held_copy, hold_delay
+from .consumer import HoldsAtStart, decode_or_report, held_at_start, held_copy, hold_delay
 from .hooks import OverriddenHooks
 
 logger = logging.getLogger(__name__)
@@ -65,7 +65,7 @@ GONE_GRACE = 2.0
 CLIENT_NAME_PREFIX = "fairway:"
 
 
-class FairRedisBroker(OverriddenHooks, RedisBroker):
+class FairRedisBroker(HoldsAtStart, OverriddenHooks, RedisBroker):
     """A RedisBroker with fair dispatch across priority levels and tenants.
 
     Parameters (besides RedisBroker's ``client``, ``url``, ``namespace``, ``middleware``,
@@ -520,6 +520,13 @@ class FairRedisConsumer(Consumer):
         self._settle("ack", message)
 
     def nack(self, message: MessageProxy) -> None:
+        delay = held_at_start(message)
+        if delay is not None:
+            with _closed_on_connection_error():
+                self.broker.hold_back(message._message, delay)
+            self.delivered.discard(message.options["redis_message_id"])
+            self.settled.set()
+            return
         # As on RabbitMQ: a message recorded in the dead-letter store is acked, so requeue and
         # purge never have to find it in .XQ.
         self._settle("ack" if dead_letters.was_recorded(message) else "nack", message)

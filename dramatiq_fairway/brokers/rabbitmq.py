@@ -54,7 +54,7 @@ from ..connections import state_store_client
 from ..middlewares import dead_letters
 from ..priority import Priority
 from ..settings import Settings, load_settings
-from .consumer import decode_or_report, held_copy, hold_delay
+from .consumer import HoldsAtStart, decode_or_report, held_at_start, held_copy, hold_delay
 from .hooks import OverriddenHooks
 from .rabbitmq_picker import Delivery, Picker
 
@@ -85,7 +85,7 @@ def tenant_of(message: Message) -> str:
     return str(message.options.get("tenant") or DEFAULT_TENANT)
 
 
-class FairwayRabbitmqBroker(OverriddenHooks, RabbitmqBroker):
+class FairwayRabbitmqBroker(HoldsAtStart, OverriddenHooks, RabbitmqBroker):
     """A RabbitmqBroker with per-level, per-lane queues and a consumer that picks by DESIGN.md §14.
 
     Parameters (besides RabbitmqBroker's ``url``, ``confirm_delivery``, ``max_priority``, ...):
@@ -207,7 +207,9 @@ class FairwayRabbitmqBroker(OverriddenHooks, RabbitmqBroker):
         queue_name = q_name(message.queue_name)
         self.declare_queue(queue_name, ensure=True)
         try:
-            self._publish(dq_name(queue_name), held_copy(message, delay))
+            # Named after its delay queue, as Dramatiq's own delayed messages are: the ack of this
+            # copy when it moves back is then told apart from a job's ack.
+            self._publish(dq_name(queue_name), held_copy(message, delay).copy(queue_name=dq_name(queue_name)))
         except _CONNECTION_ERRORS as error:
             del self.connection
             raise ConnectionClosed(error) from None
@@ -302,6 +304,11 @@ class _FairwayRabbitmqConsumer(_RabbitmqConsumer):
         return _RabbitmqMessage(method.redelivered, method.delivery_tag, message)
 
     def nack(self, message: MessageProxy) -> None:
+        delay = held_at_start(message)
+        if delay is not None:
+            self.broker.hold_back(message._message, delay)
+            self.ack(message)
+            return
         # A dead-lettered message is kept as a record in the state store; a copy in .XQ would
         # only expire after 7 days and could never be removed by id when the record is requeued.
         if dead_letters.was_recorded(message):

@@ -210,6 +210,29 @@ class CircuitBreaker(Middleware):
         recheck = policy.open_duration if reply.state.forced else min(policy.open_duration, HALF_OPEN_RECHECK)
         return self._wait(key, message, now + recheck, now)
 
+    def hold_at_start(self, broker: Broker, message: MessageProxy) -> int | None:
+        """Milliseconds a job let through by :meth:`hold` must still wait when a worker thread takes
+        it, from this process's fresh cache alone (no round trip), or None to run it now.
+
+        A job prefetched while its breaker was closed can reach a worker thread after another job
+        of this process opened the breaker; without this, each process would still run every job
+        it had in hand then. A trial of a half-open breaker keeps its slot and runs.
+        """
+        if message.message_id in self._trials:
+            return None
+        target = self._target(broker, message)
+        if target is None:
+            return None
+        key, policy = target
+        cached = self._cache.get(key)
+        now = self.clock()
+        if cached is None or now >= cached.fresh_until or cached.state == "closed":
+            return None
+        if cached.state == "open" and cached.retry_at is not None and now < cached.retry_at:
+            return self._wait(key, message._message, cached.retry_at, now)
+        # Half-open (or open and due): the consumer's hold asks the store for a trial slot.
+        return self._wait(key, message._message, now + min(policy.open_duration, HALF_OPEN_RECHECK), now)
+
     def before_process_message(self, broker: Broker, message: MessageProxy) -> None:
         held = self._held_too_long.pop(message.message_id, None)
         if held is not None:

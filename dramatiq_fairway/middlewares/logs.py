@@ -5,6 +5,9 @@ queue, tenant, attempt) for :class:`~dramatiq_fairway.logs.JsonLogFormatter`, wh
 on the root logger's handlers when a worker process boots (the ``dramatiq`` command's processes)
 or when an in-process worker starts. With the text format it only keeps the fields (a context
 variable set and reset per job), so a user's own formatter or filter may read them.
+
+When a worker starts it also filters two lines of Dramatiq's worker threads that report nothing
+wrong on the fairway stack (:class:`~dramatiq_fairway.logs.WorkerLineFilter`).
 """
 
 from __future__ import annotations
@@ -13,8 +16,9 @@ from typing import Any
 
 from dramatiq import Broker, Middleware
 from dramatiq.broker import MessageProxy
+from dramatiq.errors import ActorNotFound
 
-from ..logs import current_job, job_fields, use_json_logs
+from ..logs import current_job, filter_worker_lines, job_fields, use_json_logs
 from ..settings import Settings, load_settings
 
 
@@ -30,6 +34,7 @@ class JobLogContext(Middleware):
 
     def before_worker_boot(self, broker: Broker, worker: Any) -> None:  # noqa: ARG002 (hook signature)
         self.after_process_boot(broker)
+        filter_worker_lines(lambda actor_name: _is_shipped(broker, actor_name))
 
     def before_process_message(self, broker: Broker, message: MessageProxy) -> None:  # noqa: ARG002 (hook signature)
         current_job.set(job_fields(message))
@@ -46,3 +51,12 @@ class JobLogContext(Middleware):
 
     def after_skip_message(self, broker: Broker, message: MessageProxy) -> None:
         self.after_process_message(broker, message)
+
+
+def _is_shipped(broker: Broker, actor_name: str) -> bool:
+    """Whether ``actor_name`` is one of the domain actors in :mod:`dramatiq_fairway.actors`."""
+    try:
+        module = broker.get_actor(actor_name).fn.__module__
+    except ActorNotFound:
+        return False
+    return module.startswith("dramatiq_fairway.actors.")

@@ -205,13 +205,14 @@ class ClassifiedRetries(Middleware):
         if not retry:
             attempt = self._record(message, exception, verdict, now, None)
             message.options["failure_reason"] = reason
+            # "(permanent)", not "(permanent, permanent)": the reason adds something only when it differs.
+            why = verdict.classification if reason == verdict.classification else f"{verdict.classification}, {reason}"
             self.logger.warning(
-                "Message %s of actor %s failed on attempt %d (%s, %s); not retried.",
+                "Message %s of actor %s failed on attempt %d (%s); not retried.",
                 message.message_id,
                 actor.actor_name,
                 attempt,
-                verdict.classification,
-                reason,
+                why,
             )
             message.fail()
             self._send_retry_exhausted(broker, message, actor, retries, max_retries)

@@ -2,7 +2,8 @@
 
 States (DESIGN.md §7): PENDING when enqueued, STARTED, then SUCCESS, RETRY (failed, will run
 again), FAILURE (failed, no retry left, no dead-letter store), DEAD_LETTER (failed and recorded),
-REVOKED (cancelled) or REJECTED (refused before running: unknown actor, duplicate ``unique_key``).
+REVOKED (cancelled) or REJECTED (refused before running: unknown actor, too large on arrival,
+duplicate ``unique_key``).
 Kept in the state store by :class:`~dramatiq_fairway.store.status.JobStatusStore`. PENDING is
 written when ``send`` returns; a worker queues STARTED, outcomes and progress in a
 :class:`~dramatiq_fairway.store.status.StatusWriter` that writes everything that waited in the
@@ -43,6 +44,7 @@ When the state store is down, status and progress updates are dropped and counte
 from __future__ import annotations
 
 import contextvars
+import logging
 import sys
 import threading
 import time
@@ -196,6 +198,11 @@ class JobStatus(Middleware):
         if self._tracked(broker, message):
             self._write(message, JobState.REJECTED, mode="reject")
 
+    def record_rejected(self, broker: Broker, message: Message[Any]) -> None:
+        """A message refused by fairway's consumer before any hook saw it (too large on arrival)."""
+        if self._tracked(broker, message):
+            self._write(message, JobState.REJECTED, mode="reject")
+
     def after_worker_shutdown(self, broker: Broker, worker: Any) -> None:  # noqa: ARG002 (hook signature)
         self._running.stop()
         if self._writer is not None:
@@ -237,7 +244,7 @@ class JobStatus(Middleware):
             _StoreOutage.shared.dropped(error)
             return False
 
-    def _write(self, message: MessageProxy, state: JobState, *, mode: str = "record") -> None:
+    def _write(self, message: Message[Any] | MessageProxy, state: JobState, *, mode: str = "record") -> None:
         self.writer.transition(
             message.message_id,
             state,
@@ -384,8 +391,10 @@ class _RunningJobs:
                 job.soft_deadline = None
             else:
                 job.interrupted = True
-            self.middleware.logger.warning(
-                "Raising %s in the worker thread running %r.", exception.__name__, job.message_id or "a job"
+            # A cancel is asked for: the retry middleware logs the job's end, once, at INFO.
+            level = logging.DEBUG if exception is Cancelled else logging.WARNING
+            self.middleware.logger.log(
+                level, "Raising %s in the worker thread running %r.", exception.__name__, job.message_id or "a job"
             )
             raise_thread_exception(thread_id, exception)
 
