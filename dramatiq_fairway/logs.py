@@ -54,6 +54,9 @@ class JsonLogFormatter(logging.Formatter):
             line.update(job)
         if record.exc_info:
             line["exception"] = self.formatException(record.exc_info)
+        elif record.exc_text:
+            # Set without exc_info by a filter that scrubbed the traceback (MessageLogRedaction).
+            line["exception"] = record.exc_text
         return json.dumps(line, default=str)
 
 

@@ -79,12 +79,16 @@ class RetrySettings(_Section):
     @field_validator("transient_patterns", "permanent_patterns")
     @classmethod
     def _compilable(cls, patterns: list[str]) -> list[str]:
-        for pattern in patterns:
-            try:
-                re.compile(pattern)
-            except re.error as exc:
-                raise ValueError(f"{pattern!r} is not a regular expression ({exc})") from None
-        return patterns
+        return _compilable_patterns(patterns)
+
+
+def _compilable_patterns(patterns: list[str]) -> list[str]:
+    for pattern in patterns:
+        try:
+            re.compile(pattern)
+        except re.error as exc:
+            raise ValueError(f"{pattern!r} is not a regular expression ({exc})") from None
+    return patterns
 
 
 class BreakerPolicy(_Section):
@@ -145,6 +149,13 @@ class DlqSettings(_Section):
     retention_days: float = Field(30, gt=0)
     max_records: int = Field(1_000_000, ge=1)
     redact: list[str] = list(SECRET_WORDS)
+    # Regexes whose matches are redacted wherever they occur (dramatiq_fairway/redaction_rules.py).
+    redact_patterns: list[str] = []
+
+    @field_validator("redact_patterns")
+    @classmethod
+    def _compilable(cls, patterns: list[str]) -> list[str]:
+        return _compilable_patterns(patterns)
 
 
 class StatusSettings(_Section):

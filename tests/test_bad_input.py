@@ -67,6 +67,9 @@ BAD_SETTINGS = {
     "dlq_retention_zero": BadSetting({"FAIRWAY_DLQ__RETENTION_DAYS": "0"}, "FAIRWAY_DLQ__RETENTION_DAYS", "'0'"),
     "dlq_max_records_word": BadSetting({"FAIRWAY_DLQ__MAX_RECORDS": "many"}, "FAIRWAY_DLQ__MAX_RECORDS", "'many'"),
     "dlq_redact_not_a_list": BadSetting({"FAIRWAY_DLQ__REDACT": '"password"'}, "FAIRWAY_DLQ__REDACT", "'password'"),
+    "dlq_redact_patterns_bad_regex": BadSetting(
+        {"FAIRWAY_DLQ__REDACT_PATTERNS": '["(card"]'}, "FAIRWAY_DLQ__REDACT_PATTERNS", "'(card'"
+    ),
     "status_failed_ttl_zero": BadSetting({"FAIRWAY_STATUS__FAILED_TTL": "0"}, "FAIRWAY_STATUS__FAILED_TTL", "'0'"),
     "metrics_max_tenants_zero": BadSetting(
         {"FAIRWAY_METRICS__MAX_TENANTS": "0"}, "FAIRWAY_METRICS__MAX_TENANTS", "'0'"

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import io
 import logging
 from collections.abc import Callable
 from pathlib import Path
@@ -26,7 +27,7 @@ from dramatiq_fairway.connections import rabbitmq_parameters
 from dramatiq_fairway.errors import BreakerOpen, MessageTooLarge, PermanentError
 from dramatiq_fairway.middlewares.dead_letters import DeadLetters
 from dramatiq_fairway.priority import Priority
-from dramatiq_fairway.redaction import PLACEHOLDER
+from dramatiq_fairway.redaction_rules import placeholder
 from dramatiq_fairway.settings import Settings
 from dramatiq_fairway.store.dead_letters import DeadLetter, DeadLetterFilter, DeadLetterStore, RedactedRecords
 
@@ -131,12 +132,12 @@ def test_secrets_are_redacted_everywhere(
     )
     start_worker()
     record = wait_for(lambda: record_of(broker, message.message_id))
-    assert record.args == ["ann", PLACEHOLDER]
-    assert record.kwargs == {"api_token": PLACEHOLDER}
-    assert record.options["headers"] == {"Authorization": PLACEHOLDER}
-    assert record.raw["args"] == ["ann", PLACEHOLDER]
-    assert record.raw["kwargs"] == {"api_token": PLACEHOLDER}
-    assert record.raw["options"]["headers"] == {"Authorization": PLACEHOLDER}
+    assert record.args == ["ann", placeholder("password")]
+    assert record.kwargs == {"api_token": placeholder("token")}
+    assert record.options["headers"] == {"Authorization": placeholder("authorization")}
+    assert record.raw["args"] == ["ann", placeholder("password")]
+    assert record.raw["kwargs"] == {"api_token": placeholder("token")}
+    assert record.raw["options"]["headers"] == {"Authorization": placeholder("authorization")}
     assert record.redacted_fields == ["args.password", "kwargs.api_token", "options.headers.Authorization"]
 
     secrets = ("hunter2-positional", "tok-kwarg-secret", "opt-secret")
@@ -146,6 +147,53 @@ def test_secrets_are_redacted_everywhere(
     assert not any(secret.encode() in stored for secret in secrets)
     assert "Failed to process message" in caplog.text
     assert not any(secret in caplog.text for secret in secrets)
+
+
+def test_a_secret_quoted_in_the_exception_is_scrubbed_from_every_copy(
+    broker: Broker, queue_name: str, start_worker: Callable[..., Worker], caplog: pytest.LogCaptureFixture
+) -> None:
+    @dramatiq.actor(broker=broker, queue_name=queue_name, max_retries=1, min_backoff=10, retry_for=(ValueError,))
+    def login(user: str, password: str = "") -> None:
+        raise ValueError(f"login failed for {password}")
+
+    caplog.set_level(logging.INFO)
+    message = login.send_with_options(args=("ann",), kwargs={"password": "hunter2"})
+    start_worker()
+    record = wait_for(lambda: record_of(broker, message.message_id), 20)
+    quoted = "login failed for [redacted:password]"
+    assert record.error_message == quoted
+    # The copies ClassifiedRetries carried on the retried message, in the record and its raw body.
+    for options in (record.options, record.raw["options"]):
+        assert options["error_message"] == quoted
+        assert [entry["error_message"] for entry in options["attempt_history"]] == [quoted, quoted]
+    assert record.redacted_fields == ["kwargs.password"]
+    exports = []
+    for fmt in ("json", "csv"):
+        out = io.StringIO()
+        dead_letters_of(broker).store.export(out, fmt)  # type: ignore[arg-type]
+        exports.append(out.getvalue())
+    assert "hunter2" not in "".join(exports)
+    assert f"ValueError: {quoted}" in caplog.text  # the worker's traceback, scrubbed
+    assert "hunter2" not in caplog.text
+
+
+def test_a_card_number_is_redacted_whatever_its_argument_is_called(
+    broker: Broker, queue_name: str, start_worker: Callable[..., Worker], caplog: pytest.LogCaptureFixture
+) -> None:
+    # As in examples/custom_classifier.py: the card travels as a positional argument named "card".
+    @dramatiq.actor(broker=broker, queue_name=queue_name, max_retries=0)
+    def charge(order_id: str, card: str) -> None:
+        raise PermanentError(f"card {card} declined for order {order_id}")
+
+    message = charge.send("order-2", "4000 0000 0000 0002")
+    start_worker()
+    record = wait_for(lambda: record_of(broker, message.message_id))
+    assert record.args == ["order-2", placeholder("card")]
+    assert record.raw["args"] == ["order-2", placeholder("card")]
+    assert record.redacted_fields == ["args.card"]
+    assert record.error_message == "card [redacted:card] declined for order order-2"
+    assert "Failed to process message charge('order-2', '[redacted:card]')" in caplog.text
+    assert "4000 0000 0000 0002" not in caplog.text
 
 
 def test_unknown_actor_is_recorded(broker: Broker, queue_name: str, start_worker: Callable[..., Worker]) -> None:
@@ -159,7 +207,7 @@ def test_unknown_actor_is_recorded(broker: Broker, queue_name: str, start_worker
     assert record.reason == "unknown_actor"
     assert record.actor == "ghost"
     assert record.error_type == "dramatiq.errors.ActorNotFound"
-    assert record.kwargs == {"password": PLACEHOLDER}
+    assert record.kwargs == {"password": placeholder("password")}
 
 
 @pytest.mark.parametrize("broker_kind", ["rabbitmq"], indirect=True)

@@ -529,7 +529,7 @@ def test_credentials_in_error_messages_are_masked(
     options = dead.nacked[message.message_id]
     for text in (options["error_message"], options["traceback"], options["attempt_history"][0]["error_message"]):
         assert "hunter2" not in text
-        assert "redis://app:****@db.internal" in text
+        assert "redis://app:[redacted:url_password]@db.internal" in text
 
 
 def test_decorrelated_jitter_per_actor_with_injected_randomness(

@@ -3,7 +3,9 @@
 Records are written in ``before_nack``, the one hook every failed message passes through,
 including messages for an actor this worker does not know (those never reach the processing
 hooks). They are keyed by message id, so a redelivered message is recorded once. Secrets are
-redacted (``FAIRWAY_DLQ__REDACT``) before anything is stored or logged.
+redacted (:mod:`dramatiq_fairway.redaction`) before anything is stored or logged: the arguments,
+the options (the error texts ClassifiedRetries carries in them included), the raw body, the error
+message and traceback, and the worker's log lines about the message with their tracebacks.
 
 The reason is read from the message: an explicit ``dead_letter_reason`` option set by the
 middleware that rejected it wins, then ``ClassifiedRetries``' ``failure_reason``; otherwise
@@ -51,7 +53,7 @@ from ..brokers.consumer import HELD_SINCE, ArrivedTooLarge
 from ..errors import BreakerOpen, MessageTooLarge, PermanentError
 from ..fingerprint import fingerprint
 from ..priority import Priority
-from ..redaction import Redactor
+from ..redaction import Redacted, Redactor
 from ..settings import Settings, load_settings
 from ..store.dead_letters import DeadLetter, DeadLetterStore, Reason
 
@@ -76,7 +78,7 @@ class DeadLetters(Middleware):
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.settings = settings or load_settings()
-        self.redactor = Redactor(self.settings.dlq.redact)
+        self.redactor = Redactor.from_settings(self.settings)
         self.clock = clock
         if store is not None:
             self.store = store
@@ -197,7 +199,8 @@ class DeadLetters(Middleware):
 
 
 class MessageLogRedaction(logging.Filter):
-    """Renders messages passed as log arguments with their secret arguments redacted."""
+    """Renders messages passed as log arguments with their secrets redacted, and scrubs the line's
+    other arguments and its traceback (the failed job's exception quotes what it was given)."""
 
     def __init__(self, redactor: Redactor, broker: Broker) -> None:
         super().__init__()
@@ -205,20 +208,42 @@ class MessageLogRedaction(logging.Filter):
         self.broker = broker
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if isinstance(record.args, tuple) and any(isinstance(arg, Message | MessageProxy) for arg in record.args):
-            record.args = tuple(
-                self._render(arg) if isinstance(arg, Message | MessageProxy) else arg for arg in record.args
-            )
+        if not isinstance(record.args, tuple):
+            return True
+        message = next((arg for arg in record.args if isinstance(arg, Message | MessageProxy)), None)
+        if message is None:
+            return True
+        redacted = self._redact(message)
+        record.args = tuple(
+            _render(arg, redacted) if isinstance(arg, Message | MessageProxy) else _scrubbed(arg, redacted)
+            for arg in record.args
+        )
+        if record.exc_info and record.exc_info[1] is not None:
+            # Formatters print exc_text when there is no exc_info; the exception object itself
+            # would be formatted again, secrets and all, by any handler that reads it.
+            record.exc_text = redacted.scrub_text("".join(traceback.format_exception(*record.exc_info)).rstrip("\n"))
+            record.exc_info = None
         return True
 
-    def _render(self, message: Message | MessageProxy) -> str:
+    def _redact(self, message: Message | MessageProxy) -> Redacted:
         try:
             fn = self.broker.get_actor(message.actor_name).fn
         except ActorNotFound:
             fn = None
-        redacted = self.redactor.redact_message(list(message.args), dict(message.kwargs), {}, fn)
-        params = [repr(arg) for arg in redacted.args] + [f"{k}={v!r}" for k, v in redacted.kwargs.items()]
-        return f"{message.actor_name}({', '.join(params)})"
+        return self.redactor.redact_message(list(message.args), dict(message.kwargs), {}, fn)
+
+
+def _render(message: Message | MessageProxy, redacted: Redacted) -> str:
+    params = [repr(arg) for arg in redacted.args] + [f"{k}={v!r}" for k, v in redacted.kwargs.items()]
+    return f"{message.actor_name}({', '.join(params)})"
+
+
+def _scrubbed(arg: Any, redacted: Redacted) -> Any:
+    if isinstance(arg, int | float | bool) or arg is None:
+        return arg
+    text = str(arg)
+    clean = redacted.scrub_text(text)
+    return arg if clean == text else clean
 
 
 class ActorLogRedaction(logging.Filter):

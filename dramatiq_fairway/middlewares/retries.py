@@ -27,13 +27,14 @@ Options written on the message (the dead-letter store and status tracking read t
 :data:`HISTORY_LENGTH` failed runs: ``attempt``, ``classification``, ``error_type``,
 ``error_message``, ``at``, ``delay``), ``failure_reason`` (``permanent`` or
 ``retries_exhausted``, once failed), ``retry_delay`` (last delay, ms) and ``rate_limit_until``
-(epoch ms). Credentials in URLs are masked in every stored text.
+(epoch ms). The error texts are redacted as dead-letter records are (:mod:`dramatiq_fairway.redaction`:
+the message's own secret arguments and whatever a value rule finds), since the options travel with
+the retried message and end up in its record, its log lines and the dashboard.
 """
 
 from __future__ import annotations
 
 import random
-import re
 import time
 import traceback
 from collections.abc import Callable
@@ -56,6 +57,7 @@ from ..backoff import (
 )
 from ..classify import Classification, ClassificationResult, ErrorClassifier, qualified_name
 from ..errors import Cancelled
+from ..redaction import Redactor
 from ..settings import Settings, load_settings
 
 HISTORY_LENGTH = 10
@@ -68,8 +70,6 @@ TRACEBACK_CHARS = 8000
 HINT_JITTER = 0.1
 
 RetryWhen = Callable[[int, BaseException], bool]
-
-_URL_CREDENTIALS = re.compile(r"(\b[a-zA-Z][a-zA-Z0-9+.-]*://[^:/@\s]*:)[^@\s]+@")
 
 
 class RetryOptionError(MiddlewareError, ValueError):
@@ -100,7 +100,9 @@ class ClassifiedRetries(Middleware):
     ) -> None:
         _check_backoff(backoff, "ClassifiedRetries(backoff=...)")
         self.logger = get_logger(__name__, type(self))
-        self.classifier = classifier or ErrorClassifier(settings or load_settings())
+        settings = settings or load_settings()
+        self.classifier = classifier or ErrorClassifier(settings)
+        self.redactor = Redactor.from_settings(settings)
         self.max_retries = max_retries
         self.min_backoff = min_backoff if min_backoff is not None else DEFAULT_MIN_BACKOFF
         self.max_backoff = max_backoff if max_backoff is not None else DEFAULT_MAX_BACKOFF
@@ -158,7 +160,7 @@ class ClassifiedRetries(Middleware):
         now = time.time()
 
         if isinstance(exception, Shutdown | Cancelled):
-            self._record(message, exception, self.classifier.classify(exception), now, 0)
+            self._record(message, exception, self.classifier.classify(exception), now, 0, actor=actor)
             if isinstance(exception, Cancelled):
                 self.logger.info(
                     "Message %s of actor %s was cancelled; not retried.", message.message_id, actor.actor_name
@@ -174,7 +176,8 @@ class ClassifiedRetries(Middleware):
 
         throws = message.options.get("throws") or actor.options.get("throws")
         if throws and isinstance(exception, throws):
-            self._record(message, exception, ClassificationResult(Classification.PERMANENT, "throws"), now, None)
+            verdict = ClassificationResult(Classification.PERMANENT, "throws")
+            self._record(message, exception, verdict, now, None, actor=actor)
             message.options["failure_reason"] = "permanent"
             self.logger.info(
                 "Message %s of actor %s raised an expected exception; not retried.",
@@ -203,7 +206,7 @@ class ClassifiedRetries(Middleware):
             reason = "retries_exhausted"
 
         if not retry:
-            attempt = self._record(message, exception, verdict, now, None)
+            attempt = self._record(message, exception, verdict, now, None, actor=actor)
             message.options["failure_reason"] = reason
             # "(permanent)", not "(permanent, permanent)": the reason adds something only when it differs.
             why = verdict.classification if reason == verdict.classification else f"{verdict.classification}, {reason}"
@@ -226,7 +229,7 @@ class ClassifiedRetries(Middleware):
             if verdict.retry_after is not None:
                 message.options["rate_limit_until"] = int(now * 1000 + verdict.retry_after * 1000)
         message.options["retry_delay"] = delay
-        attempt = self._record(message, exception, verdict, now, delay)
+        attempt = self._record(message, exception, verdict, now, delay, actor=actor)
         self.logger.info(
             "Retrying message %s of actor %s after attempt %d (%s) in %d ms.",
             message.message_id,
@@ -275,17 +278,21 @@ class ClassifiedRetries(Middleware):
         verdict: ClassificationResult,
         now: float,
         delay: int | None,
+        *,
+        actor: Actor[Any, Any],
     ) -> int:
         """Write this failed run into the message's options; return its attempt number."""
         options = message.options
         attempt = int(options.get("failures", 0)) + 1
         error_type = qualified_name(type(exception))
-        error_message = mask_credentials(_describe(exception))
+        # Only a failure pays for redaction: the secrets it learns are the message's own arguments.
+        redacted = self.redactor.redact_message(message.args, message.kwargs, options, actor.fn)
+        error_message = redacted.scrub_text(_describe(exception))
         options["failures"] = attempt
         options["classification"] = str(verdict.classification)
         options["error_type"] = error_type
         options["error_message"] = error_message[:ERROR_MESSAGE_CHARS]
-        options["traceback"] = _bounded_traceback(exception)
+        options["traceback"] = redacted.scrub_text(_innermost_frames(exception))[-TRACEBACK_CHARS:]
         options["requeue_timestamp"] = int(now * 1000)
         history = [
             *options.get("attempt_history", []),
@@ -307,11 +314,6 @@ class ClassifiedRetries(Middleware):
         target_actor_name = message.options.get("on_retry_exhausted") or actor.options.get("on_retry_exhausted")
         if target_actor_name:
             broker.get_actor(target_actor_name).send(message.asdict(), {"retries": retries, "max_retries": max_retries})
-
-
-def mask_credentials(text: str) -> str:
-    """``text`` with the password of every ``scheme://user:password@`` URL replaced by ``****``."""
-    return _URL_CREDENTIALS.sub(r"\1****@", text)
 
 
 def _option(message: MessageProxy, actor: Actor[Any, Any], name: str, default: Any) -> Any:
@@ -348,9 +350,8 @@ def _describe(exception: BaseException) -> str:
         return f"<unprintable {type(exception).__name__}>"
 
 
-def _bounded_traceback(exception: BaseException) -> str:
+def _innermost_frames(exception: BaseException) -> str:
     # The innermost frames say where it broke, so those are the ones kept.
-    text = "".join(
+    return "".join(
         traceback.format_exception(type(exception), exception, exception.__traceback__, limit=-TRACEBACK_FRAMES)
     )
-    return mask_credentials(text)[-TRACEBACK_CHARS:]
