@@ -31,6 +31,7 @@ from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
 from .connections import state_store_client
+from .errors import FairwayError
 from .settings import Settings, load_settings
 
 PAUSE_HOLD_MS = 1000
@@ -63,8 +64,40 @@ class PausedQueues:
         return {name.decode() if isinstance(name, bytes) else name for name in self.client.smembers(self.key)}
 
 
-def pause_queue(broker: Broker, queue_name: str, settings: Settings | None = None) -> bool:
-    """Stop workers from starting jobs of ``queue_name``; False when it was already paused."""
+class UnknownQueue(FairwayError):
+    """No worker declared the queue and no message used it (a typo, most likely)."""
+
+    def __init__(self, queue_name: str, hint: str = "") -> None:
+        super().__init__(f"queue {queue_name!r} is unknown: no worker declared it and no message used it{hint}")
+
+
+def known_queues(broker: Broker) -> set[str]:
+    """Queues any process declared or sent to on this namespace (the brokers' registries), and this one's."""
+    lister = getattr(broker, "known_queues", None)
+    registered = lister() if callable(lister) else []
+    return {q_name(name) for name in [*registered, *broker.get_declared_queues()]}
+
+
+def require_known(broker: Broker, queue_names: Iterable[str], settings: Settings | None = None, hint: str = "") -> None:
+    """Raise :class:`UnknownQueue` for the first of ``queue_names`` that is neither known nor paused."""
+    wanted = {q_name(name): name for name in queue_names}
+    if not wanted:
+        return
+    known = known_queues(broker)
+    missing = [name for canonical, name in wanted.items() if canonical not in known]
+    if missing:
+        missing = [name for name in missing if q_name(name) not in paused_queues(broker, settings)]
+    if missing:
+        raise UnknownQueue(missing[0], hint)
+
+
+def pause_queue(broker: Broker, queue_name: str, settings: Settings | None = None, *, create: bool = False) -> bool:
+    """Stop workers from starting jobs of ``queue_name``; False when it was already paused.
+
+    An unknown queue raises :class:`UnknownQueue` unless ``create`` (a pause set ahead of deployment).
+    """
+    if not create:
+        require_known(broker, [queue_name], settings, " (pause it ahead of deployment with --create)")
     if _has_own_pause(broker):
         was_paused = q_name(queue_name) in broker.paused_queues()
         broker.pause(q_name(queue_name))
@@ -73,7 +106,10 @@ def pause_queue(broker: Broker, queue_name: str, settings: Settings | None = Non
 
 
 def resume_queue(broker: Broker, queue_name: str, settings: Settings | None = None) -> bool:
-    """Let workers start jobs of ``queue_name`` again; False when it was not paused."""
+    """Let workers start jobs of ``queue_name`` again; False when it was not paused.
+
+    An unknown queue (neither known nor paused) raises :class:`UnknownQueue`."""
+    require_known(broker, [queue_name], settings)
     if _has_own_pause(broker):
         was_paused = q_name(queue_name) in broker.paused_queues()
         broker.resume(q_name(queue_name))
