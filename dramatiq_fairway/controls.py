@@ -7,10 +7,11 @@ again after ``resume``, with nothing lost and no retry used.
   ``paused_queues()``), the broker's dispatch script skips paused queues; its flag lives in the
   broker's Redis under the queue's hash tag (DESIGN.md §5).
 - Otherwise (RabbitMQ) the flag lives in the state store, in the set ``{namespace}:paused``
-  (no TTL: a queue stays paused until resumed), and :class:`QueuePause` holds back each message
-  of a paused queue in fairway's consumer before a worker thread sees it: the message waits on
-  the delay queue for :data:`PAUSE_HOLD_MS` and comes back, firing no middleware hook. Each
-  worker process reads the set at most once per :data:`CACHE_SECONDS`.
+  (no TTL: a queue stays paused until resumed). Fairway's consumer stops consuming a paused
+  queue, so its messages stay ready on RabbitMQ (``brokers/rabbitmq_pause.py``); a message picked
+  before the consumer noticed is held back once by :class:`QueuePause`: it waits on the delay
+  queue for :data:`PAUSE_HOLD_MS` and comes back, firing no middleware hook. Each worker process
+  reads the set at most once per :data:`CACHE_SECONDS`.
 
 ``Worker.pause()`` is not used: it pauses a whole process, and a paused Redis worker stops
 heartbeating, so its in-flight messages would be requeued and run twice.
@@ -163,9 +164,11 @@ class QueuePause(Middleware):
         self._lock = threading.Lock()
 
     def hold(self, broker: Broker, message: Message[Any]) -> int | None:
-        if _has_own_pause(broker):
-            return None
-        return PAUSE_HOLD_MS if q_name(message.queue_name) in self._current() else None
+        return PAUSE_HOLD_MS if self.is_paused(broker, message.queue_name) else None
+
+    def is_paused(self, broker: Broker, queue_name: str) -> bool:
+        """Whether fairway's consumer must keep ``queue_name`` still (never, on a broker with its own pause)."""
+        return not _has_own_pause(broker) and q_name(queue_name) in self._current()
 
     def _current(self) -> set[str]:
         with self._lock:

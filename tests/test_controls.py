@@ -32,6 +32,7 @@ from dramatiq_fairway.controls import (
     paused_queues,
     resume_queue,
 )
+from dramatiq_fairway.queues import queue_depths
 from dramatiq_fairway.settings import Settings
 
 from .helpers import settings_env, wait_for
@@ -160,3 +161,44 @@ def test_pause_resume_and_queues_refuse_an_unknown_queue_unless_create(
     assert main(["pause", queue_name, "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["changed"] is True
     assert main(["queues", queue_name, "--json"]) == 0
+
+
+def test_a_paused_backlog_is_shown_as_held_and_not_republished_until_resume(
+    broker: Broker, settings: Settings, queue_name: str, start_worker: Callable[..., Worker], monkeypatch: Any
+) -> None:
+    done: list[int] = []
+
+    @dramatiq.actor(broker=broker, queue_name=queue_name, max_retries=0)
+    def job(n: int) -> None:
+        done.append(n)
+
+    start_worker()
+    job.send(0)
+    wait_for(lambda: done == [0])
+    pause_queue(broker, queue_name, settings)
+    # Past the worker's cache: from here on every publish of a job is a re-publish by the hold.
+    time.sleep(CACHE_SECONDS + 0.3)
+    count = 20
+    for n in range(1, count + 1):
+        job.send(n)
+    publishes: list[str] = []
+    for name in ("enqueue", "hold_back"):
+        original = getattr(broker, name)
+
+        def counted(*args: Any, _original: Any = original, _name: str = name, **kwargs: Any) -> Any:
+            publishes.append(_name)
+            return _original(*args, **kwargs)
+
+        monkeypatch.setattr(broker, name, counted)
+    time.sleep(3.0)
+    assert done == [0]
+    # Held once at most (a message picked as the pause was read), never about once a second.
+    assert len(publishes) < count, publishes
+    rows = queue_depths(broker, settings, [queue_name])
+    assert sum(row.held for row in rows) == count, rows
+    assert sum(row.ready + row.delayed for row in rows) == 0, rows
+
+    resume_queue(broker, queue_name, settings)
+    wait_for(lambda: len(done) == count + 1, timeout=20)
+    assert sorted(done) == list(range(count + 1))
+    assert sum(row.held for row in queue_depths(broker, settings, [queue_name])) == 0

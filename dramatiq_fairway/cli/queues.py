@@ -5,8 +5,9 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from rich import box
 from rich.console import Console
-from rich.table import Table
+from rich.table import Column, Table
 
 from ..brokers import build_broker
 from ..controls import pause_queue, require_known, resume_queue
@@ -14,7 +15,7 @@ from ..queues import UnsupportedBroker, queue_depths
 from ..settings import load_settings
 from .output import CommandError, emit, json_flag
 
-_COLUMNS = ("queue", "priority_level", "tenant", "ready", "delayed", "in_flight", "dead")
+_COLUMNS = ("queue", "priority_level", "tenant", "ready", "delayed", "held", "in_flight", "dead")
 
 
 def register(subparsers: Any) -> None:
@@ -49,11 +50,16 @@ def show_queues(args: argparse.Namespace) -> None:
 
 def _render(console: Console, rows: list[dict[str, Any]]) -> None:
     if not rows:
-        console.print("no queued, delayed, running or dead messages")
+        console.print("no queued, delayed, held, running or dead messages")
         return
-    table = Table(*_COLUMNS)
-    for row in rows:
-        table.add_row(*("n/a" if row[column] is None else str(row[column]) for column in _COLUMNS))
+    cells = [["n/a" if row[column] is None else str(row[column]) for column in _COLUMNS] for row in rows]
+    # Nothing cut while it fits the terminal: a folded queue name or header reads as another one.
+    widths = [max(len(name), *(len(line[i]) for line in cells)) for i, name in enumerate(_COLUMNS)]
+    table = Table(
+        *(Column(name, min_width=width) for name, width in zip(_COLUMNS, widths, strict=True)), box=box.SIMPLE
+    )
+    for line in cells:
+        table.add_row(*line)
     console.print(table)
 
 
