@@ -59,6 +59,8 @@ def queue_depths(broker: Broker, settings: Settings | None = None, queues: Itera
         raise UnsupportedBroker(f"broker: {type(broker).__name__} keeps no depths; use FairRedisBroker or RabbitMQ")
     names = sorted({q_name(name) for name in queues}) or broker.known_queues()
     paused = paused_queues(broker, settings)
+    # A queue paused ahead of deployment has no AMQP queues to count yet (a passive declare would fail).
+    declared = set(broker.known_queues()) if isinstance(broker, FairwayRabbitmqBroker) else None
     store = DeadLetterStore(settings)
     rows: list[QueueDepth] = []
     for name in names:
@@ -67,7 +69,7 @@ def queue_depths(broker: Broker, settings: Settings | None = None, queues: Itera
         )
         if isinstance(broker, FairRedisBroker):
             rows += _merge(name, [QueueDepth(**row) for row in broker.queue_depths(name)], dead)
-        else:
+        elif declared is None or name in declared:
             rows += _rabbitmq_rows(broker, name, dead)
         if name in paused:
             for row in rows:

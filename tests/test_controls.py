@@ -148,6 +148,9 @@ def test_pause_resume_and_queues_refuse_an_unknown_queue_unless_create(
     # Ahead of deployment: paused with --create, then known through its pause.
     assert main(["pause", queue_name, "--create"]) == 0
     assert paused_queues(broker, settings) == {queue_name}
+    capsys.readouterr()
+    assert main(["queues", queue_name, "--json"]) == 0, capsys.readouterr().err
+    assert json.loads(capsys.readouterr().out) == []
     assert main(["resume", queue_name]) == 0
     assert paused_queues(broker, settings) == set()
 
