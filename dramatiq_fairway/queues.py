@@ -6,6 +6,9 @@
   no count per tenant, so ``tenant`` is ``"*"``); the delay queue and ``.XQ`` hold every level, so
   their counts are on a row of level ``"*"``; messages delivered and not acked are not visible over
   AMQP, so ``in_flight`` is None.
+- ``held`` on both: the ready messages of a paused queue (they wait for ``resume``; their
+  ``ready`` is 0). Messages a breaker or a tenant limit holds back wait on the delay queue with an
+  eta and count as ``delayed`` (docs/fairness.md, "Holding").
 - ``dead`` on both: the dead-letter records of the queue in the state store, per level and tenant
   (plus, on RabbitMQ, the ``.XQ`` messages nacked without a record).
 
@@ -23,6 +26,7 @@ from pydantic import BaseModel
 
 from .brokers.fair_redis import FairRedisBroker
 from .brokers.rabbitmq import FairwayRabbitmqBroker
+from .controls import paused_queues
 from .priority import Priority
 from .settings import Settings, load_settings
 from .store.dead_letters import DeadLetterFilter, DeadLetterStore
@@ -37,6 +41,7 @@ class QueueDepth(BaseModel):
     tenant: str
     ready: int = 0
     delayed: int = 0
+    held: int = 0
     in_flight: int | None = 0
     dead: int = 0
     in_flight_cap: int | None = None
@@ -53,6 +58,9 @@ def queue_depths(broker: Broker, settings: Settings | None = None, queues: Itera
     if not isinstance(broker, FairRedisBroker | FairwayRabbitmqBroker):
         raise UnsupportedBroker(f"broker: {type(broker).__name__} keeps no depths; use FairRedisBroker or RabbitMQ")
     names = sorted({q_name(name) for name in queues}) or broker.known_queues()
+    paused = paused_queues(broker, settings)
+    # A queue paused ahead of deployment has no AMQP queues to count yet (a passive declare would fail).
+    declared = set(broker.known_queues()) if isinstance(broker, FairwayRabbitmqBroker) else None
     store = DeadLetterStore(settings)
     rows: list[QueueDepth] = []
     for name in names:
@@ -61,8 +69,12 @@ def queue_depths(broker: Broker, settings: Settings | None = None, queues: Itera
         )
         if isinstance(broker, FairRedisBroker):
             rows += _merge(name, [QueueDepth(**row) for row in broker.queue_depths(name)], dead)
-        else:
+        elif declared is None or name in declared:
             rows += _rabbitmq_rows(broker, name, dead)
+        if name in paused:
+            for row in rows:
+                if row.queue == name:
+                    row.held, row.ready = row.ready, 0
     _add_limits(
         broker.tenant_limits if isinstance(broker, FairRedisBroker) else TenantLimits.from_settings(settings), rows
     )
@@ -87,7 +99,7 @@ def _merge(queue: str, rows: list[QueueDepth], dead: Counter[tuple[str, str]]) -
     for (level, tenant), count in dead.items():
         by_key.setdefault((level, tenant), QueueDepth(queue=queue, priority_level=level, tenant=tenant)).dead = count
     return sorted(
-        (row for row in by_key.values() if row.ready or row.delayed or row.in_flight or row.dead),
+        (row for row in by_key.values() if row.ready or row.delayed or row.held or row.in_flight or row.dead),
         key=lambda row: (_rank(row.priority_level), row.tenant),
     )
 

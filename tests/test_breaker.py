@@ -534,6 +534,23 @@ def test_cli_lists_forces_open_closes_and_resets(
     assert "no breaker named 'nope'" in capsys.readouterr().err
 
 
+@pytest.mark.usefixtures("state_client")
+@pytest.mark.parametrize("key", ["", "  "])
+def test_cli_refuses_to_open_a_breaker_with_a_blank_key(
+    key: str, namespace: str, short_tmp: Path, monkeypatch: pytest.MonkeyPatch, capsys: Any
+) -> None:
+    settings = Settings(namespace=namespace, state_url=REDIS_URL, data_dir=short_tmp)
+    for name, value in settings_env(settings).items():
+        monkeypatch.setenv(name, value)
+    capsys.readouterr()
+    assert cli.main(["breakers", "open", key]) == 1
+    err = capsys.readouterr().err
+    assert err.strip().splitlines() == [f"fairway: key: a breaker key cannot be empty or blank ({key!r})"]
+    assert RedisBreakerStore.from_settings(settings).list() == []
+    with pytest.raises(ValueError, match="key: a breaker key cannot be empty"):
+        RedisBreakerStore.from_settings(settings).force_open(key)
+
+
 def test_cli_logs_one_line_per_transition(
     namespace: str, state_client: redis.Redis, caplog: pytest.LogCaptureFixture
 ) -> None:

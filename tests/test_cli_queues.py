@@ -67,7 +67,18 @@ def test_queues_json_has_one_row_per_level_and_tenant(
     rows: list[dict[str, Any]] = json.loads(fairway("queues", "--json"))
     assert all(
         list(row)
-        == ["queue", "priority_level", "tenant", "ready", "delayed", "in_flight", "dead", "in_flight_cap", "rate"]
+        == [
+            "queue",
+            "priority_level",
+            "tenant",
+            "ready",
+            "delayed",
+            "held",
+            "in_flight",
+            "dead",
+            "in_flight_cap",
+            "rate",
+        ]
         for row in rows
     )
     assert {row["queue"] for row in rows} == {queue_name}
@@ -109,6 +120,7 @@ def row_of(queue: str, level: str, tenant: str, **counts: int | None) -> dict[st
         "tenant": tenant,
         "ready": 0,
         "delayed": 0,
+        "held": 0,
         "in_flight": 0,
         "dead": 0,
         "in_flight_cap": None,

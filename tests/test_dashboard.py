@@ -30,6 +30,7 @@ from dramatiq_fairway.cli import jobs as jobs_cli
 from dramatiq_fairway.cli import queues as queues_cli
 from dramatiq_fairway.cli.output import CommandError
 from dramatiq_fairway.controls import paused_queues
+from dramatiq_fairway.dashboard import app as dashboard_app
 from dramatiq_fairway.dashboard.charts import trend_bars
 from dramatiq_fairway.dashboard.security import check_bind
 from dramatiq_fairway.dashboard.throughput import MetricsWindow, parse, quantile
@@ -195,9 +196,10 @@ def test_injection_is_shown_as_text(
 def test_pause_and_resume_act_as_the_verbs(broker: Broker, settings: Settings, queue_name: str, cli_env: None) -> None:
     by_page, by_verb = f"{queue_name}_page", f"{queue_name}_verb"
     client = client_for(settings, broker)
+    broker.declare_queue(by_page)
 
     assert "paused" in act(client, f"/queues/{by_page}/pause").text
-    queues_cli.pause(cli_args(queue=by_verb))
+    queues_cli.pause(cli_args(queue=by_verb, create=True))
     paused = paused_queues(broker, settings)
     assert {by_page, by_verb} <= paused
     assert "was already paused" in act(client, f"/queues/{by_page}/pause").text
@@ -343,6 +345,7 @@ def test_post_without_a_valid_csrf_token_is_refused(redis_settings: Settings, re
     assert response.headers["x-frame-options"] == "DENY"
     assert "script-src 'self'" in response.headers["content-security-policy"]
     assert queue not in paused_queues(redis_broker, redis_settings)
+    redis_broker.declare_queue(queue)
     assert act(client, f"/queues/{queue}/pause").status_code == 200
     assert queue in paused_queues(redis_broker, redis_settings)
 
@@ -482,6 +485,28 @@ def test_metrics_window_reports_the_difference_over_the_last_hour() -> None:
     assert window.figures() is None  # every sample aged out, and nothing answered
     assert window.error is not None
     assert "no metrics exporter answered" in window.error
+
+
+def test_pages_say_how_old_the_figures_are_and_which_metrics_they_cannot_read(
+    redis_settings: Settings, redis_broker: Broker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    now = [1000.0]
+    answers: list[Callable[[], str]] = [lambda: _exposition(success=3, waits={float("inf"): 3})]
+
+    def window(settings: Settings) -> MetricsWindow:
+        return MetricsWindow(settings, clock=lambda: now[0], fetch=lambda: answers[0]())  # noqa: PLW0108 (swapped below)
+
+    monkeypatch.setattr(dashboard_app, "MetricsWindow", window)
+    client = client_for(redis_settings, redis_broker)
+    for page in ("/?fragment=live", "/tenants"):
+        assert "metrics-age" not in client.get(page).text, page  # fresh figures need no note
+    answers[0] = _unreachable
+    now[0] += 12.0
+    url = f"http://127.0.0.1:{redis_settings.metrics.port}/metrics"
+    for page in ("/?fragment=live", "/tenants"):
+        text = client.get(page).text
+        assert "Figures from 12 s ago: no metrics exporter answered at " + url in text, page
+        assert "unreadable" in text, page
 
 
 def _exposition(success: int, waits: dict[float, int]) -> str:

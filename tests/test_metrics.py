@@ -3,6 +3,7 @@ worker processes, on real Redis and real RabbitMQ."""
 
 from __future__ import annotations
 
+import socket
 import textwrap
 import threading
 import urllib.request
@@ -268,3 +269,43 @@ def test_depth_sampling_never_declares_a_queue(broker: Broker, queue_name: str, 
     connection.close()
     depths = dict(queue_depth_by_level(broker, queue_name))
     assert depths == {"CRITICAL": 0, "HIGH": 0, "NORMAL": 1, "LOW": 0, "BATCH": 0}
+
+
+@pytest.mark.parametrize("broker_kind", ["redis"], indirect=True)
+def test_a_taken_metrics_port_is_one_warning_and_the_worker_goes_on(
+    broker: Broker, settings: Settings, queue_name: str, state_client: redis.Redis, short_tmp: Path
+) -> None:
+    (short_tmp / "metrics_app.py").write_text(textwrap.dedent(METRICS_APP))
+
+    @dramatiq.actor(broker=broker, queue_name=queue_name)
+    def work(n: int, kind: str) -> None:
+        raise AssertionError("runs in the worker process only")
+
+    work.send(0, "ok")
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    port = taken.getsockname()[1]
+    env = {
+        **settings_env(settings),
+        "TEST_QUEUE": queue_name,
+        "PYTHONPATH": str(short_tmp),
+        "FAIRWAY_METRICS__PORT": str(port),
+        "FAIRWAY_METRICS__HOST": "127.0.0.1",
+        "PROMETHEUS_MULTIPROC_DIR": str(short_tmp / "prom"),
+    }
+    log = short_tmp / "log"
+    try:
+        with dramatiq_command("metrics_app", env, processes=1, threads=1, log_file=log) as process:
+            wait_for(lambda: state_client.smembers(f"{settings.namespace}:pids"), timeout=60)
+            wait_for(lambda: "FAIRWAY_METRICS__PORT" in log.read_text(), timeout=30)
+            assert process.poll() is None, "the dramatiq command ended"
+    finally:
+        taken.close()
+    text = log.read_text()
+    assert "Traceback" not in text
+    assert "OSError" not in text
+    warnings = [line for line in text.splitlines() if "FAIRWAY_METRICS__PORT" in line]
+    assert len(warnings) == 1, warnings
+    assert "WARNING" in warnings[0]
+    assert f"FAIRWAY_METRICS__PORT={port}" in warnings[0]

@@ -56,6 +56,7 @@ from ..priority import Priority
 from ..settings import Settings, load_settings
 from .consumer import HoldsAtStart, decode_or_report, held_at_start, held_copy, hold_delay
 from .hooks import OverriddenHooks
+from .rabbitmq_pause import PausedSubscriptions
 from .rabbitmq_picker import Delivery, Picker
 
 logger = logging.getLogger(__name__)
@@ -353,8 +354,15 @@ class _FairRabbitmqConsumer(_FairwayRabbitmqConsumer):
             # ack -> next delivery round trip (with only one, a busy level looked empty a third of
             # the time and the next level was served instead; bench/fairness.py scenario d).
             self.channel.basic_qos(prefetch_count=2 * prefetch)
-            for name in [*broker.level_queues(queue_name), queue_name]:
-                self.channel.basic_consume(name, self._on_delivery)
+            self.subscriptions = PausedSubscriptions(
+                broker,
+                queue_name,
+                channel=self.channel,
+                names=[*broker.level_queues(queue_name), queue_name],
+                on_delivery=self._on_delivery,
+                picker=self.picker,
+            )
+            self.subscriptions.subscribe()
         except _CONNECTION_ERRORS as error:
             raise ConnectionClosed(error) from None
 
@@ -363,6 +371,10 @@ class _FairRabbitmqConsumer(_FairwayRabbitmqConsumer):
         return len(self.picker) + len(self._handed_out)
 
     def __next__(self) -> Any:
+        try:
+            self.subscriptions.follow()
+        except _CONNECTION_ERRORS as error:
+            raise ConnectionClosed(error) from None
         now = time.monotonic()
         deadline = now + self.timeout / 1000
         # First take what has arrived (and send the acks queued by worker threads) without waiting,

@@ -95,6 +95,12 @@ class Picker:
         self._fifos.clear()
         self._size = 0
 
+    def drain(self) -> list[Delivery]:
+        """Every message held, removed (to be put back on RabbitMQ)."""
+        deliveries = [delivery for fifo in self._fifos.values() for delivery in fifo]
+        self.clear()
+        return deliveries
+
     def pick(self) -> Delivery | None:
         """The next message by the rule, removed from its FIFO; None when nothing is held."""
         now = self.clock()

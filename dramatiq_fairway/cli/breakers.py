@@ -13,7 +13,7 @@ from rich.console import Console
 from rich.table import Table
 
 from ..settings import load_settings
-from ..store.breakers import BreakerState, RedisBreakerStore
+from ..store.breakers import BreakerState, RedisBreakerStore, require_key
 from .output import CommandError, emit, json_flag, whole_column
 
 
@@ -38,6 +38,10 @@ def list_breakers(args: argparse.Namespace) -> None:
 
 
 def open_breaker(args: argparse.Namespace) -> None:
+    try:
+        require_key(args.key)
+    except ValueError as error:
+        raise CommandError(str(error)) from None
     _show(args, _store().force_open(args.key).state)
 
 

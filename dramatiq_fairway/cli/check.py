@@ -9,6 +9,7 @@ from rich.console import Console
 from rich.table import Table
 
 from ..diagnostics import CheckReport, check
+from ..embedded import stop_started_here
 from ..settings import load_settings
 from .output import CommandError, emit, json_flag
 
@@ -19,7 +20,11 @@ def register(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
-    report = check(load_settings())
+    try:
+        report = check(load_settings())
+    finally:
+        # A check must leave the machine as it found it: an embedded Redis it started is stopped.
+        stop_started_here()
     emit(args, report.model_dump(mode="json") | {"ok": report.ok}, lambda console, _: _render(console, report))
     if not report.ok:
         raise CommandError(report.failure())

@@ -9,12 +9,12 @@ from rich.console import Console
 from rich.table import Table
 
 from ..brokers import build_broker
-from ..controls import pause_queue, resume_queue
+from ..controls import pause_queue, require_known, resume_queue
 from ..queues import UnsupportedBroker, queue_depths
 from ..settings import load_settings
 from .output import CommandError, emit, json_flag, whole_column
 
-_COLUMNS = ("queue", "priority_level", "tenant", "ready", "delayed", "in_flight", "dead")
+_COLUMNS = ("queue", "priority_level", "tenant", "ready", "delayed", "held", "in_flight", "dead")
 
 
 def register(subparsers: Any) -> None:
@@ -25,6 +25,9 @@ def register(subparsers: Any) -> None:
     queues_parser.set_defaults(func=show_queues)
     pause_parser = subparsers.add_parser("pause", parents=[json_flag()], help="workers stop starting jobs of QUEUE")
     pause_parser.add_argument("queue")
+    pause_parser.add_argument(
+        "--create", action="store_true", help="pause a queue no worker has declared yet (ahead of deployment)"
+    )
     pause_parser.set_defaults(func=pause)
     resume_parser = subparsers.add_parser("resume", parents=[json_flag()], help="workers start jobs of QUEUE again")
     resume_parser.add_argument("queue")
@@ -35,6 +38,7 @@ def show_queues(args: argparse.Namespace) -> None:
     settings = load_settings()
     broker = build_broker(settings)
     try:
+        require_known(broker, args.queues, settings)
         rows = [row.model_dump() for row in queue_depths(broker, settings, args.queues)]
     except UnsupportedBroker as error:
         raise CommandError(str(error)) from None
@@ -45,7 +49,7 @@ def show_queues(args: argparse.Namespace) -> None:
 
 def _render(console: Console, rows: list[dict[str, Any]]) -> None:
     if not rows:
-        console.print("no queued, delayed, running or dead messages")
+        console.print("no queued, delayed, held, running or dead messages")
         return
     table = Table(whole_column("queue"), "priority_level", whole_column("tenant"), *_COLUMNS[3:])
     for row in rows:
@@ -65,7 +69,10 @@ def _switch(args: argparse.Namespace, *, paused: bool) -> None:
     settings = load_settings()
     broker = build_broker(settings)
     try:
-        changed = (pause_queue if paused else resume_queue)(broker, args.queue, settings)
+        if paused:
+            changed = pause_queue(broker, args.queue, settings, create=args.create)
+        else:
+            changed = resume_queue(broker, args.queue, settings)
     finally:
         broker.close()
     word = "paused" if paused else "resumed"

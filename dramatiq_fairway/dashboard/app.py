@@ -36,7 +36,7 @@ from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 
 from ..brokers import build_broker
-from ..controls import pause_queue, resume_queue
+from ..controls import UnknownQueue, pause_queue, resume_queue
 from ..durations import parse_duration
 from ..errors import FairwayError
 from ..priority import Priority
@@ -303,7 +303,10 @@ class Dashboard:
         if verb not in ("pause", "resume"):
             raise HTTPException(404, f"no queue action {verb!r} (pause, resume)")
         switch = pause_queue if verb == "pause" else resume_queue
-        changed = await run_in_threadpool(switch, self.broker, queue, self.settings)
+        try:
+            changed = await run_in_threadpool(switch, self.broker, queue, self.settings)
+        except UnknownQueue as error:
+            raise HTTPException(404, str(error)) from None
         word = "paused" if verb == "pause" else "resumed"
         already = "paused" if verb == "pause" else "running"
         message = f"{queue} {word}" if changed else f"{queue} was already {already}"

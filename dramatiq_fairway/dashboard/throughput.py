@@ -5,7 +5,8 @@ The dashboard process runs no jobs, so its own metrics are empty. It reads the e
 keeps the samples it took over the last hour in memory: figures are the difference between the
 newest and the oldest sample of that window (counters only grow; a worker restart resets them,
 and the newest value alone is then used). Until a second sample exists the figures are the
-totals since the workers started, and say so.
+totals since the workers started, and say so. When the exporter stops answering, the last
+figures are still shown, with their age and the endpoint that did not answer.
 
 DESIGN.md §8 plans per-minute buckets kept in Redis by the finish script; when they exist, this
 module is what reads them instead.
@@ -19,7 +20,7 @@ import time
 import urllib.request
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TypeVar
 
 from prometheus_client.parser import text_string_to_metric_families
@@ -46,13 +47,15 @@ class Sample:
 
 @dataclass(frozen=True)
 class Figures:
-    """What the pages show. ``seconds`` is the window covered; 0 means totals since the workers started."""
+    """What the pages show. ``seconds`` is the window covered; 0 means totals since the workers started.
+    ``age``: seconds since the newest sample was scraped (the figures are that old)."""
 
     seconds: float
     outcomes: dict[str, float]
     wait_p50: float | None
     wait_p95: float | None
     served: dict[tuple[str, str], float]
+    age: float = field(default=0.0, compare=False)
 
     @property
     def finished(self) -> float:
@@ -131,13 +134,15 @@ class MetricsWindow:
                 self.samples.popleft()
             if not self.samples:
                 return None
-            return _difference(self.samples[0], self.samples[-1])
+            return replace(_difference(self.samples[0], self.samples[-1]), age=now - self.samples[-1].at)
 
     def _scrape(self, now: float) -> None:
         try:
             text = self.fetch()
         except OSError as error:
-            self.error = f"no metrics exporter answered at {self.url} ({type(error).__name__})"
+            self.error = (
+                f"no metrics exporter answered at {self.url} ({type(error).__name__}): workers' metrics unreadable"
+            )
             return
         self.error = None
         self.samples.append(parse(text, now))

@@ -256,7 +256,20 @@ def serve_metrics() -> None:
     _remove_stale_runs(RUN_DIR)
     registry = CollectorRegistry()
     registry.register(_LiveMultiProcessCollector(RUN_DIR))
-    server, thread = start_http_server(settings.metrics.port, settings.metrics.host, registry)
+    try:
+        server, thread = start_http_server(settings.metrics.port, settings.metrics.host, registry)
+    except OSError as error:
+        # Typically a second worker on this host: its jobs must go on, the operator must learn why
+        # it has no metrics. Returning ends this fork only (the master waits on its workers alone).
+        get_logger(__name__).warning(
+            "Metrics not served: cannot listen on %s:%d (FAIRWAY_METRICS__PORT=%d): %s; this worker runs "
+            "without a metrics endpoint (give each worker on a host its own FAIRWAY_METRICS__PORT)",
+            settings.metrics.host,
+            settings.metrics.port,
+            settings.metrics.port,
+            error.strerror or error,
+        )
+        return
     get_logger(__name__).info("Serving metrics on http://%s:%d/metrics", settings.metrics.host, server.server_port)
     thread.join()
 

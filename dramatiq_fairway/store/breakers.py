@@ -120,6 +120,12 @@ class BreakerReply:
     version: int = 0
 
 
+def require_key(key: str) -> None:
+    """Refuse a blank breaker key: no job asks for one, so such a breaker would hold nothing."""
+    if not key.strip():
+        raise ValueError(f"key: a breaker key cannot be empty or blank ({key!r})")
+
+
 class BreakerStore(Protocol):
     def admit(self, key: str, policy: BreakerPolicy, *, permit: str, now: float | None = None) -> BreakerReply:
         """May a job run now? In half-open this takes one of the trial slots, held under ``permit``."""
@@ -229,6 +235,7 @@ class RedisBreakerStore:
         )
 
     def force_open(self, key: str, *, now: float | None = None) -> BreakerReply:
+        require_key(key)
         return self._run(key, "force_open", now)
 
     def close(self, key: str, *, now: float | None = None) -> BreakerReply:
@@ -369,6 +376,7 @@ class MemoryBreakerStore:
             return self._save(key, b, before)
 
     def force_open(self, key: str, *, now: float | None = None) -> BreakerReply:
+        require_key(key)
         with self._lock:
             b, now_ms, before = self._load(key, now)
             b.forced = True
