@@ -7,12 +7,12 @@
 -- ARGV[2]  TTL in milliseconds
 --
 -- Returns 1 when the message owns the key, 0 when another message does.
-local owner = redis.call('GET', KEYS[1])
+local owner = redis.call("GET", KEYS[1])
 if not owner then
-  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-  return 1
+    redis.call("SET", KEYS[1], ARGV[1], "PX", ARGV[2])
+    return 1
 end
 if owner == ARGV[1] then
-  return 1
+    return 1
 end
 return 0
