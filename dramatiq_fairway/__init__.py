@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from importlib.metadata import PackageNotFoundError, version
+
 from .connections import state_store_client
 from .controls import QueuePause, pause_queue, paused_queues, resume_queue
 from .errors import (
@@ -25,6 +27,12 @@ from .priority import Priority
 from .settings import Settings, load_settings
 from .setup import install, setup
 
+try:
+    # One source of truth for the version: pyproject.toml, as installed.
+    __version__ = version("dramatiq-fairway")
+except PackageNotFoundError:  # imported from a source tree that was never installed
+    __version__ = "0+unknown"
+
 __all__ = [
     "BreakerOpen",
     "Cancelled",
@@ -44,6 +52,7 @@ __all__ = [
     "Settings",
     "SoftTimeLimitExceeded",
     "TransientError",
+    "__version__",
     "install",
     "load_settings",
     "pause_queue",

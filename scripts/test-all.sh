@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite on a fresh Debian machine, set-up included: the system packages the tests
 # drive (Redis, RabbitMQ, Chromium for the dashboard's browser test, promtool for the Prometheus
-# rules), Redis and RabbitMQ started when they do not answer, the venv, then lint and pytest.
+# rules, npm for the Lua formatter), Redis and RabbitMQ started when they do not answer, the venv, then lint and pytest.
 # Arguments go to pytest: `bash scripts/test-all.sh -m "not chaos and not browser"`.
 # Nothing is ever skipped for a missing tool: it is installed here, or the run fails.
 set -euo pipefail
@@ -24,6 +24,8 @@ command -v redis-server >/dev/null || packages+=(redis-server)
 command -v rabbitmq-server >/dev/null || packages+=(rabbitmq-server)
 command -v chromium >/dev/null || packages+=(chromium)
 command -v promtool >/dev/null || packages+=(prometheus)
+# `tox -e lint` checks the Lua formatting with StyLua's npm build (tools/stylua.cjs).
+command -v npm >/dev/null || packages+=(npm)
 python3 -c "import ensurepip" 2>/dev/null || packages+=(python3-venv)
 if ((${#packages[@]})); then
     echo "installing ${packages[*]}"

@@ -35,7 +35,6 @@ from dramatiq_fairway.middlewares.breaker import (
     BreakerOptionError,
     CircuitBreaker,
     HeldTooLong,
-    _classify_builtin,
 )
 from dramatiq_fairway.middlewares.metrics import Metrics
 from dramatiq_fairway.settings import BreakerSettings, Settings, load_settings
@@ -377,15 +376,6 @@ def test_slow_successes_count_toward_the_slow_call_rate(clock: Clock, monkeypatc
     state = stack.store.get("dep")
     assert state is not None
     assert (state.state, state.slow_calls) == ("open", 2)
-
-
-def test_builtin_classification_when_no_classifier_is_installed() -> None:
-    assert _classify_builtin(RateLimited(2)) == ("rate_limited", 2.0)
-    assert _classify_builtin(TransientError()) == ("transient", None)
-    assert _classify_builtin(TimeoutError()) == ("transient", None)
-    assert _classify_builtin(ConnectionResetError()) == ("transient", None)
-    assert _classify_builtin(ValueError()) == ("unknown", None)
-    assert _classify_builtin(PermanentError()) == ("unknown", None)
 
 
 # On a real broker: jobs are held back, released, dead-lettered only when held too long.

@@ -567,9 +567,20 @@ elseif command == "purge" then
         redis.call("DEL", ring, P .. ":deficit:" .. level, P .. ":aging:" .. level)
     end
     redis.call(
-        "DEL", P .. ":msgs", P .. ":dmsgs", P .. ":meta", P .. ":dq", P .. ":xq", P .. ":xmsgs",
-        P .. ":levels", P .. ":passed", P .. ":ready", P .. ":delayed", P .. ":inflight",
-        P .. ":parked", P .. ":wake"
+        "DEL",
+        P .. ":msgs",
+        P .. ":dmsgs",
+        P .. ":meta",
+        P .. ":dq",
+        P .. ":xq",
+        P .. ":xmsgs",
+        P .. ":levels",
+        P .. ":passed",
+        P .. ":ready",
+        P .. ":delayed",
+        P .. ":inflight",
+        P .. ":parked",
+        P .. ":wake"
     )
     return 1
 

@@ -239,14 +239,6 @@ class FairRedisBroker(HoldsAtStart, OverriddenHooks, RedisBroker):
                 row[column] = int(count)
         return [rows[key] for key in sorted(rows)]
 
-    def drop_dead_message(self, queue_name: str, redis_message_id: str) -> None:
-        """Delete a nacked message from the queue's dead messages (after its record was requeued)."""
-        prefix = self._queue_prefix(queue_name)
-        with self.client.pipeline() as pipe:
-            pipe.zrem(prefix + ":xq", redis_message_id)
-            pipe.hdel(prefix + ":xmsgs", redis_message_id)
-            pipe.execute()
-
     def ready_by_level(self, queue_name: str) -> dict[Priority, int]:
         """Messages waiting per level as the scheduler sees them (after aging), without empty levels."""
         counts = self.client.hgetall(self._queue_prefix(queue_name) + ":levels")

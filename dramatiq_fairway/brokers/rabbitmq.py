@@ -474,9 +474,6 @@ class _FairRabbitmqConsumer(_FairwayRabbitmqConsumer):
             return
         self._settle(message._tag, ack=True)
 
-    def _nack(self, tag: int) -> None:
-        self._settle(tag, ack=False)
-
     def _settle(self, tag: int, *, ack: bool) -> None:
         with self._lock:
             self._handed_out.discard(tag)

@@ -22,7 +22,7 @@ process), those this process declared, the paused ones and those seen in the dea
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -148,7 +148,3 @@ def _passive(broker: RabbitmqBroker, count: Callable[[], T]) -> T | None:
         with contextlib.suppress(AttributeError):
             del broker.channel
         return None
-
-
-def _sorted(names: Iterable[bytes]) -> list[str]:
-    return sorted(name.decode() for name in names)

@@ -60,7 +60,8 @@ from dramatiq.logging import get_logger
 from dramatiq.message import Message
 from dramatiq.middleware import MiddlewareError
 
-from ..errors import PermanentError, RateLimited, TransientError
+from ..classify import ErrorClassifier
+from ..errors import PermanentError
 from ..settings import BreakerPolicy, Settings, load_settings
 from ..store.breakers import (
     BreakerReply,
@@ -428,12 +429,7 @@ def _check_option(value: Any, where: str) -> None:
 
 
 def _classifier(settings: Settings) -> Callable[[BaseException], tuple[str, float | None]]:
-    """``exception → (classification, retry_after)``: fairway's ErrorClassifier when present, else
-    the marker exceptions and the usual network errors."""
-    try:
-        from ..classify import ErrorClassifier
-    except ImportError:
-        return _classify_builtin
+    """``exception → (classification, retry_after)`` by fairway's ErrorClassifier."""
     classifier = ErrorClassifier(settings)
 
     def classify(exception: BaseException) -> tuple[str, float | None]:
@@ -441,11 +437,3 @@ def _classifier(settings: Settings) -> Callable[[BaseException], tuple[str, floa
         return str(verdict.classification), verdict.retry_after
 
     return classify
-
-
-def _classify_builtin(exception: BaseException) -> tuple[str, float | None]:
-    if isinstance(exception, RateLimited):
-        return "rate_limited", exception.retry_after
-    if isinstance(exception, TransientError | ConnectionError | TimeoutError | OSError):
-        return "transient", None
-    return "unknown", None

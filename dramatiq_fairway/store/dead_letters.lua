@@ -79,9 +79,9 @@ if command == "add" then
     local at = tonumber(ARGV[6])
     local record = prefix .. "rec:" .. id
     if redis.call("EXISTS", record) == 1 then
-        return {0, 0}
+        return { 0, 0 }
     end
-    local fields = {"data", ARGV[7], "at", ARGV[6]}
+    local fields = { "data", ARGV[7], "at", ARGV[6] }
     for i = 8, #ARGV, 2 do
         local dim, value = ARGV[i], ARGV[i + 1]
         fields[#fields + 1] = "dim:" .. dim
@@ -99,7 +99,7 @@ if command == "add" then
             evicted = evicted + remove_one(old)
         end
     end
-    return {1, evicted}
+    return { 1, evicted }
 end
 
 if command == "remove" then

@@ -65,7 +65,12 @@ local function limits_reader(P)
         all[flat[i]] = flat[i + 1]
     end
     return function(tenant)
-        return limits_resolve({ all["ops|" .. tenant] or false, all["base|" .. tenant] or false, all["ops|"] or false, all["base|"] or false })
+        return limits_resolve({
+            all["ops|" .. tenant] or false,
+            all["base|" .. tenant] or false,
+            all["ops|"] or false,
+            all["base|"] or false,
+        })
     end
 end
 

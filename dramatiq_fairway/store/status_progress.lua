@@ -6,8 +6,8 @@
 -- ARGV[2]  note ("" for none)
 --
 -- Returns 1 when recorded, 0 when the job is unknown. HSET keeps the key's TTL.
-if redis.call('EXISTS', KEYS[1]) == 0 then
-  return 0
+if redis.call("EXISTS", KEYS[1]) == 0 then
+    return 0
 end
-redis.call('HSET', KEYS[1], 'progress', ARGV[1], 'note', ARGV[2])
+redis.call("HSET", KEYS[1], "progress", ARGV[1], "note", ARGV[2])
 return 1

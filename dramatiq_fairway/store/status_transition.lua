@@ -22,46 +22,46 @@
 local success_ttl, other_ttl, keep = ARGV[1], ARGV[2], tonumber(ARGV[3])
 
 local function move(key, mode, actor, queue, enqueued_at, first, n)
-  local current = redis.call('HGET', key, 'state')
-  if mode == 'enqueue' and current then
-    return current
-  end
-  if mode == 'reject' and current and current ~= 'PENDING' then
-    return current
-  end
-
-  local history = {}
-  local raw = redis.call('HGET', key, 'history')
-  if raw then
-    history = cjson.decode(raw)
-  elseif enqueued_at ~= '' and mode ~= 'enqueue' then
-    table.insert(history, {state = 'PENDING', at = enqueued_at})
-  end
-
-  local state
-  for i = first, first + 2 * (n - 1), 2 do
-    state = ARGV[i]
-    if i == first and mode == 'start' and redis.call('HGET', key, 'cancel') == '1' then
-      state = 'REVOKED'
-      table.insert(history, {state = state, at = ARGV[i + 1]})
-      break
+    local current = redis.call("HGET", key, "state")
+    if mode == "enqueue" and current then
+        return current
     end
-    table.insert(history, {state = state, at = ARGV[i + 1]})
-  end
-  while #history > keep do
-    table.remove(history, 1)
-  end
+    if mode == "reject" and current and current ~= "PENDING" then
+        return current
+    end
 
-  redis.call('HSET', key, 'state', state, 'actor', actor, 'queue', queue, 'history', cjson.encode(history))
-  redis.call('EXPIRE', key, state == 'SUCCESS' and success_ttl or other_ttl)
-  return state
+    local history = {}
+    local raw = redis.call("HGET", key, "history")
+    if raw then
+        history = cjson.decode(raw)
+    elseif enqueued_at ~= "" and mode ~= "enqueue" then
+        table.insert(history, { state = "PENDING", at = enqueued_at })
+    end
+
+    local state
+    for i = first, first + 2 * (n - 1), 2 do
+        state = ARGV[i]
+        if i == first and mode == "start" and redis.call("HGET", key, "cancel") == "1" then
+            state = "REVOKED"
+            table.insert(history, { state = state, at = ARGV[i + 1] })
+            break
+        end
+        table.insert(history, { state = state, at = ARGV[i + 1] })
+    end
+    while #history > keep do
+        table.remove(history, 1)
+    end
+
+    redis.call("HSET", key, "state", state, "actor", actor, "queue", queue, "history", cjson.encode(history))
+    redis.call("EXPIRE", key, state == "SUCCESS" and success_ttl or other_ttl)
+    return state
 end
 
 local states = {}
 local a = 4
 for k = 1, #KEYS do
-  local n = tonumber(ARGV[a + 4])
-  states[k] = move(KEYS[k], ARGV[a], ARGV[a + 1], ARGV[a + 2], ARGV[a + 3], a + 5, n)
-  a = a + 5 + 2 * n
+    local n = tonumber(ARGV[a + 4])
+    states[k] = move(KEYS[k], ARGV[a], ARGV[a + 1], ARGV[a + 2], ARGV[a + 3], a + 5, n)
+    a = a + 5 + 2 * n
 end
 return states

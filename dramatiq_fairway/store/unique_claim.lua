@@ -13,12 +13,12 @@
 -- ARGV[3]  id of the dead-lettered message this one was requeued from, or ''
 --
 -- Returns 1 when the message owns the key, 0 when another message does.
-local owner = redis.call('GET', KEYS[1])
-if not owner or (ARGV[3] ~= '' and owner == ARGV[3]) then
-  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-  return 1
+local owner = redis.call("GET", KEYS[1])
+if not owner or (ARGV[3] ~= "" and owner == ARGV[3]) then
+    redis.call("SET", KEYS[1], ARGV[1], "PX", ARGV[2])
+    return 1
 end
 if owner == ARGV[1] then
-  return 1
+    return 1
 end
 return 0
