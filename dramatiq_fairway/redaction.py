@@ -82,9 +82,6 @@ class Redactor:
         name = _normalise(key)
         return next((word for word in self.words if word in name), None)
 
-    def is_secret(self, key: str) -> bool:
-        return self.secret_word(key) is not None
-
     def scrub(self, text: str) -> str:
         """``text`` with whatever a value rule finds replaced (no message at hand to learn secrets from)."""
         return redact_text(text, self.rules)[0]

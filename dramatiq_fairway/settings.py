@@ -44,10 +44,6 @@ class TlsSettings(_Section):
     key_file: Path | None = None
     verify: bool = True
 
-    @property
-    def configured(self) -> bool:
-        return any((self.ca_file, self.cert_file, self.key_file)) or not self.verify
-
 
 class MetricsSettings(_Section):
     host: str = "127.0.0.1"

@@ -111,10 +111,6 @@ def assert_one_line_error(code: int, out: str, err: str, expected_code: int, nam
     assert names in lines[0]
 
 
-def _case_id(value: object) -> str:
-    return " ".join(value) or "(no verb)" if isinstance(value, list) else str(value)
-
-
 def test_there_are_at_least_forty_bad_invocations_over_every_verb() -> None:
     assert len(BAD_INVOCATIONS) >= 40
     verbs = {argv[0] for argv, _, _ in BAD_INVOCATIONS if argv}

@@ -200,10 +200,6 @@ class JobStatusStore:
         """Record ``state`` (SUCCESS, RETRY, FAILURE, DEAD_LETTER, REVOKED, REJECTED)."""
         return self._record("record", message_id, state, actor, queue)
 
-    def reject(self, message_id: str, actor: str, queue: str) -> JobState:
-        """REJECTED, unless the job already started (it then has its own outcome)."""
-        return self._record("reject", message_id, JobState.REJECTED, actor, queue)
-
     def progress(self, message_id: str, percent: float, note: str | None = None) -> bool:
         """Record progress of a known job; False when the job is unknown (not tracked, or expired)."""
         [known] = run_scripts(self.client, [self.progress_call(message_id, percent, note)])
