@@ -5,7 +5,7 @@ again after ``resume``, with nothing lost and no retry used.
 
 - On a broker with its own pause (``FairRedisBroker``: ``pause(queue)``, ``resume(queue)``,
   ``paused_queues()``), the broker's dispatch script skips paused queues; its flag lives in the
-  broker's Redis under the queue's hash tag (DESIGN.md §5).
+  broker's Redis under the queue's hash tag (docs/design.md, "Redis keys").
 - Otherwise (RabbitMQ) the flag lives in the state store, in the set ``{namespace}:paused``
   (no TTL: a queue stays paused until resumed). Fairway's consumer stops consuming a paused
   queue, so its messages stay ready on RabbitMQ (``brokers/rabbitmq_pause.py``); a message picked

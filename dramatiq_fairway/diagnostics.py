@@ -13,7 +13,8 @@ from .settings import Settings, mask_url
 
 _TIMEOUT = 3.0
 
-# DESIGN.md §12: what each feature does while the state store is down and the broker is up.
+# What each feature does while the state store is down and the broker is up
+# (docs/design.md, "When the state store is down").
 DEGRADATION = {
     "retries": "classify locally",
     "breakers": "per-process state",

@@ -1,4 +1,4 @@
-"""Queue depths per queue x priority level x tenant (``fairway queues``, DESIGN.md §7).
+"""Queue depths per queue x priority level x tenant (``fairway queues``, docs/design.md).
 
 - ``FairRedisBroker``: exact, from the counters its dispatch script keeps (``queue_depths``):
   ready, delayed and in flight per (level, tenant).
@@ -82,7 +82,7 @@ def queue_depths(broker: Broker, settings: Settings | None = None, queues: Itera
 
 
 def _add_limits(limits: TenantLimits, rows: list[QueueDepth]) -> None:
-    """Each tenant's cap and rate (DESIGN.md §11), on the rows of that tenant."""
+    """Each tenant's cap and rate (docs/limits.md), on the rows of that tenant."""
     tenants: dict[str, set[str]] = {}
     for row in rows:
         if row.tenant != ANY:

@@ -166,7 +166,7 @@ class TenantLimit(_Section):
 
 
 class LimitSettings(_Section):
-    """Per-tenant limits (DESIGN §11), resolved field by field: the queue's entry for the tenant
+    """Per-tenant limits (docs/limits.md), resolved field by field: the queue's entry for the tenant
     (``queues``), the tenant's entry (``tenants``), the queue's default (``queues[q]["*"]``), then
     ``default``. A ``rate`` without ``burst`` allows a burst of one second's worth (at least 1)."""
 
@@ -209,7 +209,7 @@ class ActorSettings(_Section):
 
 
 class Settings(BaseSettings):
-    """dramatiq-fairway configuration (DESIGN.md §2)."""
+    """dramatiq-fairway configuration (docs/design.md)."""
 
     model_config = SettingsConfigDict(
         env_prefix=ENV_PREFIX,

@@ -1,4 +1,4 @@
-"""Chaos: the real ``dramatiq`` command against real servers while we break things (DESIGN.md §12).
+"""Chaos: the real ``dramatiq`` command against real servers while we break things (docs/design.md).
 
 Each test counts every job at the end (``chaos_support.RunLog``, kept in the shared Redis, which
 no test here breaks). What is broken is always ours: a worker process of our own command, a

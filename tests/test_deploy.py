@@ -19,7 +19,7 @@ ALERTS = DEPLOY / "prometheus" / "alerts.yml"
 ALERTS_TEST = DEPLOY / "prometheus" / "alerts_test.yml"
 DASHBOARD = DEPLOY / "grafana" / "fairway.json"
 
-# DESIGN.md §8, as exposed (counters with their `_total`).
+# docs/design.md, as exposed (counters with their `_total`).
 FAMILIES = {
     "fairway_messages_total",
     "fairway_message_duration_seconds",

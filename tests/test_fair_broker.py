@@ -1,4 +1,4 @@
-"""FairRedisBroker on the real Redis: the scheduling rule of DESIGN §14 and Dramatiq's guarantees."""
+"""FairRedisBroker on the real Redis: the scheduling rule (docs/design.md) and Dramatiq's guarantees."""
 
 from __future__ import annotations
 

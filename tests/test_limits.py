@@ -1,4 +1,4 @@
-"""Per-tenant limits (DESIGN §11): the dispatch script with an injected clock, the store, the CLI
+"""Per-tenant limits (docs/limits.md): the dispatch script with an injected clock, the store, the CLI
 verbs and the consumer-side limiter used with RabbitMQ."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Acceptance of per-tenant limits (DESIGN §11) with the real ``dramatiq`` command, 2 processes x 4
+"""Acceptance of per-tenant limits (docs/limits.md) with the real ``dramatiq`` command, 2 processes x 4
 threads, on real Redis and real RabbitMQ. The jobs (tests/limits_app.py) record their own starts
 and how many jobs of their tenant ran at that instant, on the Redis server's clock."""
 

@@ -45,7 +45,7 @@
 --   * P:levels[L] is the number of rids in all P:fifo:L:*;
 --   * P:aging:L[T] is due time of the head of a non-empty P:fifo:L:T, absent otherwise;
 --   * a tenant with a field in P:deficit:L is either in P:ring:L or parked with L in P:parked[T],
---     never both: parking keeps its deficit (DESIGN §14 rule 3). A tenant parked at its cap comes
+--     never both: parking keeps its deficit (docs/design.md, "Scheduling rule", rule 3). A tenant parked at its cap comes
 --     back when one of its messages leaves the in-flight count (ack, nack, requeue, hold, recovery
 --     of a dead worker), one parked for its rate at P:wake, and every one when the limits change.
 -- Per pick the cost is O(levels + log n): four counters, one ring head, one ZPOPMIN, and with
@@ -166,7 +166,7 @@ local function age(budget)
     end
 end
 
--- Rule of DESIGN §14: CRITICAL first; else a waiting level passed by PASS_LIMIT times in a row
+-- The scheduling rule (docs/design.md): CRITICAL first; else a waiting level passed by PASS_LIMIT times in a row
 -- (the highest such); else the highest waiting level. `ready` (messages per level) is read,
 -- `passed` updated in place. A level in `blocked` has no tenant that may run now: not waiting.
 local function choose_level(ready, passed, blocked)

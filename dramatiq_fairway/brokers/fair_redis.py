@@ -1,4 +1,4 @@
-"""``FairRedisBroker``: a RedisBroker that serves each queue fairly (DESIGN.md §12, §14).
+"""``FairRedisBroker``: a RedisBroker that serves each queue fairly (docs/design.md).
 
 Each queue keeps one FIFO per (priority level, tenant). A fetch picks CRITICAL first, then the
 highest waiting level unless a lower waiting level was passed by three picks in a row, and inside

@@ -19,7 +19,7 @@ Dramatiq's Worker still makes one consumer per queue name; for ``q`` it gets
 ``_FairRabbitmqConsumer``, which consumes every AMQP queue above on one channel with a prefetch
 of ``2 x prefetch`` per AMQP queue (so the head of every non-empty one is in hand while the
 worker's threads are busy), hands out at most ``prefetch`` messages at a time and picks each one
-by DESIGN.md §14 among the messages it holds (``rabbitmq_picker.py``). What holds on this broker
+by the scheduling rule of docs/design.md among the messages it holds (``rabbitmq_picker.py``). What holds on this broker
 and what does not is in docs/fairness.md. Changing the lane count leaves messages on lanes that are
 no longer consumed: drain a queue (or pause producers) before changing it.
 
@@ -87,7 +87,7 @@ def tenant_of(message: Message) -> str:
 
 
 class FairwayRabbitmqBroker(HoldsAtStart, OverriddenHooks, RabbitmqBroker):
-    """A RabbitmqBroker with per-level, per-lane queues and a consumer that picks by DESIGN.md §14.
+    """A RabbitmqBroker with per-level, per-lane queues and a consumer that picks fairly (docs/design.md).
 
     Parameters (besides RabbitmqBroker's ``url``, ``confirm_delivery``, ``max_priority``, ...):
       settings: fairness weights, max wait, prefetch, lanes and the state store; ``load_settings()``

@@ -1,4 +1,4 @@
-"""The DESIGN.md §14 rule applied by fairway's RabbitMQ consumer to the messages it has been delivered.
+"""The scheduling rule (docs/design.md) applied by fairway's RabbitMQ consumer to the messages it has been delivered.
 
 RabbitMQ has no server-side scripts, so ``FairwayRabbitmqBroker`` spreads a queue over one AMQP
 queue per (level, lane) and its consumer takes deliveries from all of them. ``Picker`` holds what

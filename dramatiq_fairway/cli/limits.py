@@ -1,4 +1,4 @@
-"""``fairway limits list | set TENANT [...] | clear TENANT``: per-tenant limits at run time (DESIGN §11).
+"""``fairway limits list | set TENANT [...] | clear TENANT``: per-tenant limits at run time (docs/limits.md).
 
 ``set`` changes only the fields given and applies to running workers at their next fetch (Redis)
 or within a second (RabbitMQ); ``clear`` drops the change, so the Settings apply again.

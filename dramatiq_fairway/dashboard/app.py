@@ -1,4 +1,4 @@
-"""The dashboard's Starlette application (DESIGN.md §10): pages, actions and their guards.
+"""The dashboard's Starlette application (docs/design.md): pages, actions and their guards.
 
 It reads and acts only through the Python API the ``fairway`` verbs use (``DeadLetterStore``,
 ``RedisBreakerStore``, ``JobStatusStore``, ``controls``, the broker's depth counters), so a page

@@ -8,7 +8,7 @@ and the newest value alone is then used). Until a second sample exists the figur
 totals since the workers started, and say so. When the exporter stops answering, the last
 figures are still shown, with their age and the endpoint that did not answer.
 
-DESIGN.md §8 plans per-minute buckets kept in Redis by the finish script; when they exist, this
+The design plans per-minute buckets kept in Redis by the finish script; when they exist, this
 module is what reads them instead.
 """
 

@@ -25,7 +25,7 @@ the held copy and clears when the job is let through; a paused queue's wait does
 ``DeadLetters`` records it with reason ``held_too_long``.
 ``SkipMessage`` is never used: Results would store ``None`` for the job.
 
-Cost per job while closed (DESIGN.md §5): nothing at start, at most one script call at the end.
+Cost per job while closed: nothing at start, at most one script call at the end.
 When a job is fetched its breaker is looked up in a per-process cache that every store reply
 refreshes unless a newer one is already there (replies carry the breaker's version); only a
 cache older than :data:`CACHE_TTL` (the process was idle) costs a call. When a job finishes, its

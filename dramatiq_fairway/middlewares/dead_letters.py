@@ -1,4 +1,4 @@
-"""DeadLetters: every message that ends failed is kept as a searchable ``DeadLetter`` (DESIGN.md §6).
+"""DeadLetters: every message that ends failed is kept as a searchable ``DeadLetter`` (docs/design.md, "Redis keys").
 
 Records are written in ``before_nack``, the one hook every failed message passes through,
 including messages for an actor this worker does not know (those never reach the processing

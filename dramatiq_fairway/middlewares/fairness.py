@@ -1,6 +1,6 @@
 """``FairPriority``: priority levels and tenants on every message, checked when it is sent.
 
-Options (actor options, and ``priority_level`` / ``tenant`` also per message, DESIGN.md §4):
+Options (actor options, and ``priority_level`` / ``tenant`` also per message, docs/fairness.md):
 
 * ``priority_level``: a ``Priority``, its name (any case) or 1-5; default NORMAL.
 * ``tenant``: the fairness key, a non-empty printable string of at most 128 characters; default
@@ -13,7 +13,7 @@ values) and written back normalised (level as its number), so the broker and eve
 the same thing. On RabbitMQ the level also becomes the AMQP ``broker_priority`` (CRITICAL=1 ->
 5, BATCH=5 -> 1 on the ``x-max-priority=5`` that fairway's brokers declare; nothing on a
 RabbitmqBroker declared without priorities; it still orders the pre-upgrade queue and ``.DQ``).
-On ``FairRedisBroker`` the dispatch script applies the DESIGN.md §14 rule exactly; on RabbitMQ
+On ``FairRedisBroker`` the dispatch script applies the scheduling rule (docs/design.md) exactly; on RabbitMQ
 fairway's consumer applies it over the messages it holds, with tenants hashed over lanes
 (docs/fairness.md).
 

@@ -1,4 +1,4 @@
-"""TenantLimiter: per-tenant concurrency caps and rate limits on the consumer side (DESIGN §11).
+"""TenantLimiter: per-tenant concurrency caps and rate limits on the consumer side (docs/limits.md).
 
 For brokers whose dispatch cannot enforce limits (RabbitMQ). When fairway's consumer takes a
 message of a limited tenant, :meth:`hold` takes a slot (a lease named by the message id) and a
@@ -18,7 +18,8 @@ Cost: a message of a tenant without limits costs nothing (limits are read once p
 queue); a limited one costs one script call at fetch and one at the end; a held message costs a
 re-publish to the delay queue and a return trip after :data:`CAP_RECHECK_MS` (cap) or once its
 token is due (rate); Dramatiq's delay-queue consumer adds up to a worker timeout (1 s) to each.
-When the state store is down, limits are not enforced (DESIGN §12), with one warning per minute.
+When the state store is down, limits are not enforced, with one warning per minute
+(docs/design.md, "When the state store is down").
 
 On ``FairRedisBroker`` this middleware does nothing: the dispatch script enforces the limits.
 """

@@ -1,4 +1,4 @@
-"""MessageSize: a message no worker should receive is refused when it is sent (DESIGN.md §2, §4).
+"""MessageSize: a message no worker should receive is refused when it is sent (docs/design.md; docs/fairness.md).
 
 At enqueue, after every other middleware set its options, the message is encoded once: an option
 or argument that is not JSON is refused with a ``MessageRejected`` naming it and its value, and a

@@ -1,4 +1,4 @@
-"""Metrics: the Prometheus metrics of DESIGN.md §8, correct under the ``dramatiq`` command.
+"""Metrics: the Prometheus metrics of docs/design.md, correct under the ``dramatiq`` command.
 
 Families (prefix ``fairway_``): ``messages_total{queue,actor,outcome}`` (outcome ``success``,
 ``retried``, ``dead_lettered``, ``skipped``, ``delayed_by_breaker``),

@@ -1,6 +1,6 @@
 """JobStatus: every job's state with timestamps, progress, cancel, idempotency and soft time limits.
 
-States (DESIGN.md §7): PENDING when enqueued, STARTED, then SUCCESS, RETRY (failed, will run
+States (docs/design.md): PENDING when enqueued, STARTED, then SUCCESS, RETRY (failed, will run
 again), FAILURE (failed, no retry left, no dead-letter store), DEAD_LETTER (failed and recorded),
 REVOKED (cancelled) or REJECTED (refused before running: unknown actor, too large on arrival,
 duplicate ``unique_key``).

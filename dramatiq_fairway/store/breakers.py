@@ -96,7 +96,7 @@ class BreakerState(BaseModel):
     retry_at: float | None = None
 
     def summary(self) -> dict[str, Any]:
-        """The ``fairway breakers list --json`` shape (DESIGN.md §7), times in ISO 8601 UTC."""
+        """The ``fairway breakers list --json`` shape (docs/design.md), times in ISO 8601 UTC."""
         return {
             "key": self.key,
             "state": self.state,

@@ -107,7 +107,7 @@ _STATS_SCRIPT = Path(__file__).with_name("dead_letters_stats.lua").read_text()
 
 # The pydantic mypy plugin builds __init__(**kwargs) and then trips over a field named ``kwargs``.
 class DeadLetter(BaseModel):  # type: ignore[no-redef]
-    """One message that ended failed (DESIGN.md §6). Secrets are redacted before it is built."""
+    """One message that ended failed (docs/design.md, "Redis keys"). Secrets are redacted before it is built."""
 
     model_config = ConfigDict(frozen=True)
 

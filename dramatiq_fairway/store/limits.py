@@ -1,4 +1,4 @@
-"""Per-tenant limits (DESIGN §11): where they are kept, how they change at run time, who is in flight.
+"""Per-tenant limits (docs/limits.md): where they are kept, how they change at run time, who is in flight.
 
 A limit (``max_concurrency``, ``rate`` per second, ``burst``) applies per (queue, tenant). Two
 layers are kept per queue, and each field resolves on its own (``limits_lib.lua``): the operator
@@ -6,7 +6,7 @@ layer (``fairway limits set``), then the Settings layer (``FAIRWAY_LIMITS__*``, 
 worker when it starts on the queue), the tenant's own entry before the queue's default.
 
 Where: on Redis, the keys live in the *broker's* Redis under the queue's hash tag, because the
-dispatch script reads them (DESIGN §5); on RabbitMQ, in the state store, where the consumer-side
+dispatch script reads them (docs/design.md, "Redis keys"); on RabbitMQ, in the state store, where the consumer-side
 limiter (``middlewares/limits.py``) reads them. Keys (``P`` = ``{<namespace>:<queue>}``):
 
 ``P:limits``

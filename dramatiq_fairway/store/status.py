@@ -85,7 +85,7 @@ class JobRecord(BaseModel):
     history: list[StateChange] = []
 
     def as_json(self) -> dict[str, Any]:
-        """The ``fairway jobs show --json`` shape (DESIGN.md §7)."""
+        """The ``fairway jobs show --json`` shape (docs/design.md)."""
         return {
             "id": self.id,
             "actor": self.actor,
@@ -304,7 +304,7 @@ class StatusWriter:
     lock; the merging and the time formatting happen in the flush, in one warm thread rather than
     in every worker thread (bench/hotpath.py). Writes leave in the order they were made (one flush
     at a time). A failed flush drops its changes and reports them to ``on_error`` (status is best
-    effort: DESIGN.md §12).
+    effort: docs/design.md, "When the state store is down").
     """
 
     def __init__(
