@@ -535,7 +535,8 @@ def test_cli_refuses_to_open_a_breaker_with_a_blank_key(
     capsys.readouterr()
     assert cli.main(["breakers", "open", key]) == 1
     err = capsys.readouterr().err
-    assert err.strip().splitlines() == [f"fairway: key: a breaker key cannot be empty or blank ({key!r})"]
+    # The CLI folds runs of white space in a message to one space, the value's quotes included.
+    assert err.strip().splitlines() == [f"fairway: key: a breaker key cannot be empty or blank ({key[:1]!r})"]
     assert RedisBreakerStore.from_settings(settings).list() == []
     with pytest.raises(ValueError, match="key: a breaker key cannot be empty"):
         RedisBreakerStore.from_settings(settings).force_open(key)
