@@ -41,6 +41,7 @@ from dramatiq_fairway.setup import install
 from dramatiq_fairway.store.breakers import RedisBreakerStore
 from dramatiq_fairway.store.dead_letters import Bucket, DeadLetterStore, RedactedRecords
 from dramatiq_fairway.store.status import JobState, JobStatusStore
+from dramatiq_fairway.store.workers import WorkerInfo, WorkerRegistry
 
 from .conftest import _delete_queues as delete_queues
 from .dashboard_support import (
@@ -507,6 +508,26 @@ def test_pages_say_how_old_the_figures_are_and_which_metrics_they_cannot_read(
         text = client.get(page).text
         assert "Figures from 12 s ago: no metrics exporter answered at " + url in text, page
         assert "unreadable" in text, page
+
+
+def test_overview_names_the_workers_whose_metrics_cannot_be_read(
+    redis_settings: Settings, redis_broker: Broker
+) -> None:
+    registry = WorkerRegistry.from_settings(redis_settings)
+    now = registry.clock()
+    served = "http://127.0.0.1:9464/metrics"
+    unserved = "unavailable: cannot listen on 127.0.0.1:9464 (FAIRWAY_METRICS__PORT=9464)"
+    for pid, metrics in ((1, served), (2, unserved)):
+        registry.beat(
+            WorkerInfo(id=f"host:{pid}:x", host="host", pid=pid, queues=["q"], threads=1, in_flight=0, processed=0,
+                       started_at=now, beat_at=now, metrics=metrics)
+        )  # fmt: skip
+    text = client_for(redis_settings, redis_broker).get("/?fragment=live").text
+    [note] = re.findall(r'<p class="warn" id="metrics-unreadable">(.*?)</p>', text, flags=re.DOTALL)
+    assert "Metrics of 1 worker(s) cannot be read" in note
+    assert "<code>host:2:x</code>" in note
+    assert "FAIRWAY_METRICS__PORT=9464" in note
+    assert "host:1:x" not in note
 
 
 def _exposition(success: int, waits: dict[float, int]) -> str:

@@ -22,6 +22,7 @@ from dramatiq_fairway.connections import rabbitmq_parameters
 from dramatiq_fairway.errors import PermanentError, TransientError
 from dramatiq_fairway.middlewares.metrics import Metrics, _PendingSamples, find_metrics, queue_depth_by_level
 from dramatiq_fairway.settings import Settings
+from dramatiq_fairway.store.workers import WorkerRegistry
 
 from .conftest import REDIS_URL
 from .fair_support import delete_namespace, fair_broker
@@ -300,6 +301,10 @@ def test_a_taken_metrics_port_is_one_warning_and_the_worker_goes_on(
             wait_for(lambda: state_client.smembers(f"{settings.namespace}:pids"), timeout=60)
             wait_for(lambda: "FAIRWAY_METRICS__PORT" in log.read_text(), timeout=30)
             assert process.poll() is None, "the dramatiq command ended"
+            # Each worker process says in its heartbeat that its metrics are not served, and why.
+            registry = WorkerRegistry.from_settings(settings)
+            [worker] = wait_for(lambda: [w for w in registry.live() if w.metrics], timeout=30)
+            assert worker.metrics == f"unavailable: cannot listen on 127.0.0.1:{port} (FAIRWAY_METRICS__PORT={port})"
     finally:
         taken.close()
     text = log.read_text()

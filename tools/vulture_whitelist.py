@@ -62,3 +62,6 @@ exception_data
 
 # pytest reads a report's longrepr (tests/conftest.py turns a skip in CI into a failure).
 _.longrepr
+
+# Read by templates/overview_live.html (selectattr), not by attribute access in Python.
+_.metrics_unreadable

@@ -31,7 +31,14 @@ def _render(console: Console, rows: list[dict[str, Any]]) -> None:
         console.print("no live workers")
         return
     table = Table(
-        whole_column("worker"), "queues", "threads", "in flight", "processed", "heartbeat age", "up since (UTC)"
+        whole_column("worker"),
+        "queues",
+        "threads",
+        "in flight",
+        "processed",
+        "heartbeat age",
+        "up since (UTC)",
+        "metrics",
     )
     for row in rows:
         started = dt.datetime.fromisoformat(row["started_at"]).strftime("%Y-%m-%d %H:%M:%S")
@@ -43,5 +50,6 @@ def _render(console: Console, rows: list[dict[str, Any]]) -> None:
             str(row["processed"]),
             f"{row['heartbeat_age']:.1f} s",
             started,
+            row["metrics"] or "-",
         )
     console.print(table)

@@ -71,6 +71,11 @@ class WorkerInfo:
     id: str
     heartbeat_age: float
     queues: list[str]
+    metrics: str | None = None
+
+    @property
+    def metrics_unreadable(self) -> bool:
+        return (self.metrics or "").startswith("unavailable")
 
 
 def queue_summaries(broker: Broker, settings: Settings, dead_letters: DeadLetterStore) -> list[QueueSummary]:
@@ -99,7 +104,12 @@ def live_workers(registry: WorkerRegistry) -> list[WorkerInfo]:
     """Worker processes whose heartbeat is fresh (``fairway workers``), freshest first."""
     now = registry.clock()
     workers = [
-        WorkerInfo(id=info.id, heartbeat_age=max(0.0, (now - info.beat_at).total_seconds()), queues=info.queues)
+        WorkerInfo(
+            id=info.id,
+            heartbeat_age=max(0.0, (now - info.beat_at).total_seconds()),
+            queues=info.queues,
+            metrics=info.metrics,
+        )
         for info in registry.live()
     ]
     return sorted(workers, key=lambda worker: worker.heartbeat_age)

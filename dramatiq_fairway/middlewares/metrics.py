@@ -46,6 +46,7 @@ import collections
 import contextlib
 import multiprocessing
 import os
+import shutil
 import sys
 import tempfile
 import threading
@@ -256,9 +257,11 @@ def serve_metrics() -> None:
     _remove_stale_runs(RUN_DIR)
     registry = CollectorRegistry()
     registry.register(_LiveMultiProcessCollector(RUN_DIR))
+    where = f"{settings.metrics.host}:{settings.metrics.port}"
     try:
         server, thread = start_http_server(settings.metrics.port, settings.metrics.host, registry)
     except OSError as error:
+        _report_exporter(f"unavailable: cannot listen on {where} (FAIRWAY_METRICS__PORT={settings.metrics.port})")
         # Typically a second worker on this host: its jobs must go on, the operator must learn why
         # it has no metrics. Returning ends this fork only (the master waits on its workers alone).
         get_logger(__name__).warning(
@@ -271,7 +274,28 @@ def serve_metrics() -> None:
         )
         return
     get_logger(__name__).info("Serving metrics on http://%s:%d/metrics", settings.metrics.host, server.server_port)
+    _report_exporter(f"http://{settings.metrics.host}:{server.server_port}/metrics")
     thread.join()
+
+
+# In the run's directory: where the run's exporter serves, or why it does not, so that each worker
+# process can say it in its heartbeat (``fairway workers``, the dashboard).
+_EXPORTER_FILE = "exporter"
+
+
+def _report_exporter(status: str) -> None:
+    assert RUN_DIR is not None
+    (RUN_DIR / _EXPORTER_FILE).write_text(status)
+
+
+def exporter_status() -> str | None:
+    """This ``dramatiq`` run's metrics URL, ``unavailable: <why>``, or None (no run, or no exporter yet)."""
+    if RUN_DIR is None:
+        return None
+    try:
+        return (RUN_DIR / _EXPORTER_FILE).read_text() or None
+    except OSError:
+        return None
 
 
 def _leave_run(run_dir: Path) -> None:
@@ -283,6 +307,8 @@ def _leave_run(run_dir: Path) -> None:
     """
     for file in run_dir.glob(f"*_{os.getpid()}.db"):
         file.unlink(missing_ok=True)
+    if not any(run_dir.glob("*.db")):
+        (run_dir / _EXPORTER_FILE).unlink(missing_ok=True)
     for directory in (run_dir, run_dir.parent):
         with contextlib.suppress(OSError):  # not empty: another process of this run (or another run) is still there
             directory.rmdir()
@@ -292,9 +318,7 @@ def _remove_stale_runs(run_dir: Path) -> None:
     for other in run_dir.parent.glob("run-*"):
         pid = int(other.name.split("-")[1]) if other.name.split("-")[1].isdigit() else 0
         if other != run_dir and (not _alive(pid) or _run_name(pid) != other.name):
-            for file in other.glob("*.db"):
-                file.unlink(missing_ok=True)
-            other.rmdir()
+            shutil.rmtree(other, ignore_errors=True)
 
 
 def _alive(pid: int) -> bool:

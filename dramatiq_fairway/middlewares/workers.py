@@ -1,7 +1,8 @@
 """WorkerHeartbeats: each worker process reports itself to the state store every few seconds.
 
 What it reports (:class:`~dramatiq_fairway.store.workers.WorkerInfo`): host, pid, queues,
-threads, jobs running now and jobs processed, and the time of the report. ``fairway workers``
+threads, jobs running now and jobs processed, where its metrics are served (or why they are not),
+and the time of the report. ``fairway workers``
 and the dashboard list the processes whose report is fresh. A job costs two integer updates under
 a lock; the state store sees one write per process every
 :data:`~dramatiq_fairway.store.workers.BEAT_INTERVAL` seconds. With the state store down the
@@ -24,6 +25,7 @@ from dramatiq.logging import get_logger
 
 from ..settings import Settings, load_settings
 from ..store.workers import BEAT_INTERVAL, WorkerInfo, WorkerRegistry
+from .metrics import exporter_status
 
 
 class WorkerHeartbeats(Middleware):
@@ -109,6 +111,7 @@ class WorkerHeartbeats(Middleware):
         with self._lock:
             self._info.in_flight, self._info.processed = self._in_flight, self._processed
         self._info.beat_at = dt.datetime.now(dt.UTC)
+        self._info.metrics = exporter_status()
         try:
             self.registry.beat(self._info)
         except redis.RedisError as error:

@@ -37,6 +37,9 @@ class WorkerInfo(BaseModel):
     processed: int
     started_at: dt.datetime
     beat_at: dt.datetime
+    # Where this process's ``dramatiq`` run serves Prometheus metrics, ``unavailable: <why>`` when
+    # its exporter could not listen, None when unknown (an in-process worker, an older worker).
+    metrics: str | None = None
 
     def as_json(self, now: dt.datetime) -> dict[str, object]:
         """The ``fairway workers --json`` row: the report plus its heartbeat age in seconds."""
