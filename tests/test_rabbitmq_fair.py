@@ -18,10 +18,11 @@ import pytest
 from dramatiq import Broker, Message, Middleware, Worker
 from dramatiq.middleware import CurrentMessage
 
-from dramatiq_fairway.brokers.consumer import HELD_SINCE, held_copy
+from dramatiq_fairway.brokers.delivery import held_copy
 from dramatiq_fairway.brokers.rabbitmq import FairwayRabbitmqBroker, _FairRabbitmqConsumer, lane_of, level_queue
 from dramatiq_fairway.brokers.rabbitmq_picker import Delivery, Picker, aged_level
 from dramatiq_fairway.connections import rabbitmq_parameters
+from dramatiq_fairway.middlewares.consumer_hooks import HELD_SINCE
 from dramatiq_fairway.priority import Priority
 from dramatiq_fairway.settings import Settings
 

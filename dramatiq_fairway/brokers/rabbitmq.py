@@ -54,7 +54,7 @@ from ..connections import state_store_client
 from ..middlewares import dead_letters
 from ..priority import Priority
 from ..settings import Settings, load_settings
-from .consumer import HoldsAtStart, decode_or_report, held_at_start, held_copy, hold_delay
+from .delivery import HoldsAtStart, decode_or_report, held_at_start, held_copy, hold_delay
 from .hooks import OverriddenHooks
 from .rabbitmq_pause import PausedSubscriptions
 from .rabbitmq_picker import Delivery, Picker
