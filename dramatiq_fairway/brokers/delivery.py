@@ -13,7 +13,7 @@
    closed may reach a worker thread after the breaker opened. :class:`HoldsAtStart` makes the
    broker hand such a message to its consumer's hold-back instead of the actor, with no hook fired.
 
-The broker classes (``FairwayRabbitmqBroker``, ``FairRedisBroker``) call these functions from
+The broker classes (``FairRabbitmqBroker``, ``FairRedisBroker``) call these functions from
 their consumers and provide ``hold_back(message, delay_ms)``; the middleware involved are looked
 up once per change of the broker's middleware list (``OverriddenHooks``), not per message.
 The hooks themselves, and the names middleware share with this module, are in
