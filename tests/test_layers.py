@@ -35,7 +35,7 @@ LAYERS: dict[str, set[str]] = {
         "connections",
         "embedded",
         "fingerprint",
-        "logs",
+        "json_logs",
         "priority",
         "redaction",
         "redaction_rules",
