@@ -13,13 +13,14 @@ import os
 import re
 import tomllib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 import platformdirs
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import (
     BaseSettings,
+    InitSettingsSource,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
     SettingsError,
@@ -32,6 +33,7 @@ ENV_PREFIX = "FAIRWAY_"
 SECRET_WORDS = ("password", "secret", "token", "api_key", "authorization", "cookie")
 
 BrokerKind = Literal["redis", "rabbitmq", "embedded"]
+S = TypeVar("S", bound=BaseSettings)
 
 
 class _Section(BaseModel):
@@ -189,25 +191,6 @@ class DashboardSettings(_Section):
     read_only: bool = False
 
 
-class ActorSettings(_Section):
-    """The domain actors (``dramatiq_fairway.actors``): ``FAIRWAY_ACTORS__*``."""
-
-    # A federated round aggregates once every client reported, or once ``fl_round_deadline``
-    # seconds passed with at least this share of its clients.
-    fl_quorum: float = Field(0.8, gt=0, le=1)
-    fl_round_deadline: float = Field(120, gt=0)
-    papers_source: Literal["corpus", "semantic_scholar"] = "corpus"
-    semantic_scholar_url: str = "https://api.semanticscholar.org/graph/v1"
-    semantic_scholar_api_key: SecretStr | None = None
-
-    @field_validator("semantic_scholar_url")
-    @classmethod
-    def _http_scheme(cls, url: str) -> str:
-        if urlsplit(url).scheme not in ("http", "https"):
-            raise ValueError("must start with http:// or https://")
-        return url
-
-
 class Settings(BaseSettings):
     """dramatiq-fairway configuration (docs/design.md)."""
 
@@ -237,7 +220,6 @@ class Settings(BaseSettings):
     limits: LimitSettings = LimitSettings()
     dashboard: DashboardSettings = DashboardSettings()
     logs: LogSettings = LogSettings()
-    actors: ActorSettings = ActorSettings()
 
     @field_validator("redis_url", "state_url")
     @classmethod
@@ -262,11 +244,7 @@ class Settings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,  # noqa: ARG003 (fairway reads no .env file)
         file_secret_settings: PydanticBaseSettingsSource,  # noqa: ARG003
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        sources = [init_settings, env_settings]
-        config_file = os.environ.get(f"{ENV_PREFIX}CONFIG")
-        if config_file:
-            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=Path(config_file)))
-        return tuple(sources)
+        return config_sources(settings_cls, init_settings, env_settings)
 
     def masked(self) -> dict[str, Any]:
         """The effective settings as JSON-able data, with every secret masked."""
@@ -292,26 +270,55 @@ def mask_url(url: str) -> str:
     return urlunsplit(parts._replace(netloc=netloc))
 
 
+def config_sources(
+    settings_cls: type[BaseSettings],
+    init_settings: PydanticBaseSettingsSource,
+    env_settings: PydanticBaseSettingsSource,
+    table: str | None = None,
+) -> tuple[PydanticBaseSettingsSource, ...]:
+    """Where a fairway settings class reads from, first wins: arguments, environment, then
+    ``[table]`` of the ``FAIRWAY_CONFIG`` TOML file (the top level when None; a missing table is empty)."""
+    sources = [init_settings, env_settings]
+    config_file = os.environ.get(f"{ENV_PREFIX}CONFIG")
+    if config_file:
+        whole = TomlConfigSettingsSource(settings_cls, toml_file=Path(config_file))
+        if table is None:
+            sources.append(whole)
+        else:
+            # pydantic-settings' toml_table_header raises KeyError on a file without the table.
+            section = whole.toml_data.get(table, {})
+            if not isinstance(section, dict):
+                raise ConfigError(f"{ENV_PREFIX}CONFIG: {table!r} in {config_file!r} must be a table, not {section!r}")
+            sources.append(InitSettingsSource(settings_cls, init_kwargs=section))
+    return tuple(sources)
+
+
 def load_settings(**overrides: Any) -> Settings:
     """Read the settings; turn any validation failure into a one-line :class:`ConfigError`."""
+    return read_settings(Settings, ENV_PREFIX, **overrides)
+
+
+def read_settings(settings_cls: type[S], env_prefix: str, **overrides: Any) -> S:
+    """``settings_cls(**overrides)``, any failure a one-line :class:`ConfigError` naming the
+    environment variable (``env_prefix`` + field) and its value."""
     config_file = os.environ.get(f"{ENV_PREFIX}CONFIG")
     if config_file and not Path(config_file).is_file():
         raise ConfigError(f"{ENV_PREFIX}CONFIG: {config_file!r} is not a file")
     try:
-        return Settings(**overrides)
+        return settings_cls(**overrides)
     except ValidationError as exc:
-        raise ConfigError(_describe(exc)) from None
+        raise ConfigError(_describe(exc, env_prefix)) from None
     except SettingsError as exc:
-        raise ConfigError(_describe_unparsable(exc)) from None
+        raise ConfigError(_describe_unparsable(exc, env_prefix)) from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{ENV_PREFIX}CONFIG: {config_file!r} is not valid TOML ({exc})") from None
 
 
-def _describe(exc: ValidationError) -> str:
+def _describe(exc: ValidationError, env_prefix: str) -> str:
     lines = []
     for error in exc.errors():
         location = [str(part) for part in error["loc"]]
-        name = ENV_PREFIX + "__".join(location).upper()
+        name = env_prefix + "__".join(location).upper()
         value = error.get("input")
         if isinstance(value, str) and name.endswith("_URL"):
             value = mask_url(value)
@@ -327,10 +334,10 @@ def _describe(exc: ValidationError) -> str:
     return "; ".join(lines)
 
 
-def _describe_unparsable(exc: SettingsError) -> str:
+def _describe_unparsable(exc: SettingsError, env_prefix: str) -> str:
     """Name the environment variable whose JSON value pydantic-settings could not parse."""
     match = re.search(r'field "([^"]+)"', str(exc))
-    prefix = ENV_PREFIX + (match.group(1).upper() if match else "")
+    prefix = env_prefix + (match.group(1).upper() if match else "")
     for name, value in sorted(os.environ.items()):
         if not name.startswith(prefix):
             continue

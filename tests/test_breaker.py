@@ -26,7 +26,6 @@ from dramatiq.message import Message
 from dramatiq.middleware import CurrentMessage
 
 from dramatiq_fairway import cli
-from dramatiq_fairway.brokers.consumer import HELD_SINCE
 from dramatiq_fairway.cli import breakers as breakers_cli
 from dramatiq_fairway.errors import ConfigError, PermanentError, RateLimited, TransientError
 from dramatiq_fairway.middlewares.breaker import (
@@ -36,6 +35,7 @@ from dramatiq_fairway.middlewares.breaker import (
     CircuitBreaker,
     HeldTooLong,
 )
+from dramatiq_fairway.middlewares.consumer_hooks import HELD_SINCE
 from dramatiq_fairway.middlewares.metrics import Metrics
 from dramatiq_fairway.settings import BreakerSettings, Settings, load_settings
 from dramatiq_fairway.store.breakers import MemoryBreakerStore, RedisBreakerStore, StoreUnavailable

@@ -19,8 +19,8 @@ from dramatiq.broker import MessageProxy
 from dramatiq.common import q_name
 from dramatiq.middleware import CurrentMessage
 
-from dramatiq_fairway.brokers.consumer import HELD_SINCE
 from dramatiq_fairway.errors import TransientError
+from dramatiq_fairway.middlewares.consumer_hooks import HELD_SINCE
 from dramatiq_fairway.settings import BreakerSettings, Settings
 from dramatiq_fairway.store.breakers import RedisBreakerStore
 from dramatiq_fairway.store.dead_letters import DeadLetterStore

@@ -81,3 +81,11 @@ def test_embedded_broker_is_shared_and_survives(short_tmp: Path, queue_name: str
         reopened.close()
     finally:
         server.stop()
+
+
+def test_rabbitmq_broker_keeps_its_old_name_as_an_alias() -> None:
+    from dramatiq_fairway import brokers
+    from dramatiq_fairway.brokers import rabbitmq
+
+    assert rabbitmq.FairwayRabbitmqBroker is rabbitmq.FairRabbitmqBroker
+    assert brokers.FairwayRabbitmqBroker is brokers.FairRabbitmqBroker is rabbitmq.FairRabbitmqBroker

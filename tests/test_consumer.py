@@ -9,9 +9,9 @@ import dramatiq
 import pika
 from dramatiq import Broker, Message, Middleware, Worker
 
-from dramatiq_fairway.brokers.consumer import HELD_SINCE
 from dramatiq_fairway.brokers.fair_redis import FairRedisBroker
 from dramatiq_fairway.connections import rabbitmq_parameters
+from dramatiq_fairway.middlewares.consumer_hooks import HELD_SINCE
 from dramatiq_fairway.priority import Priority
 from dramatiq_fairway.settings import Settings
 

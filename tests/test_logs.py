@@ -12,7 +12,7 @@ import pytest
 from dramatiq import Broker, Message, Worker
 
 from dramatiq_fairway.actors import fl
-from dramatiq_fairway.logs import JsonLogFormatter, current_job, job_fields
+from dramatiq_fairway.json_logs import JsonLogFormatter, current_job, job_fields
 from dramatiq_fairway.settings import Settings
 from dramatiq_fairway.setup import setup
 

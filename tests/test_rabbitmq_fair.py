@@ -18,10 +18,11 @@ import pytest
 from dramatiq import Broker, Message, Middleware, Worker
 from dramatiq.middleware import CurrentMessage
 
-from dramatiq_fairway.brokers.consumer import HELD_SINCE, held_copy
-from dramatiq_fairway.brokers.rabbitmq import FairwayRabbitmqBroker, _FairRabbitmqConsumer, lane_of, level_queue
+from dramatiq_fairway.brokers.delivery import held_copy
+from dramatiq_fairway.brokers.rabbitmq import FairwayRabbitmqBroker, _FairPickingConsumer, lane_of, level_queue
 from dramatiq_fairway.brokers.rabbitmq_picker import Delivery, Picker, aged_level
 from dramatiq_fairway.connections import rabbitmq_parameters
+from dramatiq_fairway.middlewares.consumer_hooks import HELD_SINCE
 from dramatiq_fairway.priority import Priority
 from dramatiq_fairway.settings import Settings
 
@@ -121,7 +122,7 @@ def test_aging_moves_a_head_up_one_level_per_max_wait_never_above_high() -> None
 # The broker on the real RabbitMQ.
 
 
-def fill(consumer: _FairRabbitmqConsumer, held: int) -> None:
+def fill(consumer: _FairPickingConsumer, held: int) -> None:
     """Let RabbitMQ deliver until ``consumer`` holds ``held`` messages (acks queued by ``take`` go first)."""
 
     def enough() -> bool:
@@ -131,7 +132,7 @@ def fill(consumer: _FairRabbitmqConsumer, held: int) -> None:
     wait_for(enough, timeout=10)
 
 
-def take(consumer: _FairRabbitmqConsumer, n: int, held: Callable[[list[Message]], int] | None = None) -> list[Message]:
+def take(consumer: _FairPickingConsumer, n: int, held: Callable[[list[Message]], int] | None = None) -> list[Message]:
     """Pick ``n`` messages one at a time, acking each before the next pick; with ``held``, first
     wait for the deliveries that make the consumer hold ``held(taken so far)`` messages."""
     taken: list[Message] = []
@@ -145,12 +146,12 @@ def take(consumer: _FairRabbitmqConsumer, n: int, held: Callable[[list[Message]]
 
 
 @pytest.fixture
-def consumer_of(rabbit: FairwayRabbitmqBroker) -> Iterator[Callable[[str, int], _FairRabbitmqConsumer]]:
-    consumers: list[_FairRabbitmqConsumer] = []
+def consumer_of(rabbit: FairwayRabbitmqBroker) -> Iterator[Callable[[str, int], _FairPickingConsumer]]:
+    consumers: list[_FairPickingConsumer] = []
 
-    def open_consumer(queue_name: str, prefetch: int) -> _FairRabbitmqConsumer:
+    def open_consumer(queue_name: str, prefetch: int) -> _FairPickingConsumer:
         consumer = rabbit.consume(queue_name, prefetch=prefetch, timeout=100)
-        assert isinstance(consumer, _FairRabbitmqConsumer)
+        assert isinstance(consumer, _FairPickingConsumer)
         consumers.append(consumer)
         return consumer
 
@@ -169,7 +170,7 @@ def declare(broker: Broker, queue_name: str) -> dramatiq.Actor[..., None]:
 
 @pytest.mark.parametrize("broker_kind", ["rabbitmq"], indirect=True)
 def test_levels_are_served_in_priority_order(
-    rabbit: FairwayRabbitmqBroker, queue_name: str, consumer_of: Callable[[str, int], _FairRabbitmqConsumer]
+    rabbit: FairwayRabbitmqBroker, queue_name: str, consumer_of: Callable[[str, int], _FairPickingConsumer]
 ) -> None:
     job = declare(rabbit, queue_name)
     for level in (B, L, N, H, C):
@@ -182,7 +183,7 @@ def test_levels_are_served_in_priority_order(
 
 @pytest.mark.parametrize("broker_kind", ["rabbitmq"], indirect=True)
 def test_fifo_within_tenant_and_level_and_tenants_interleaved(
-    rabbit: FairwayRabbitmqBroker, queue_name: str, consumer_of: Callable[[str, int], _FairRabbitmqConsumer]
+    rabbit: FairwayRabbitmqBroker, queue_name: str, consumer_of: Callable[[str, int], _FairPickingConsumer]
 ) -> None:
     job = declare(rabbit, queue_name)
     first, second = two_lanes(rabbit, 2)
@@ -200,7 +201,7 @@ def test_fifo_within_tenant_and_level_and_tenants_interleaved(
 
 @pytest.mark.parametrize("broker_kind", ["rabbitmq"], indirect=True)
 def test_a_waiting_batch_is_served_within_the_rule_under_high_load(
-    rabbit: FairwayRabbitmqBroker, queue_name: str, consumer_of: Callable[[str, int], _FairRabbitmqConsumer]
+    rabbit: FairwayRabbitmqBroker, queue_name: str, consumer_of: Callable[[str, int], _FairPickingConsumer]
 ) -> None:
     job = declare(rabbit, queue_name)
     for n in range(40):

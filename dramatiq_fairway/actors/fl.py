@@ -43,11 +43,12 @@ from pydantic import BaseModel, Field, ValidationError, model_validator
 
 from ..connections import state_store_client
 from ..errors import PermanentError
-from ..settings import ActorSettings, load_settings
+from ..settings import load_settings
+from .settings import ActorSettings, load_actor_settings
 
 QUEUE = "fl"
 FEATURES = 8
-DEFAULT_QUORUM = ActorSettings().fl_quorum
+DEFAULT_QUORUM: float = ActorSettings.model_fields["fl_quorum"].default
 DEFAULT_EPSILON_BUDGET = 10.0
 ROUND_TTL = 86_400
 HEALTH_TTL = 3_600
@@ -579,7 +580,7 @@ def start_federated_round(
     ``deadline_s`` and ``quorum`` default to ``FAIRWAY_ACTORS__FL_ROUND_DEADLINE`` and
     ``__FL_QUORUM``; ``options`` (priority, tenant, ...) go on every message of the round.
     """
-    settings = load_settings().actors
+    settings = load_actor_settings()
     deadline_s = settings.fl_round_deadline if deadline_s is None else deadline_s
     config = open_round(
         _round(round_id),

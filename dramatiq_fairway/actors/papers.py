@@ -46,6 +46,7 @@ from ..connections import state_store_client
 from ..errors import PermanentError, RateLimited, TransientError
 from ..priority import Priority
 from ..settings import load_settings
+from .settings import load_actor_settings
 
 QUEUE = "papers"
 MAX_DEPTH = 3
@@ -463,7 +464,7 @@ def crawl_store(crawl_id: str) -> CrawlStore:
 @cache
 def source_named(name: str | None = None) -> MetadataSource:
     """The metadata source called ``name``; None: the one ``FAIRWAY_ACTORS__PAPERS_SOURCE`` names."""
-    settings = load_settings().actors
+    settings = load_actor_settings()
     name = name or settings.papers_source
     if name == OfflineCorpus.name:
         return OfflineCorpus()

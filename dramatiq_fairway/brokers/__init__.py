@@ -7,7 +7,8 @@ from dramatiq import Broker
 from ..connections import broker_redis_url, rabbitmq_parameters, redis_client
 from ..settings import Settings
 from .fair_redis import FairRedisBroker
-from .rabbitmq import FairwayRabbitmqBroker
+from .rabbitmq import FairRabbitmqBroker
+from .rabbitmq import FairwayRabbitmqBroker as FairwayRabbitmqBroker  # the name before #19
 
 # AMQP priorities for fairway's five levels (CRITICAL=1 is the most urgent, AMQP wants the
 # highest number there). Declared on every queue from the start: RabbitMQ refuses to redeclare a
@@ -22,7 +23,7 @@ def build_broker(settings: Settings) -> Broker:
     scheduling; its keys live under ``FAIRWAY_NAMESPACE`` so one setting isolates a deployment.
     """
     if settings.broker == "rabbitmq":
-        broker = FairwayRabbitmqBroker(
+        broker = FairRabbitmqBroker(
             url=settings.rabbitmq_url,
             confirm_delivery=True,
             max_priority=RABBITMQ_MAX_PRIORITY,

@@ -47,7 +47,7 @@ from ..priority import Priority
 from ..settings import Settings, load_settings
 from ..store import limits
 from ..store.scripts import LuaScript, ScriptCall, run_scripts
-from .consumer import HoldsAtStart, decode_or_report, held_at_start, held_copy, hold_delay
+from .delivery import HoldsAtStart, decode_or_report, held_at_start, held_copy, hold_delay
 from .hooks import OverriddenHooks
 
 logger = logging.getLogger(__name__)

@@ -16,7 +16,7 @@ AMQP queue          content
 ==================  =====================================================================
 
 Dramatiq's Worker still makes one consumer per queue name; for ``q`` it gets
-``_FairRabbitmqConsumer``, which consumes every AMQP queue above on one channel with a prefetch
+``_FairPickingConsumer``, which consumes every AMQP queue above on one channel with a prefetch
 of ``2 x prefetch`` per AMQP queue (so the head of every non-empty one is in hand while the
 worker's threads are busy), hands out at most ``prefetch`` messages at a time and picks each one
 by the scheduling rule of docs/design.md among the messages it holds (``rabbitmq_picker.py``). What holds on this broker
@@ -54,7 +54,7 @@ from ..connections import state_store_client
 from ..middlewares import dead_letters
 from ..priority import Priority
 from ..settings import Settings, load_settings
-from .consumer import HoldsAtStart, decode_or_report, held_at_start, held_copy, hold_delay
+from .delivery import HoldsAtStart, decode_or_report, held_at_start, held_copy, hold_delay
 from .hooks import OverriddenHooks
 from .rabbitmq_pause import PausedSubscriptions
 from .rabbitmq_picker import Delivery, Picker
@@ -86,7 +86,7 @@ def tenant_of(message: Message) -> str:
     return str(message.options.get("tenant") or DEFAULT_TENANT)
 
 
-class FairwayRabbitmqBroker(HoldsAtStart, OverriddenHooks, RabbitmqBroker):
+class FairRabbitmqBroker(HoldsAtStart, OverriddenHooks, RabbitmqBroker):
     """A RabbitmqBroker with per-level, per-lane queues and a consumer that picks fairly (docs/design.md).
 
     Parameters (besides RabbitmqBroker's ``url``, ``confirm_delivery``, ``max_priority``, ...):
@@ -111,20 +111,20 @@ class FairwayRabbitmqBroker(HoldsAtStart, OverriddenHooks, RabbitmqBroker):
         self.lanes = lanes or self.settings.fairness.rabbitmq_lanes
         self.clock = clock
         self._state_store: redis.Redis | None = None
-        self._consumers: weakref.WeakSet[_FairRabbitmqConsumer] = weakref.WeakSet()
+        self._consumers: weakref.WeakSet[_FairPickingConsumer] = weakref.WeakSet()
 
     @property
     def consumer_class(self) -> type[_RabbitmqConsumer]:
-        return _FairwayRabbitmqConsumer
+        return _SingleQueueConsumer
 
     def consume(self, queue_name: str, prefetch: int = 1, timeout: int = 5000) -> Consumer:
         self.declare_queue(queue_name, ensure=True)
         if queue_name != q_name(queue_name):
-            return _FairwayRabbitmqConsumer(self, queue_name, prefetch, timeout)
+            return _SingleQueueConsumer(self, queue_name, prefetch, timeout)
         if self.settings.fairness.prefetch is not None:
             # Dramatiq asks for 2 x threads; keep the running ones plus the configured extra.
             prefetch = max(1, prefetch // 2 + self.settings.fairness.prefetch)
-        consumer = _FairRabbitmqConsumer(self, queue_name, prefetch, timeout)
+        consumer = _FairPickingConsumer(self, queue_name, prefetch, timeout)
         self._consumers.add(consumer)
         return consumer
 
@@ -281,7 +281,11 @@ class FairwayRabbitmqBroker(HoldsAtStart, OverriddenHooks, RabbitmqBroker):
             self.connection.sleep(idle_time / 1000)
 
 
-class _FairwayRabbitmqConsumer(_RabbitmqConsumer):
+# The name before #19 (one prefix, "Fair", for both fairway brokers); users may still import it.
+FairwayRabbitmqBroker = FairRabbitmqBroker
+
+
+class _SingleQueueConsumer(_RabbitmqConsumer):
     """Consumer of one AMQP queue (a delay queue): decodes per message, keeps dead letters out of .XQ.
 
     Nothing is held back here: a delayed message waits for its eta in the worker anyway, and is
@@ -321,12 +325,12 @@ class _FairwayRabbitmqConsumer(_RabbitmqConsumer):
         self.connection.add_callback_threadsafe(partial(self.channel.basic_ack, tag))
 
 
-class _FairRabbitmqConsumer(_FairwayRabbitmqConsumer):
+class _FairPickingConsumer(_SingleQueueConsumer):
     """Consumer of a canonical queue: all its AMQP queues on one channel, picked by the §14 rule."""
 
-    broker: FairwayRabbitmqBroker
+    broker: FairRabbitmqBroker
 
-    def __init__(self, broker: FairwayRabbitmqBroker, queue_name: str, prefetch: int, timeout: int) -> None:
+    def __init__(self, broker: FairRabbitmqBroker, queue_name: str, prefetch: int, timeout: int) -> None:
         self.broker = broker
         self.queue_name = queue_name
         self.prefetch = prefetch

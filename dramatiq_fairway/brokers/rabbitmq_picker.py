@@ -1,6 +1,6 @@
 """The scheduling rule (docs/design.md) applied by fairway's RabbitMQ consumer to the messages it has been delivered.
 
-RabbitMQ has no server-side scripts, so ``FairwayRabbitmqBroker`` spreads a queue over one AMQP
+RabbitMQ has no server-side scripts, so ``FairRabbitmqBroker`` spreads a queue over one AMQP
 queue per (level, lane) and its consumer takes deliveries from all of them. ``Picker`` holds what
 was delivered and not yet handed to a worker thread, one FIFO per (level, tenant), and chooses the
 next message exactly as ``fair_redis.lua`` does, but over the delivered messages only:

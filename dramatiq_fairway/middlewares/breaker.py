@@ -13,7 +13,7 @@ that long for every worker. The state machine and its storage are in
 Waiting is not failing. While a breaker is open, or half-open with every trial slot taken, its
 jobs are held back by fairway's consumer *before* a worker thread sees them (:meth:`hold`): put
 back on the delay queue until the breaker's retry time plus jitter, no retry used, no hook fired.
-**Holding needs fairway's brokers** (``FairwayRabbitmqBroker``, ``FairRedisBroker``, both built by
+**Holding needs fairway's brokers** (``FairRabbitmqBroker``, ``FairRedisBroker``, both built by
 ``setup()``); on a stock broker this middleware only records outcomes, and says so once at boot.
 
 A job held back by its breaker for longer than ``FAIRWAY_BREAKER__MAX_HOLD`` is not held again

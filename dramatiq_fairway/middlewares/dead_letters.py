@@ -49,13 +49,13 @@ from dramatiq.common import q_name
 from dramatiq.errors import ActorNotFound
 from dramatiq.middleware import MiddlewareError
 
-from ..brokers.consumer import HELD_SINCE, ArrivedTooLarge
 from ..errors import BreakerOpen, MessageTooLarge, PermanentError
 from ..fingerprint import fingerprint
 from ..priority import Priority
 from ..redaction import Redacted, Redactor
 from ..settings import Settings, load_settings
 from ..store.dead_letters import DeadLetter, DeadLetterStore, Reason
+from .consumer_hooks import HELD_SINCE, ArrivedTooLarge
 
 logger = logging.getLogger(__name__)
 

@@ -4,7 +4,7 @@ For brokers whose dispatch cannot enforce limits (RabbitMQ). When fairway's cons
 message of a limited tenant, :meth:`hold` takes a slot (a lease named by the message id) and a
 token in the state store in one script call (``store/limits.lua``). A tenant at its cap or out of
 tokens gets its message held back: re-published to the delay queue with a short delay, firing no
-hook, so no retry is used and nothing is dead-lettered (``brokers/consumer.py``). The slot is
+hook, so no retry is used and nothing is dead-lettered (``brokers/delivery.py``). The slot is
 given back when the job ends (``after_process_message``, ``after_skip_message``, ``after_nack``).
 Leases of running jobs are renewed every :data:`RENEW_SECONDS` from a thread; a killed worker
 stops renewing, so its slots come back within ``LEASE_MS`` (30 s).

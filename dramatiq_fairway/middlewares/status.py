@@ -62,10 +62,10 @@ from dramatiq.logging import get_logger
 from dramatiq.middleware import MiddlewareError, Shutdown, SkipMessage
 from dramatiq.middleware.threading import raise_thread_exception
 
-from ..brokers.consumer import UndecodableRecorder
 from ..errors import Cancelled, SoftTimeLimitExceeded
 from ..settings import Settings, load_settings
 from ..store.status import CancelledJobs, JobState, JobStatusStore, StatusWriter, iso_from_millis
+from .consumer_hooks import UndecodableRecorder
 
 DEFAULT_UNIQUE_TTL = 3_600_000
 CANCEL_POLL_INTERVAL = 0.5

@@ -1,4 +1,4 @@
-"""What every fairway consumer does with a fetched message before a worker thread sees it.
+"""What every fairway consumer does with a delivered message before a worker thread sees it.
 
 1. Decode one message at a time. A body that cannot be decoded is handed to the middleware
    that records such bodies (``record_undecodable``) and then removed from the queue by its
@@ -13,67 +13,33 @@
    closed may reach a worker thread after the breaker opened. :class:`HoldsAtStart` makes the
    broker hand such a message to its consumer's hold-back instead of the actor, with no hook fired.
 
-The broker classes (``FairwayRabbitmqBroker``, ``FairRedisBroker``) call these functions from
+The broker classes (``FairRabbitmqBroker``, ``FairRedisBroker``) call these functions from
 their consumers and provide ``hold_back(message, delay_ms)``; the middleware involved are looked
 up once per change of the broker's middleware list (``OverriddenHooks``), not per message.
+The hooks themselves, and the names middleware share with this module, are in
+``middlewares/consumer_hooks.py``.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
-from typing import Any, Protocol, runtime_checkable
+from typing import Any
 
 from dramatiq import Broker, Message, MessageProxy
 from dramatiq.common import current_millis
 from dramatiq.errors import DecodeError
 
-from ..errors import MessageTooLarge
+from ..middlewares.consumer_hooks import HELD_SINCE, ArrivedTooLarge, UndecodableRecorder
 from ..middlewares.message_size import max_message_bytes
 from .hooks import derived_of, hooks_of
 
 logger = logging.getLogger(__name__)
 
-# Message option holding the time (ms) a message was first held back, so a middleware can give up
-# on a message that waited too long (FAIRWAY_BREAKER__MAX_HOLD).
-HELD_SINCE = "fairway_held_since"
 # Attribute of a MessageProxy held back when a worker thread took it: the wait in milliseconds.
 _HELD_AT_START = "_fairway_held_at_start"
 # What a worker thread emits for a message after ``before_process_message``.
 _OUTCOME_SIGNALS = frozenset({"process_message", "skip_message", "ack", "nack"})
-
-
-@runtime_checkable
-class HoldingMiddleware(Protocol):
-    def hold(self, broker: Broker, message: Message) -> int | None:
-        """Milliseconds ``message`` must wait before it may run, or None to let it run now."""
-
-
-@runtime_checkable
-class StartHoldingMiddleware(Protocol):
-    def hold_at_start(self, broker: Broker, message: MessageProxy) -> int | None:
-        """Milliseconds ``message``, let through by :meth:`HoldingMiddleware.hold`, must still wait,
-        from what this process already knows (no round trip), or None to run it now."""
-
-
-@runtime_checkable
-class UndecodableRecorder(Protocol):
-    def record_undecodable(self, broker: Broker, queue_name: str, body: bytes, error: Exception) -> None:
-        """Keep what can be kept of a body that could not be decoded. Raise if it could not be kept."""
-
-
-@runtime_checkable
-class RejectionRecorder(Protocol):
-    def record_rejected(self, broker: Broker, message: Message) -> None:
-        """Note that ``message`` was decoded but refused before any worker saw it (too large)."""
-
-
-class ArrivedTooLarge(MessageTooLarge):
-    """A message over ``FAIRWAY_MAX_MESSAGE_BYTES`` reached a consumer; it is recorded, never run."""
-
-    def __init__(self, message: Message, size: int, limit: int) -> None:
-        super().__init__(f"message of {size} bytes is over FAIRWAY_MAX_MESSAGE_BYTES ({limit})")
-        self.message = message
 
 
 def decode_or_report(broker: Broker, queue_name: str, body: bytes) -> Message | None:
