@@ -165,13 +165,13 @@ class CircuitBreaker(Middleware):
     def actor_options(self) -> set[str]:
         return {"breaker"}
 
-    def before_declare_actor(self, broker: Broker, actor: Any) -> None:  # noqa: ARG002 (hook signature)
+    def before_declare_actor(self, broker: Broker, actor: Any) -> None:
         _check_option(actor.options.get("breaker"), f"actor {actor.actor_name}")
 
-    def before_enqueue(self, broker: Broker, message: Message[Any], delay: int) -> None:  # noqa: ARG002 (hook signature)
+    def before_enqueue(self, broker: Broker, message: Message[Any], delay: int) -> None:
         _check_option(message.options.get("breaker"), f"message {message.message_id}")
 
-    def before_worker_boot(self, broker: Broker, worker: Any) -> None:  # noqa: ARG002 (hook signature)
+    def before_worker_boot(self, broker: Broker, worker: Any) -> None:
         self._bind(broker)
         if not callable(getattr(broker, "hold_back", None)):
             self.logger.warning(
@@ -249,7 +249,7 @@ class CircuitBreaker(Middleware):
         broker: Broker,
         message: MessageProxy,
         *,
-        result: Any = None,  # noqa: ARG002 (hook signature)
+        result: Any = None,
         exception: BaseException | None = None,
     ) -> None:
         if isinstance(exception, HeldTooLong):
@@ -271,7 +271,7 @@ class CircuitBreaker(Middleware):
         if target is not None:
             self._report(target[0], target[1], message.message_id, Outcome.IGNORED, 0.0)
 
-    def before_worker_shutdown(self, broker: Broker, worker: Any) -> None:  # noqa: ARG002 (hook signature)
+    def before_worker_shutdown(self, broker: Broker, worker: Any) -> None:
         with self._pending_lock:
             pending = {key: buffered.letters for key, buffered in self._pending.items() if buffered.letters}
             for key in pending:

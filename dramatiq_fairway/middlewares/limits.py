@@ -115,28 +115,28 @@ class TenantLimiter(Middleware):
             return CAP_RECHECK_MS + random.randrange(CAP_RECHECK_MS // 2)
         return wait + random.randrange(RATE_SPREAD_MS)
 
-    def before_process_message(self, broker: Broker, message: MessageProxy) -> None:  # noqa: ARG002 (hook signature)
+    def before_process_message(self, broker: Broker, message: MessageProxy) -> None:
         with self._lock:
             if message.message_id in self._leases:
                 self._running.add(message.message_id)
 
     def after_process_message(
         self,
-        broker: Broker,  # noqa: ARG002 (hook signature)
+        broker: Broker,
         message: MessageProxy,
         *,
-        result: Any = None,  # noqa: ARG002 (hook signature)
-        exception: BaseException | None = None,  # noqa: ARG002 (hook signature)
+        result: Any = None,
+        exception: BaseException | None = None,
     ) -> None:
         self._release(message.message_id)
 
-    def after_skip_message(self, broker: Broker, message: MessageProxy) -> None:  # noqa: ARG002 (hook signature)
+    def after_skip_message(self, broker: Broker, message: MessageProxy) -> None:
         self._release(message.message_id)
 
-    def after_nack(self, broker: Broker, message: MessageProxy) -> None:  # noqa: ARG002 (hook signature)
+    def after_nack(self, broker: Broker, message: MessageProxy) -> None:
         self._release(message.message_id)
 
-    def after_worker_shutdown(self, broker: Broker, worker: Any) -> None:  # noqa: ARG002 (hook signature)
+    def after_worker_shutdown(self, broker: Broker, worker: Any) -> None:
         if self._renewer is not None:
             self._renewer.stopped.set()
             self._renewer = None

@@ -132,23 +132,23 @@ class Metrics(Middleware):
     def forks(self) -> list[Any]:
         return [serve_metrics] if self.multiprocess else []
 
-    def after_worker_boot(self, broker: Broker, worker: Any) -> None:  # noqa: ARG002 (hook signature)
+    def after_worker_boot(self, broker: Broker, worker: Any) -> None:
         if self._sampler is None or not self._sampler.is_alive():
             self._sampler = _DepthSampler(broker, self._families, self.logger, self._tenant_name)
             self._sampler.start()
         self._pending.start_flushing()
 
-    def before_worker_shutdown(self, broker: Broker, worker: Any) -> None:  # noqa: ARG002 (hook signature)
+    def before_worker_shutdown(self, broker: Broker, worker: Any) -> None:
         if self._sampler is not None:
             self._sampler.stopping.set()
             self._sampler = None
 
-    def after_worker_shutdown(self, broker: Broker, worker: Any) -> None:  # noqa: ARG002 (hook signature)
+    def after_worker_shutdown(self, broker: Broker, worker: Any) -> None:
         self._pending.stop_flushing()
         if RUN_DIR is not None:
             _leave_run(RUN_DIR)
 
-    def before_process_message(self, broker: Broker, message: MessageProxy) -> None:  # noqa: ARG002 (hook signature)
+    def before_process_message(self, broker: Broker, message: MessageProxy) -> None:
         now = current_millis()
         self._started[message.message_id] = time.perf_counter()
         queue = q_name(message.queue_name)
@@ -161,10 +161,10 @@ class Metrics(Middleware):
 
     def after_process_message(
         self,
-        broker: Broker,  # noqa: ARG002 (hook signature)
+        broker: Broker,
         message: MessageProxy,
         *,
-        result: Any = None,  # noqa: ARG002 (hook signature)
+        result: Any = None,
         exception: BaseException | None = None,
     ) -> None:
         started = self._finish(message)
@@ -184,7 +184,7 @@ class Metrics(Middleware):
                 classification = str(message.options.get("classification", "unknown"))
                 self._families.retries.labels(queue, actor, classification).inc()
 
-    def after_skip_message(self, broker: Broker, message: MessageProxy) -> None:  # noqa: ARG002 (hook signature)
+    def after_skip_message(self, broker: Broker, message: MessageProxy) -> None:
         self._finish(message)
         if message.failed:
             self._dead_lettered(message, None)

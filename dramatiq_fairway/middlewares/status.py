@@ -141,16 +141,16 @@ class JobStatus(Middleware):
     def dropped_updates(self) -> int:
         return _StoreOutage.shared.count
 
-    def before_declare_actor(self, broker: Broker, actor: Actor[Any, Any]) -> None:  # noqa: ARG002 (hook signature)
+    def before_declare_actor(self, broker: Broker, actor: Actor[Any, Any]) -> None:
         options = {name: value for name, value in actor.options.items() if not callable(value)}
         _check_options(options, f"actor {actor.actor_name!r}")
 
-    def before_enqueue(self, broker: Broker, message: Message[Any], delay: int | None) -> None:  # noqa: ARG002 (hook signature)
+    def before_enqueue(self, broker: Broker, message: Message[Any], delay: int | None) -> None:
         # Refused at send: when the job starts, a bad value could only be logged (Dramatiq
         # swallows a before_process_message error) and the job would run unchecked.
         _check_options(message.options, f"message {message.message_id}")
 
-    def after_enqueue(self, broker: Broker, message: Message[Any], delay: int | None) -> None:  # noqa: ARG002 (hook signature)
+    def after_enqueue(self, broker: Broker, message: Message[Any], delay: int | None) -> None:
         if self._tracked(broker, message):
             self._safely(self.store.enqueued, message.message_id, message.actor_name, message.queue_name)
 
@@ -176,7 +176,7 @@ class JobStatus(Middleware):
         broker: Broker,
         message: MessageProxy,
         *,
-        result: Any = None,  # noqa: ARG002 (hook signature)
+        result: Any = None,
         exception: BaseException | None = None,
     ) -> None:
         self._running.remove()
@@ -203,7 +203,7 @@ class JobStatus(Middleware):
         if self._tracked(broker, message):
             self._write(message, JobState.REJECTED, mode="reject")
 
-    def after_worker_shutdown(self, broker: Broker, worker: Any) -> None:  # noqa: ARG002 (hook signature)
+    def after_worker_shutdown(self, broker: Broker, worker: Any) -> None:
         self._running.stop()
         if self._writer is not None:
             self._writer.close()
