@@ -36,6 +36,7 @@ LAYERS: dict[str, set[str]] = {
         "embedded",
         "fingerprint",
         "logs",
+        "outage",
         "priority",
         "redaction",
     },

@@ -62,6 +62,7 @@ from dramatiq.middleware import MiddlewareError
 
 from ..classify import ErrorClassifier
 from ..errors import PermanentError
+from ..outage import OutageWarning
 from ..settings import BreakerPolicy, Settings, load_settings
 from ..store.breakers import (
     BreakerReply,
@@ -82,7 +83,6 @@ HALF_OPEN_RECHECK = 2.0
 # Held jobs wake spread over up to this share of their wait (plus a quarter second), so an opening
 # breaker does not wake every waiting job at the same instant.
 JITTER_SHARE = 0.1
-_STORE_DOWN_WARNING_INTERVAL = 60.0
 # A thread sending outcomes sends those other threads queued meanwhile, at most this many times
 # more, so that it is never kept from its own next job for long; what is left goes with the next one.
 _DRAIN_ROUNDS = 2
@@ -148,7 +148,7 @@ class CircuitBreaker(Middleware):
         self._store = store
         self._store_lock = threading.Lock()
         self._fallback = MemoryBreakerStore(self.clock)
-        self._store_down_warned_at = float("-inf")
+        self._store_down = OutageWarning(self.logger, clock=self.clock)
         self._classify = _classifier(self.settings)
         self._policies: dict[tuple[str, str], BreakerPolicy] = {}
         self._cache: dict[str, _Cached] = {}
@@ -392,9 +392,7 @@ class CircuitBreaker(Middleware):
         try:
             reply = operation(self._shared_store(), now if self._clock_injected else None)
         except StoreUnavailable as error:
-            if now - self._store_down_warned_at >= _STORE_DOWN_WARNING_INTERVAL:
-                self._store_down_warned_at = now
-                self.logger.warning("Breakers fall back to per-process state: %s", error)
+            self._store_down.warn("Breakers fall back to per-process state: %s", error)
             reply, shared = operation(self._fallback, now), False
         state = reply.state.state
         with self._cache_lock:

@@ -38,6 +38,7 @@ from dramatiq.broker import MessageProxy
 from dramatiq.common import q_name
 from dramatiq.logging import get_logger
 
+from ..outage import OutageWarning
 from ..priority import Priority
 from ..settings import Settings, load_settings
 from ..store.limits import LEASE_MS, TenantLimits
@@ -50,7 +51,6 @@ CAP_RECHECK_MS = 500
 RATE_SPREAD_MS = 1000
 CACHE_SECONDS = 1.0
 RENEW_SECONDS = LEASE_MS / 3000
-WARN_EVERY = 60.0
 REASONS = {"c": "concurrency", "r": "rate"}
 
 
@@ -81,7 +81,7 @@ class TenantLimiter(Middleware):
         self._leases: dict[str, tuple[str, str]] = {}
         self._running: set[str] = set()
         self._throttled: Counter[tuple[str, str, str]] = Counter()
-        self._warned_at = float("-inf")
+        self._outage = OutageWarning(self.logger)
         self._renewer: _Renewer | None = None
 
     @property
@@ -194,9 +194,7 @@ class TenantLimiter(Middleware):
                 self._renewer.start()
 
     def _warn(self, error: Exception) -> None:
-        if time.monotonic() - self._warned_at >= WARN_EVERY:
-            self._warned_at = time.monotonic()
-            self.logger.warning("Tenant limits not enforced, the state store failed: %s", error)
+        self._outage.warn("Tenant limits not enforced, the state store failed: %s", error)
 
 
 class _Renewer(threading.Thread):

@@ -64,12 +64,12 @@ from dramatiq.middleware.threading import raise_thread_exception
 
 from ..brokers.consumer import UndecodableRecorder
 from ..errors import Cancelled, SoftTimeLimitExceeded
+from ..outage import OutageWarning
 from ..settings import Settings, load_settings
 from ..store.status import CancelledJobs, JobState, JobStatusStore, StatusWriter, iso_from_millis
 
 DEFAULT_UNIQUE_TTL = 3_600_000
 CANCEL_POLL_INTERVAL = 0.5
-WARNING_INTERVAL = 60.0
 # Seconds a worker's shutdown waits for the running-jobs thread to finish a check (a state-store call).
 STOP_TIMEOUT = 5.0
 
@@ -418,20 +418,14 @@ class _StoreOutage:
 
     def __init__(self) -> None:
         self.count = 0
-        self.last_warning = 0.0
         self.lock = threading.Lock()
-        self.logger = get_logger(__name__, type(self))
+        self.warning = OutageWarning(get_logger(__name__, type(self)))
 
     def dropped(self, error: redis.RedisError, count: int = 1) -> None:
         with self.lock:
             self.count += count
-            now = time.monotonic()
-            if now - self.last_warning < WARNING_INTERVAL and self.last_warning:
-                return
-            self.last_warning = now
-        self.logger.warning(
-            "State store unavailable, job status updates are dropped (%d so far): %s", self.count, error
-        )
+            dropped = self.count
+        self.warning.warn("State store unavailable, job status updates are dropped (%d so far): %s", dropped, error)
 
 
 _StoreOutage.shared = _StoreOutage()

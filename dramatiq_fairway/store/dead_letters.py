@@ -62,6 +62,7 @@ from pydantic import BaseModel, ConfigDict
 
 from ..connections import state_store_client
 from ..errors import FairwayError
+from ..outage import OutageWarning
 from ..priority import Priority
 from ..settings import Settings, load_settings
 
@@ -100,7 +101,6 @@ _RUN_OPTIONS = frozenset(
     }
 )
 _PAGE = 500
-_WARN_EVERY = 60.0
 _SCRIPT = Path(__file__).with_name("dead_letters.lua").read_text()
 _STATS_SCRIPT = Path(__file__).with_name("dead_letters_stats.lua").read_text()
 
@@ -242,7 +242,7 @@ class DeadLetterStore:
         self.spool = Spool(self.settings.data_dir / f"dead-letters-{namespace}.spool.jsonl")
         self._script = self.client.register_script(_SCRIPT)
         self._stats_script = self.client.register_script(_STATS_SCRIPT)
-        self._last_warning = 0.0
+        self._unreachable = OutageWarning(logger)
 
     # -- writing ---------------------------------------------------------------------------------
 
@@ -318,14 +318,11 @@ class DeadLetterStore:
         return removed
 
     def _warn_unreachable(self, error: Exception) -> None:
-        now = time.monotonic()
-        if now - self._last_warning >= _WARN_EVERY:
-            self._last_warning = now
-            logger.warning(
-                "Dead-letter store unreachable (%s); records go to the spool %s until it returns.",
-                type(error).__name__,
-                self.spool.path,
-            )
+        self._unreachable.warn(
+            "Dead-letter store unreachable (%s); records go to the spool %s until it returns.",
+            type(error).__name__,
+            self.spool.path,
+        )
 
     # -- reading ---------------------------------------------------------------------------------
 
