@@ -39,6 +39,7 @@ LAYERS: dict[str, set[str]] = {
         "outage",
         "priority",
         "redaction",
+        "tenants",
     },
     "store": {"store", "controls"},
     "middlewares": {"middlewares"},

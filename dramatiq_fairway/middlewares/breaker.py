@@ -72,6 +72,7 @@ from ..store.breakers import (
     RedisBreakerStore,
     StoreUnavailable,
 )
+from ..tenants import tenant_of
 from .dead_letters import REASON_OPTION
 from .metrics import Metrics, find_metrics
 
@@ -294,7 +295,7 @@ class CircuitBreaker(Middleware):
                 return None
         if not template or not isinstance(template, str):
             return None
-        key = template.replace("{tenant}", str(message.options.get("tenant") or "default"))
+        key = template.replace("{tenant}", tenant_of(message.options))
         return key, self._policy(key, template)
 
     def _policy(self, key: str, template: str) -> BreakerPolicy:

@@ -45,10 +45,10 @@ from ..connections import state_store_client
 from ..errors import QueueFull
 from ..priority import Priority
 from ..settings import Settings, load_settings
+from ..tenants import DEFAULT_TENANT, tenant_of
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_TENANT = "default"
 MAX_TENANT_LENGTH = 128
 ADMITTED = "fairway_admitted"
 QUEUED_RETENTION_MS = 7 * 86_400_000
@@ -143,9 +143,7 @@ class FairPriority(Middleware):
         if self.max_queued is None or ADMITTED not in message.options:
             return
         try:
-            self._state_client().zrem(
-                self._queued_key(message, str(message.options.get("tenant", DEFAULT_TENANT))), message.message_id
-            )
+            self._state_client().zrem(self._queued_key(message, tenant_of(message.options)), message.message_id)
         except redis.RedisError as error:
             logger.warning("Queued count of message %s not released: %s", message.message_id, error)
 

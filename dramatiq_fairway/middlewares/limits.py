@@ -39,9 +39,10 @@ from dramatiq.common import q_name
 from dramatiq.logging import get_logger
 
 from ..outage import OutageWarning
-from ..priority import Priority
+from ..priority import Priority, level_of
 from ..settings import Settings, load_settings
 from ..store.limits import LEASE_MS, TenantLimits
+from ..tenants import tenant_of
 
 # A message of a tenant at its cap looks again after this long, spread by up to half of it. Longer
 # holds (tried: doubling per refusal up to 4 s) re-publish less but leave freed slots idle: the
@@ -94,7 +95,7 @@ class TenantLimiter(Middleware):
         """Ms ``message`` must wait for its tenant's limits, or None (a slot and a token were taken)."""
         if _enforced_by_broker(broker):
             return None
-        queue, tenant = q_name(message.queue_name), str(message.options.get("tenant", "default"))
+        queue, tenant = q_name(message.queue_name), tenant_of(message.options)
         try:
             if not self._limited(queue, tenant):
                 return None
@@ -213,7 +214,7 @@ class _Renewer(threading.Thread):
 
 def _level(message: Message[Any]) -> Priority | None:
     try:
-        return Priority.parse(message.options.get("priority_level", Priority.NORMAL))
+        return level_of(message.options)
     except ValueError:
         return None
 

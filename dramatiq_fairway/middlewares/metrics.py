@@ -63,9 +63,12 @@ from dramatiq.errors import ActorNotFound
 from dramatiq.logging import get_logger
 from dramatiq.middleware import Shutdown
 
+from ..classify import qualified_name
+from ..embedded import pid_alive
 from ..errors import Cancelled
-from ..priority import Priority
+from ..priority import Priority, level_of
 from ..settings import Settings, load_settings
+from ..tenants import tenant_of
 from .limits import drain_throttled, tenant_in_flight
 
 if TYPE_CHECKING:
@@ -225,11 +228,15 @@ class Metrics(Middleware):
         self, message: MessageProxy, exception: BaseException | None, error_type: str | None = None
     ) -> None:
         self._count(message, "dead_lettered")
-        error_type = error_type or message.options.get("error_type") or _qualified_name(exception)
+        error_type = (
+            error_type
+            or message.options.get("error_type")
+            or (qualified_name(type(exception)) if exception else "unknown")
+        )
         self._families.dead_letters.labels(q_name(message.queue_name), message.actor_name, error_type).inc()
 
     def _tenant_label(self, options: dict[str, Any]) -> str:
-        return self._tenant_name(str(options.get("tenant", "default")))
+        return self._tenant_name(tenant_of(options))
 
     def _tenant_name(self, tenant: str) -> str:
         with self._tenants_lock:
@@ -291,22 +298,10 @@ def _leave_run(run_dir: Path) -> None:
 def _remove_stale_runs(run_dir: Path) -> None:
     for other in run_dir.parent.glob("run-*"):
         pid = int(other.name.split("-")[1]) if other.name.split("-")[1].isdigit() else 0
-        if other != run_dir and (not _alive(pid) or _run_name(pid) != other.name):
+        if other != run_dir and (not pid_alive(pid) or _run_name(pid) != other.name):
             for file in other.glob("*.db"):
                 file.unlink(missing_ok=True)
             other.rmdir()
-
-
-def _alive(pid: int) -> bool:
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 class _LiveMultiProcessCollector:
@@ -323,7 +318,7 @@ class _LiveMultiProcessCollector:
 
         for file in self.path.glob("gauge_live*_*.db"):
             pid = file.stem.rsplit("_", 1)[-1]
-            if pid.isdigit() and not _alive(int(pid)):
+            if pid.isdigit() and not pid_alive(int(pid)):
                 multiprocess.mark_process_dead(int(pid), str(self.path))
         families: Iterable[Any] = self.collector.collect()
         return families
@@ -570,13 +565,6 @@ def _rabbitmq_ready(broker: RabbitmqBroker, queue: str) -> int:
 
 def _level(options: dict[str, Any]) -> str:
     try:
-        return Priority.parse(options.get("priority_level", Priority.NORMAL)).name
+        return level_of(options).name
     except ValueError:
         return "UNKNOWN"
-
-
-def _qualified_name(exception: BaseException | None) -> str:
-    if exception is None:
-        return "unknown"
-    kind = type(exception)
-    return kind.__qualname__ if kind.__module__ == "builtins" else f"{kind.__module__}.{kind.__qualname__}"
