@@ -23,8 +23,9 @@ from dramatiq.broker import MessageProxy
 from pydantic import BaseModel
 
 from .connections import state_store_client
-from .priority import Priority
+from .priority import level_of
 from .settings import Settings, load_settings
+from .tenants import tenant_of
 
 LEDGER_TTL = 3600
 
@@ -98,8 +99,8 @@ class DemoLedger(Middleware):
         entry = FinishedJob(
             actor=message.actor_name,
             queue=message.queue_name,
-            tenant=str(options.get("tenant", "default")),
-            priority_level=Priority.parse(options.get("priority_level", Priority.NORMAL)).name,
+            tenant=tenant_of(options),
+            priority_level=level_of(options).name,
             wait_s=max(0.0, started - ready_at(options, message.message_timestamp)),
             retried_for=[str(attempt["classification"]) for attempt in options.get("attempt_history", [])],
         )

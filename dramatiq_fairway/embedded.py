@@ -104,9 +104,9 @@ class EmbeddedRedis:
             with contextlib.suppress(redis.ConnectionError):
                 self._client().shutdown(nosave=False)
             deadline = time.monotonic() + timeout
-            while pid and _alive(pid) and time.monotonic() < deadline:
+            while pid and pid_alive(pid) and time.monotonic() < deadline:
                 time.sleep(0.05)
-            if pid and _alive(pid):
+            if pid and pid_alive(pid):
                 os.kill(pid, signal.SIGKILL)
             self.socket_path.unlink(missing_ok=True)
             return True
@@ -187,7 +187,10 @@ def _say_still_running() -> None:
             )
 
 
-def _alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` runs (on this host); 0 and below name no single process."""
+    if pid <= 0:
+        return False
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

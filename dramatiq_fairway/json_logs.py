@@ -22,6 +22,7 @@ from dramatiq import Message
 from dramatiq.broker import MessageProxy
 
 from .errors import Cancelled
+from .tenants import tenant_of
 
 current_job: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar("fairway_log_job", default=None)
 
@@ -32,7 +33,7 @@ def job_fields(message: Message[Any] | MessageProxy) -> dict[str, Any]:
         "message_id": message.message_id,
         "actor": message.actor_name,
         "queue": message.queue_name,
-        "tenant": message.options.get("tenant", "default"),
+        "tenant": tenant_of(message.options),
         "attempt": message.options.get("retries", 0) + 1,
     }
 

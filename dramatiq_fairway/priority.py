@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from enum import IntEnum
+from typing import Any
 
 
 class Priority(IntEnum):
@@ -23,3 +25,8 @@ class Priority(IntEnum):
             return cls(value)
         allowed = ", ".join(f"{level.name} ({level.value})" for level in cls)
         raise ValueError(f"priority_level: {value!r} is not one of {allowed}")
+
+
+def level_of(options: Mapping[str, Any]) -> Priority:
+    """The level a message's ``options`` ask for, NORMAL when they name none; ``ValueError`` on a bad one."""
+    return Priority.parse(options.get("priority_level", Priority.NORMAL))

@@ -51,19 +51,9 @@
 -- Per pick the cost is O(levels + log n): four counters, one ring head, one ZPOPMIN, and with
 -- limits a few O(1) reads; each park and unpark is O(levels) and happens once per block.
 
-if redis.replicate_commands then
-    redis.replicate_commands()
-end
-
 local P = KEYS[1]
 local command = ARGV[1]
-local now
-if ARGV[2] ~= "" then
-    now = tonumber(ARGV[2])
-else
-    local t = redis.call("TIME")
-    now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-end
+local now = call_now(ARGV[2])
 local broker_id = ARGV[3]
 local max_wait = tonumber(ARGV[4])
 local part = ARGV[5]

@@ -43,10 +43,11 @@ from dramatiq.common import compute_backoff, dq_name, q_name
 from dramatiq.errors import ConnectionClosed, QueueJoinTimeout
 
 from ..middlewares import dead_letters
-from ..priority import Priority
+from ..priority import Priority, level_of
 from ..settings import Settings, load_settings
 from ..store import limits
 from ..store.scripts import LuaScript, ScriptCall, run_scripts
+from ..tenants import tenant_of
 from .delivery import HoldsAtStart, decode_or_report, held_at_start, held_copy, hold_delay
 from .hooks import OverriddenHooks
 
@@ -57,7 +58,6 @@ _LUA = LuaScript.from_text(SCRIPT)
 # Reasons the script gives for skipping a tenant, as metrics label them.
 THROTTLE_REASONS = {b"c": "concurrency", b"r": "rate"}
 
-DEFAULT_TENANT = "default"
 # Seconds between heartbeats, and the age at which a heartbeat is worth a look at CLIENT LIST.
 HEARTBEAT_INTERVAL = 1.0
 STALE_AFTER = 3.0
@@ -261,8 +261,7 @@ class FairRedisBroker(HoldsAtStart, OverriddenHooks, RedisBroker):
 
     def _enqueue_call(self, message: Message, body: bytes) -> ScriptCall:
         self._register(q_name(message.queue_name))
-        level = Priority.parse(message.options.get("priority_level", Priority.NORMAL))
-        tenant = message.options.get("tenant") or DEFAULT_TENANT
+        level, tenant = level_of(message.options), tenant_of(message.options)
         rid = message.options["redis_message_id"]
         return self._script_call(message.queue_name, "enqueue", rid, body, int(level), tenant)
 

@@ -52,8 +52,9 @@ from dramatiq.errors import ConnectionClosed, QueueJoinTimeout
 
 from ..connections import state_store_client
 from ..middlewares import dead_letters
-from ..priority import Priority
+from ..priority import Priority, level_of
 from ..settings import Settings, load_settings
+from ..tenants import tenant_of
 from .delivery import HoldsAtStart, decode_or_report, held_at_start, held_copy, hold_delay
 from .hooks import OverriddenHooks
 from .rabbitmq_pause import PausedSubscriptions
@@ -62,7 +63,6 @@ from .rabbitmq_picker import Delivery, Picker
 logger = logging.getLogger(__name__)
 
 _CONNECTION_ERRORS = (AssertionError, pika.exceptions.AMQPConnectionError, pika.exceptions.AMQPChannelError)
-DEFAULT_TENANT = "default"
 # Seconds between two polls of the connection while the consumer has messages in hand.
 POLL_INTERVAL = 0.005
 # AMQP header with the time (ms) a message was published to its level queue: aging counts from it.
@@ -76,14 +76,6 @@ def lane_of(tenant: str, lanes: int) -> int:
 
 def level_queue(queue_name: str, level: Priority, lane: int) -> str:
     return f"{q_name(queue_name)}.fair.{int(level)}.{lane}"
-
-
-def level_of(message: Message) -> Priority:
-    return Priority.parse(message.options.get("priority_level", Priority.NORMAL))
-
-
-def tenant_of(message: Message) -> str:
-    return str(message.options.get("tenant") or DEFAULT_TENANT)
 
 
 class FairRabbitmqBroker(HoldsAtStart, OverriddenHooks, RabbitmqBroker):
@@ -138,7 +130,9 @@ class FairRabbitmqBroker(HoldsAtStart, OverriddenHooks, RabbitmqBroker):
         """The AMQP queue ``message`` is published to: its level's queue on its tenant's lane."""
         if message.queue_name != q_name(message.queue_name):
             return message.queue_name
-        return level_queue(message.queue_name, level_of(message), lane_of(tenant_of(message), self.lanes))
+        return level_queue(
+            message.queue_name, level_of(message.options), lane_of(tenant_of(message.options), self.lanes)
+        )
 
     def _declare_queue(self, queue_name: str) -> Any:
         # Called by Dramatiq's _ensure_queue, with its retries, once per queue and process.
@@ -440,7 +434,7 @@ class _FairPickingConsumer(_SingleQueueConsumer):
             channel.basic_ack(method.delivery_tag)
             return
         try:
-            level = level_of(message)
+            level = level_of(message.options)
         except ValueError:
             level = Priority.NORMAL
         headers = properties.headers or {}
@@ -450,7 +444,7 @@ class _FairPickingConsumer(_SingleQueueConsumer):
                 redelivered=method.redelivered,
                 message=message,
                 level=level,
-                tenant=tenant_of(message),
+                tenant=tenant_of(message.options),
                 enqueued_ms=int(headers.get(ENQUEUED_HEADER, message.message_timestamp)),
             )
         )

@@ -35,7 +35,7 @@ R = TypeVar("R")
 class ContextAsyncIO(AsyncIO):
     """Runs ``async def`` actors like Dramatiq's ``AsyncIO``, in the calling worker thread's context."""
 
-    def before_worker_boot(self, broker: Broker, worker: Any) -> None:  # noqa: ARG002 (hook signature)
+    def before_worker_boot(self, broker: Broker, worker: Any) -> None:
         event_loop_thread = _ContextEventLoopThread(self.logger)
         event_loop_thread.start(timeout=1.0)
         set_event_loop_thread(event_loop_thread)

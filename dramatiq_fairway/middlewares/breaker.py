@@ -62,6 +62,7 @@ from dramatiq.middleware import MiddlewareError
 
 from ..classify import ErrorClassifier
 from ..errors import PermanentError
+from ..outage import OutageWarning
 from ..settings import BreakerPolicy, Settings, load_settings
 from ..store.breakers import (
     BreakerReply,
@@ -71,6 +72,7 @@ from ..store.breakers import (
     RedisBreakerStore,
     StoreUnavailable,
 )
+from ..tenants import tenant_of
 from .dead_letters import REASON_OPTION
 from .metrics import Metrics, find_metrics
 
@@ -82,7 +84,6 @@ HALF_OPEN_RECHECK = 2.0
 # Held jobs wake spread over up to this share of their wait (plus a quarter second), so an opening
 # breaker does not wake every waiting job at the same instant.
 JITTER_SHARE = 0.1
-_STORE_DOWN_WARNING_INTERVAL = 60.0
 # A thread sending outcomes sends those other threads queued meanwhile, at most this many times
 # more, so that it is never kept from its own next job for long; what is left goes with the next one.
 _DRAIN_ROUNDS = 2
@@ -148,7 +149,7 @@ class CircuitBreaker(Middleware):
         self._store = store
         self._store_lock = threading.Lock()
         self._fallback = MemoryBreakerStore(self.clock)
-        self._store_down_warned_at = float("-inf")
+        self._store_down = OutageWarning(self.logger, clock=self.clock)
         self._classify = _classifier(self.settings)
         self._policies: dict[tuple[str, str], BreakerPolicy] = {}
         self._cache: dict[str, _Cached] = {}
@@ -165,13 +166,13 @@ class CircuitBreaker(Middleware):
     def actor_options(self) -> set[str]:
         return {"breaker"}
 
-    def before_declare_actor(self, broker: Broker, actor: Any) -> None:  # noqa: ARG002 (hook signature)
+    def before_declare_actor(self, broker: Broker, actor: Any) -> None:
         _check_option(actor.options.get("breaker"), f"actor {actor.actor_name}")
 
-    def before_enqueue(self, broker: Broker, message: Message[Any], delay: int) -> None:  # noqa: ARG002 (hook signature)
+    def before_enqueue(self, broker: Broker, message: Message[Any], delay: int) -> None:
         _check_option(message.options.get("breaker"), f"message {message.message_id}")
 
-    def before_worker_boot(self, broker: Broker, worker: Any) -> None:  # noqa: ARG002 (hook signature)
+    def before_worker_boot(self, broker: Broker, worker: Any) -> None:
         self._bind(broker)
         if not callable(getattr(broker, "hold_back", None)):
             self.logger.warning(
@@ -249,7 +250,7 @@ class CircuitBreaker(Middleware):
         broker: Broker,
         message: MessageProxy,
         *,
-        result: Any = None,  # noqa: ARG002 (hook signature)
+        result: Any = None,
         exception: BaseException | None = None,
     ) -> None:
         if isinstance(exception, HeldTooLong):
@@ -271,7 +272,7 @@ class CircuitBreaker(Middleware):
         if target is not None:
             self._report(target[0], target[1], message.message_id, Outcome.IGNORED, 0.0)
 
-    def before_worker_shutdown(self, broker: Broker, worker: Any) -> None:  # noqa: ARG002 (hook signature)
+    def before_worker_shutdown(self, broker: Broker, worker: Any) -> None:
         with self._pending_lock:
             pending = {key: buffered.letters for key, buffered in self._pending.items() if buffered.letters}
             for key in pending:
@@ -294,7 +295,7 @@ class CircuitBreaker(Middleware):
                 return None
         if not template or not isinstance(template, str):
             return None
-        key = template.replace("{tenant}", str(message.options.get("tenant") or "default"))
+        key = template.replace("{tenant}", tenant_of(message.options))
         return key, self._policy(key, template)
 
     def _policy(self, key: str, template: str) -> BreakerPolicy:
@@ -392,9 +393,7 @@ class CircuitBreaker(Middleware):
         try:
             reply = operation(self._shared_store(), now if self._clock_injected else None)
         except StoreUnavailable as error:
-            if now - self._store_down_warned_at >= _STORE_DOWN_WARNING_INTERVAL:
-                self._store_down_warned_at = now
-                self.logger.warning("Breakers fall back to per-process state: %s", error)
+            self._store_down.warn("Breakers fall back to per-process state: %s", error)
             reply, shared = operation(self._fallback, now), False
         state = reply.state.state
         with self._cache_lock:

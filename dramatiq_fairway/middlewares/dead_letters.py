@@ -49,12 +49,14 @@ from dramatiq.common import q_name
 from dramatiq.errors import ActorNotFound
 from dramatiq.middleware import MiddlewareError
 
+from ..classify import qualified_name
 from ..errors import BreakerOpen, MessageTooLarge, PermanentError
 from ..fingerprint import fingerprint
 from ..priority import Priority
 from ..redaction import Redacted, Redactor
 from ..settings import Settings, load_settings
 from ..store.dead_letters import DeadLetter, DeadLetterStore, Reason
+from ..tenants import tenant_of
 from .consumer_hooks import HELD_SINCE, ArrivedTooLarge
 
 logger = logging.getLogger(__name__)
@@ -130,7 +132,7 @@ class DeadLetters(Middleware):
         message = error.message if isinstance(error, ArrivedTooLarge) else None
         # DecodeError's own text quotes the whole body; its cause says what was wrong without it.
         cause = error if message else getattr(error, "error", None) or error.__cause__
-        error_type = _qualified_name(error)
+        error_type = qualified_name(type(error))
         error_message = str(cause)[:_MAX_ERROR_MESSAGE] if cause else ""
         record = DeadLetter(
             id=message.message_id if message else f"undecodable-{digest[:32]}",
@@ -162,7 +164,7 @@ class DeadLetters(Middleware):
         redacted = self.redactor.redact_message(
             list(message.args), dict(message.kwargs), options, actor.fn if actor else None
         )
-        error_type = options.get("error_type") or (_qualified_name(exception) if exception else None)
+        error_type = options.get("error_type") or (qualified_name(type(exception)) if exception else None)
         error_message = options.get("error_message")
         if error_message is None and exception is not None:
             error_message = str(exception)
@@ -179,7 +181,7 @@ class DeadLetters(Middleware):
             args=redacted.args,
             kwargs=redacted.kwargs,
             options=redacted.options,
-            tenant=str(options.get("tenant") or "default"),
+            tenant=tenant_of(options),
             priority_level=_priority_name(options.get("priority_level")),
             error_type=error_type,
             error_message=error_message,
@@ -303,11 +305,6 @@ def _priority_name(value: Any) -> str:
         return Priority.parse(value).name
     except ValueError:
         return str(value)
-
-
-def _qualified_name(exception: BaseException) -> str:
-    kind = type(exception)
-    return kind.__qualname__ if kind.__module__ == "builtins" else f"{kind.__module__}.{kind.__qualname__}"
 
 
 def _format(exception: BaseException | None) -> str | None:

@@ -45,10 +45,10 @@ from ..connections import state_store_client
 from ..errors import QueueFull
 from ..priority import Priority
 from ..settings import Settings, load_settings
+from ..tenants import DEFAULT_TENANT, tenant_of
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_TENANT = "default"
 MAX_TENANT_LENGTH = 128
 ADMITTED = "fairway_admitted"
 QUEUED_RETENTION_MS = 7 * 86_400_000
@@ -74,7 +74,7 @@ class FairPriority(Middleware):
     def actor_options(self) -> set[str]:
         return {"priority_level", "tenant", "tenant_from"}
 
-    def before_declare_actor(self, broker: Broker, actor: Actor[Any, Any]) -> None:  # noqa: ARG002 (hook signature)
+    def before_declare_actor(self, broker: Broker, actor: Actor[Any, Any]) -> None:
         if "priority_level" in actor.options:
             _level(actor.options["priority_level"])
         if "tenant" in actor.options:
@@ -83,7 +83,7 @@ class FairPriority(Middleware):
         if parameter is not None and parameter not in inspect.signature(actor.fn).parameters:
             raise InvalidOption(f"tenant_from: {actor.actor_name} has no parameter {parameter!r}")
 
-    def before_enqueue(self, broker: Broker, message: Message[Any], delay: int | None) -> None:  # noqa: ARG002 (hook signature)
+    def before_enqueue(self, broker: Broker, message: Message[Any], delay: int | None) -> None:
         actor = _actor_of(broker, message)
         actor_options = actor.options if actor else {}
         level = _level(message.options.get("priority_level", actor_options.get("priority_level", Priority.NORMAL)))
@@ -98,10 +98,10 @@ class FairPriority(Middleware):
                 self._admit(message, tenant, self.max_queued)
             message.options[ADMITTED] = True
 
-    def before_process_message(self, broker: Broker, message: MessageProxy) -> None:  # noqa: ARG002 (hook signature)
+    def before_process_message(self, broker: Broker, message: MessageProxy) -> None:
         self._release(message)
 
-    def after_nack(self, broker: Broker, message: MessageProxy) -> None:  # noqa: ARG002 (hook signature)
+    def after_nack(self, broker: Broker, message: MessageProxy) -> None:
         self._release(message)
 
     def _tenant_of(self, message: Message[Any], actor: Actor[Any, Any] | None) -> object:
@@ -143,9 +143,7 @@ class FairPriority(Middleware):
         if self.max_queued is None or ADMITTED not in message.options:
             return
         try:
-            self._state_client().zrem(
-                self._queued_key(message, str(message.options.get("tenant", DEFAULT_TENANT))), message.message_id
-            )
+            self._state_client().zrem(self._queued_key(message, tenant_of(message.options)), message.message_id)
         except redis.RedisError as error:
             logger.warning("Queued count of message %s not released: %s", message.message_id, error)
 

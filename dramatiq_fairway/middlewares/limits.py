@@ -38,9 +38,11 @@ from dramatiq.broker import MessageProxy
 from dramatiq.common import q_name
 from dramatiq.logging import get_logger
 
-from ..priority import Priority
+from ..outage import OutageWarning
+from ..priority import Priority, level_of
 from ..settings import Settings, load_settings
 from ..store.limits import LEASE_MS, TenantLimits
+from ..tenants import tenant_of
 
 # A message of a tenant at its cap looks again after this long, spread by up to half of it. Longer
 # holds (tried: doubling per refusal up to 4 s) re-publish less but leave freed slots idle: the
@@ -50,7 +52,6 @@ CAP_RECHECK_MS = 500
 RATE_SPREAD_MS = 1000
 CACHE_SECONDS = 1.0
 RENEW_SECONDS = LEASE_MS / 3000
-WARN_EVERY = 60.0
 REASONS = {"c": "concurrency", "r": "rate"}
 
 
@@ -81,7 +82,7 @@ class TenantLimiter(Middleware):
         self._leases: dict[str, tuple[str, str]] = {}
         self._running: set[str] = set()
         self._throttled: Counter[tuple[str, str, str]] = Counter()
-        self._warned_at = float("-inf")
+        self._outage = OutageWarning(self.logger)
         self._renewer: _Renewer | None = None
 
     @property
@@ -94,7 +95,7 @@ class TenantLimiter(Middleware):
         """Ms ``message`` must wait for its tenant's limits, or None (a slot and a token were taken)."""
         if _enforced_by_broker(broker):
             return None
-        queue, tenant = q_name(message.queue_name), str(message.options.get("tenant", "default"))
+        queue, tenant = q_name(message.queue_name), tenant_of(message.options)
         try:
             if not self._limited(queue, tenant):
                 return None
@@ -115,28 +116,28 @@ class TenantLimiter(Middleware):
             return CAP_RECHECK_MS + random.randrange(CAP_RECHECK_MS // 2)
         return wait + random.randrange(RATE_SPREAD_MS)
 
-    def before_process_message(self, broker: Broker, message: MessageProxy) -> None:  # noqa: ARG002 (hook signature)
+    def before_process_message(self, broker: Broker, message: MessageProxy) -> None:
         with self._lock:
             if message.message_id in self._leases:
                 self._running.add(message.message_id)
 
     def after_process_message(
         self,
-        broker: Broker,  # noqa: ARG002 (hook signature)
+        broker: Broker,
         message: MessageProxy,
         *,
-        result: Any = None,  # noqa: ARG002 (hook signature)
-        exception: BaseException | None = None,  # noqa: ARG002 (hook signature)
+        result: Any = None,
+        exception: BaseException | None = None,
     ) -> None:
         self._release(message.message_id)
 
-    def after_skip_message(self, broker: Broker, message: MessageProxy) -> None:  # noqa: ARG002 (hook signature)
+    def after_skip_message(self, broker: Broker, message: MessageProxy) -> None:
         self._release(message.message_id)
 
-    def after_nack(self, broker: Broker, message: MessageProxy) -> None:  # noqa: ARG002 (hook signature)
+    def after_nack(self, broker: Broker, message: MessageProxy) -> None:
         self._release(message.message_id)
 
-    def after_worker_shutdown(self, broker: Broker, worker: Any) -> None:  # noqa: ARG002 (hook signature)
+    def after_worker_shutdown(self, broker: Broker, worker: Any) -> None:
         if self._renewer is not None:
             self._renewer.stopped.set()
             self._renewer = None
@@ -194,9 +195,7 @@ class TenantLimiter(Middleware):
                 self._renewer.start()
 
     def _warn(self, error: Exception) -> None:
-        if time.monotonic() - self._warned_at >= WARN_EVERY:
-            self._warned_at = time.monotonic()
-            self.logger.warning("Tenant limits not enforced, the state store failed: %s", error)
+        self._outage.warn("Tenant limits not enforced, the state store failed: %s", error)
 
 
 class _Renewer(threading.Thread):
@@ -215,7 +214,7 @@ class _Renewer(threading.Thread):
 
 def _level(message: Message[Any]) -> Priority | None:
     try:
-        return Priority.parse(message.options.get("priority_level", Priority.NORMAL))
+        return level_of(message.options)
     except ValueError:
         return None
 

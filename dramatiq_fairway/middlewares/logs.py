@@ -28,24 +28,24 @@ class JobLogContext(Middleware):
     def __init__(self, *, settings: Settings | None = None) -> None:
         self.settings = settings or load_settings()
 
-    def after_process_boot(self, broker: Broker) -> None:  # noqa: ARG002 (hook signature)
+    def after_process_boot(self, broker: Broker) -> None:
         if self.settings.logs.format == "json":
             use_json_logs()
 
-    def before_worker_boot(self, broker: Broker, worker: Any) -> None:  # noqa: ARG002 (hook signature)
+    def before_worker_boot(self, broker: Broker, worker: Any) -> None:
         self.after_process_boot(broker)
         filter_worker_lines(lambda actor_name: _is_shipped(broker, actor_name))
 
-    def before_process_message(self, broker: Broker, message: MessageProxy) -> None:  # noqa: ARG002 (hook signature)
+    def before_process_message(self, broker: Broker, message: MessageProxy) -> None:
         current_job.set(job_fields(message))
 
     def after_process_message(
         self,
-        broker: Broker,  # noqa: ARG002 (hook signature)
-        message: MessageProxy,  # noqa: ARG002 (hook signature)
+        broker: Broker,
+        message: MessageProxy,
         *,
-        result: Any = None,  # noqa: ARG002 (hook signature)
-        exception: BaseException | None = None,  # noqa: ARG002 (hook signature)
+        result: Any = None,
+        exception: BaseException | None = None,
     ) -> None:
         current_job.set(None)
 

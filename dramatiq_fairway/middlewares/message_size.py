@@ -37,7 +37,7 @@ class MessageSize(Middleware):
     def __init__(self, *, settings: Settings | None = None) -> None:
         self.max_bytes = (settings or load_settings()).max_message_bytes
 
-    def before_enqueue(self, broker: Broker, message: Message[Any], delay: int | None) -> None:  # noqa: ARG002 (hook signature)
+    def before_enqueue(self, broker: Broker, message: Message[Any], delay: int | None) -> None:
         try:
             size = len(message.encode())
         except (TypeError, ValueError) as error:

@@ -64,9 +64,12 @@ from dramatiq.errors import ActorNotFound
 from dramatiq.logging import get_logger
 from dramatiq.middleware import Shutdown
 
+from ..classify import qualified_name
+from ..embedded import pid_alive
 from ..errors import Cancelled
-from ..priority import Priority
+from ..priority import Priority, level_of
 from ..settings import Settings, load_settings
+from ..tenants import tenant_of
 from .limits import drain_throttled, tenant_in_flight
 
 if TYPE_CHECKING:
@@ -133,23 +136,23 @@ class Metrics(Middleware):
     def forks(self) -> list[Any]:
         return [serve_metrics] if self.multiprocess else []
 
-    def after_worker_boot(self, broker: Broker, worker: Any) -> None:  # noqa: ARG002 (hook signature)
+    def after_worker_boot(self, broker: Broker, worker: Any) -> None:
         if self._sampler is None or not self._sampler.is_alive():
             self._sampler = _DepthSampler(broker, self._families, self.logger, self._tenant_name)
             self._sampler.start()
         self._pending.start_flushing()
 
-    def before_worker_shutdown(self, broker: Broker, worker: Any) -> None:  # noqa: ARG002 (hook signature)
+    def before_worker_shutdown(self, broker: Broker, worker: Any) -> None:
         if self._sampler is not None:
             self._sampler.stopping.set()
             self._sampler = None
 
-    def after_worker_shutdown(self, broker: Broker, worker: Any) -> None:  # noqa: ARG002 (hook signature)
+    def after_worker_shutdown(self, broker: Broker, worker: Any) -> None:
         self._pending.stop_flushing()
         if RUN_DIR is not None:
             _leave_run(RUN_DIR)
 
-    def before_process_message(self, broker: Broker, message: MessageProxy) -> None:  # noqa: ARG002 (hook signature)
+    def before_process_message(self, broker: Broker, message: MessageProxy) -> None:
         now = current_millis()
         self._started[message.message_id] = time.perf_counter()
         queue = q_name(message.queue_name)
@@ -162,10 +165,10 @@ class Metrics(Middleware):
 
     def after_process_message(
         self,
-        broker: Broker,  # noqa: ARG002 (hook signature)
+        broker: Broker,
         message: MessageProxy,
         *,
-        result: Any = None,  # noqa: ARG002 (hook signature)
+        result: Any = None,
         exception: BaseException | None = None,
     ) -> None:
         started = self._finish(message)
@@ -185,7 +188,7 @@ class Metrics(Middleware):
                 classification = str(message.options.get("classification", "unknown"))
                 self._families.retries.labels(queue, actor, classification).inc()
 
-    def after_skip_message(self, broker: Broker, message: MessageProxy) -> None:  # noqa: ARG002 (hook signature)
+    def after_skip_message(self, broker: Broker, message: MessageProxy) -> None:
         self._finish(message)
         if message.failed:
             self._dead_lettered(message, None)
@@ -226,11 +229,15 @@ class Metrics(Middleware):
         self, message: MessageProxy, exception: BaseException | None, error_type: str | None = None
     ) -> None:
         self._count(message, "dead_lettered")
-        error_type = error_type or message.options.get("error_type") or _qualified_name(exception)
+        error_type = (
+            error_type
+            or message.options.get("error_type")
+            or (qualified_name(type(exception)) if exception else "unknown")
+        )
         self._families.dead_letters.labels(q_name(message.queue_name), message.actor_name, error_type).inc()
 
     def _tenant_label(self, options: dict[str, Any]) -> str:
-        return self._tenant_name(str(options.get("tenant", "default")))
+        return self._tenant_name(tenant_of(options))
 
     def _tenant_name(self, tenant: str) -> str:
         with self._tenants_lock:
@@ -317,20 +324,8 @@ def _leave_run(run_dir: Path) -> None:
 def _remove_stale_runs(run_dir: Path) -> None:
     for other in run_dir.parent.glob("run-*"):
         pid = int(other.name.split("-")[1]) if other.name.split("-")[1].isdigit() else 0
-        if other != run_dir and (not _alive(pid) or _run_name(pid) != other.name):
+        if other != run_dir and (not pid_alive(pid) or _run_name(pid) != other.name):
             shutil.rmtree(other, ignore_errors=True)
-
-
-def _alive(pid: int) -> bool:
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 class _LiveMultiProcessCollector:
@@ -347,7 +342,7 @@ class _LiveMultiProcessCollector:
 
         for file in self.path.glob("gauge_live*_*.db"):
             pid = file.stem.rsplit("_", 1)[-1]
-            if pid.isdigit() and not _alive(int(pid)):
+            if pid.isdigit() and not pid_alive(int(pid)):
                 multiprocess.mark_process_dead(int(pid), str(self.path))
         families: Iterable[Any] = self.collector.collect()
         return families
@@ -594,13 +589,6 @@ def _rabbitmq_ready(broker: RabbitmqBroker, queue: str) -> int:
 
 def _level(options: dict[str, Any]) -> str:
     try:
-        return Priority.parse(options.get("priority_level", Priority.NORMAL)).name
+        return level_of(options).name
     except ValueError:
         return "UNKNOWN"
-
-
-def _qualified_name(exception: BaseException | None) -> str:
-    if exception is None:
-        return "unknown"
-    kind = type(exception)
-    return kind.__qualname__ if kind.__module__ == "builtins" else f"{kind.__module__}.{kind.__qualname__}"

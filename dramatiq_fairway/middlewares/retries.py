@@ -124,14 +124,14 @@ class ClassifiedRetries(Middleware):
             "on_retry_exhausted",
         }
 
-    def before_declare_actor(self, broker: Broker, actor: Actor[Any, Any]) -> None:  # noqa: ARG002 (hook signature)
+    def before_declare_actor(self, broker: Broker, actor: Actor[Any, Any]) -> None:
         if "backoff" in actor.options:
             _check_backoff(actor.options["backoff"], f"actor {actor.actor_name!r}: backoff")
         for name in ("retry_for", "dont_retry_for"):
             if name in actor.options:
                 _exception_names_or_types(actor.options[name], f"actor {actor.actor_name!r}: {name}")
 
-    def before_enqueue(self, broker: Broker, message: Message[Any], delay: int) -> None:  # noqa: ARG002 (hook signature)
+    def before_enqueue(self, broker: Broker, message: Message[Any], delay: int) -> None:
         options = message.options
         where = f"message {message.message_id}"
         if "backoff" in options:
@@ -151,7 +151,7 @@ class ClassifiedRetries(Middleware):
         broker: Broker,
         message: MessageProxy,
         *,
-        result: Any = None,  # noqa: ARG002 (hook signature)
+        result: Any = None,
         exception: BaseException | None = None,
     ) -> None:
         if exception is None:

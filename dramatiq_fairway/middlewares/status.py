@@ -63,13 +63,13 @@ from dramatiq.middleware import MiddlewareError, Shutdown, SkipMessage
 from dramatiq.middleware.threading import raise_thread_exception
 
 from ..errors import Cancelled, SoftTimeLimitExceeded
+from ..outage import OutageWarning
 from ..settings import Settings, load_settings
 from ..store.status import CancelledJobs, JobState, JobStatusStore, StatusWriter, iso_from_millis
 from .consumer_hooks import UndecodableRecorder
 
 DEFAULT_UNIQUE_TTL = 3_600_000
 CANCEL_POLL_INTERVAL = 0.5
-WARNING_INTERVAL = 60.0
 # Seconds a worker's shutdown waits for the running-jobs thread to finish a check (a state-store call).
 STOP_TIMEOUT = 5.0
 
@@ -141,16 +141,16 @@ class JobStatus(Middleware):
     def dropped_updates(self) -> int:
         return _StoreOutage.shared.count
 
-    def before_declare_actor(self, broker: Broker, actor: Actor[Any, Any]) -> None:  # noqa: ARG002 (hook signature)
+    def before_declare_actor(self, broker: Broker, actor: Actor[Any, Any]) -> None:
         options = {name: value for name, value in actor.options.items() if not callable(value)}
         _check_options(options, f"actor {actor.actor_name!r}")
 
-    def before_enqueue(self, broker: Broker, message: Message[Any], delay: int | None) -> None:  # noqa: ARG002 (hook signature)
+    def before_enqueue(self, broker: Broker, message: Message[Any], delay: int | None) -> None:
         # Refused at send: when the job starts, a bad value could only be logged (Dramatiq
         # swallows a before_process_message error) and the job would run unchecked.
         _check_options(message.options, f"message {message.message_id}")
 
-    def after_enqueue(self, broker: Broker, message: Message[Any], delay: int | None) -> None:  # noqa: ARG002 (hook signature)
+    def after_enqueue(self, broker: Broker, message: Message[Any], delay: int | None) -> None:
         if self._tracked(broker, message):
             self._safely(self.store.enqueued, message.message_id, message.actor_name, message.queue_name)
 
@@ -176,7 +176,7 @@ class JobStatus(Middleware):
         broker: Broker,
         message: MessageProxy,
         *,
-        result: Any = None,  # noqa: ARG002 (hook signature)
+        result: Any = None,
         exception: BaseException | None = None,
     ) -> None:
         self._running.remove()
@@ -203,7 +203,7 @@ class JobStatus(Middleware):
         if self._tracked(broker, message):
             self._write(message, JobState.REJECTED, mode="reject")
 
-    def after_worker_shutdown(self, broker: Broker, worker: Any) -> None:  # noqa: ARG002 (hook signature)
+    def after_worker_shutdown(self, broker: Broker, worker: Any) -> None:
         self._running.stop()
         if self._writer is not None:
             self._writer.close()
@@ -418,20 +418,14 @@ class _StoreOutage:
 
     def __init__(self) -> None:
         self.count = 0
-        self.last_warning = 0.0
         self.lock = threading.Lock()
-        self.logger = get_logger(__name__, type(self))
+        self.warning = OutageWarning(get_logger(__name__, type(self)))
 
     def dropped(self, error: redis.RedisError, count: int = 1) -> None:
         with self.lock:
             self.count += count
-            now = time.monotonic()
-            if now - self.last_warning < WARNING_INTERVAL and self.last_warning:
-                return
-            self.last_warning = now
-        self.logger.warning(
-            "State store unavailable, job status updates are dropped (%d so far): %s", self.count, error
-        )
+            dropped = self.count
+        self.warning.warn("State store unavailable, job status updates are dropped (%d so far): %s", dropped, error)
 
 
 _StoreOutage.shared = _StoreOutage()

@@ -62,17 +62,17 @@ class WorkerHeartbeats(Middleware):
         self._thread = threading.Thread(target=self._run, name="fairway-worker-heartbeat", daemon=True)
         self._thread.start()
 
-    def before_process_message(self, broker: Broker, message: MessageProxy) -> None:  # noqa: ARG002 (hook signature)
+    def before_process_message(self, broker: Broker, message: MessageProxy) -> None:
         with self._lock:
             self._in_flight += 1
 
     def after_process_message(
         self,
-        broker: Broker,  # noqa: ARG002 (hook signature)
-        message: MessageProxy,  # noqa: ARG002 (hook signature)
+        broker: Broker,
+        message: MessageProxy,
         *,
-        result: Any = None,  # noqa: ARG002 (hook signature)
-        exception: BaseException | None = None,  # noqa: ARG002 (hook signature)
+        result: Any = None,
+        exception: BaseException | None = None,
     ) -> None:
         with self._lock:
             self._in_flight -= 1
@@ -81,7 +81,7 @@ class WorkerHeartbeats(Middleware):
     def after_skip_message(self, broker: Broker, message: MessageProxy) -> None:
         self.after_process_message(broker, message)
 
-    def before_worker_shutdown(self, broker: Broker, worker: Any) -> None:  # noqa: ARG002 (hook signature)
+    def before_worker_shutdown(self, broker: Broker, worker: Any) -> None:
         self._stopping.set()
         if self._thread is not None:
             self._thread.join()

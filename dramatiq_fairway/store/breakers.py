@@ -52,6 +52,7 @@ from pydantic import BaseModel, ConfigDict
 from ..connections import state_store_client
 from ..errors import FairwayError
 from ..settings import BreakerPolicy, Settings
+from .scripts import LuaScript
 
 logger = logging.getLogger(__name__)
 
@@ -190,13 +191,12 @@ class _Fields:
 class RedisBreakerStore:
     """Breakers in the state store's Redis; every transition is one ``breaker.lua`` call."""
 
-    _SCRIPT = (Path(__file__).with_name("breaker.lua")).read_text()
+    _SCRIPT = LuaScript.load(Path(__file__).with_name("breaker.lua"))
 
     def __init__(self, client: redis.Redis, namespace: str) -> None:
         self.client = client
         self.namespace = namespace
         self._index = f"{namespace}:breakers"
-        self._script = client.register_script(self._SCRIPT)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> RedisBreakerStore:
@@ -268,7 +268,7 @@ class RedisBreakerStore:
         hash_key = self._hash(key)
         now_arg = "" if now is None else _ms(now)
         keys = [hash_key, f"{hash_key}:trials"]
-        reply = self._guard(self._script, keys=keys, args=[command, now_arg, _ms(IDLE_TTL), *args])
+        reply = self._guard(self._SCRIPT.run, self.client, keys, [command, now_arg, _ms(IDLE_TTL), *args])
         state, forced, window, trials, openings, opened_at, retry_at, previous, created, allowed, version = reply
         fields = _Fields(
             state=state.decode(),

@@ -62,8 +62,10 @@ from pydantic import BaseModel, ConfigDict
 
 from ..connections import state_store_client
 from ..errors import FairwayError
+from ..outage import OutageWarning
 from ..priority import Priority
 from ..settings import Settings, load_settings
+from .scripts import LuaScript, ScriptCall, run_scripts
 
 logger = logging.getLogger(__name__)
 
@@ -100,9 +102,8 @@ _RUN_OPTIONS = frozenset(
     }
 )
 _PAGE = 500
-_WARN_EVERY = 60.0
-_SCRIPT = Path(__file__).with_name("dead_letters.lua").read_text()
-_STATS_SCRIPT = Path(__file__).with_name("dead_letters_stats.lua").read_text()
+_SCRIPT = LuaScript.load(Path(__file__).with_name("dead_letters.lua"))
+_STATS_SCRIPT = LuaScript.load(Path(__file__).with_name("dead_letters_stats.lua"))
 
 
 # The pydantic mypy plugin builds __init__(**kwargs) and then trips over a field named ``kwargs``.
@@ -240,9 +241,7 @@ class DeadLetterStore:
         namespace = self.settings.namespace
         self.prefix = f"{namespace}:dlq:{{{namespace}}}:"
         self.spool = Spool(self.settings.data_dir / f"dead-letters-{namespace}.spool.jsonl")
-        self._script = self.client.register_script(_SCRIPT)
-        self._stats_script = self.client.register_script(_STATS_SCRIPT)
-        self._last_warning = 0.0
+        self._unreachable = OutageWarning(logger)
 
     # -- writing ---------------------------------------------------------------------------------
 
@@ -252,7 +251,7 @@ class DeadLetterStore:
         Raises ``OSError`` when neither could be written: the caller must then not ack the message.
         """
         try:
-            self._write(record)
+            run_scripts(self.client, [self._add_call(record)])
         except (redis.ConnectionError, redis.TimeoutError) as error:
             self.spool.append(record)
             self._warn_unreachable(error)
@@ -267,13 +266,13 @@ class DeadLetterStore:
         For bulk loads and spool replay: there is no spool fallback, a connection error propagates.
         Records already stored are left as they are. Returns the number of records that were new.
         """
-        stored = 0
-        pipe = self.client.pipeline(transaction=False)
+        stored, calls = 0, []
         for position, record in enumerate(records, start=1):
-            self._write(record, pipe)
+            calls.append(self._add_call(record))
             if position % batch == 0:
-                stored += sum(int(new) for new, _evicted in pipe.execute())
-        return stored + sum(int(new) for new, _evicted in pipe.execute())
+                stored += sum(int(new) for new, _evicted in run_scripts(self.client, calls))
+                calls = []
+        return stored + sum(int(new) for new, _evicted in run_scripts(self.client, calls))
 
     def replay_spool(self) -> int:
         """Write the spooled records into the store; the number replayed (0 if the store is still down)."""
@@ -285,14 +284,14 @@ class DeadLetterStore:
             self._warn_unreachable(error)
             return 0
 
-    def _write(self, record: DeadLetter, client: redis.Redis | None = None) -> None:
-        """Run the ``add`` script for ``record``, on ``client`` when given (a pipeline batches calls)."""
+    def _add_call(self, record: DeadLetter) -> ScriptCall:
+        """The ``add`` script call that stores ``record`` (``add_many`` batches them)."""
         dims: builtins.list[str] = []
         for dim in DIMENSIONS:
             if value := record.dimension(dim):
                 dims += [dim, value]
-        self._script(
-            client=client,
+        return ScriptCall(
+            _SCRIPT,
             keys=[self.prefix + "time"],
             args=[
                 "add",
@@ -310,7 +309,8 @@ class DeadLetterStore:
         removed = 0
         for start in range(0, len(ids), _PAGE):
             removed += int(
-                self._script(
+                _SCRIPT.run(
+                    self.client,
                     keys=[self.prefix + "time"],
                     args=["remove", self.prefix, _millis(COUNTER_BUCKET), *ids[start : start + _PAGE]],
                 )
@@ -318,14 +318,11 @@ class DeadLetterStore:
         return removed
 
     def _warn_unreachable(self, error: Exception) -> None:
-        now = time.monotonic()
-        if now - self._last_warning >= _WARN_EVERY:
-            self._last_warning = now
-            logger.warning(
-                "Dead-letter store unreachable (%s); records go to the spool %s until it returns.",
-                type(error).__name__,
-                self.spool.path,
-            )
+        self._unreachable.warn(
+            "Dead-letter store unreachable (%s); records go to the spool %s until it returns.",
+            type(error).__name__,
+            self.spool.path,
+        )
 
     # -- reading ---------------------------------------------------------------------------------
 
@@ -422,7 +419,7 @@ class DeadLetterStore:
         if width % hour:
             rows = self._stats_from_index(by, low, width)
         else:
-            reply = self._stats_script(keys=[self.prefix + f"keys:{by}"], args=[self.prefix, by, low, hour * 1000])
+            reply = _STATS_SCRIPT.run(self.client, [self.prefix + f"keys:{by}"], [self.prefix, by, low, hour * 1000])
             # The hour that holds ``since`` is counted whole: counters are kept per hour.
             first_hour = 0 if low == "-inf" else int(low) // 1000 // hour * hour
             starts: dict[tuple[int, int], builtins.list[datetime]] = {}

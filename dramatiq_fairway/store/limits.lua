@@ -13,19 +13,9 @@
 --   P:limits:running    set of the tenants that may have leases (pruned by in_flight)
 -- Invariant: a lease counts against its tenant's cap from acquire until release or expiry.
 
-if redis.replicate_commands then
-    redis.replicate_commands()
-end
-
 local P = KEYS[1]
 local command = ARGV[1]
-local now
-if ARGV[2] ~= "" then
-    now = tonumber(ARGV[2])
-else
-    local t = redis.call("TIME")
-    now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-end
+local now = call_now(ARGV[2])
 
 local function running_key(tenant)
     return P .. ":limits:running:" .. tenant

@@ -44,9 +44,11 @@ from pydantic import ValidationError
 from ..connections import broker_redis_url, redis_client, state_store_client
 from ..errors import ConfigError
 from ..settings import LimitSettings, Settings, TenantLimit
+from .scripts import LuaScript
 
 LIB = (Path(__file__).parent / "limits_lib.lua").read_text()
 SCRIPT = LIB + (Path(__file__).parent / "limits.lua").read_text()
+_LUA = LuaScript.from_text(SCRIPT)
 
 ALL_QUEUES = "*"
 # The key of a queue's default inside LimitSettings.queues (a tenant field "" in Redis).
@@ -122,7 +124,6 @@ class TenantLimits:
         self.client = client
         self.namespace = namespace
         self.kind = kind
-        self.script = client.register_script(SCRIPT)
         self.operator_key = "{" + f"{namespace}:limits" + "}"
         self.queues_key = self.operator_key + ":queues"
 
@@ -258,8 +259,8 @@ class TenantLimits:
     # Internals.
 
     def _call(self, queue_name: str, command: str, *args: Any, now: int | None = None) -> Any:
-        return self.script(
-            keys=[queue_prefix(self.namespace, queue_name)], args=[command, "" if now is None else now, *args]
+        return _LUA.run(
+            self.client, [queue_prefix(self.namespace, queue_name)], [command, "" if now is None else now, *args]
         )
 
     def _operator_field(self, queue_name: str | None, tenant: str) -> str:

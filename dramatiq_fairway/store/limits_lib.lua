@@ -1,6 +1,7 @@
 -- Per-tenant limits, shared by the scripts that enforce them: fair_redis.lua (the Redis broker's
 -- dispatch) and limits.lua (the consumer side, for RabbitMQ). limits.py prepends this file to
--- both, so the two read limits and keep token buckets the same way. Defines functions only.
+-- both, so the two read limits and keep token buckets the same way, and start the same way: the
+-- replication mode and the call's clock (ARGV[2]). Otherwise it defines functions only.
 --
 -- Keys under a queue prefix P ("{<namespace>:<queue>}"):
 --   P:limits         hash "<layer>|<tenant>" -> "cap|rate|burst"; layer "base" comes from the workers'
@@ -10,6 +11,20 @@
 -- A field of a limit may be empty (not set here). Each field resolves on its own, first set wins:
 -- ops|tenant, base|tenant, ops|, base|. A rate without a burst gets max(1, ceil(rate)).
 -- Invariant: 0 <= tokens <= burst; tokens only grow with time, by rate per second.
+
+-- Both scripts read TIME before writing, which Redis before 5 allows only with effects replication.
+if redis.replicate_commands then
+    redis.replicate_commands()
+end
+
+-- The call's clock in ms: arg, or the Redis server's TIME when arg is "" (tests pass a fixed clock).
+local function call_now(arg)
+    if arg ~= "" then
+        return tonumber(arg)
+    end
+    local t = redis.call("TIME")
+    return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
 
 local function limits_parse(raw)
     if not raw then

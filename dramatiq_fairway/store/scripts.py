@@ -2,7 +2,8 @@
 
 redis-py's own ``Script`` objects cost one more round trip per pipeline (``SCRIPT EXISTS`` before
 every ``execute``); here a pipeline of script calls is one round trip, and a script the server
-lost (a restart, ``SCRIPT FLUSH``) is loaded and its calls rerun.
+lost (a restart, ``SCRIPT FLUSH``) is loaded and its calls rerun. Every script of the package
+runs through here, batched or alone (``LuaScript.run``).
 """
 
 from __future__ import annotations
@@ -28,6 +29,11 @@ class LuaScript:
     @classmethod
     def from_text(cls, text: str) -> LuaScript:
         return cls(text, hashlib.sha1(text.encode()).hexdigest())
+
+    def run(self, client: redis.Redis, keys: list[str], args: list[Any] | None = None) -> Any:
+        """The reply of one call of this script (for calls that are not batched with others)."""
+        [reply] = run_scripts(client, [ScriptCall(self, keys, args or [])])
+        return reply
 
 
 @dataclass(frozen=True)

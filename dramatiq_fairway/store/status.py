@@ -123,7 +123,7 @@ class JobStatusStore:
         self.clock = clock
         self._transition = LuaScript.load(_SCRIPTS / "status_transition.lua")
         self._progress = LuaScript.load(_SCRIPTS / "status_progress.lua")
-        self._cancel = client.register_script((_SCRIPTS / "status_cancel.lua").read_text())
+        self._cancel = LuaScript.load(_SCRIPTS / "status_cancel.lua")
         self._claim = LuaScript.load(_SCRIPTS / "unique_claim.lua")
 
     @classmethod
@@ -210,7 +210,7 @@ class JobStatusStore:
 
         Only a PENDING, STARTED or RETRY job gets the flag; a finished one is left as it is.
         """
-        state = self._cancel(keys=[self.job_key(message_id)])
+        state = self._cancel.run(self.client, [self.job_key(message_id)])
         if not state:
             return None
         result = JobState(_text(state))
