@@ -1,11 +1,16 @@
-"""Rows of ``dlq stats`` (``DeadLetterStats``, ``Bucket``) and the bucketing of their trend counters."""
+"""Rows of ``dlq stats`` (``DeadLetterStats``, ``Bucket``), built from what ``DeadLetterStore.stats`` read.
+
+Either the stats script's hourly counters (:func:`rows_from_counters`) or, for buckets narrower
+than an hour, the failure times in each value's index (:func:`rows_from_index`).
+"""
 
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from pydantic import BaseModel
 
@@ -66,3 +71,44 @@ def trend(
         moments = [datetime.fromtimestamp(day_start + slot * hour, UTC) for slot in range(len(counts))]
         starts[first_day, len(counts)] = moments
     return [Bucket(start=moments[slot], count=n) for slot, n in enumerate(counts[skip:], start=skip) if n]
+
+
+def rows_from_counters(reply: Sequence[Any], first_second: int, width: int) -> list[DeadLetterStats]:
+    """Rows from the stats script's reply (six items per value), buckets from ``first_second`` on."""
+    starts: dict[tuple[int, int], list[datetime]] = {}
+    rows = []
+    for position in range(0, len(reply), 6):
+        value, count, first, last, first_day, counters = reply[position : position + 6]
+        rows.append(
+            DeadLetterStats(
+                key=value.decode(),
+                count=count,
+                first_seen=_from_ms(int(first)),
+                last_seen=_from_ms(int(last)),
+                buckets=trend(first_day, counters, first_second, width, starts),
+            )
+        )
+    return rows
+
+
+def rows_from_index(
+    values: Iterable[str], spreads: Iterable[list[tuple[bytes, float]]], width: int
+) -> list[DeadLetterStats]:
+    """Rows from each value's (member, failed-at ms) index entries, oldest first; values without any are left out."""
+    rows = []
+    for value, spread in zip(values, spreads, strict=True):
+        if spread:
+            rows.append(
+                DeadLetterStats(
+                    key=value,
+                    count=len(spread),
+                    first_seen=_from_ms(spread[0][1]),
+                    last_seen=_from_ms(spread[-1][1]),
+                    buckets=bucketed(((int(score) // 1000, 1) for _member, score in spread), width),
+                )
+            )
+    return rows
+
+
+def _from_ms(ms: float) -> datetime:
+    return datetime.fromtimestamp(ms / 1000, UTC)

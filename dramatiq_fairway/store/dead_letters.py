@@ -65,7 +65,7 @@ from .dead_letter_requeue import (
     requeue_records,
 )
 from .dead_letter_spool import Spool
-from .dead_letter_stats import COUNTER_BUCKET, Bucket, DeadLetterStats, bucketed, trend
+from .dead_letter_stats import COUNTER_BUCKET, Bucket, DeadLetterStats, rows_from_counters, rows_from_index
 
 # The record, its stats, requeue and spool live in their own modules; imported from here as before.
 __all__ = [
@@ -301,19 +301,7 @@ class DeadLetterStore:
             reply = self._stats_script(keys=[self.prefix + f"keys:{by}"], args=[self.prefix, by, low, hour * 1000])
             # The hour that holds ``since`` is counted whole: counters are kept per hour.
             first_hour = 0 if low == "-inf" else int(low) // 1000 // hour * hour
-            starts: dict[tuple[int, int], builtins.list[datetime]] = {}
-            rows = []
-            for position in range(0, len(reply), 6):
-                value, count, first, last, first_day, counters = reply[position : position + 6]
-                rows.append(
-                    DeadLetterStats(
-                        key=value.decode(),
-                        count=count,
-                        first_seen=_from_ms(int(first)),
-                        last_seen=_from_ms(int(last)),
-                        buckets=trend(first_day, counters, first_hour, width, starts),
-                    )
-                )
+            rows = rows_from_counters(reply, first_hour, width)
         rows.sort(key=lambda row: (-row.count, row.key))
         return rows
 
@@ -324,19 +312,7 @@ class DeadLetterStore:
         for value in values:
             index = self.prefix + f"idx:{by}:{value}"
             pipe.zrangebyscore(index, low, "+inf", withscores=True)
-        rows = []
-        for value, spread in zip(values, pipe.execute(), strict=True):
-            if spread:
-                rows.append(
-                    DeadLetterStats(
-                        key=value,
-                        count=len(spread),
-                        first_seen=_from_ms(spread[0][1]),
-                        last_seen=_from_ms(spread[-1][1]),
-                        buckets=bucketed(((int(score) // 1000, 1) for _member, score in spread), width),
-                    )
-                )
-        return rows
+        return rows_from_index(values, pipe.execute(), width)
 
     # -- export ----------------------------------------------------------------------------------
 
@@ -432,10 +408,6 @@ def _millis(delta: timedelta) -> int:
 
 def _epoch_ms(moment: datetime) -> int:
     return int(moment.timestamp() * 1000)
-
-
-def _from_ms(ms: float) -> datetime:
-    return datetime.fromtimestamp(ms / 1000, UTC)
 
 
 def _score(moment: datetime | None, default: str) -> str:
