@@ -20,7 +20,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from dramatiq_fairway.connections import rabbitmq_parameters
 from dramatiq_fairway.errors import PermanentError, TransientError
-from dramatiq_fairway.middlewares.metrics import Metrics, _PendingSamples, find_metrics, queue_depth_by_level
+from dramatiq_fairway.middlewares.metrics import Metrics, find_metrics, queue_depth_by_level
+from dramatiq_fairway.middlewares.metrics_families import PendingSamples
 from dramatiq_fairway.settings import Settings
 from dramatiq_fairway.store.workers import WorkerRegistry
 
@@ -117,7 +118,7 @@ def test_queued_samples_export_exactly_as_direct_ones() -> None:
     gauge.labels("q").dec()
 
     queued = CollectorRegistry()
-    pending = _PendingSamples()
+    pending = PendingSamples()
     queued.register(pending)
     histogram, counter, gauge = families(queued)
     for value in values:

@@ -21,7 +21,7 @@ from periodiq import cron
 
 from ..connections import state_store_client
 from ..diagnostics import check
-from ..middlewares.metrics import queue_depth_by_level
+from ..middlewares.queue_depth import queue_depth_by_level
 from ..settings import load_settings
 from ..store.dead_letters import purge_expired
 

@@ -52,6 +52,7 @@ from dramatiq.errors import ConnectionClosed, QueueJoinTimeout
 
 from ..connections import state_store_client
 from ..middlewares import dead_letters
+from ..middlewares.queue_depth import passive_ready_count
 from ..priority import Priority, level_of
 from ..settings import Settings, load_settings
 from ..tenants import tenant_of
@@ -237,12 +238,7 @@ class FairRabbitmqBroker(HoldsAtStart, OverriddenHooks, RabbitmqBroker):
 
     def passive_count(self, name: str) -> int:
         """Ready messages of the AMQP queue ``name``; refused (404) when it does not exist."""
-        try:
-            return int(self.channel.queue_declare(queue=name, passive=True).method.message_count)
-        except pika.exceptions.AMQPError:
-            # A refused passive declare closes the channel; this thread opens a new one next time.
-            del self.channel
-            raise
+        return passive_ready_count(self, name)
 
     def get_queue_message_counts(self, queue_name: str) -> tuple[int, int, int]:
         """(ready over the queue and all its level queues, delayed, dead), as RabbitmqBroker's."""

@@ -25,7 +25,7 @@ from dramatiq.logging import get_logger
 
 from ..settings import Settings, load_settings
 from ..store.workers import BEAT_INTERVAL, WorkerInfo, WorkerRegistry
-from .metrics import exporter_status
+from .metrics_exporter import exporter_status
 
 
 class WorkerHeartbeats(Middleware):

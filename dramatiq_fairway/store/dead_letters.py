@@ -39,186 +39,62 @@ Writing is idempotent by message id, so a replay that is interrupted can simply 
 from __future__ import annotations
 
 import builtins
-import csv
-import fcntl
 import itertools
-import json
 import logging
-import os
-import struct
 import time
-import uuid
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, Literal, TextIO
+from typing import Literal, TextIO
 
 import dramatiq
 import redis
-from dramatiq.brokers.redis import RedisBroker
-from dramatiq.common import q_name, xq_name
-from pydantic import BaseModel, ConfigDict
 
 from ..connections import state_store_client
 from ..errors import FairwayError
 from ..outage import OutageWarning
 from ..priority import Priority
 from ..settings import Settings, load_settings
+from .dead_letter_export import export_records
+from .dead_letter_model import DIMENSIONS, DeadLetter, DeadLetterFilter, Dimension, Reason
+from .dead_letter_requeue import (
+    REFUSED_BY_BROKER,
+    RedactedRecords,
+    RequeuedMessage,
+    RequeueResult,
+    SkippedRecord,
+    requeue_records,
+)
+from .dead_letter_spool import Spool
+from .dead_letter_stats import COUNTER_BUCKET, Bucket, DeadLetterStats, rows_from_counters, rows_from_index
 from .scripts import LuaScript, ScriptCall, run_scripts
+
+# The record, its stats, requeue and spool live in their own modules; imported from here as before.
+__all__ = [
+    "COUNTER_BUCKET",
+    "DIMENSIONS",
+    "REFUSED_BY_BROKER",
+    "Bucket",
+    "DeadLetter",
+    "DeadLetterFilter",
+    "DeadLetterStats",
+    "DeadLetterStore",
+    "Dimension",
+    "NothingSelected",
+    "Reason",
+    "RedactedRecords",
+    "RequeueResult",
+    "RequeuedMessage",
+    "SkippedRecord",
+    "Spool",
+    "purge_expired",
+]
 
 logger = logging.getLogger(__name__)
 
-Reason = Literal[
-    "retries_exhausted", "permanent", "undecodable", "rejected", "unknown_actor", "too_large", "held_too_long"
-]
-Dimension = Literal["queue", "actor", "error_type", "fingerprint", "tenant", "reason"]
-DIMENSIONS: tuple[Dimension, ...] = ("queue", "actor", "error_type", "fingerprint", "tenant", "reason")
-
-# Trend counters are kept per hour; wider buckets are sums of them, narrower ones are read from
-# the index of each value.
-COUNTER_BUCKET = timedelta(hours=1)
-
-# Options that describe the failed run rather than the job; a requeued message starts without them.
-_RUN_OPTIONS = frozenset(
-    {
-        "retries",
-        "traceback",
-        "eta",
-        "redis_message_id",
-        "requeue_timestamp",
-        "attempts",
-        "attempt_history",
-        "failures",
-        "failure_reason",
-        "dead_letter_reason",
-        "retry_delay",
-        "rate_limit_until",
-        "classification",
-        "error_type",
-        "error_message",
-        "broker_priority",
-        "fairway_held_since",
-    }
-)
 _PAGE = 500
 _SCRIPT = LuaScript.load(Path(__file__).with_name("dead_letters.lua"))
 _STATS_SCRIPT = LuaScript.load(Path(__file__).with_name("dead_letters_stats.lua"))
-
-
-# The pydantic mypy plugin builds __init__(**kwargs) and then trips over a field named ``kwargs``.
-class DeadLetter(BaseModel):  # type: ignore[no-redef]
-    """One message that ended failed (docs/design.md, "Redis keys"). Secrets are redacted before it is built."""
-
-    model_config = ConfigDict(frozen=True)
-
-    id: str
-    queue: str
-    actor: str | None
-    args: list[Any] = []
-    kwargs: dict[str, Any] = {}
-    options: dict[str, Any] = {}
-    tenant: str = "default"
-    priority_level: str = Priority.NORMAL.name
-    error_type: str | None = None
-    error_message: str | None = None
-    traceback: str | None = None
-    classification: str | None = None
-    retries: int = 0
-    fingerprint: str
-    enqueued_at: datetime | None = None
-    failed_at: datetime
-    reason: Reason
-    raw: dict[str, Any] = {}
-    redacted_fields: list[str] = []
-
-    def dimension(self, name: Dimension) -> str:
-        """This record's value of an index dimension (``""`` when it has none)."""
-        return str(getattr(self, name) or "")
-
-
-class DeadLetterFilter(BaseModel):
-    """What ``list``, ``export``, ``requeue`` and ``purge`` select; every given field must match."""
-
-    model_config = ConfigDict(frozen=True)
-
-    queue: str | None = None
-    actor: str | None = None
-    error_type: str | None = None
-    fingerprint: str | None = None
-    tenant: str | None = None
-    reason: Reason | None = None
-    since: datetime | None = None
-    until: datetime | None = None
-
-    def equalities(self) -> dict[Dimension, str]:
-        return {dim: value for dim in DIMENSIONS if (value := getattr(self, dim)) is not None}
-
-    def is_empty(self) -> bool:
-        return not self.equalities() and self.since is None and self.until is None
-
-    def matches(self, record: DeadLetter) -> bool:
-        if any(record.dimension(dim) != value for dim, value in self.equalities().items()):
-            return False
-        if self.since is not None and record.failed_at < self.since:
-            return False
-        return self.until is None or record.failed_at <= self.until
-
-
-# A dataclass, not a model: ``stats`` builds one per value and hour (30,000 for a week of hourly
-# trends of 200 fingerprints), and a slotted dataclass costs a fraction of a model to build.
-@dataclass(frozen=True, slots=True)
-class Bucket:
-    start: datetime
-    count: int
-
-
-class DeadLetterStats(BaseModel):
-    """One row of ``dlq stats``: the records sharing one value of the chosen dimension."""
-
-    key: str
-    count: int
-    first_seen: datetime
-    last_seen: datetime
-    buckets: list[Bucket]
-
-
-class RequeuedMessage(BaseModel):
-    id: str
-    new_id: str | None
-    queue: str
-    actor: str | None
-    priority_level: str
-
-
-class SkippedRecord(BaseModel):
-    id: str
-    reason: str
-
-
-REFUSED_BY_BROKER = "the broker refused it"
-
-
-class RequeueResult(BaseModel):
-    dry_run: bool
-    requeued: list[RequeuedMessage] = []
-    skipped: list[SkippedRecord] = []
-
-    def refused(self) -> list[SkippedRecord]:
-        """The records kept because the broker refused their new message (the others were undecodable)."""
-        return [item for item in self.skipped if item.reason.startswith(REFUSED_BY_BROKER)]
-
-
-class RedactedRecords(FairwayError):
-    """Requeue refused: the selected records hold redacted placeholders instead of real values."""
-
-    def __init__(self, fields: dict[str, list[str]]) -> None:
-        self.fields = fields
-        names = sorted({name for names in fields.values() for name in names})
-        super().__init__(
-            f"{len(fields)} record(s) have redacted fields ({', '.join(names)}); "
-            "pass --allow-redacted to requeue them with the placeholder"
-        )
 
 
 class NothingSelected(FairwayError):
@@ -422,19 +298,7 @@ class DeadLetterStore:
             reply = _STATS_SCRIPT.run(self.client, [self.prefix + f"keys:{by}"], [self.prefix, by, low, hour * 1000])
             # The hour that holds ``since`` is counted whole: counters are kept per hour.
             first_hour = 0 if low == "-inf" else int(low) // 1000 // hour * hour
-            starts: dict[tuple[int, int], builtins.list[datetime]] = {}
-            rows = []
-            for position in range(0, len(reply), 6):
-                value, count, first, last, first_day, counters = reply[position : position + 6]
-                rows.append(
-                    DeadLetterStats(
-                        key=value.decode(),
-                        count=count,
-                        first_seen=_from_ms(int(first)),
-                        last_seen=_from_ms(int(last)),
-                        buckets=_trend(first_day, counters, first_hour, width, starts),
-                    )
-                )
+            rows = rows_from_counters(reply, first_hour, width)
         rows.sort(key=lambda row: (-row.count, row.key))
         return rows
 
@@ -445,37 +309,13 @@ class DeadLetterStore:
         for value in values:
             index = self.prefix + f"idx:{by}:{value}"
             pipe.zrangebyscore(index, low, "+inf", withscores=True)
-        rows = []
-        for value, spread in zip(values, pipe.execute(), strict=True):
-            if spread:
-                rows.append(
-                    DeadLetterStats(
-                        key=value,
-                        count=len(spread),
-                        first_seen=_from_ms(spread[0][1]),
-                        last_seen=_from_ms(spread[-1][1]),
-                        buckets=_bucketed(((int(score) // 1000, 1) for _member, score in spread), width),
-                    )
-                )
-        return rows
+        return rows_from_index(values, pipe.execute(), width)
 
     # -- export ----------------------------------------------------------------------------------
 
     def export(self, out: TextIO, fmt: Literal["json", "csv"], filters: DeadLetterFilter | None = None) -> int:
         """Write matching records to ``out`` as JSON Lines or CSV, newest first; the number written."""
-        written = 0
-        writer = None
-        if fmt == "csv":
-            writer = csv.DictWriter(out, fieldnames=list(DeadLetter.model_fields))
-            writer.writeheader()
-        for record in self.iter_records(filters):
-            if writer is None:
-                out.write(record.model_dump_json() + "\n")
-            else:
-                row = record.model_dump(mode="json")
-                writer.writerow({k: json.dumps(v) if isinstance(v, dict | list) else v for k, v in row.items()})
-            written += 1
-        return written
+        return export_records(self.iter_records(filters), out, fmt)
 
     # -- requeue and purge -----------------------------------------------------------------------
 
@@ -506,50 +346,17 @@ class DeadLetterStore:
         allow_redacted: bool = False,
         sleep: Callable[[float], None] = time.sleep,
     ) -> RequeueResult:
-        """Send the selected records' messages again and remove the records.
-
-        Each new message gets a fresh id, ``priority_level`` = ``priority`` and
-        ``requeued_from`` = the record id. ``rate`` caps messages per second. Records with redacted
-        fields are refused as a whole (``RedactedRecords``) unless ``allow_redacted``. A record
-        whose message the broker refuses is kept and listed in ``skipped``. A job with a
-        ``unique_key`` runs again: the copy takes the key over from the failed message (see
-        ``store/unique_claim.lua``).
-        """
-        level = Priority.parse(priority)
-        records = list(self.select(ids, filters))
-        redacted = {r.id: r.redacted_fields for r in records if r.redacted_fields}
-        if redacted and not allow_redacted:
-            raise RedactedRecords(redacted)
-        result = RequeueResult(dry_run=dry_run)
-        for position, record in enumerate(records):
-            if not record.actor or "actor_name" not in record.raw:
-                result.skipped.append(SkippedRecord(id=record.id, reason="the original message could not be decoded"))
-                continue
-            message = _requeued_message(record, level)
-            requeued = RequeuedMessage(
-                id=record.id,
-                new_id=None if dry_run else message.message_id,
-                queue=message.queue_name,
-                actor=record.actor,
-                priority_level=level.name,
-            )
-            if not dry_run:
-                if rate and position:
-                    sleep(1.0 / rate)
-                # The record goes only once the broker has the new message (with publisher
-                # confirms on RabbitMQ, once it confirmed): a refused enqueue keeps the job here.
-                try:
-                    broker.enqueue(message)
-                except Exception as error:  # any refusal keeps the record; the other records go on
-                    reason = " ".join(str(error).split()) or "no detail"
-                    result.skipped.append(
-                        SkippedRecord(id=record.id, reason=f"{REFUSED_BY_BROKER} ({type(error).__name__}: {reason})")
-                    )
-                    continue
-                self._remove([record.id])
-                _drop_from_redis_xq(broker, record)
-            result.requeued.append(requeued)
-        return result
+        """Send the selected records' messages again and remove the records (``requeue_records``)."""
+        return requeue_records(
+            self.select(ids, filters),
+            broker,
+            lambda record_id: self._remove([record_id]),
+            priority=priority,
+            rate=rate,
+            dry_run=dry_run,
+            allow_redacted=allow_redacted,
+            sleep=sleep,
+        )
 
     def purge(
         self,
@@ -585,109 +392,11 @@ class DeadLetterStore:
         return removed
 
 
-class Spool:
-    """Records waiting for the store: one JSON line each, appended and fsynced under a file lock."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-
-    def append(self, record: DeadLetter) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.path, "a", encoding="utf-8") as spool:
-            fcntl.flock(spool, fcntl.LOCK_EX)
-            spool.write(record.model_dump_json() + "\n")
-            spool.flush()
-            os.fsync(spool.fileno())
-
-    def pending(self) -> bool:
-        try:
-            return self.path.stat().st_size > 0
-        except FileNotFoundError:
-            return False
-
-    def drain(self, write_many: Callable[[Iterator[DeadLetter]], int]) -> int:
-        """Pass the spooled records to ``write_many``, then empty the spool; what it returned.
-
-        A failure keeps the spool whole.
-        """
-        if not self.pending():
-            return 0
-        with open(self.path, "r+", encoding="utf-8") as spool:
-            fcntl.flock(spool, fcntl.LOCK_EX)
-            count = write_many(DeadLetter.model_validate_json(line) for line in spool if line.strip())
-            spool.seek(0)
-            spool.truncate()
-            os.fsync(spool.fileno())
-            return count
-
-
 def purge_expired(settings: Settings | None = None) -> int:
     """The periodic retention job: replay any spool, then drop records past retention."""
     store = DeadLetterStore(settings)
     store.replay_spool()
     return store.purge_expired()
-
-
-def _requeued_message(record: DeadLetter, level: Priority) -> dramatiq.Message:
-    raw = record.raw
-    options = {key: value for key, value in raw.get("options", {}).items() if key not in _RUN_OPTIONS}
-    options.update(priority_level=level.name, requeued_from=record.id)
-    return dramatiq.Message(
-        queue_name=q_name(raw.get("queue_name", record.queue)),
-        actor_name=raw["actor_name"],
-        args=tuple(raw.get("args", ())),
-        kwargs=dict(raw.get("kwargs", {})),
-        options=options,
-        message_id=str(uuid.uuid4()),
-    )
-
-
-def _drop_from_redis_xq(broker: dramatiq.Broker, record: DeadLetter) -> None:
-    """On a stock RedisBroker a nacked message also sits in ``q.XQ``; requeue must take it out."""
-    redis_id = record.raw.get("options", {}).get("redis_message_id")
-    if not isinstance(broker, RedisBroker) or not redis_id:
-        return
-    dead = f"{broker.namespace}:{xq_name(q_name(record.queue))}"
-    pipe = broker.client.pipeline(transaction=True)
-    pipe.zrem(dead, redis_id)
-    pipe.hdel(f"{dead}.msgs", redis_id)
-    pipe.execute()
-
-
-def _bucketed(counts: Iterable[tuple[int, int]], width: int) -> builtins.list[Bucket]:
-    """(epoch second, count) pairs summed into buckets ``width`` seconds wide, oldest first."""
-    totals: dict[int, int] = {}
-    for second, count in counts:
-        if count > 0:
-            start = second // width * width
-            totals[start] = totals.get(start, 0) + count
-    return [Bucket(start=datetime.fromtimestamp(start, UTC), count=n) for start, n in sorted(totals.items())]
-
-
-def _trend(
-    first_day: int,
-    counters: bytes,
-    first_second: int,
-    width: int,
-    starts: dict[tuple[int, int], builtins.list[datetime]],
-) -> builtins.list[Bucket]:
-    """Buckets ``width`` seconds wide from the stats script's hourly day counters, from ``first_second`` on.
-
-    ``starts`` caches each counter's start time across the values of one answer: they mostly cover
-    the same days, and making the datetimes once per answer instead of once per value and hour is
-    what keeps a week of hourly trends for hundreds of values fast.
-    """
-    hour = int(COUNTER_BUCKET.total_seconds())
-    day_start = first_day * 86_400
-    counts = struct.unpack(f">{len(counters) // 4}I", counters)
-    skip = max(0, (first_second - day_start) // hour)
-    if width != hour:
-        return _bucketed(((day_start + slot * hour, n) for slot, n in enumerate(counts[skip:], start=skip)), width)
-    moments = starts.get((first_day, len(counts)))
-    if moments is None:
-        moments = [datetime.fromtimestamp(day_start + slot * hour, UTC) for slot in range(len(counts))]
-        starts[first_day, len(counts)] = moments
-    return [Bucket(start=moments[slot], count=n) for slot, n in enumerate(counts[skip:], start=skip) if n]
 
 
 def _millis(delta: timedelta) -> int:
@@ -696,10 +405,6 @@ def _millis(delta: timedelta) -> int:
 
 def _epoch_ms(moment: datetime) -> int:
     return int(moment.timestamp() * 1000)
-
-
-def _from_ms(ms: float) -> datetime:
-    return datetime.fromtimestamp(ms / 1000, UTC)
 
 
 def _score(moment: datetime | None, default: str) -> str:
