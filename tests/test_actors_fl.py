@@ -13,6 +13,7 @@ import redis
 from dramatiq import Broker, Worker
 
 from dramatiq_fairway.actors import fl
+from dramatiq_fairway.classify import qualified_name
 from dramatiq_fairway.errors import PermanentError
 
 from .conftest import REDIS_URL
@@ -281,3 +282,14 @@ def test_a_round_takes_quorum_and_deadline_from_the_settings(
     # Explicit arguments still win over the settings.
     explicit = fl.start_federated_round("explicit", CLIENTS, seed=3, quorum=1.0, deadline_s=5)
     assert (explicit.quorum, explicit.deadline - explicit.opened_at) == (1.0, pytest.approx(5))
+
+
+def test_split_modules_keep_the_error_name_and_keys(namespace: str, state_client: redis.Redis) -> None:
+    # Dead letters and retry rules name errors by module path; rounds already in Redis keep their keys.
+    assert qualified_name(fl.BudgetExhausted) == "dramatiq_fairway.actors.fl.BudgetExhausted"
+    fed_round = fl.FederatedRound(state_client, namespace, "r1")
+    assert (fed_round.key, fed_round.updates_key) == (
+        f"{namespace}:fl:round:{{r1}}",
+        f"{namespace}:fl:round:{{r1}}:updates",
+    )
+    assert fl.EpsilonLedger(state_client, namespace).key("c") == f"{namespace}:fl:epsilon:c"

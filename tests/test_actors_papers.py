@@ -20,6 +20,7 @@ from dramatiq.brokers.stub import StubBroker
 from pydantic import SecretStr
 
 from dramatiq_fairway.actors import papers
+from dramatiq_fairway.classify import qualified_name
 from dramatiq_fairway.demo_scholar import ScholarStandIn
 from dramatiq_fairway.errors import PermanentError, RateLimited, TransientError
 from dramatiq_fairway.priority import Priority
@@ -490,3 +491,11 @@ def test_a_429_opens_the_semantic_scholar_breaker_for_its_retry_after(
     assert state.opened_at is not None
     assert state.retry_at is not None
     assert state.retry_at - state.opened_at == pytest.approx(30, abs=1)
+
+
+def test_split_modules_keep_the_error_name_and_keys(namespace: str, state_client: redis.Redis) -> None:
+    # Dead letters and retry rules name errors by module path; crawls already in Redis keep their keys.
+    assert qualified_name(papers.PaperNotFound) == "dramatiq_fairway.actors.papers.PaperNotFound"
+    store = papers.CrawlStore(state_client, namespace, "c1")
+    prefix = f"{namespace}:papers:crawl:{{c1}}"
+    assert (store.seen_key, store.papers_key) == (f"{prefix}:seen", f"{prefix}:papers")

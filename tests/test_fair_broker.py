@@ -18,8 +18,8 @@ import pytest
 import redis
 from dramatiq import Message, Worker
 
-from dramatiq_fairway.brokers import fair_redis
 from dramatiq_fairway.brokers.fair_redis import FairRedisBroker
+from dramatiq_fairway.brokers.fair_redis_liveness import GONE_GRACE
 from dramatiq_fairway.middlewares.dead_letters import DeadLetters
 from dramatiq_fairway.priority import Priority
 from dramatiq_fairway.settings import FairnessSettings, Settings
@@ -333,10 +333,11 @@ def test_sigkilled_worker_messages_are_recovered_within_ten_seconds(
 
 
 def test_silent_worker_is_recovered_only_once_its_connections_are_gone(
-    make_broker: BrokerFactory, queue_name: str, monkeypatch: pytest.MonkeyPatch
+    make_broker: BrokerFactory, queue_name: str
 ) -> None:
-    monkeypatch.setattr(fair_redis, "GONE_GRACE", 0.3)
     live, silent = make_broker(), make_broker()
+    now = [1000.0]
+    live.liveness.clock = lambda: now[0]
     push(live, queue_name, Priority.NORMAL, "t", 2)
     assert len(silent.fetch(queue_name, 2)) == 2
     server_ms = int(live.client.time()[0]) * 1000
@@ -347,13 +348,17 @@ def test_silent_worker_is_recovered_only_once_its_connections_are_gone(
     # Connections gone for less than GONE_GRACE (a Redis restart): reconnecting keeps it alive.
     silent.client.connection_pool.disconnect()
     assert live.recover_dead_workers() == 0
-    silent.client.ping()
-    time.sleep(fair_redis.GONE_GRACE)
+    now[0] += GONE_GRACE - 0.1
     assert live.recover_dead_workers() == 0
-    # Gone for good: recovered once GONE_GRACE has passed.
+    silent.client.ping()
+    now[0] += GONE_GRACE
+    assert live.recover_dead_workers() == 0
+    # Gone for good: recovered once GONE_GRACE has passed, not before.
     silent.client.connection_pool.disconnect()
     assert live.recover_dead_workers() == 0
-    time.sleep(fair_redis.GONE_GRACE)
+    now[0] += GONE_GRACE - 0.1
+    assert live.recover_dead_workers() == 0
+    now[0] += 0.1
     assert live.recover_dead_workers() == 2
     assert [(r["ready"], r["in_flight"]) for r in live.queue_depths(queue_name)] == [(2, 0)]
 

@@ -188,7 +188,7 @@ def test_recovering_a_dead_worker_gives_its_slots_back(make_broker: BrokerFactor
     dead.client.sadd(dead._workers_key(f"queues:{dead.broker_id}"), queue_name)
     assert len(fetch(dead, queue_name, 6)) == 2
     assert fetch(live, queue_name, 6) == []
-    assert live._recover(dead.broker_id) == 2
+    assert live.liveness.recover(dead.broker_id) == 2
     assert live.tenant_limits.in_flight(queue_name) == {}
     assert len(fetch(live, queue_name, 6)) == 2  # at its cap again, not at cap - 2
 

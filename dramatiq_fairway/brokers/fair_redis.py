@@ -10,11 +10,7 @@ All of it happens in ``fair_redis.lua`` in O(levels + log tenants) per message.
 
 It keeps Dramatiq's guarantees: prefetch, ack, nack to the dead messages (``.XQ``), requeue on
 shutdown, delayed messages (``q.DQ`` is a plain FIFO), ``flush``, ``flush_all`` and ``join``.
-Dead workers are found by heartbeat plus ``CLIENT LIST``: each broker names its connections
-``fairway:<broker_id>`` and refreshes its heartbeat from its own thread; when a heartbeat is
-``STALE_AFTER`` seconds old, a live worker looks the named connections up and recovers the dead
-worker's messages once they have been gone for ``GONE_GRACE`` seconds, or after
-``FAIRWAY_HEARTBEAT_TIMEOUT`` if they are still there.
+Dead workers are found by heartbeat plus ``CLIENT LIST`` (``fair_redis_liveness.py``).
 
 Keys (``ns`` is the broker namespace): everything of queue ``q`` under ``{ns:q}:*`` (listed in the
 script's header; the limits' keys in ``store/limits.py``), worker heartbeats
@@ -49,6 +45,13 @@ from ..store import limits
 from ..store.scripts import LuaScript, ScriptCall, run_scripts
 from ..tenants import tenant_of
 from .delivery import HoldsAtStart, decode_or_report, held_at_start, held_copy, hold_delay
+from .fair_redis_liveness import (  # noqa: F401 (the liveness constants' old import path)
+    CLIENT_NAME_PREFIX,
+    GONE_GRACE,
+    HEARTBEAT_INTERVAL,
+    STALE_AFTER,
+    WorkerLiveness,
+)
 from .hooks import OverriddenHooks
 
 logger = logging.getLogger(__name__)
@@ -57,12 +60,6 @@ SCRIPT = limits.LIB + (Path(__file__).parent / "fair_redis.lua").read_text()
 _LUA = LuaScript.from_text(SCRIPT)
 # Reasons the script gives for skipping a tenant, as metrics label them.
 THROTTLE_REASONS = {b"c": "concurrency", b"r": "rate"}
-
-# Seconds between heartbeats, and the age at which a heartbeat is worth a look at CLIENT LIST.
-HEARTBEAT_INTERVAL = 1.0
-STALE_AFTER = 3.0
-GONE_GRACE = 2.0
-CLIENT_NAME_PREFIX = "fairway:"
 
 
 class FairRedisBroker(HoldsAtStart, OverriddenHooks, RedisBroker):
@@ -90,7 +87,7 @@ class FairRedisBroker(HoldsAtStart, OverriddenHooks, RedisBroker):
         weights = self.settings.fairness.weights
         # DRR quantum = weight * scale, scaled so the lightest tenant still gets one message a turn.
         self.drr_scale = max(1.0, 1.0 / min(weights.values())) if weights else 1.0
-        self._heartbeat: _Heartbeat | None = None
+        self.liveness = WorkerLiveness(self, _LUA)
         self._orphans: dict[str, list[str]] = {}
         # Broker ids this process holds per queue (fetched, not settled yet), and the queues whose
         # last fetch failed on the connection: that fetch may have run with its reply lost.
@@ -103,7 +100,6 @@ class FairRedisBroker(HoldsAtStart, OverriddenHooks, RedisBroker):
         self._throttled: Counter[tuple[str, str, str]] = Counter()
         self._registered_queues: set[str] = set()
         self._consumed: set[str] = set()
-        self._missing: dict[str, float] = {}
 
     def __getattr__(self, name: str) -> Any:
         # RedisBroker routes every ``do_*`` attribute to Dramatiq's own script, whose keys are not
@@ -122,7 +118,7 @@ class FairRedisBroker(HoldsAtStart, OverriddenHooks, RedisBroker):
         if queue_name == canonical and self.settings.fairness.prefetch is not None:
             # Dramatiq asks for 2 x threads; keep the running ones plus the configured extra.
             prefetch = max(1, prefetch // 2 + self.settings.fairness.prefetch)
-        self._start_heartbeat()
+        self.liveness.start()
         return FairRedisConsumer(self, queue_name, prefetch, timeout)
 
     def enqueue(self, message: Message, *, delay: int | None = None) -> Message:
@@ -186,13 +182,7 @@ class FairRedisBroker(HoldsAtStart, OverriddenHooks, RedisBroker):
             time.sleep(interval / 1000)
 
     def close(self) -> None:
-        if self._heartbeat is not None:
-            self._heartbeat.stop()
-            self._heartbeat = None
-            with self.client.pipeline() as pipe:
-                pipe.zrem(self._workers_key("heartbeats"), self.broker_id)
-                pipe.delete(self._workers_key(f"queues:{self.broker_id}"))
-                pipe.execute()
+        self.liveness.stop()
         super().close()
 
     # Operator API (``fairway pause|resume|queues``).
@@ -248,7 +238,7 @@ class FairRedisBroker(HoldsAtStart, OverriddenHooks, RedisBroker):
         """Messages of ``queue_name`` (or of its delay queue) not acked yet: what ``join`` waits on."""
         return int(self._call(queue_name, "qsize"))
 
-    # Script calls and worker liveness.
+    # Script calls.
 
     def _script_call(self, queue_name: str, command: str, *args: Any) -> ScriptCall:
         part = "dq" if queue_name != q_name(queue_name) else "q"
@@ -397,77 +387,13 @@ class FairRedisBroker(HoldsAtStart, OverriddenHooks, RedisBroker):
                 pipe.hset(key, tenant, weight)
             pipe.execute()
 
-    def _start_heartbeat(self) -> None:
-        with self._lock:
-            if self._heartbeat is None:
-                self._heartbeat = _Heartbeat(self)
-                self._heartbeat.start()
-
     def beat(self) -> list[tuple[str, float]]:
         """Refresh this worker's heartbeat; return the other workers' stale heartbeats as (id, age s)."""
-        # Always the server's clock: a test clock must not make live workers look dead.
-        [(now, stale)] = run_scripts(
-            self.client,
-            [
-                ScriptCall(
-                    _LUA,
-                    [self._workers_prefix()],
-                    ["heartbeat", "", self.broker_id, 0, "", int(STALE_AFTER * 1000), *sorted(self._consumed)],
-                )
-            ],
-        )
-        now_ms = int(now)
-        return [
-            (worker.decode(), (now_ms - float(score)) / 1000)
-            for worker, score in zip(stale[::2], stale[1::2], strict=True)
-            if worker.decode() != self.broker_id
-        ]
+        return self.liveness.beat()
 
     def recover_dead_workers(self) -> int:
-        """Give back the messages of workers found dead (see the module docstring); return how many."""
-        stale = self.beat()
-        if not stale:
-            self._missing.clear()
-            return 0
-        connected = self._connected_broker_ids()
-        now = time.monotonic()
-        recovered = 0
-        for worker, age in stale:
-            if connected is not None and worker not in connected:
-                # Seen without a connection twice, GONE_GRACE apart: after a Redis restart live
-                # workers need a heartbeat interval to reconnect, and must not be taken for dead.
-                missing_since = self._missing.setdefault(worker, now)
-                gone = now - missing_since >= GONE_GRACE
-            else:
-                self._missing.pop(worker, None)
-                gone = False
-            if gone or age >= self.settings.heartbeat_timeout:
-                self._missing.pop(worker, None)
-                recovered += self._recover(worker)
-        return recovered
-
-    def _recover(self, worker: str) -> int:
-        queues = self.client.smembers(self._workers_key(f"queues:{worker}"))
-        count = sum(int(self._call(queue.decode(), "recover", worker)) for queue in queues)
-        with self.client.pipeline() as pipe:
-            pipe.zrem(self._workers_key("heartbeats"), worker)
-            pipe.delete(self._workers_key(f"queues:{worker}"))
-            pipe.execute()
-        if count:
-            logger.warning("Recovered %d message(s) held by dead worker %s.", count, worker)
-        return count
-
-    def _connected_broker_ids(self) -> set[str] | None:
-        """Broker ids with an open connection to Redis, or None when ``CLIENT LIST`` is refused."""
-        try:
-            clients = self.client.client_list()
-        except redis.ResponseError:
-            return None
-        return {
-            client["name"].removeprefix(CLIENT_NAME_PREFIX)
-            for client in clients
-            if client.get("name", "").startswith(CLIENT_NAME_PREFIX)
-        }
+        """Give back the messages of workers found dead (``fair_redis_liveness.py``); return how many."""
+        return self.liveness.recover_dead_workers()
 
     def _queue_prefix(self, queue_name: str) -> str:
         return limits.queue_prefix(self.namespace, queue_name)
@@ -604,30 +530,6 @@ def _closed_on_connection_error() -> Iterator[None]:
         yield
     except redis.ConnectionError as error:
         raise ConnectionClosed(error) from None
-
-
-class _Heartbeat(threading.Thread):
-    """Refreshes the broker's heartbeat and recovers dead workers' messages, on its own thread."""
-
-    def __init__(self, broker: FairRedisBroker) -> None:
-        super().__init__(name=f"fairway-heartbeat-{broker.broker_id[:8]}", daemon=True)
-        self.broker = broker
-        self.stopped = threading.Event()
-
-    def run(self) -> None:
-        while not self.stopped.is_set():
-            try:
-                self.broker.recover_dead_workers()
-            except redis.RedisError as error:
-                logger.warning("Heartbeat failed: %s", error)
-            except Exception:
-                # Whatever happens, keep beating: a silent live worker would be recovered twice.
-                logger.exception("Unexpected error in the heartbeat thread.")
-            self.stopped.wait(HEARTBEAT_INTERVAL)
-
-    def stop(self) -> None:
-        self.stopped.set()
-        self.join(timeout=5)
 
 
 def _named_client(client: redis.Redis, name: str) -> redis.Redis:
