@@ -10,8 +10,8 @@ from dramatiq import Message
 
 from dramatiq_fairway import setup
 from dramatiq_fairway.connections import state_store_client
+from dramatiq_fairway.demo.prime_tally import count_primes_between, tally_key
 from dramatiq_fairway.embedded import EmbeddedRedis
-from dramatiq_fairway.prime_tally import count_primes_between, tally_key
 from dramatiq_fairway.settings import Settings
 
 from .conftest import REDIS_URL

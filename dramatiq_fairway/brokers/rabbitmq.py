@@ -54,6 +54,7 @@ from ..connections import state_store_client
 from ..middlewares import dead_letters
 from ..priority import Priority
 from ..settings import Settings, load_settings
+from ..store.keys import rabbitmq_queues_key
 from .consumer import HoldsAtStart, decode_or_report, held_at_start, held_copy, hold_delay
 from .hooks import OverriddenHooks
 from .rabbitmq_pause import PausedSubscriptions
@@ -174,7 +175,7 @@ class FairwayRabbitmqBroker(HoldsAtStart, OverriddenHooks, RabbitmqBroker):
 
     @property
     def registry_key(self) -> str:
-        return f"{self.settings.namespace}:rabbitmq:queues"
+        return rabbitmq_queues_key(self.settings.namespace)
 
     def known_queues(self) -> list[str]:
         """Every queue declared on this namespace by any process (and by this one), sorted."""

@@ -9,8 +9,8 @@ from rich.console import Console
 from rich.table import Table
 
 from ..brokers import build_broker
-from ..controls import pause_queue, require_known, resume_queue
-from ..queues import UnsupportedBroker, queue_depths
+from ..ops.controls import pause_queue, require_known, resume_queue
+from ..ops.queues import UnsupportedBroker, queue_depths
 from ..settings import load_settings
 from .output import CommandError, emit, json_flag, whole_column
 

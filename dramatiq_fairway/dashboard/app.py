@@ -36,9 +36,10 @@ from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 
 from ..brokers import build_broker
-from ..controls import UnknownQueue, pause_queue, resume_queue
-from ..durations import parse_duration
 from ..errors import FairwayError
+from ..ops.controls import UnknownQueue, pause_queue, resume_queue
+from ..ops.durations import parse_duration
+from ..ops.summaries import live_workers, queue_summaries
 from ..priority import Priority
 from ..settings import Settings, load_settings, mask_url
 from ..setup import install
@@ -48,7 +49,6 @@ from ..store.status import JobStatusStore
 from ..store.workers import WorkerRegistry
 from .charts import Bar, trend_bars
 from .security import CSRF_COOKIE, CSRF_FIELD, BasicAuth, Csrf, SecurityHeaders, has_credentials
-from .sources import live_workers, queue_summaries
 from .throughput import MetricsWindow
 
 # The `fairway dlq list` flags, spelled as on the command line.

@@ -22,9 +22,10 @@ from dramatiq import Broker, Middleware
 from dramatiq.broker import MessageProxy
 from pydantic import BaseModel
 
-from .connections import state_store_client
-from .priority import Priority
-from .settings import Settings, load_settings
+from ..connections import state_store_client
+from ..priority import Priority
+from ..settings import Settings, load_settings
+from ..store.keys import demo_breakers_key, demo_finished_key
 
 LEDGER_TTL = 3600
 
@@ -43,14 +44,6 @@ class BreakerTransition(BaseModel):
     from_state: str
     to_state: str
     at: datetime
-
-
-def finished_key(namespace: str) -> str:
-    return f"{namespace}:demo:finished"
-
-
-def breakers_key(namespace: str) -> str:
-    return f"{namespace}:demo:breakers"
 
 
 def ready_at(options: dict[str, Any], enqueued_ms: int) -> float:
@@ -103,7 +96,7 @@ class DemoLedger(Middleware):
             wait_s=max(0.0, started - ready_at(options, message.message_timestamp)),
             retried_for=[str(attempt["classification"]) for attempt in options.get("attempt_history", [])],
         )
-        _append(self.client, finished_key(self.settings.namespace), entry)
+        _append(self.client, demo_finished_key(self.settings.namespace), entry)
 
     def after_skip_message(self, broker: Broker, message: MessageProxy) -> None:  # noqa: ARG002 (hook signature)
         with self._lock:
@@ -129,6 +122,6 @@ class BreakerTransitions(logging.Handler):
             at=datetime.fromtimestamp(record.created, UTC),
         )
         try:
-            _append(self.client, breakers_key(self.settings.namespace), entry)
+            _append(self.client, demo_breakers_key(self.settings.namespace), entry)
         except redis.RedisError:
             self.handleError(record)
