@@ -199,3 +199,10 @@ def test_a_paused_backlog_is_shown_as_held_and_not_republished_until_resume(
     wait_for(lambda: len(done) == count + 1, timeout=20)
     assert sorted(done) == list(range(count + 1))
     assert sum(row.held for row in queue_depths(broker, settings, [queue_name])) == 0
+
+
+def test_queue_depths_keeps_its_documented_path() -> None:
+    # docs/fairness.md names dramatiq_fairway.queues.queue_depths; the API moved to ops/.
+    from dramatiq_fairway import queues
+
+    assert queues.queue_depths is queue_depths

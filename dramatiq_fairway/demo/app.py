@@ -1,6 +1,6 @@
 """The worker module of ``fairway demo``: ``dramatiq dramatiq_fairway.demo.app``.
 
-All the domain actors on the fairway stack, with the demo's ledger (:mod:`.demo_ledger`) recording
+All the domain actors on the fairway stack, with the demo's ledger (:mod:`.ledger`) recording
 every finished job and every breaker transition for the demo's summary.
 """
 

@@ -1,4 +1,4 @@
-"""The ledger ``fairway demo`` reads its summary from, written by its workers (:mod:`.demo_app`).
+"""The ledger ``fairway demo`` reads its summary from, written by its workers (:mod:`.app`).
 
 One JSON entry per finished job (tenant, level, how long it waited, the failures it was retried
 for) and one per breaker transition, in the state store under the demo run's own namespace:
