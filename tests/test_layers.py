@@ -9,9 +9,10 @@ Layers, lowest first (docs/design.md, "Layers and import direction"):
     setup        setup, the package's public face (__init__), ops/ (what needs a broker to answer)
     apps         cli/, dashboard/, actors/, demo/
 
-Within the apps layer the dashboard never imports the CLI. Every import counts, including
-function-level and ``TYPE_CHECKING`` ones: a lazy import against the direction still ties a
-lower layer to a higher one. The test parses the source with ``ast`` (nothing is imported).
+Within the apps layer the dashboard never imports the CLI, and neither imports the brokers (they
+open them through ops/). Every import counts, including function-level and ``TYPE_CHECKING``
+ones: a lazy import against the direction still ties a lower layer to a higher one. The test
+parses the source with ``ast`` (nothing is imported).
 """
 
 from __future__ import annotations
@@ -41,6 +42,8 @@ RANK = {name: rank for rank, layer in enumerate(LAYERS.values()) for name in lay
 # Imports that are forbidden although they go down (or sideways) the layers.
 FORBIDDEN: list[tuple[str, str, str]] = [
     ("dashboard", "cli", "the dashboard never imports the CLI: shared code belongs below both"),
+    ("cli", "brokers", "the CLI reaches the brokers through ops/"),
+    ("dashboard", "brokers", "the dashboard reaches the brokers through ops/"),
 ]
 
 # Known violations, (importing module, imported module), to be moved (issue #19). Empty this list

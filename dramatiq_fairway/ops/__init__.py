@@ -1,5 +1,6 @@
 """The operator API the CLI and the dashboard share: the only way they reach the brokers' servers.
 
+- :mod:`.broker`: the broker they open from the settings;
 - :mod:`.queues`: queue depths per queue, level and tenant;
 - :mod:`.controls`: pause and resume a queue;
 - :mod:`.summaries`: the dashboard's queue and worker listings;
