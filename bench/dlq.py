@@ -48,7 +48,7 @@ import redis
 from rich.console import Console
 from rich.table import Table
 
-from dramatiq_fairway.fingerprint import fingerprint
+from dramatiq_fairway.failures.fingerprint import fingerprint
 from dramatiq_fairway.settings import Settings
 from dramatiq_fairway.store.dead_letters import DeadLetter, DeadLetterFilter, DeadLetterStore
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 from importlib.metadata import PackageNotFoundError, version
 
 from .connections import state_store_client
-from .controls import QueuePause, pause_queue, paused_queues, resume_queue
 from .errors import (
     BreakerOpen,
     Cancelled,
@@ -21,8 +20,10 @@ from .middlewares.breaker import CircuitBreaker
 from .middlewares.dead_letters import DeadLetters
 from .middlewares.fairness import FairPriority
 from .middlewares.metrics import Metrics
+from .middlewares.pause import QueuePause
 from .middlewares.retries import ClassifiedRetries
 from .middlewares.status import JobStatus, progress
+from .ops.controls import pause_queue, paused_queues, resume_queue
 from .priority import Priority
 from .settings import Settings, load_settings
 from .setup import install, setup

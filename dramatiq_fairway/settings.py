@@ -147,7 +147,7 @@ class DlqSettings(_Section):
     retention_days: float = Field(30, gt=0)
     max_records: int = Field(1_000_000, ge=1)
     redact: list[str] = list(SECRET_WORDS)
-    # Regexes whose matches are redacted wherever they occur (dramatiq_fairway/redaction_rules.py).
+    # Regexes whose matches are redacted wherever they occur (dramatiq_fairway/failures/redaction_rules.py).
     redact_patterns: list[str] = []
 
     @field_validator("redact_patterns")

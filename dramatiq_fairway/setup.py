@@ -33,7 +33,6 @@ from dramatiq import Broker, Middleware
 from dramatiq.middleware import AsyncIO, Retries
 
 from .brokers import build_broker
-from .controls import QueuePause
 from .errors import ConfigError
 from .middlewares.asyncio import ContextAsyncIO
 from .middlewares.breaker import CircuitBreaker
@@ -43,6 +42,7 @@ from .middlewares.limits import TenantLimiter
 from .middlewares.logs import JobLogContext
 from .middlewares.message_size import MessageSize
 from .middlewares.metrics import Metrics
+from .middlewares.pause import QueuePause
 from .middlewares.retries import ClassifiedRetries
 from .middlewares.status import JobStatus
 from .middlewares.workers import WorkerHeartbeats

@@ -21,7 +21,7 @@ from PIL import Image
 
 # Sets up the broker from the FAIRWAY_* settings and declares every domain actor.
 from dramatiq_fairway.actors import photos
-from dramatiq_fairway.demo import make_photos
+from dramatiq_fairway.demo.run import make_photos
 
 OWNERS = ("alice", "bob")
 PHOTOS = 6

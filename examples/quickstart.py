@@ -2,10 +2,10 @@
 
 Run a worker, then the producer (both read the ``FAIRWAY_*`` settings; the embedded Redis by default)::
 
-    dramatiq examples.quickstart          # or: dramatiq dramatiq_fairway.quickstart
+    dramatiq examples.quickstart          # or: dramatiq dramatiq_fairway.demo.quickstart
     python examples/quickstart.py         # sends 20 jobs, waits, prints the count
 
-The app itself lives in the package (``dramatiq_fairway.quickstart``) so that ``fairway demo``
+The app itself lives in the package (``dramatiq_fairway.demo.quickstart``) so that ``fairway demo``
 works from any directory after ``pip install``.
 """
 
@@ -14,7 +14,7 @@ from __future__ import annotations
 import time
 import uuid
 
-from dramatiq_fairway.quickstart import broker, count_primes, settings, state_store, tally_key
+from dramatiq_fairway.demo.quickstart import broker, count_primes, settings, state_store, tally_key
 
 __all__ = ["broker", "count_primes"]
 

@@ -13,8 +13,8 @@ import redis
 from dramatiq import Broker, Worker
 
 from dramatiq_fairway.actors import fl
-from dramatiq_fairway.classify import qualified_name
 from dramatiq_fairway.errors import PermanentError
+from dramatiq_fairway.failures.classify import qualified_name
 
 from .conftest import REDIS_URL
 from .helpers import wait_for

@@ -20,9 +20,9 @@ from dramatiq.brokers.stub import StubBroker
 from pydantic import SecretStr
 
 from dramatiq_fairway.actors import papers
-from dramatiq_fairway.classify import qualified_name
-from dramatiq_fairway.demo_scholar import ScholarStandIn
+from dramatiq_fairway.demo.scholar import ScholarStandIn
 from dramatiq_fairway.errors import PermanentError, RateLimited, TransientError
+from dramatiq_fairway.failures.classify import qualified_name
 from dramatiq_fairway.priority import Priority
 from dramatiq_fairway.store.breakers import RedisBreakerStore
 

@@ -8,7 +8,7 @@ import statistics
 import pytest
 from freezegun import freeze_time
 
-from dramatiq_fairway.backoff import BACKOFF_STRATEGIES, DEFAULT_BACKOFF, compute_backoff, parse_retry_after
+from dramatiq_fairway.failures.backoff import BACKOFF_STRATEGIES, DEFAULT_BACKOFF, compute_backoff, parse_retry_after
 
 DRAWS = 2000
 LOW, HIGH = 100, 60_000

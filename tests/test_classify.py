@@ -20,13 +20,6 @@ from dramatiq.middleware import Shutdown
 from dramatiq.middleware.time_limit import TimeLimitExceeded
 from freezegun import freeze_time
 
-from dramatiq_fairway.classify import (
-    BUILTIN_RULES,
-    TRANSIENT_ERRNOS,
-    Classification,
-    ErrorClassifier,
-    resolve_exception_type,
-)
 from dramatiq_fairway.errors import (
     BreakerOpen,
     Cancelled,
@@ -37,6 +30,13 @@ from dramatiq_fairway.errors import (
     RateLimited,
     SoftTimeLimitExceeded,
     TransientError,
+)
+from dramatiq_fairway.failures.classify import (
+    BUILTIN_RULES,
+    TRANSIENT_ERRNOS,
+    Classification,
+    ErrorClassifier,
+    resolve_exception_type,
 )
 from dramatiq_fairway.settings import RetrySettings, Settings, load_settings
 

@@ -15,9 +15,9 @@ from rich.console import Console
 from dramatiq_fairway.cli import demo as demo_cli
 from dramatiq_fairway.cli import dlq as dlq_cli
 from dramatiq_fairway.cli import main
-from dramatiq_fairway.demo import DeadLetterGroup, DemoSummary, tenant_rows
-from dramatiq_fairway.demo_ledger import FinishedJob
-from dramatiq_fairway.fingerprint import fingerprint
+from dramatiq_fairway.demo.ledger import FinishedJob
+from dramatiq_fairway.demo.run import DeadLetterGroup, DemoSummary, tenant_rows
+from dramatiq_fairway.failures.fingerprint import fingerprint
 from dramatiq_fairway.priority import Priority
 from dramatiq_fairway.settings import Settings
 from dramatiq_fairway.store.dead_letters import DeadLetter, DeadLetterStore

@@ -23,17 +23,11 @@ from dramatiq.brokers.stub import StubBroker
 from dramatiq_fairway.brokers.fair_redis import FairRedisBroker
 from dramatiq_fairway.cli import main
 from dramatiq_fairway.cli import queues as queues_cli
-from dramatiq_fairway.controls import (
-    CACHE_SECONDS,
-    PausedQueues,
-    QueuePause,
-    UnknownQueue,
-    pause_queue,
-    paused_queues,
-    resume_queue,
-)
-from dramatiq_fairway.queues import queue_depths
+from dramatiq_fairway.middlewares.pause import CACHE_SECONDS, QueuePause
+from dramatiq_fairway.ops.controls import UnknownQueue, pause_queue, paused_queues, resume_queue
+from dramatiq_fairway.ops.queues import queue_depths
 from dramatiq_fairway.settings import Settings
+from dramatiq_fairway.store.pauses import PausedQueues
 
 from .helpers import settings_env, wait_for
 
@@ -214,3 +208,10 @@ def wait_for_workers_to_see_the_pause(broker: Broker, queue_name: str) -> None:
         return
     pause = next(m for m in broker.middleware if isinstance(m, QueuePause))
     wait_for(lambda: pause.is_paused(broker, queue_name), timeout=CACHE_SECONDS + 2)
+
+
+def test_queue_depths_keeps_its_documented_path() -> None:
+    # docs/fairness.md names dramatiq_fairway.queues.queue_depths; the API moved to ops/.
+    from dramatiq_fairway import queues
+
+    assert queues.queue_depths is queue_depths

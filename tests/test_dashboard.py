@@ -29,12 +29,12 @@ from dramatiq_fairway.cli import dlq as dlq_cli
 from dramatiq_fairway.cli import jobs as jobs_cli
 from dramatiq_fairway.cli import queues as queues_cli
 from dramatiq_fairway.cli.output import CommandError
-from dramatiq_fairway.controls import paused_queues
 from dramatiq_fairway.dashboard import app as dashboard_app
 from dramatiq_fairway.dashboard.charts import trend_bars
 from dramatiq_fairway.dashboard.security import check_bind
 from dramatiq_fairway.dashboard.throughput import MetricsWindow, parse, quantile
 from dramatiq_fairway.errors import ConfigError, TransientError
+from dramatiq_fairway.ops.controls import paused_queues
 from dramatiq_fairway.priority import Priority
 from dramatiq_fairway.settings import DashboardSettings, Settings
 from dramatiq_fairway.setup import install

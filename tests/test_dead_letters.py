@@ -25,9 +25,9 @@ from dramatiq.middleware import SkipMessage
 
 from dramatiq_fairway.connections import rabbitmq_parameters
 from dramatiq_fairway.errors import BreakerOpen, MessageTooLarge, PermanentError
+from dramatiq_fairway.failures.redaction_rules import placeholder
 from dramatiq_fairway.middlewares.dead_letters import DeadLetters
 from dramatiq_fairway.priority import Priority
-from dramatiq_fairway.redaction_rules import placeholder
 from dramatiq_fairway.settings import Settings
 from dramatiq_fairway.store.dead_letters import DeadLetter, DeadLetterFilter, DeadLetterStore, RedactedRecords
 

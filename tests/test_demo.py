@@ -17,9 +17,9 @@ from rich.console import Console
 
 from dramatiq_fairway.actors import papers, photos
 from dramatiq_fairway.cli import demo as demo_cli
-from dramatiq_fairway.demo import MIN_JOBS, PHOTO_OWNERS, DeadLetterGroup, DemoSummary, TenantSummary, make_photos
-from dramatiq_fairway.demo_ledger import BreakerTransition, ready_at
-from dramatiq_fairway.demo_scholar import ScholarStandIn
+from dramatiq_fairway.demo.ledger import BreakerTransition, ready_at
+from dramatiq_fairway.demo.run import MIN_JOBS, PHOTO_OWNERS, DeadLetterGroup, DemoSummary, TenantSummary, make_photos
+from dramatiq_fairway.demo.scholar import ScholarStandIn
 from dramatiq_fairway.embedded import EmbeddedRedis
 from dramatiq_fairway.errors import RateLimited, TransientError
 from dramatiq_fairway.priority import Priority

@@ -7,12 +7,12 @@ import sys
 import textwrap
 from pathlib import Path
 
-from dramatiq_fairway.fingerprint import fingerprint, innermost_user_frame, normalise_message
+from dramatiq_fairway.failures.fingerprint import fingerprint, innermost_user_frame, normalise_message
 
 BUGGY = textwrap.dedent(
     """
     import sys, traceback
-    from dramatiq_fairway.fingerprint import fingerprint
+    from dramatiq_fairway.failures.fingerprint import fingerprint
 
     def lookup(user_id):
         raise KeyError(f"user {user_id} not found in 'shard-{user_id}' at 0x{user_id:08x}")

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import uuid
 from pathlib import Path
 
@@ -10,8 +13,8 @@ from dramatiq import Message
 
 from dramatiq_fairway import setup
 from dramatiq_fairway.connections import state_store_client
+from dramatiq_fairway.demo.prime_tally import count_primes_between, tally_key
 from dramatiq_fairway.embedded import EmbeddedRedis
-from dramatiq_fairway.prime_tally import count_primes_between, tally_key
 from dramatiq_fairway.settings import Settings
 
 from .conftest import REDIS_URL
@@ -25,15 +28,27 @@ def test_count_primes_between_matches_known_values() -> None:
     assert count_primes_between(0, 2) == 0
 
 
-@pytest.mark.parametrize("kind", ["redis", "rabbitmq", "embedded"])
-def test_dramatiq_command_runs_the_quickstart(kind: str, namespace: str, short_tmp: Path, tmp_path: Path) -> None:
+# dramatiq_fairway.quickstart: the app's old path, which users may start, kept as an alias.
+@pytest.mark.parametrize(
+    ("kind", "app"),
+    [
+        ("redis", "examples.quickstart"),
+        ("rabbitmq", "examples.quickstart"),
+        ("embedded", "examples.quickstart"),
+        ("redis", "dramatiq_fairway.demo.quickstart"),
+        ("redis", "dramatiq_fairway.quickstart"),
+    ],
+)
+def test_dramatiq_command_runs_the_quickstart(
+    kind: str, app: str, namespace: str, short_tmp: Path, tmp_path: Path
+) -> None:
     state_url = None if kind == "embedded" else REDIS_URL
     settings = Settings(broker=kind, namespace=namespace, data_dir=short_tmp, state_url=state_url)  # type: ignore[arg-type]
     broker = setup(settings)
     store = state_store_client(settings)
     run_id = uuid.uuid4().hex
     try:
-        with dramatiq_command("examples.quickstart", settings_env(settings), threads=2, log_file=tmp_path / "w.log"):
+        with dramatiq_command(app, settings_env(settings), threads=2, log_file=tmp_path / "w.log"):
             for job in range(10):
                 broker.enqueue(
                     Message(
@@ -51,3 +66,16 @@ def test_dramatiq_command_runs_the_quickstart(kind: str, namespace: str, short_t
         broker.close()
         if kind == "embedded":
             EmbeddedRedis(short_tmp).stop()
+
+
+def test_the_quickstart_keeps_its_old_module_path(namespace: str, short_tmp: Path) -> None:
+    # In a process of its own: importing the app sets up the global broker.
+    settings = Settings(broker="redis", namespace=namespace, data_dir=short_tmp, state_url=REDIS_URL)  # type: ignore[arg-type]
+    probe = (
+        "import dramatiq_fairway.quickstart as old, dramatiq_fairway.demo.quickstart as new; "
+        "assert old.count_primes is new.count_primes and old.broker is new.broker"
+    )
+    env = {**os.environ, **settings_env(settings)}
+    command = [sys.executable, "-c", probe]
+    result = subprocess.run(command, check=False, env=env, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr

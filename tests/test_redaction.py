@@ -6,8 +6,8 @@ from typing import Any
 
 import pytest
 
-from dramatiq_fairway.redaction import Redactor
-from dramatiq_fairway.redaction_rules import placeholder
+from dramatiq_fairway.failures.redaction import Redactor
+from dramatiq_fairway.failures.redaction_rules import placeholder
 from dramatiq_fairway.settings import SECRET_WORDS
 
 

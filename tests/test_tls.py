@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from dramatiq_fairway import setup
-from dramatiq_fairway.diagnostics import check
+from dramatiq_fairway.ops.diagnostics import check
 from dramatiq_fairway.settings import Settings, TlsSettings
 
 from .conftest import REDIS_URL

@@ -20,10 +20,11 @@ from dramatiq.common import q_name
 from periodiq import cron
 
 from ..connections import state_store_client
-from ..diagnostics import check
 from ..middlewares.queue_depth import queue_depth_by_level
+from ..ops.diagnostics import check
 from ..settings import load_settings
 from ..store.dead_letters import purge_expired
+from ..store.keys import depth_sample_key, periodic_tick_key
 
 logger = logging.getLogger(__name__)
 
@@ -38,7 +39,7 @@ def claim_tick(name: str, period: int, now: float | None = None) -> bool:
     """True for the first caller of the current ``period``-second tick of job ``name``."""
     settings = load_settings()
     tick = int((time.time() if now is None else now) // period)
-    key = f"{settings.namespace}:periodic:{name}:{tick}"
+    key = periodic_tick_key(settings.namespace, name, tick)
     return bool(state_store_client(settings).set(key, "1", nx=True, ex=_CLAIM_TTL))
 
 
@@ -74,7 +75,7 @@ def sample_queue_metrics() -> dict[str, int] | None:
         for level, depth in queue_depth_by_level(broker, queue)
     }
     settings = load_settings()
-    key = f"{settings.namespace}:metrics:depth:{int(now // 60)}"
+    key = depth_sample_key(settings.namespace, int(now // 60))
     if sample:
         with state_store_client(settings).pipeline(transaction=True) as pipe:
             pipe.hset(key, mapping=sample)  # type: ignore[arg-type]

@@ -55,6 +55,7 @@ from ..middlewares import dead_letters
 from ..middlewares.queue_depth import passive_ready_count
 from ..priority import Priority, level_of
 from ..settings import Settings, load_settings
+from ..store.keys import rabbitmq_queues_key
 from ..tenants import tenant_of
 from .delivery import HoldsAtStart, decode_or_report, held_at_start, held_copy, hold_delay
 from .hooks import OverriddenHooks
@@ -169,7 +170,7 @@ class FairRabbitmqBroker(HoldsAtStart, OverriddenHooks, RabbitmqBroker):
 
     @property
     def registry_key(self) -> str:
-        return f"{self.settings.namespace}:rabbitmq:queues"
+        return rabbitmq_queues_key(self.settings.namespace)
 
     def known_queues(self) -> list[str]:
         """Every queue declared on this namespace by any process (and by this one), sorted."""

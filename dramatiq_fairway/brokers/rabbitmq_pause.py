@@ -3,8 +3,8 @@
 Holding each message of a paused queue back on the delay queue (as a breaker or a limit does)
 would re-publish every message about once a second for as long as the pause lasts, and hide the
 backlog: a message waiting on the delay queue is delivered to a worker and unacked, so AMQP
-counts it nowhere. Instead, once the consumer sees its queue paused (within
-``controls.CACHE_SECONDS``), it cancels its subscriptions and puts back what it was delivered and
+counts it nowhere. Instead, once the consumer sees its queue paused (within ``CACHE_SECONDS`` of
+``middlewares/pause.py``), it cancels its subscriptions and puts back what it was delivered and
 had not handed out; the messages stay ready on their AMQP queues (``fairway queues`` shows them as
 ``held``) until ``resume``, when it subscribes again. Only messages picked in the moment before the
 consumer notices are held back once, through ``QueuePause.hold``.
@@ -18,7 +18,7 @@ from typing import Any
 
 from dramatiq import Broker
 
-from ..controls import QueuePause
+from ..middlewares.pause import QueuePause
 from .rabbitmq_picker import Picker
 
 # Seconds between two looks at the pause flag (QueuePause caches it for CACHE_SECONDS anyway).

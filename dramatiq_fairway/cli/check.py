@@ -8,8 +8,8 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from ..diagnostics import CheckReport, check
 from ..embedded import stop_started_here
+from ..ops.diagnostics import CheckReport, check
 from ..settings import load_settings
 from .output import CommandError, emit, json_flag
 

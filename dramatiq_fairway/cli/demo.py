@@ -35,7 +35,7 @@ def run(args: argparse.Namespace) -> None:
     # The demo runs the domain actors: numpy, Pillow and pypdf come with the `actors` extra, which
     # every other verb does without.
     try:
-        from ..demo import DEFAULT_JOBS, MIN_JOBS, DemoProgress, run_demo
+        from ..demo.run import DEFAULT_JOBS, MIN_JOBS, DemoProgress, run_demo
     except ImportError as error:
         raise CommandError(
             f"demo: the domain actors need {error.name!r}: pip install 'dramatiq-fairway[actors]'"

@@ -12,7 +12,7 @@ from typing import Any, get_args
 from rich.console import Console
 from rich.table import Table
 
-from .. import durations
+from ..ops import durations
 from ..priority import Priority
 from ..settings import load_settings
 from ..store.dead_letters import DIMENSIONS, DeadLetterFilter, DeadLetterStore, Reason

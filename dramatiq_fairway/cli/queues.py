@@ -8,9 +8,9 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from ..brokers import build_broker
-from ..controls import pause_queue, require_known, resume_queue
-from ..queues import UnsupportedBroker, queue_depths
+from ..ops.broker import open_broker
+from ..ops.controls import pause_queue, require_known, resume_queue
+from ..ops.queues import UnsupportedBroker, queue_depths
 from ..settings import load_settings
 from .output import CommandError, emit, json_flag, whole_column
 
@@ -36,7 +36,7 @@ def register(subparsers: Any) -> None:
 
 def show_queues(args: argparse.Namespace) -> None:
     settings = load_settings()
-    broker = build_broker(settings)
+    broker = open_broker(settings)
     try:
         require_known(broker, args.queues, settings)
         rows = [row.model_dump() for row in queue_depths(broker, settings, args.queues)]
@@ -67,7 +67,7 @@ def resume(args: argparse.Namespace) -> None:
 
 def _switch(args: argparse.Namespace, *, paused: bool) -> None:
     settings = load_settings()
-    broker = build_broker(settings)
+    broker = open_broker(settings)
     try:
         if paused:
             changed = pause_queue(broker, args.queue, settings, create=args.create)

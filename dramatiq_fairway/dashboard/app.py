@@ -35,20 +35,19 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 
-from ..brokers import build_broker
-from ..controls import UnknownQueue, pause_queue, resume_queue
-from ..durations import parse_duration
 from ..errors import FairwayError
+from ..ops.broker import open_stacked_broker
+from ..ops.controls import UnknownQueue, pause_queue, resume_queue
+from ..ops.durations import parse_duration
+from ..ops.summaries import live_workers, queue_summaries
 from ..priority import Priority
 from ..settings import Settings, load_settings, mask_url
-from ..setup import install
 from ..store.breakers import RedisBreakerStore
 from ..store.dead_letters import DeadLetter, DeadLetterFilter, DeadLetterStats, DeadLetterStore, Reason, RedactedRecords
 from ..store.status import JobStatusStore
 from ..store.workers import WorkerRegistry
 from .charts import Bar, trend_bars
 from .security import CSRF_COOKIE, CSRF_FIELD, BasicAuth, Csrf, SecurityHeaders, has_credentials
-from .sources import live_workers, queue_summaries
 from .throughput import MetricsWindow
 
 # The `fairway dlq list` flags, spelled as on the command line.
@@ -138,7 +137,7 @@ class Dashboard:
         with self._broker_lock:
             if self._broker is None:
                 # The full stack, as `fairway dlq requeue` has it: status, fairness checks at enqueue.
-                self._broker = install(build_broker(self.settings), self.settings)
+                self._broker = open_stacked_broker(self.settings)
             return self._broker
 
     @contextlib.asynccontextmanager

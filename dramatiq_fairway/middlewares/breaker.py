@@ -60,8 +60,8 @@ from dramatiq.logging import get_logger
 from dramatiq.message import Message
 from dramatiq.middleware import MiddlewareError
 
-from ..classify import ErrorClassifier
 from ..errors import PermanentError
+from ..failures.classify import ErrorClassifier
 from ..outage import OutageWarning
 from ..settings import BreakerPolicy, Settings, load_settings
 from ..store.breakers import (

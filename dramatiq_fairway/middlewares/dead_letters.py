@@ -3,7 +3,7 @@
 Records are written in ``before_nack``, the one hook every failed message passes through,
 including messages for an actor this worker does not know (those never reach the processing
 hooks). They are keyed by message id, so a redelivered message is recorded once. Secrets are
-redacted (:mod:`dramatiq_fairway.redaction`) before anything is stored or logged: the arguments,
+redacted (:mod:`dramatiq_fairway.failures.redaction`) before anything is stored or logged: the arguments,
 the options (the error texts ClassifiedRetries carries in them included), the raw body, the error
 message and traceback, and the worker's log lines about the message with their tracebacks.
 
@@ -49,11 +49,11 @@ from dramatiq.common import q_name
 from dramatiq.errors import ActorNotFound
 from dramatiq.middleware import MiddlewareError
 
-from ..classify import qualified_name
 from ..errors import BreakerOpen, MessageTooLarge, PermanentError
-from ..fingerprint import fingerprint
+from ..failures.classify import qualified_name
+from ..failures.fingerprint import fingerprint
+from ..failures.redaction import Redacted, Redactor
 from ..priority import Priority
-from ..redaction import Redacted, Redactor
 from ..settings import Settings, load_settings
 from ..store.dead_letters import DeadLetter, DeadLetterStore, Reason
 from ..tenants import tenant_of

@@ -45,6 +45,7 @@ from ..connections import state_store_client
 from ..errors import QueueFull
 from ..priority import Priority
 from ..settings import Settings, load_settings
+from ..store.keys import fairness_queued_key
 from ..tenants import DEFAULT_TENANT, tenant_of
 
 logger = logging.getLogger(__name__)
@@ -148,7 +149,7 @@ class FairPriority(Middleware):
             logger.warning("Queued count of message %s not released: %s", message.message_id, error)
 
     def _queued_key(self, message: Message[Any] | MessageProxy, tenant: str) -> str:
-        return f"{self.settings.namespace}:fairness:queued:{q_name(message.queue_name)}:{tenant}"
+        return fairness_queued_key(self.settings.namespace, q_name(message.queue_name), tenant)
 
     def _state_client(self) -> redis.Redis:
         if self._state is None:

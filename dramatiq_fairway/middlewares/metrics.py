@@ -29,8 +29,8 @@ from dramatiq.errors import ActorNotFound
 from dramatiq.logging import get_logger
 from dramatiq.middleware import Shutdown
 
-from ..classify import qualified_name
 from ..errors import Cancelled
+from ..failures.classify import qualified_name
 from ..priority import level_of
 from ..settings import Settings, load_settings
 from ..tenants import tenant_of

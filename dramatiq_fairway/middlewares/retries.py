@@ -1,7 +1,7 @@
 """ClassifiedRetries: Dramatiq's ``Retries``, but each failure is classified before it is retried.
 
 It replaces ``dramatiq.middleware.Retries`` (never beside it: ``setup()`` removes the stock one).
-Every failure goes through :class:`~dramatiq_fairway.classify.ErrorClassifier`, whose order is:
+Every failure goes through :class:`~dramatiq_fairway.failures.classify.ErrorClassifier`, whose order is:
 interrupts, marker exceptions, ``dont_retry_for``/``retry_for``, registered rules, built-in type
 rules, HTTP status, message patterns, the ``__cause__``, else ``unknown``. Then:
 
@@ -27,7 +27,7 @@ Options written on the message (the dead-letter store and status tracking read t
 :data:`HISTORY_LENGTH` failed runs: ``attempt``, ``classification``, ``error_type``,
 ``error_message``, ``at``, ``delay``), ``failure_reason`` (``permanent`` or
 ``retries_exhausted``, once failed), ``retry_delay`` (last delay, ms) and ``rate_limit_until``
-(epoch ms). The error texts are redacted as dead-letter records are (:mod:`dramatiq_fairway.redaction`:
+(epoch ms). The error texts are redacted as dead-letter records are (:mod:`dramatiq_fairway.failures.redaction`:
 the message's own secret arguments and whatever a value rule finds), since the options travel with
 the retried message and end up in its record, its log lines and the dashboard.
 """
@@ -48,16 +48,16 @@ from dramatiq.errors import Retry
 from dramatiq.logging import get_logger
 from dramatiq.middleware import MiddlewareError, Shutdown
 
-from ..backoff import (
+from ..errors import Cancelled
+from ..failures.backoff import (
     BACKOFF_STRATEGIES,
     DEFAULT_BACKOFF,
     DEFAULT_MAX_BACKOFF,
     DEFAULT_MIN_BACKOFF,
     compute_backoff,
 )
-from ..classify import Classification, ClassificationResult, ErrorClassifier, qualified_name
-from ..errors import Cancelled
-from ..redaction import Redactor
+from ..failures.classify import Classification, ClassificationResult, ErrorClassifier, qualified_name
+from ..failures.redaction import Redactor
 from ..settings import Settings, load_settings
 
 HISTORY_LENGTH = 10

@@ -1,6 +1,6 @@
 """The quickstart's work, free of side effects: counting primes in a range, and where a run's tally lives.
 
-``dramatiq_fairway.quickstart`` (the app) sets up a broker when imported; tests and tools that only
+``dramatiq_fairway.demo.quickstart`` (the app) sets up a broker when imported; tests and tools that only
 need these import this module.
 """
 
@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import math
 
-from .settings import Settings
+from ..settings import Settings
+from ..store.keys import quickstart_tally_key
 
 TALLY_TTL = 86_400
 
@@ -26,4 +27,4 @@ def count_primes_between(low: int, high: int) -> int:
 
 
 def tally_key(settings: Settings, run_id: str) -> str:
-    return f"{settings.namespace}:quickstart:{run_id}"
+    return quickstart_tally_key(settings.namespace, run_id)

@@ -1,6 +1,6 @@
-"""The worker module of ``fairway demo``: ``dramatiq dramatiq_fairway.demo_app``.
+"""The worker module of ``fairway demo``: ``dramatiq dramatiq_fairway.demo.app``.
 
-All the domain actors on the fairway stack, with the demo's ledger (:mod:`.demo_ledger`) recording
+All the domain actors on the fairway stack, with the demo's ledger (:mod:`.ledger`) recording
 every finished job and every breaker transition for the demo's summary.
 """
 
@@ -10,9 +10,9 @@ import logging
 
 from periodiq import PeriodiqMiddleware
 
-from .demo_ledger import BreakerTransitions, DemoLedger
-from .settings import load_settings
-from .setup import setup
+from ..settings import load_settings
+from ..setup import setup
+from .ledger import BreakerTransitions, DemoLedger
 
 settings = load_settings()
 broker = setup(settings, middleware=[PeriodiqMiddleware(), DemoLedger(settings)])
@@ -22,6 +22,6 @@ _breaker_logger.addHandler(BreakerTransitions(settings))
 _breaker_logger.setLevel(logging.INFO)
 
 # Imported last: the actors bind to the broker set up above.
-from .actors import fl, papers, photos  # noqa: E402
+from ..actors import fl, papers, photos  # noqa: E402
 
 __all__ = ["broker", "fl", "papers", "photos"]

@@ -5,7 +5,7 @@ Two kinds of rule. By key name: a key is secret when its name, lower-cased with 
 api_key, authorization, cookie); its whole value becomes ``[redacted:<word>]``. Positional
 arguments are first bound to the actor's signature, so ``login("ann", "hunter2")`` for
 ``def login(user, password)`` has its second argument redacted too. By value: the rules of
-:mod:`dramatiq_fairway.redaction_rules` (card numbers, JWTs, ...) and ``FAIRWAY_DLQ__REDACT_PATTERNS``
+:mod:`dramatiq_fairway.failures.redaction_rules` (card numbers, JWTs, ...) and ``FAIRWAY_DLQ__REDACT_PATTERNS``
 redact what they match inside any string, whatever its key (``[redacted:card]``). Dicts and lists
 are walked to any depth; the same rules apply to args, kwargs, options and the raw message body.
 
@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 from .redaction_rules import BUILT_IN_RULES, ValueRule, placeholder, redact_text, user_rules
 
 if TYPE_CHECKING:
-    from .settings import Settings
+    from ..settings import Settings
 
 # Values shorter than this are not scrubbed out of free text: replacing every "1" or "no" in a
 # traceback would destroy it and protect nothing.

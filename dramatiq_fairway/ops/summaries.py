@@ -1,8 +1,9 @@
 """What the dashboard shows about queues and workers, read through the brokers' Python API.
 
-This module is the one place to swap when ``fairway queues`` / ``fairway workers`` gain a shared
-listing API (RabbitMQ counters per level and tenant, worker listings on both brokers): the pages
-only use :func:`queue_summaries` and :func:`live_workers`.
+The dashboard reaches the brokers only through ``ops/``; this module is the one place to swap when
+``fairway queues`` / ``fairway workers`` gain a shared listing API (RabbitMQ counters per level and
+tenant, worker listings on both brokers): the pages only use :func:`queue_summaries` and
+:func:`live_workers`.
 
 Today:
 
@@ -32,10 +33,10 @@ from dramatiq.brokers.rabbitmq import RabbitmqBroker
 from dramatiq.common import dq_name, q_name
 
 from ..brokers.fair_redis import FairRedisBroker
-from ..controls import paused_queues
 from ..settings import Settings
 from ..store.dead_letters import DeadLetterStore
 from ..store.workers import WorkerRegistry
+from .controls import paused_queues
 
 ALL = "all"
 T = TypeVar("T")

@@ -1,6 +1,6 @@
 """``fairway demo``: the domain actors end to end on the configured broker, with things going wrong.
 
-:func:`run_demo` starts a real ``dramatiq`` worker on :mod:`dramatiq_fairway.demo_app` (a module
+:func:`run_demo` starts a real ``dramatiq`` worker on :mod:`dramatiq_fairway.demo.app` (a module
 inside the package, so it works from any directory) and sends a mix of jobs:
 
 - a federated round (queue ``fl``, tenant ``hospital-lab``): CRITICAL health checks, five clients
@@ -44,17 +44,18 @@ from PIL import Image, ImageDraw, ImageFilter
 from PIL.ExifTags import Base
 from pydantic import BaseModel
 
-from .connections import state_store_client, uses_embedded
-from .demo_ledger import BreakerTransition, FinishedJob, breakers_key, finished_key
-from .embedded import EmbeddedRedis
-from .errors import FairwayError
-from .priority import Priority
-from .settings import Settings
-from .setup import setup
-from .store import delete_namespace
-from .store.dead_letters import DeadLetter, DeadLetterStore
+from ..connections import state_store_client, uses_embedded
+from ..embedded import EmbeddedRedis
+from ..errors import FairwayError
+from ..priority import Priority
+from ..settings import Settings
+from ..setup import setup
+from ..store import delete_namespace
+from ..store.dead_letters import DeadLetter, DeadLetterStore
+from ..store.keys import demo_breakers_key, demo_finished_key
+from .ledger import BreakerTransition, FinishedJob
 
-WORKER_MODULE = "dramatiq_fairway.demo_app"
+WORKER_MODULE = "dramatiq_fairway.demo.app"
 DEFAULT_JOBS = 40
 FIXED_JOBS = 18  # FL 12, papers 5, photo grouping 1: the rest of --jobs are photos
 MIN_JOBS = FIXED_JOBS + 3
@@ -184,8 +185,8 @@ class _Demo:
         stack.callback(self.broker.close)
         self.workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="fairway-demo-")))
         # Imported once the broker above is the global one: the actors package sets one up otherwise.
-        from .actors import fl, papers, photos
-        from .demo_scholar import ScholarStandIn
+        from ..actors import fl, papers, photos
+        from .scholar import ScholarStandIn
 
         self.fl, self.papers, self.photos_module = fl, papers, photos
         self.scholar = ScholarStandIn().start()
@@ -206,7 +207,7 @@ class _Demo:
         while True:
             if worker.poll() is not None:
                 raise DemoFailed(f"the dramatiq worker exited with {worker.returncode}; its log: {log}")
-            raw = self.client.lrange(finished_key(self.settings.namespace), len(seen), -1)
+            raw = self.client.lrange(demo_finished_key(self.settings.namespace), len(seen), -1)
             seen += [FinishedJob.model_validate_json(entry) for entry in raw]
             transitions = self._transitions()
             if self.scholar.down and (
@@ -325,7 +326,7 @@ class _Demo:
         return {queue: counts[queue] for queue in ("fl", "photos", "papers")}
 
     def _transitions(self) -> list[BreakerTransition]:
-        raw = self.client.lrange(breakers_key(self.settings.namespace), 0, -1)
+        raw = self.client.lrange(demo_breakers_key(self.settings.namespace), 0, -1)
         return [BreakerTransition.model_validate_json(entry) for entry in raw]
 
     def _round_report(self) -> Any:

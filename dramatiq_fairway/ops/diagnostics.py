@@ -8,8 +8,8 @@ import pika
 import redis
 from pydantic import BaseModel
 
-from .connections import broker_redis_url, rabbitmq_parameters, redis_client, state_url, uses_embedded
-from .settings import Settings, mask_url
+from ..connections import broker_redis_url, rabbitmq_parameters, redis_client, state_url, uses_embedded
+from ..settings import Settings, mask_url
 
 _TIMEOUT = 3.0
 

@@ -16,7 +16,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
-from .actors.papers import OfflineCorpus
+from ..actors.papers import OfflineCorpus
 
 API_PREFIX = "/graph/v1/paper/"
 

@@ -43,9 +43,9 @@ from typing import Any
 from dramatiq.errors import Retry
 from dramatiq.middleware import Interrupt
 
+from ..errors import PermanentError, RateLimited, TransientError
+from ..settings import RetrySettings, Settings
 from .backoff import parse_retry_after
-from .errors import PermanentError, RateLimited, TransientError
-from .settings import RetrySettings, Settings
 
 
 class Classification(StrEnum):

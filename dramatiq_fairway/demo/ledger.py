@@ -1,4 +1,4 @@
-"""The ledger ``fairway demo`` reads its summary from, written by its workers (:mod:`.demo_app`).
+"""The ledger ``fairway demo`` reads its summary from, written by its workers (:mod:`.app`).
 
 One JSON entry per finished job (tenant, level, how long it waited, the failures it was retried
 for) and one per breaker transition, in the state store under the demo run's own namespace:
@@ -22,10 +22,11 @@ from dramatiq import Broker, Middleware
 from dramatiq.broker import MessageProxy
 from pydantic import BaseModel
 
-from .connections import state_store_client
-from .priority import level_of
-from .settings import Settings, load_settings
-from .tenants import tenant_of
+from ..connections import state_store_client
+from ..priority import level_of
+from ..settings import Settings, load_settings
+from ..store.keys import demo_breakers_key, demo_finished_key
+from ..tenants import tenant_of
 
 LEDGER_TTL = 3600
 
@@ -44,14 +45,6 @@ class BreakerTransition(BaseModel):
     from_state: str
     to_state: str
     at: datetime
-
-
-def finished_key(namespace: str) -> str:
-    return f"{namespace}:demo:finished"
-
-
-def breakers_key(namespace: str) -> str:
-    return f"{namespace}:demo:breakers"
 
 
 def ready_at(options: dict[str, Any], enqueued_ms: int) -> float:
@@ -104,7 +97,7 @@ class DemoLedger(Middleware):
             wait_s=max(0.0, started - ready_at(options, message.message_timestamp)),
             retried_for=[str(attempt["classification"]) for attempt in options.get("attempt_history", [])],
         )
-        _append(self.client, finished_key(self.settings.namespace), entry)
+        _append(self.client, demo_finished_key(self.settings.namespace), entry)
 
     def after_skip_message(self, broker: Broker, message: MessageProxy) -> None:  # noqa: ARG002 (hook signature)
         with self._lock:
@@ -130,6 +123,6 @@ class BreakerTransitions(logging.Handler):
             at=datetime.fromtimestamp(record.created, UTC),
         )
         try:
-            _append(self.client, breakers_key(self.settings.namespace), entry)
+            _append(self.client, demo_breakers_key(self.settings.namespace), entry)
         except redis.RedisError:
             self.handleError(record)

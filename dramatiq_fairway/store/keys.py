@@ -1,0 +1,43 @@
+"""Key names of the state-store keys whose data no store class wraps (the callers use plain commands).
+
+``{namespace}`` is ``FAIRWAY_NAMESPACE``; docs/design.md ("Redis keys") lists every key, its
+owner and its TTL. The owner named below writes the key and sets its TTL; the name lives here so
+that every key of a namespace is spelled in ``store/``.
+
+    {namespace}:fairness:queued:{queue}:{tenant}   middlewares/fairness.py (MAX_QUEUED_PER_TENANT)
+    {namespace}:periodic:{job}:{tick}              actors/maintenance.py, one periodic tick claimed
+    {namespace}:metrics:depth:{minute}             actors/maintenance.py, queue depths of a minute
+    {namespace}:rabbitmq:queues                    brokers/rabbitmq.py, every queue declared
+    {namespace}:demo:finished, :demo:breakers      demo/ledger.py, what ``fairway demo`` summarises
+    {namespace}:quickstart:{run_id}                demo/quickstart.py, one run's tally
+"""
+
+from __future__ import annotations
+
+
+def fairness_queued_key(namespace: str, queue_name: str, tenant: str) -> str:
+    return f"{namespace}:fairness:queued:{queue_name}:{tenant}"
+
+
+def periodic_tick_key(namespace: str, job: str, tick: int) -> str:
+    return f"{namespace}:periodic:{job}:{tick}"
+
+
+def depth_sample_key(namespace: str, minute: int) -> str:
+    return f"{namespace}:metrics:depth:{minute}"
+
+
+def rabbitmq_queues_key(namespace: str) -> str:
+    return f"{namespace}:rabbitmq:queues"
+
+
+def demo_finished_key(namespace: str) -> str:
+    return f"{namespace}:demo:finished"
+
+
+def demo_breakers_key(namespace: str) -> str:
+    return f"{namespace}:demo:breakers"
+
+
+def quickstart_tally_key(namespace: str, run_id: str) -> str:
+    return f"{namespace}:quickstart:{run_id}"
