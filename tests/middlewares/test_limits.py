@@ -24,7 +24,7 @@ from dramatiq_fairway.errors import ConfigError
 from dramatiq_fairway.middlewares.limits import CAP_RECHECK_MS, TenantLimiter, drain_throttled, tenant_in_flight
 from dramatiq_fairway.priority import Priority
 from dramatiq_fairway.settings import FairnessSettings, LimitSettings, Settings, TenantLimit
-from dramatiq_fairway.store.limits import LEASE_MS, TenantLimits, settings_layer
+from dramatiq_fairway.store.limits import LEASE_MS, TenantLimits
 
 from ..brokers.test_fair_broker import push
 from ..conftest import REDIS_URL
@@ -227,16 +227,6 @@ def test_no_limits_no_parking(make_broker: BrokerFactory, queue_name: str) -> No
 
 
 # Settings and the store.
-
-
-def test_settings_layer_resolves_queue_then_tenant_then_default() -> None:
-    limits = LimitSettings(
-        tenants={"a": TenantLimit(max_concurrency=2), "b": TenantLimit(rate=5)},
-        default=TenantLimit(max_concurrency=10),
-        queues={"q": {"a": TenantLimit(rate=1.5), "*": TenantLimit(burst=3)}},
-    )
-    assert settings_layer(limits, "q") == {"a": "2|1.5|", "b": "|5|", "": "10||3"}
-    assert settings_layer(limits, "other") == {"a": "2||", "b": "|5|", "": "10||"}
 
 
 def test_store_list_set_clear(make_broker: BrokerFactory, queue_name: str) -> None:
