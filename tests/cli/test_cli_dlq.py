@@ -14,7 +14,7 @@ import pytest
 import redis
 from dramatiq import Broker, Worker
 
-from dramatiq_fairway.cli.dlq import parse_duration, register
+from dramatiq_fairway.cli.dlq import register
 from dramatiq_fairway.cli.output import CommandError, UsageError
 from dramatiq_fairway.settings import Settings
 from dramatiq_fairway.store.dead_letters import DeadLetter, DeadLetterStore, RedactedRecords
@@ -181,21 +181,3 @@ def test_requeue_or_purge_without_selection_is_refused(store: DeadLetterStore) -
     with pytest.raises(UsageError, match="name record ids"):
         run(["dlq", "requeue"])
     assert store.count() == 3
-
-
-@pytest.mark.parametrize(
-    ("text", "expected"),
-    [
-        ("30s", timedelta(seconds=30)),
-        ("15m", timedelta(minutes=15)),
-        ("2h", timedelta(hours=2)),
-        ("7d", timedelta(days=7)),
-    ],
-)
-def test_durations(text: str, expected: timedelta) -> None:
-    assert parse_duration(text) == expected
-
-
-def test_bad_duration_is_an_argument_error() -> None:
-    with pytest.raises(argparse.ArgumentTypeError, match="not a duration"):
-        parse_duration("soon")

@@ -31,10 +31,6 @@ def sent(broker: Broker) -> Sent:
     return recorder
 
 
-def test_constructible_without_arguments() -> None:
-    assert FairPriority().actor_options == {"priority_level", "tenant", "tenant_from"}
-
-
 @pytest.mark.parametrize("level", ["urgent", 0, 6, True, 2.0])
 def test_bad_priority_level_names_the_allowed_values(broker: Broker, queue_name: str, level: object) -> None:
     @dramatiq.actor(broker=broker, queue_name=queue_name)

@@ -9,50 +9,13 @@ from pathlib import Path
 
 import dramatiq
 import pytest
-from dramatiq import Broker, Message, Worker
+from dramatiq import Broker, Worker
 
 from dramatiq_fairway.actors import fl
-from dramatiq_fairway.logs import JsonLogFormatter, current_job, job_fields
 from dramatiq_fairway.settings import Settings
 from dramatiq_fairway.setup import setup
 
 from ..support.helpers import dramatiq_command, loud_lines, settings_env, wait_for
-
-
-def _record(message: str) -> logging.LogRecord:
-    return logging.LogRecord("app", logging.WARNING, __file__, 1, message, (), None)
-
-
-def test_a_line_outside_a_job_has_no_job_fields() -> None:
-    line = json.loads(JsonLogFormatter().format(_record("plain")))
-    assert line["message"] == "plain"
-    assert line["level"] == "WARNING"
-    assert "message_id" not in line
-
-
-def test_a_line_inside_a_job_names_the_job() -> None:
-    message = Message(queue_name="q", actor_name="a", args=(), kwargs={}, options={"tenant": "acme", "retries": 2})
-    token = current_job.set(job_fields(message))
-    try:
-        line = json.loads(JsonLogFormatter().format(_record("inside")))
-    finally:
-        current_job.reset(token)
-    assert {k: line[k] for k in ("message_id", "actor", "queue", "tenant", "attempt")} == {
-        "message_id": message.message_id,
-        "actor": "a",
-        "queue": "q",
-        "tenant": "acme",
-        "attempt": 3,
-    }
-
-
-def test_a_bad_log_format_names_the_field(monkeypatch: pytest.MonkeyPatch) -> None:
-    from dramatiq_fairway.errors import ConfigError
-    from dramatiq_fairway.settings import load_settings
-
-    monkeypatch.setenv("FAIRWAY_LOGS__FORMAT", "xml")
-    with pytest.raises(ConfigError, match="FAIRWAY_LOGS__FORMAT"):
-        load_settings()
 
 
 def test_shipped_actors_return_values_without_a_warning_while_other_actors_still_warn(
