@@ -19,7 +19,11 @@ from dramatiq_fairway.store.breakers import RedisBreakerStore
 
 from ..conftest import REDIS_URL
 from ..support.helpers import wait_for
+from ..unit import test_actors_papers as unit_papers
 from ..unit.test_actors_papers import CURRENT_YEAR, TRANSFORMER
+
+# pytest finds a fixture by module attribute: the crawl tests below share the unit tests' corpus.
+corpus = unit_papers.corpus
 
 GPT3 = "arXiv:2005.14165"
 
