@@ -23,7 +23,7 @@ _.do_GET
 _.log_message
 _.daemon_threads
 
-# uvicorn's Server is stopped by setting this attribute (tests/dashboard_support.py).
+# uvicorn's Server is stopped by setting this attribute (tests/support/dashboard_support.py).
 _.should_exit
 
 # pydantic-settings calls this classmethod with every source by keyword; fairway uses two of them.
