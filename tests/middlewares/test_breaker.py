@@ -226,6 +226,18 @@ class CountingRedis(redis.Redis):
         self.sent.append(args)
         return super().execute_command(*args, **options)
 
+    def pipeline(self, transaction: bool = True, shard_hint: Any = None) -> Any:
+        # Script calls go in pipelines (store/scripts.py): keep each command queued there too.
+        pipe = super().pipeline(transaction, shard_hint)
+        queue = pipe.pipeline_execute_command
+
+        def keep(*args: Any, **options: Any) -> Any:
+            self.sent.append(args)
+            return queue(*args, **options)
+
+        pipe.pipeline_execute_command = keep  # type: ignore[method-assign]
+        return pipe
+
 
 def test_the_hot_path_costs_no_call_without_a_breaker_and_one_finish_call_with_a_closed_one(  # noqa: PLR0917 (fixtures)
     broker: Broker,
