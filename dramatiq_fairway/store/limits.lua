@@ -11,6 +11,7 @@
 --                       consumer-side limit (RabbitMQ). A killed worker stops renewing its
 --                       leases, so its slots come back when they expire.
 --   P:limits:running    set of the tenants that may have leases (pruned by in_flight)
+--   P:limits:generation the generation of the operator's changes the "ops" layer was built from
 -- Invariant: a lease counts against its tenant's cap from acquire until release or expiry.
 
 local P = KEYS[1]
@@ -27,13 +28,23 @@ local function running(tenant)
     return redis.call("ZCARD", key)
 end
 
--- replace: ARGV[3] layer ("base" or "ops"), ARGV[4…] tenant, "cap|rate|burst" pairs: the layer
--- becomes exactly these limits, and if that changed anything the version moves, so parked
--- tenants are judged again (a queue that never had limits gets no key). Returns 1 if it changed.
+-- replace: ARGV[3] layer ("base" or "ops"), ARGV[4] the generation of the operator's changes an
+-- "ops" layer was built from, ARGV[5…] tenant, "cap|rate|burst" pairs: the layer becomes exactly
+-- these limits, and if that changed anything the version moves, so parked tenants are judged
+-- again (a queue that never had limits gets no key). An "ops" layer older than the one written
+-- is refused, so a worker that read the changes before an operator's newest one cannot undo it.
+-- Returns 1 if it changed.
 if command == "replace" then
     local layer = ARGV[3] .. "|"
+    if ARGV[3] == "ops" then
+        local generation = tonumber(ARGV[4])
+        if generation < tonumber(redis.call("GET", P .. ":limits:generation") or "0") then
+            return 0
+        end
+        redis.call("SET", P .. ":limits:generation", generation)
+    end
     local wanted = {}
-    for i = 4, #ARGV, 2 do
+    for i = 5, #ARGV, 2 do
         wanted[layer .. ARGV[i]] = ARGV[i + 1]
     end
     local changed = false

@@ -14,6 +14,9 @@ limiter (``middlewares/limits.py``) reads them. Keys (``P`` = ``{<namespace>:<qu
     layer; tenant ``""`` is the default). No TTL.
 ``P:limits:version``
     counter bumped when a layer changes, so parked tenants are judged again. No TTL.
+``P:limits:generation``
+    the generation of the operator's changes the ``ops`` layer was built from: an older one is
+    never written over it. No TTL.
 ``P:limits:tokens``
     hash tenant -> ``"tokens|ms"``, the token buckets. No TTL (one field per rate-limited tenant).
 ``P:limits:running:<tenant>``, ``P:limits:running``
@@ -24,6 +27,10 @@ limiter (``middlewares/limits.py``) reads them. Keys (``P`` = ``{<namespace>:<qu
     every queue), kept so that a queue first used later gets them too. No TTL.
 ``{<namespace>:limits}:queues``
     set of the queues whose layers were written (what ``list`` and ``set`` walk). No TTL.
+``{<namespace>:limits}:generation``
+    counter bumped with every operator change. A worker that starts reads the changes and then
+    writes them into the queue's ``ops`` layer; an operator change landing between the two has a
+    newer generation, so the worker's stale copy is refused instead of undoing it. No TTL.
 
 On Redis the in-flight count per tenant is the broker's own (``P:inflight``, kept by the dispatch
 script); on RabbitMQ it is the number of live leases, kept only for tenants that have a cap.
@@ -33,7 +40,7 @@ from __future__ import annotations
 
 import builtins
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -126,6 +133,7 @@ class TenantLimits:
         self.kind = kind
         self.operator_key = "{" + f"{namespace}:limits" + "}"
         self.queues_key = self.operator_key + ":queues"
+        self.generation_key = self.operator_key + ":generation"
 
     @classmethod
     def from_settings(cls, settings: Settings) -> TenantLimits:
@@ -141,7 +149,8 @@ class TenantLimits:
         Each worker does so when it starts on the queue (the last one to start wins).
         """
         self.client.sadd(self.queues_key, q_name(queue_name))
-        self._write(queue_name, base=settings_layer(limits, queue_name), ops=self._operator_layer(queue_name))
+        self._write(queue_name, "base", settings_layer(limits, queue_name))
+        self._write(queue_name, "ops", *self._operator_layer(queue_name))
 
     def set(self, tenant: str, queue_name: str | None = None, **fields: Any) -> TenantLimit:
         """Change the given fields of ``tenant``'s limit on ``queue_name`` (every queue when None).
@@ -157,13 +166,16 @@ class TenantLimits:
         raw = self.client.hget(self.operator_key, key)
         current = json.loads(raw) if raw else {}
         entry = validated(**{**current, **given})
-        self.client.hset(self.operator_key, key, entry.model_dump_json(exclude_none=True))
+        self._change_operator_layer(
+            lambda pipe: pipe.hset(self.operator_key, key, entry.model_dump_json(exclude_none=True))
+        )
         self._refresh(queue_name)
         return entry
 
     def clear(self, tenant: str, queue_name: str | None = None) -> bool:
         """Drop the operator's change for ``tenant`` (Settings apply again); False if there was none."""
-        removed = bool(self.client.hdel(self.operator_key, self._operator_field(queue_name, tenant)))
+        field = self._operator_field(queue_name, tenant)
+        removed = bool(self._change_operator_layer(lambda pipe: pipe.hdel(self.operator_key, field)))
         self._refresh(queue_name)
         return removed
 
@@ -269,9 +281,21 @@ class TenantLimits:
     def _operator_entries(self) -> builtins.list[tuple[str, str]]:
         return [_split(field) for field in self.client.hkeys(self.operator_key)]
 
-    def _operator_layer(self, queue_name: str) -> dict[str, str]:
+    def _change_operator_layer(self, change: Callable[[redis.client.Pipeline], object]) -> Any:
+        """Apply ``change`` to the operator's hash and bump its generation, atomically; its reply."""
+        pipe = self.client.pipeline(transaction=True)
+        change(pipe)
+        pipe.incr(self.generation_key)
+        return pipe.execute()[0]
+
+    def _operator_layer(self, queue_name: str) -> tuple[dict[str, str], int]:
+        """The ``ops`` layer of ``queue_name`` and the generation of the changes it was built from."""
+        pipe = self.client.pipeline(transaction=True)
+        pipe.hgetall(self.operator_key)
+        pipe.get(self.generation_key)
+        raw_entries, generation = pipe.execute()
         entries: dict[tuple[str, str], TenantLimit] = {}
-        for field, raw in self.client.hgetall(self.operator_key).items():
+        for field, raw in raw_entries.items():
             entries[_split(field)] = TenantLimit.model_validate_json(raw)
         queue = q_name(queue_name)
         layer = {}
@@ -279,7 +303,7 @@ class TenantLimits:
             limit = merged(entries.get((queue, tenant)), entries.get((ALL_QUEUES, tenant)))
             if limit is not None:
                 layer[tenant] = encode(limit)
-        return layer
+        return layer, int(generation or 0)
 
     def _refresh(self, queue_name: str | None) -> None:
         """Rewrite the operator layer of ``queue_name`` (every installed queue when None)."""
@@ -287,15 +311,17 @@ class TenantLimits:
             [q_name(queue_name)] if queue_name else sorted(n.decode() for n in self.client.smembers(self.queues_key))
         )
         for queue in queues:
-            self._write(queue, ops=self._operator_layer(queue))
+            self._write(queue, "ops", *self._operator_layer(queue))
 
     def _layers(self, queue_name: str) -> builtins.list[tuple[str, str]]:
         """(layer, tenant) of every limit kept for ``queue_name``."""
         return [_split(field) for field in self.client.hkeys(queue_prefix(self.namespace, queue_name) + ":limits")]
 
-    def _write(self, queue_name: str, **layers: Mapping[str, str]) -> None:
-        for name, layer in layers.items():
-            self._call(queue_name, "replace", name, *(part for item in sorted(layer.items()) for part in item))
+    def _write(
+        self, queue_name: str, name: Literal["base", "ops"], layer: Mapping[str, str], generation: int = 0
+    ) -> None:
+        pairs = (part for item in sorted(layer.items()) for part in item)
+        self._call(queue_name, "replace", name, generation, *pairs)
 
 
 def _split(field: bytes) -> tuple[str, str]:

@@ -305,6 +305,27 @@ def test_cli_set_list_clear(
 # Consumer-side limits (RabbitMQ) and the same acceptance on both brokers, in process.
 
 
+def test_a_worker_starting_while_an_operator_sets_a_limit_keeps_the_operator_change(
+    state_client: redis.Redis, namespace: str, queue_name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A worker's ``install`` reads the operator's changes, then writes them into the queue's layer:
+    a ``limits set`` landing between the two must not be overwritten by the stale read."""
+    operator = TenantLimits(state_client, namespace, "rabbitmq")
+    worker = TenantLimits(state_client, namespace, "rabbitmq")
+    settings = LimitSettings(tenants={"a": TenantLimit(max_concurrency=4)})
+    worker.install(queue_name, settings)
+    read_operator_changes = worker._operator_layer
+
+    def operator_sets_after_the_read(queue: str) -> Any:
+        layer = read_operator_changes(queue)
+        operator.set("a", queue_name, max_concurrency=1)
+        return layer
+
+    monkeypatch.setattr(worker, "_operator_layer", operator_sets_after_the_read)
+    worker.install(queue_name, settings)
+    assert operator.effective(queue_name, ["a"])["a"].max_concurrency == 1
+
+
 def test_leases_cap_expire_and_renew(state_client: redis.Redis, namespace: str, queue_name: str) -> None:
     store = TenantLimits(state_client, namespace, "rabbitmq")
     store.install(queue_name, LimitSettings(tenants={"a": TenantLimit(max_concurrency=2)}))
