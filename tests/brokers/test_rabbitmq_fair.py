@@ -18,7 +18,8 @@ from dramatiq import Broker, Message, Middleware, Worker
 from dramatiq.middleware import CurrentMessage
 
 from dramatiq_fairway.brokers.delivery import held_copy
-from dramatiq_fairway.brokers.rabbitmq import FairwayRabbitmqBroker, _FairPickingConsumer, lane_of, level_queue
+from dramatiq_fairway.brokers.rabbitmq import FairwayRabbitmqBroker, lane_of, level_queue
+from dramatiq_fairway.brokers.rabbitmq_consumer import FairPickingConsumer
 from dramatiq_fairway.connections import rabbitmq_parameters
 from dramatiq_fairway.middlewares.consumer_hooks import HELD_SINCE
 from dramatiq_fairway.settings import Settings
@@ -59,7 +60,7 @@ def two_lanes(broker: FairwayRabbitmqBroker, count_: int) -> list[str]:
 # The broker on the real RabbitMQ.
 
 
-def fill(consumer: _FairPickingConsumer, held: int) -> None:
+def fill(consumer: FairPickingConsumer, held: int) -> None:
     """Let RabbitMQ deliver until ``consumer`` holds ``held`` messages (acks queued by ``take`` go first)."""
 
     def enough() -> bool:
@@ -69,7 +70,7 @@ def fill(consumer: _FairPickingConsumer, held: int) -> None:
     wait_for(enough, timeout=10)
 
 
-def take(consumer: _FairPickingConsumer, n: int, held: Callable[[list[Message]], int] | None = None) -> list[Message]:
+def take(consumer: FairPickingConsumer, n: int, held: Callable[[list[Message]], int] | None = None) -> list[Message]:
     """Pick ``n`` messages one at a time, acking each before the next pick; with ``held``, first
     wait for the deliveries that make the consumer hold ``held(taken so far)`` messages."""
     taken: list[Message] = []
@@ -83,12 +84,12 @@ def take(consumer: _FairPickingConsumer, n: int, held: Callable[[list[Message]],
 
 
 @pytest.fixture
-def consumer_of(rabbit: FairwayRabbitmqBroker) -> Iterator[Callable[[str, int], _FairPickingConsumer]]:
-    consumers: list[_FairPickingConsumer] = []
+def consumer_of(rabbit: FairwayRabbitmqBroker) -> Iterator[Callable[[str, int], FairPickingConsumer]]:
+    consumers: list[FairPickingConsumer] = []
 
-    def open_consumer(queue_name: str, prefetch: int) -> _FairPickingConsumer:
+    def open_consumer(queue_name: str, prefetch: int) -> FairPickingConsumer:
         consumer = rabbit.consume(queue_name, prefetch=prefetch, timeout=100)
-        assert isinstance(consumer, _FairPickingConsumer)
+        assert isinstance(consumer, FairPickingConsumer)
         consumers.append(consumer)
         return consumer
 
@@ -107,7 +108,7 @@ def declare(broker: Broker, queue_name: str) -> dramatiq.Actor[..., None]:
 
 @pytest.mark.parametrize("broker_kind", ["rabbitmq"], indirect=True)
 def test_levels_are_served_in_priority_order(
-    rabbit: FairwayRabbitmqBroker, queue_name: str, consumer_of: Callable[[str, int], _FairPickingConsumer]
+    rabbit: FairwayRabbitmqBroker, queue_name: str, consumer_of: Callable[[str, int], FairPickingConsumer]
 ) -> None:
     job = declare(rabbit, queue_name)
     for level in (B, L, N, H, C):
@@ -120,7 +121,7 @@ def test_levels_are_served_in_priority_order(
 
 @pytest.mark.parametrize("broker_kind", ["rabbitmq"], indirect=True)
 def test_fifo_within_tenant_and_level_and_tenants_interleaved(
-    rabbit: FairwayRabbitmqBroker, queue_name: str, consumer_of: Callable[[str, int], _FairPickingConsumer]
+    rabbit: FairwayRabbitmqBroker, queue_name: str, consumer_of: Callable[[str, int], FairPickingConsumer]
 ) -> None:
     job = declare(rabbit, queue_name)
     first, second = two_lanes(rabbit, 2)
@@ -138,7 +139,7 @@ def test_fifo_within_tenant_and_level_and_tenants_interleaved(
 
 @pytest.mark.parametrize("broker_kind", ["rabbitmq"], indirect=True)
 def test_a_waiting_batch_is_served_within_the_rule_under_high_load(
-    rabbit: FairwayRabbitmqBroker, queue_name: str, consumer_of: Callable[[str, int], _FairPickingConsumer]
+    rabbit: FairwayRabbitmqBroker, queue_name: str, consumer_of: Callable[[str, int], FairPickingConsumer]
 ) -> None:
     job = declare(rabbit, queue_name)
     for n in range(40):
