@@ -183,6 +183,11 @@ class LogSettings(_Section):
     format: Literal["text", "json"] = "text"
 
 
+class TracingSettings(_Section):
+    # OpenTelemetry spans (middlewares/tracing.py); the application configures the SDK.
+    enabled: bool = False
+
+
 class DashboardSettings(_Section):
     host: str = "127.0.0.1"
     port: int = Field(8787, ge=0, le=65535)
@@ -220,6 +225,7 @@ class Settings(BaseSettings):
     limits: LimitSettings = LimitSettings()
     dashboard: DashboardSettings = DashboardSettings()
     logs: LogSettings = LogSettings()
+    tracing: TracingSettings = TracingSettings()
 
     @field_validator("redis_url", "state_url")
     @classmethod

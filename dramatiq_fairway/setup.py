@@ -19,6 +19,9 @@ middleware that decides it):
     MessageSize       refuses non-JSON and oversized messages at enqueue  (proof issue)
     ContextAsyncIO    runs ``async def`` actors (Dramatiq's AsyncIO, keeping the job's context)
 
+With ``FAIRWAY_TRACING__ENABLED`` the ``Tracing`` middleware goes first of all, before Dramatiq's
+own, so that its span covers every other hook and ends after Retries and Pipelines decided.
+
 ``FAIRWAY_MIDDLEWARE_ORDER`` below is the single place the order is written down.
 """
 
@@ -111,6 +114,8 @@ def install(broker: Broker, settings: Settings | None = None) -> Broker:
             broker.add_middleware(instance, before=Retries)
     if anchor is not None and any(getattr(c, "replaces_retries", False) for c in FAIRWAY_MIDDLEWARE_ORDER):
         broker.middleware.remove(anchor)
+    if settings.tracing.enabled and not any(type(m).__name__ == "Tracing" for m in broker.middleware):
+        _add_tracing(broker)
     # Dramatiq's own AsyncIO gives way to ContextAsyncIO, which lets progress() and the job's log
     # fields reach async def actors.
     stock = next((m for m in broker.middleware if type(m) is AsyncIO), None)
@@ -119,3 +124,14 @@ def install(broker: Broker, settings: Settings | None = None) -> Broker:
     elif ContextAsyncIO not in present:
         broker.add_middleware(ContextAsyncIO())
     return broker
+
+
+def _add_tracing(broker: Broker) -> None:
+    try:
+        from .middlewares.tracing import Tracing
+    except ImportError as error:
+        raise ConfigError(
+            f"FAIRWAY_TRACING__ENABLED=true needs the extra 'tracing' (pip install dramatiq-fairway[tracing]): {error}"
+        ) from None
+    first = type(broker.middleware[0]) if broker.middleware else None
+    broker.add_middleware(Tracing(), **({"before": first} if first else {}))

@@ -75,9 +75,12 @@ def _report(broker: Broker, queue_name: str, body: bytes, error: Exception) -> N
 
 
 def hold_delay(broker: Broker, message: Message) -> int | None:
-    """The longest wait any middleware asks for ``message``, in milliseconds, or None."""
-    delays = [delay for _middleware, hold in hooks_of(broker, "hold") if (delay := hold(broker, message))]
-    return max(delays) if delays else None
+    """The longest wait any middleware asks for ``message``, in milliseconds, or None.
+
+    The consumer holds the message back for that long, so the middleware that listen for holds
+    (``after_hold``) hear of it here, with the middleware that asked for the longest wait.
+    """
+    return _longest_hold(broker, message, "hold")
 
 
 def held_copy(message: Message, delay: int) -> Message:
@@ -122,5 +125,14 @@ class HoldsAtStart:
 
 
 def _start_hold_delay(broker: Any, message: MessageProxy) -> int | None:
-    delays = [delay for _middleware, hold in hooks_of(broker, "hold_at_start") if (delay := hold(broker, message))]
-    return max(delays) if delays else None
+    return _longest_hold(broker, message, "hold_at_start")
+
+
+def _longest_hold(broker: Broker, message: Message | MessageProxy, hook: str) -> int | None:
+    holds = [(delay, middleware) for middleware, hold in hooks_of(broker, hook) if (delay := hold(broker, message))]
+    if not holds:
+        return None
+    delay, holder = max(holds, key=lambda hold: int(hold[0]))
+    for _middleware, after_hold in hooks_of(broker, "after_hold"):
+        after_hold(broker, message, delay, type(holder).__name__)
+    return int(delay)

@@ -2,10 +2,11 @@
 
 Both fairway brokers' consumers (``brokers/delivery.py``) call these hooks by name on every
 middleware that defines them, before a worker thread sees a message: ``hold`` and
-``hold_at_start`` (must the message wait?), ``record_undecodable`` (keep a body that could not be
-decoded or is too large) and ``record_rejected`` (a decoded message refused before any worker saw
-it). The contract lives here, below the brokers, as Dramatiq's brokers import its middleware and
-never the reverse: a middleware implements a hook without importing a broker module.
+``hold_at_start`` (must the message wait?), ``after_hold`` (it waits, for tracing),
+``record_undecodable`` (keep a body that could not be decoded or is too large) and
+``record_rejected`` (a decoded message refused before any worker saw it). The contract lives
+here, below the brokers, as Dramatiq's brokers import its middleware and never the reverse: a
+middleware implements a hook without importing a broker module.
 """
 
 from __future__ import annotations

@@ -35,8 +35,13 @@ _RUN_OPTIONS = frozenset(
         "error_message",
         "broker_priority",
         "fairway_held_since",
+        "traceparent",
+        "tracestate",
     }
 )
+# The failed send's W3C trace context: the requeued send starts a new trace that links to it
+# (middlewares/tracing.py reads this option).
+_TRACE_LINK = "trace_link"
 
 
 class RequeuedMessage(BaseModel):
@@ -138,6 +143,9 @@ def _requeued_message(record: DeadLetter, level: Priority) -> dramatiq.Message:
     raw = record.raw
     options = {key: value for key, value in raw.get("options", {}).items() if key not in _RUN_OPTIONS}
     options.update(priority_level=level.name, requeued_from=record.id)
+    trace_context = {key: raw["options"][key] for key in ("traceparent", "tracestate") if key in raw.get("options", {})}
+    if trace_context:
+        options[_TRACE_LINK] = trace_context
     return dramatiq.Message(
         queue_name=q_name(raw.get("queue_name", record.queue)),
         actor_name=raw["actor_name"],
