@@ -1,7 +1,9 @@
 """The worker app of bench/overhead.py: the same actors on plain Dramatiq or on the fairway stack.
 
 ``BENCH_MODE=plain`` builds Dramatiq's own broker with its defaults; ``BENCH_MODE=fairway`` calls
-``dramatiq_fairway.setup()``. ``FAIRWAY_BROKER`` picks Redis or RabbitMQ for both.
+``dramatiq_fairway.setup()``; ``BENCH_MODE=traced`` does too, with tracing on, an always-on
+sampler and every span kept in memory (the cost of making and ending spans, without an export's).
+``FAIRWAY_BROKER`` picks Redis or RabbitMQ for all.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from dramatiq.brokers.rabbitmq import RabbitmqBroker
 from dramatiq.brokers.redis import RedisBroker
 
 import dramatiq_fairway
-from dramatiq_fairway.settings import load_settings
+from dramatiq_fairway.settings import TracingSettings, load_settings
 
 # One queue per mode: RabbitMQ refuses to redeclare plain Dramatiq's queue with fairway's
 # x-max-priority (406 PRECONDITION_FAILED), as it would for a user adopting fairway (`fairway migrate`).
@@ -24,7 +26,18 @@ LATENCY_KEY = "bench:latency"
 FINISHED_KEY = "bench:finished"
 
 settings = load_settings()
-if os.environ.get("BENCH_MODE") == "fairway":
+if os.environ.get("BENCH_MODE") == "traced":
+    from opentelemetry import trace
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+    from opentelemetry.sdk.trace.sampling import ALWAYS_ON
+
+    provider = TracerProvider(sampler=ALWAYS_ON)
+    provider.add_span_processor(SimpleSpanProcessor(InMemorySpanExporter()))
+    trace.set_tracer_provider(provider)
+    broker = dramatiq_fairway.setup(settings.model_copy(update={"tracing": TracingSettings(enabled=True)}))
+elif os.environ.get("BENCH_MODE") == "fairway":
     broker = dramatiq_fairway.setup(settings)
 elif settings.broker == "rabbitmq":
     broker = RabbitmqBroker(url=settings.rabbitmq_url)

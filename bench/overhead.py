@@ -2,6 +2,7 @@
 
     python bench/overhead.py                 # Redis and RabbitMQ, 1x8 and 2x8, 3 repetitions
     python bench/overhead.py --brokers redis --repetitions 1 --jobs 2000
+    python bench/overhead.py --tracing       # also fairway with tracing on (always-on sampler)
 
 For each broker, job kind (no-op, 1 ms) and worker shape (processes x threads), the real
 ``dramatiq`` command runs ``bench/app.py`` in plain and in fairway mode, alternated within each
@@ -46,7 +47,13 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=10_000, help="jobs per throughput run")
     parser.add_argument("--repetitions", type=int, default=3)
     parser.add_argument("--latency-jobs", type=int, default=500)
+    parser.add_argument(
+        "--tracing",
+        action="store_true",
+        help="also run fairway with FAIRWAY_TRACING__ENABLED, every span kept in memory: ratio traced / fairway",
+    )
     args = parser.parse_args()
+    modes = ("plain", "fairway", "traced") if args.tracing else ("plain", "fairway")
 
     print(f"machine: {platform.node()}, {os.cpu_count()} cores, Python {platform.python_version()}")
     rows = []
@@ -55,19 +62,22 @@ def main() -> None:
             processes, threads = (int(part) for part in shape.split("x"))
             results: dict[tuple[str, str], list[float]] = {}
             for _ in range(args.repetitions):
-                for mode in ("plain", "fairway"):
+                for mode in modes:
                     with worker(broker, mode, processes, threads) as app:
                         for kind in ("noop", "one_ms"):
                             results.setdefault((mode, kind), []).append(throughput(app, kind, args.jobs))
             for kind in ("noop", "one_ms"):
                 plain = statistics.median(results[("plain", kind)])
                 fair = statistics.median(results[("fairway", kind)])
-                rows.append((broker, shape, kind, plain, fair, fair / plain))
+                traced = statistics.median(results[("traced", kind)]) if args.tracing else None
+                rows.append((broker, shape, kind, plain, fair, traced))
     print()
-    print("| broker | shape | job | plain jobs/s | fairway jobs/s | ratio |")
-    print("|---|---|---|---:|---:|---:|")
-    for broker, shape, kind, plain, fair, ratio in rows:
-        print(f"| {broker} | {shape} | {kind} | {plain:,.0f} | {fair:,.0f} | {ratio:.2f} |")
+    traced_columns = (" traced jobs/s | traced / fairway |", "---:|---:|") if args.tracing else ("", "")
+    print(f"| broker | shape | job | plain jobs/s | fairway jobs/s | ratio |{traced_columns[0]}")
+    print(f"|---|---|---|---:|---:|---:|{traced_columns[1]}")
+    for broker, shape, kind, plain, fair, traced in rows:
+        extra = f" {traced:,.0f} | {traced / fair:.2f} |" if traced is not None else ""
+        print(f"| {broker} | {shape} | {kind} | {plain:,.0f} | {fair:,.0f} | {fair / plain:.2f} |{extra}")
     print()
     print("| broker | mode | p50 enqueue→start ms | p99 ms |")
     print("|---|---|---:|---:|")

@@ -35,8 +35,8 @@ from opentelemetry import trace
 from opentelemetry.trace import Link, Span, SpanKind, Status, StatusCode, TracerProvider
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
-from ..json_logs import job_fields
 from ..priority import level_of
+from ..tenants import tenant_of
 
 # Message options: the W3C trace context of the send, and (after a dead-letter requeue) the
 # context of the original send, which the requeued send links to.
@@ -90,7 +90,7 @@ class Tracing(Middleware):
         parent = _PROPAGATOR.extract(message.options)
         parent_span = trace.get_current_span(parent).get_span_context()
         attributes = self._attributes(broker, message, "process")
-        attributes["fairway.attempt"] = job_fields(message)["attempt"]
+        attributes["fairway.attempt"] = int(message.options.get("retries", 0)) + 1
         span = self.tracer.start_span(
             f"process {message.queue_name}",
             context=parent,
@@ -156,14 +156,15 @@ class Tracing(Middleware):
         return span
 
     def _attributes(self, broker: Broker, message: Message[Any] | MessageProxy, operation: str) -> dict[str, Any]:
-        fields = job_fields(message)
+        if self.system is None:
+            self.system = _system_of(broker)
         return {
-            "messaging.system": self.system or _system_of(broker),
+            "messaging.system": self.system,
             "messaging.destination.name": message.queue_name,
             "messaging.message.id": message.message_id,
             "messaging.operation.name": operation,
             "messaging.operation.type": operation,
-            "fairway.tenant": fields["tenant"],
+            "fairway.tenant": tenant_of(message.options),
             "fairway.priority_level": _level_name(broker, message),
         }
 
