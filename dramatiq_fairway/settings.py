@@ -188,6 +188,32 @@ class TracingSettings(_Section):
     enabled: bool = False
 
 
+class RecycleLimits(_Section):
+    max_tasks: int | None = Field(None, ge=1)
+    max_memory_mb: int | None = Field(None, ge=1)
+
+
+class WorkerSettings(RecycleLimits):
+    """When a worker process of the ``dramatiq`` command is replaced (middlewares/recycling.py):
+    after ``max_tasks`` jobs, or once its resident memory is over ``max_memory_mb``; ``queues``
+    overrides either for the jobs of one queue."""
+
+    queues: dict[str, RecycleLimits] = {}
+
+    def for_queue(self, queue_name: str) -> RecycleLimits:
+        override = self.queues.get(queue_name)
+        if override is None:
+            return self
+        return RecycleLimits(
+            max_tasks=override.max_tasks or self.max_tasks,
+            max_memory_mb=override.max_memory_mb or self.max_memory_mb,
+        )
+
+    @property
+    def recycles(self) -> bool:
+        return any(limits.max_tasks or limits.max_memory_mb for limits in (self, *self.queues.values()))
+
+
 class DashboardSettings(_Section):
     host: str = "127.0.0.1"
     port: int = Field(8787, ge=0, le=65535)
@@ -225,6 +251,7 @@ class Settings(BaseSettings):
     limits: LimitSettings = LimitSettings()
     dashboard: DashboardSettings = DashboardSettings()
     logs: LogSettings = LogSettings()
+    workers: WorkerSettings = WorkerSettings()
     tracing: TracingSettings = TracingSettings()
 
     @field_validator("redis_url", "state_url")

@@ -19,6 +19,8 @@ middleware that decides it):
     MessageSize       refuses non-JSON and oversized messages at enqueue  (proof issue)
     ContextAsyncIO    runs ``async def`` actors (Dramatiq's AsyncIO, keeping the job's context)
 
+With ``FAIRWAY_WORKERS__MAX_TASKS`` or ``__MAX_MEMORY_MB``, ``WorkerRecycling`` goes last of all
+(middlewares/recycling.py says why).
 With ``FAIRWAY_TRACING__ENABLED`` the ``Tracing`` middleware goes first of all, before Dramatiq's
 own, so that its span covers every other hook and ends after Retries and Pipelines decided.
 
@@ -46,6 +48,7 @@ from .middlewares.logs import JobLogContext
 from .middlewares.message_size import MessageSize
 from .middlewares.metrics import Metrics
 from .middlewares.pause import QueuePause
+from .middlewares.recycling import WorkerRecycling
 from .middlewares.retries import ClassifiedRetries
 from .middlewares.status import JobStatus
 from .middlewares.workers import WorkerHeartbeats
@@ -123,6 +126,10 @@ def install(broker: Broker, settings: Settings | None = None) -> Broker:
         broker.middleware[broker.middleware.index(stock)] = ContextAsyncIO()
     elif ContextAsyncIO not in present:
         broker.add_middleware(ContextAsyncIO())
+    # Last of all: its after_process_boot (after_ hooks run last middleware first) must fork the
+    # worker process before any other middleware starts a thread (Dramatiq's TimeLimit does).
+    if settings.workers.recycles and WorkerRecycling not in present:
+        broker.add_middleware(WorkerRecycling(settings=settings))
     return broker
 
 

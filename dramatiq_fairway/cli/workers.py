@@ -36,6 +36,8 @@ def _render(console: Console, rows: list[dict[str, Any]]) -> None:
         "threads",
         "in flight",
         "processed",
+        "resident",
+        "replaced at",
         "heartbeat age",
         "up since (UTC)",
         "metrics",
@@ -48,8 +50,19 @@ def _render(console: Console, rows: list[dict[str, Any]]) -> None:
             str(row["threads"]),
             str(row["in_flight"]),
             str(row["processed"]),
+            "-" if row["resident_mb"] is None else f"{row['resident_mb']:.0f} MB",
+            _limits(row),
             f"{row['heartbeat_age']:.1f} s",
             started,
             row["metrics"] or "-",
         )
     console.print(table)
+
+
+def _limits(row: dict[str, Any]) -> str:
+    limits = []
+    if row["max_tasks"] is not None:
+        limits.append(f"{row['max_tasks']} jobs")
+    if row["max_memory_mb"] is not None:
+        limits.append(f"{row['max_memory_mb']} MB")
+    return ", ".join(limits) or "-"

@@ -147,6 +147,10 @@ class Metrics(Middleware):
         """Count a breaker's transition to ``state`` without changing its recorded state."""
         self._families.breaker_transitions.labels(key, state).inc()
 
+    def worker_recycled(self, reason: str) -> None:
+        """Count this worker process replaced at a limit (called by ``WorkerRecycling``)."""
+        self._families.worker_recycled.labels(reason).inc()
+
     def _finish(self, message: MessageProxy) -> float | None:
         started = self._started.pop(message.message_id, None)
         if started is not None:

@@ -6,7 +6,7 @@ Families (prefix ``fairway_``): ``messages_total{queue,actor,outcome}`` (outcome
 (enqueue, or eta for a delayed message, to start), ``retries_total{queue,actor,classification}``,
 ``dead_letters_total{queue,actor,error_type}``, ``breaker_state{key}`` (0 closed, 1 half-open,
 2 open), ``breaker_transitions_total{key,to}``, ``queue_depth{queue,priority_level}``,
-``in_flight{queue}``, ``tenant_served_total{queue,tenant}``.
+``in_flight{queue}``, ``tenant_served_total{queue,tenant}``, ``worker_recycled_total{reason}``.
 
 A job's own samples (in flight, wait, duration, tenant served, outcome) are queued and written in
 batches (:class:`PendingSamples`): the exporter sees a job up to :data:`FLUSH_INTERVAL` seconds after
@@ -49,6 +49,9 @@ class Families:
         self.retries = counter("retries", "Failed runs that will run again.", ("queue", "actor", "classification"))
         self.dead_letters = counter("dead_letters", "Messages dead-lettered.", ("queue", "actor", "error_type"))
         self.breaker_transitions = counter("breaker_transitions", "Breaker state changes.", ("key", "to"))
+        self.worker_recycled = counter(
+            "worker_recycled", "Worker processes replaced at a limit (max_tasks, max_memory).", ("reason",)
+        )
         self.tenant_served = Labelled(counter("tenant_served", "Jobs started per tenant.", ("queue", "tenant")))
         self.tenant_throttled = counter(
             "tenant_throttled", "Times a tenant was held back by its limits.", ("queue", "tenant", "reason")

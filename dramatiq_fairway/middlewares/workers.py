@@ -1,7 +1,8 @@
 """WorkerHeartbeats: each worker process reports itself to the state store every few seconds.
 
 What it reports (:class:`~dramatiq_fairway.store.workers.WorkerInfo`): host, pid, queues,
-threads, jobs running now and jobs processed, where its metrics are served (or why they are not),
+threads, jobs running now and jobs processed, resident memory and the limits after which the
+process is replaced (``FAIRWAY_WORKERS__*``), where its metrics are served (or why they are not),
 and the time of the report. ``fairway workers``
 and the dashboard list the processes whose report is fresh. A job costs two integer updates under
 a lock; the state store sees one write per process every
@@ -26,6 +27,7 @@ from dramatiq.logging import get_logger
 from ..settings import Settings, load_settings
 from ..store.workers import BEAT_INTERVAL, WorkerInfo, WorkerRegistry
 from .metrics_exporter import exporter_status
+from .recycling import resident_memory
 
 
 class WorkerHeartbeats(Middleware):
@@ -57,6 +59,8 @@ class WorkerHeartbeats(Middleware):
             processed=0,
             started_at=now,
             beat_at=now,
+            max_tasks=self.settings.workers.max_tasks,
+            max_memory_mb=self.settings.workers.max_memory_mb,
         )
         self._stopping.clear()
         self._thread = threading.Thread(target=self._run, name="fairway-worker-heartbeat", daemon=True)
@@ -112,6 +116,7 @@ class WorkerHeartbeats(Middleware):
             self._info.in_flight, self._info.processed = self._in_flight, self._processed
         self._info.beat_at = dt.datetime.now(dt.UTC)
         self._info.metrics = exporter_status()
+        self._info.resident_mb = round(resident_memory() / 2**20, 1)
         try:
             self.registry.beat(self._info)
         except redis.RedisError as error:

@@ -40,6 +40,11 @@ class WorkerInfo(BaseModel):
     # Where this process's ``dramatiq`` run serves Prometheus metrics, ``unavailable: <why>`` when
     # its exporter could not listen, None when unknown (an in-process worker, an older worker).
     metrics: str | None = None
+    # Resident memory at the last report, and the limits after which the process is replaced
+    # (FAIRWAY_WORKERS__MAX_TASKS / __MAX_MEMORY_MB; None: no limit, or an older worker).
+    resident_mb: float | None = None
+    max_tasks: int | None = None
+    max_memory_mb: int | None = None
 
     def as_json(self, now: dt.datetime) -> dict[str, object]:
         """The ``fairway workers --json`` row: the report plus its heartbeat age in seconds."""
