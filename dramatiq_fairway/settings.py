@@ -13,7 +13,7 @@ import os
 import re
 import tomllib
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, ClassVar, Literal, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 import platformdirs
@@ -222,15 +222,37 @@ class DashboardSettings(_Section):
     read_only: bool = False
 
 
-class Settings(BaseSettings):
+class ConfiguredSettings(BaseSettings):
+    """A fairway settings class: frozen, read from arguments, the environment (other variables of
+    the prefix ignored) and ``config_table`` of the ``FAIRWAY_CONFIG`` file (the top level when None)."""
+
+    model_config = SettingsConfigDict(extra="ignore", frozen=True)
+    config_table: ClassVar[str | None] = None
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,  # noqa: ARG003 (fairway reads no .env file)
+        file_secret_settings: PydanticBaseSettingsSource,  # noqa: ARG003
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return config_sources(settings_cls, init_settings, env_settings, table=cls.config_table)
+
+
+def url_with_scheme(url: str, schemes: tuple[str, ...]) -> str:
+    """``url`` if its scheme is one of ``schemes``; else the one-line reason a validator reports."""
+    if urlsplit(url).scheme not in schemes:
+        *first, last = (f"{scheme}://" for scheme in schemes)
+        raise ValueError(f"must start with {', '.join(first)} or {last}")
+    return url
+
+
+class Settings(ConfiguredSettings):
     """dramatiq-fairway configuration (docs/design.md)."""
 
-    model_config = SettingsConfigDict(
-        env_prefix=ENV_PREFIX,
-        env_nested_delimiter="__",
-        extra="ignore",
-        frozen=True,
-    )
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, env_nested_delimiter="__")
 
     broker: BrokerKind = "embedded"
     redis_url: str = "redis://127.0.0.1:6379/0"
@@ -257,27 +279,12 @@ class Settings(BaseSettings):
     @field_validator("redis_url", "state_url")
     @classmethod
     def _redis_scheme(cls, url: str | None) -> str | None:
-        if url is not None and urlsplit(url).scheme not in ("redis", "rediss", "unix"):
-            raise ValueError("must start with redis://, rediss:// or unix://")
-        return url
+        return url if url is None else url_with_scheme(url, ("redis", "rediss", "unix"))
 
     @field_validator("rabbitmq_url")
     @classmethod
     def _amqp_scheme(cls, url: str) -> str:
-        if urlsplit(url).scheme not in ("amqp", "amqps"):
-            raise ValueError("must start with amqp:// or amqps://")
-        return url
-
-    @classmethod
-    def settings_customise_sources(
-        cls,
-        settings_cls: type[BaseSettings],
-        init_settings: PydanticBaseSettingsSource,
-        env_settings: PydanticBaseSettingsSource,
-        dotenv_settings: PydanticBaseSettingsSource,  # noqa: ARG003 (fairway reads no .env file)
-        file_secret_settings: PydanticBaseSettingsSource,  # noqa: ARG003
-    ) -> tuple[PydanticBaseSettingsSource, ...]:
-        return config_sources(settings_cls, init_settings, env_settings)
+        return url_with_scheme(url, ("amqp", "amqps"))
 
     def masked(self) -> dict[str, Any]:
         """The effective settings as JSON-able data, with every secret masked."""

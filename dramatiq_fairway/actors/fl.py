@@ -12,18 +12,14 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Mapping, Sequence
-from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 import dramatiq
 import numpy as np
-import redis
 from pydantic import ValidationError
 
-from ..connections import state_store_client
 from ..errors import PermanentError
-from ..settings import load_settings
 
 # The computation and the state, re-exported: code and tests import them from here.
 from .fl_model import (
@@ -68,6 +64,7 @@ from .fl_state import (
     train_for_round,
 )
 from .settings import load_actor_settings
+from .state_store import state_store
 
 __all__ = [
     "DEFAULT_EPSILON_BUDGET",
@@ -123,14 +120,8 @@ QUEUE = "fl"
 # --- Actors ------------------------------------------------------------------------------------
 
 
-@lru_cache(maxsize=1)
-def _state() -> tuple[redis.Redis, str]:
-    settings = load_settings()
-    return state_store_client(settings), settings.namespace
-
-
 def _round(round_id: str) -> FederatedRound:
-    client, namespace = _state()
+    client, namespace = state_store()
     return FederatedRound(client, namespace, round_id)
 
 
@@ -176,7 +167,7 @@ def start_federated_round(
 
 @dramatiq.actor(queue_name=QUEUE, actor_name="fl.train_local_model")
 def train_local_model(round_id: str, client_id: str) -> dict[str, object]:
-    client, namespace = _state()
+    client, namespace = state_store()
     update, ready = train_for_round(_round(round_id), client_id, EpsilonLedger(client, namespace), time.time())
     if ready:
         aggregate_models.send(round_id)
@@ -201,7 +192,7 @@ def privatize_update(client_id: str, round_id: str, delta: list[float], privacy:
         config = PrivacyConfig.model_validate(privacy)
     except ValidationError as exc:
         raise PermanentError(f"invalid privacy settings: {exc.errors()[0]['msg']}") from None
-    client, namespace = _state()
+    client, namespace = state_store()
     release_id = f"{round_id}:{uuid.uuid4().hex}"
     remaining = EpsilonLedger(client, namespace).spend(client_id, release_id, config.epsilon, config.budget)
     noisy, scale = privatize(np.asarray(delta, dtype=np.float64), config, np.random.default_rng())
@@ -210,7 +201,7 @@ def privatize_update(client_id: str, round_id: str, delta: list[float], privacy:
 
 @dramatiq.actor(queue_name=QUEUE, actor_name="fl.client_health_check")
 def client_health_check(client_id: str, seed: int) -> dict[str, object]:
-    client, namespace = _state()
+    client, namespace = state_store()
     report = check_client(client_id, seed, time.time())
     record_health(client, namespace, report)
     return report.model_dump()

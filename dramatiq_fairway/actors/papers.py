@@ -17,15 +17,12 @@ from __future__ import annotations
 
 import time
 import uuid
-from functools import cache, lru_cache
+from functools import cache
 from typing import Any
 
 import dramatiq
-import redis
 
-from ..connections import state_store_client
 from ..errors import PermanentError
-from ..settings import load_settings
 
 # The domain and the crawl's state, re-exported: code and tests import them from here.
 from .papers_model import (
@@ -56,6 +53,7 @@ from .papers_model import (
 )
 from .papers_state import CRAWL_TTL, MAX_DEPTH, CrawlStore, crawl_step
 from .settings import load_actor_settings
+from .state_store import state_store
 
 __all__ = [
     "CRAWL_TTL",
@@ -103,15 +101,9 @@ SEMANTIC_SCHOLAR_BREAKER = "semantic_scholar"
 # --- Actors ------------------------------------------------------------------------------------
 
 
-@lru_cache(maxsize=1)
-def _state() -> tuple[redis.Redis, str]:
-    settings = load_settings()
-    return state_store_client(settings), settings.namespace
-
-
 def crawl_store(crawl_id: str) -> CrawlStore:
     """What crawl ``crawl_id`` claimed and fetched so far: it is done when both counts agree."""
-    client, namespace = _state()
+    client, namespace = state_store()
     return CrawlStore(client, namespace, crawl_id)
 
 

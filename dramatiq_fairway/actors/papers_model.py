@@ -16,7 +16,6 @@ import tempfile
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
-from email.utils import parsedate_to_datetime
 from importlib import resources
 from pathlib import Path
 from typing import Any, Protocol
@@ -28,6 +27,7 @@ from pypdf import PdfReader
 from pypdf.errors import PdfReadError
 
 from ..errors import PermanentError, RateLimited, TransientError
+from ..failures.backoff import parse_retry_after
 from ..priority import Priority
 
 SEMANTIC_SCHOLAR_URL = "https://api.semanticscholar.org/graph/v1"
@@ -98,20 +98,9 @@ class OfflineCorpus:
 
 
 def retry_after_seconds(header: str | None, now: datetime, default: float = DEFAULT_RETRY_AFTER) -> float:
-    """``Retry-After`` as seconds to wait: delta-seconds or an HTTP date (RFC 9110 §10.2.3)."""
-    if not header:
-        return default
-    try:
-        return max(0.0, float(header))
-    except ValueError:
-        pass
-    try:
-        when = parsedate_to_datetime(header)
-    except (TypeError, ValueError):
-        return default
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    return max(0.0, (when - now).total_seconds())
+    """``Retry-After`` as seconds to wait (``parse_retry_after``); ``default`` when absent or unreadable."""
+    seconds = parse_retry_after(header, now=now)
+    return default if seconds is None else seconds
 
 
 class SemanticScholarSource:

@@ -8,20 +8,20 @@ sources and the same one-line errors (``dramatiq_fairway/settings.py``).
 from __future__ import annotations
 
 from typing import Literal
-from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, field_validator
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings import SettingsConfigDict
 
-from ..settings import ENV_PREFIX, config_sources, read_settings
+from ..settings import ENV_PREFIX, ConfiguredSettings, read_settings, url_with_scheme
 
 ENV_PREFIX_ACTORS = f"{ENV_PREFIX}ACTORS__"
 
 
-class ActorSettings(BaseSettings):
+class ActorSettings(ConfiguredSettings):
     """The domain actors (``dramatiq_fairway.actors``): ``FAIRWAY_ACTORS__*``."""
 
-    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX_ACTORS, extra="ignore", frozen=True)
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX_ACTORS)
+    config_table = "actors"
 
     # A federated round aggregates once every client reported, or once ``fl_round_deadline``
     # seconds passed with at least this share of its clients.
@@ -34,20 +34,7 @@ class ActorSettings(BaseSettings):
     @field_validator("semantic_scholar_url")
     @classmethod
     def _http_scheme(cls, url: str) -> str:
-        if urlsplit(url).scheme not in ("http", "https"):
-            raise ValueError("must start with http:// or https://")
-        return url
-
-    @classmethod
-    def settings_customise_sources(
-        cls,
-        settings_cls: type[BaseSettings],
-        init_settings: PydanticBaseSettingsSource,
-        env_settings: PydanticBaseSettingsSource,
-        dotenv_settings: PydanticBaseSettingsSource,  # noqa: ARG003 (fairway reads no .env file)
-        file_secret_settings: PydanticBaseSettingsSource,  # noqa: ARG003
-    ) -> tuple[PydanticBaseSettingsSource, ...]:
-        return config_sources(settings_cls, init_settings, env_settings, table="actors")
+        return url_with_scheme(url, ("http", "https"))
 
 
 def load_actor_settings(**overrides: object) -> ActorSettings:

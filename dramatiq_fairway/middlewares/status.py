@@ -6,7 +6,7 @@ REVOKED (cancelled) or REJECTED (refused before running: unknown actor, too larg
 duplicate ``unique_key``).
 Kept in the state store by :class:`~dramatiq_fairway.store.status.JobStatusStore`. PENDING is
 written when ``send`` returns; a worker queues STARTED, outcomes and progress in a
-:class:`~dramatiq_fairway.store.status.StatusWriter` that writes everything that waited in the
+:class:`~dramatiq_fairway.store.status_writer.StatusWriter` that writes everything that waited in the
 last 50 ms in one pipeline, so a job costs no round trip of its own unless it has a ``unique_key``
 (one, to claim it). A worker killed with SIGKILL loses at most those 50 ms of status; its
 messages are redelivered and their status written when they run again.

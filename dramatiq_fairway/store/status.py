@@ -24,82 +24,50 @@ Workers write through :class:`StatusWriter`, which queues changes and writes the
 from __future__ import annotations
 
 import datetime as dt
-import functools
 import json
-import logging
 import threading
 import time
-from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
-from enum import StrEnum
 from pathlib import Path
-from typing import Any
 
 import redis
-from pydantic import BaseModel
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
 from ..connections import state_store_client
 from ..settings import Settings
 from .scripts import LuaScript, ScriptCall, run_scripts
+from .status_model import (
+    JobRecord,
+    JobStart,
+    JobState,
+    Move,
+    StateChange,
+    iso_from_datetime,
+    iso_from_millis,
+    iso_from_seconds,
+)
+from .status_writer import MOVES_PER_CALL, StatusWriter
+
+# The model and the writer are re-exported: this module was their import path before the split.
+__all__ = [
+    "CANCELLED_KEPT",
+    "MOVES_PER_CALL",
+    "CancelledJobs",
+    "JobRecord",
+    "JobStart",
+    "JobState",
+    "JobStatusStore",
+    "Move",
+    "StateChange",
+    "StatusWriter",
+    "iso_from_datetime",
+    "iso_from_millis",
+    "iso_from_seconds",
+]
 
 _SCRIPTS = Path(__file__).parent
 CANCELLED_KEPT = 10_000
-# Jobs per status_transition.lua call: a flush of thousands runs as calls of about a millisecond
-# each, so Redis (often the broker too) is never blocked for long.
-MOVES_PER_CALL = 100
-
-
-class JobState(StrEnum):
-    PENDING = "PENDING"
-    STARTED = "STARTED"
-    SUCCESS = "SUCCESS"
-    RETRY = "RETRY"
-    FAILURE = "FAILURE"
-    DEAD_LETTER = "DEAD_LETTER"
-    REVOKED = "REVOKED"
-    REJECTED = "REJECTED"
-
-    @property
-    def finished(self) -> bool:
-        return self not in (JobState.PENDING, JobState.STARTED, JobState.RETRY)
-
-
-class StateChange(BaseModel):
-    state: JobState
-    at: dt.datetime
-
-
-class JobRecord(BaseModel):
-    """What the state store knows about one job."""
-
-    id: str
-    actor: str
-    queue: str
-    state: JobState
-    progress: float | None = None
-    note: str | None = None
-    cancel_requested: bool = False
-    history: list[StateChange] = []
-
-    def as_json(self) -> dict[str, Any]:
-        """The ``fairway jobs show --json`` shape (docs/design.md)."""
-        return {
-            "id": self.id,
-            "actor": self.actor,
-            "state": self.state.value,
-            "progress": self.progress,
-            "history": [{"state": c.state.value, "at": _iso(c.at)} for c in self.history],
-        }
-
-
-class JobStart(BaseModel):
-    """The outcome of :meth:`JobStatusStore.start`."""
-
-    state: JobState | None
-    duplicate: bool
 
 
 class JobStatusStore:
@@ -248,7 +216,7 @@ class JobStatusStore:
     @staticmethod
     def format_time(at: float | dt.datetime) -> str:
         """A Unix time (the default clock's, which skips datetime per job) or a datetime, as the history records it."""
-        return _iso(at) if isinstance(at, dt.datetime) else iso_from_seconds(at)
+        return iso_from_datetime(at) if isinstance(at, dt.datetime) else iso_from_seconds(at)
 
     def transition_call(
         self,
@@ -283,178 +251,6 @@ class JobStatusStore:
         return JobState(_text(reply))
 
 
-@dataclass
-class Move:
-    """One job's move through ``states`` (pairs of state and ISO time) in status_transition.lua."""
-
-    mode: str
-    message_id: str
-    states: list[tuple[JobState, str]]
-    actor: str
-    queue: str
-    enqueued_at: str = ""
-
-
-class StatusWriter:
-    """One process's status changes, queued and written in one pipeline per flush.
-
-    A worker records STARTED, outcomes and progress here instead of paying a round trip for each:
-    a background thread writes what waited ``interval`` seconds in one pipeline, and a fast job's
-    STARTED and outcome travel as one script call. Queueing a change is a deque append with no
-    lock; the merging and the time formatting happen in the flush, in one warm thread rather than
-    in every worker thread (bench/hotpath.py). Writes leave in the order they were made (one flush
-    at a time). A failed flush drops its changes and reports them to ``on_error`` (status is best
-    effort: docs/design.md, "When the state store is down").
-    """
-
-    def __init__(
-        self,
-        store: JobStatusStore,
-        *,
-        interval: float = 0.05,
-        on_error: Callable[[redis.RedisError, int], None] | None = None,
-    ) -> None:
-        self.store = store
-        self.interval = interval
-        self.on_error = on_error
-        self._queue: deque[_Queued | ScriptCall] = deque()
-        self._queued = threading.Event()
-        self._flushing = threading.Lock()
-        self._starting = threading.Lock()
-        self._running = False
-        self._closed = False
-
-    def transition(
-        self,
-        message_id: str,
-        state: JobState,
-        actor: str,
-        queue: str,
-        *,
-        mode: str = "record",
-        enqueued_ms: int | None = None,
-    ) -> None:
-        """Queue a move of the job to ``state`` (now); ``enqueued_ms``: the message's timestamp."""
-        at = time.time() if self.store.clock is None else self.store.clock()
-        self._put(_Queued(at, message_id, state, actor, queue, mode, enqueued_ms))
-
-    def progress(self, message_id: str, percent: float, note: str | None = None) -> None:
-        self._put(self.store.progress_call(message_id, percent, note))
-
-    def flush(self) -> None:
-        """Write every queued change now (returns at once when nothing waits)."""
-        with self._flushing:
-            changes: list[_Transition | ScriptCall] = []
-            open_records: dict[str, _Transition] = {}
-            # popleft, not a swap: a change queued while this runs is never lost.
-            while self._queue:
-                change = self._queue.popleft()
-                if isinstance(change, ScriptCall):
-                    changes.append(change)
-                    continue
-                at = self.store.format_time(change.at)
-                pending = open_records.get(change.message_id)
-                if pending is not None and change.mode == "record":
-                    pending.states.append((change.state, at))
-                    continue
-                transition = _Transition(
-                    change.mode, change.message_id, [(change.state, at)], change.actor, change.queue, change.enqueued_ms
-                )
-                changes.append(transition)
-                if change.mode == "record":
-                    open_records[change.message_id] = transition
-            if not changes:
-                return
-            try:
-                run_scripts(self.store.client, self._calls(changes))
-            except redis.RedisError as error:
-                if self.on_error is None:
-                    raise
-                self.on_error(error, len(changes))
-
-    def _calls(self, changes: list[_Transition | ScriptCall]) -> list[ScriptCall]:
-        """``changes`` in order, each run of transitions as script calls of up to MOVES_PER_CALL jobs."""
-        calls: list[ScriptCall] = []
-        moves: list[Move] = []
-        for change in changes:
-            if isinstance(change, ScriptCall):
-                calls.extend(self._moves_calls(moves))
-                moves = []
-                calls.append(change)
-            else:
-                moves.append(change.move())
-        calls.extend(self._moves_calls(moves))
-        return calls
-
-    def _moves_calls(self, moves: list[Move]) -> list[ScriptCall]:
-        return [self.store.moves_call(moves[i : i + MOVES_PER_CALL]) for i in range(0, len(moves), MOVES_PER_CALL)]
-
-    def close(self) -> None:
-        """Write what waits and stop the background thread."""
-        self._closed = True
-        self._queued.set()
-        self.flush()
-
-    def _put(self, change: _Queued | ScriptCall) -> None:
-        self._queue.append(change)
-        if not self._running:
-            self._start()
-        # The flag is cleared by the thread before it takes the queue: a change queued after
-        # that sets it again, one queued before is taken by that flush.
-        if not self._queued.is_set():
-            self._queued.set()
-
-    def _start(self) -> None:
-        with self._starting:
-            if not self._running:
-                self._closed = False
-                self._running = True
-                threading.Thread(target=self._run, name="fairway-status-writer", daemon=True).start()
-
-    def _run(self) -> None:
-        try:
-            while True:
-                self._queued.wait()
-                if self._closed:
-                    return
-                time.sleep(self.interval)
-                self._queued.clear()
-                try:
-                    self.flush()
-                except Exception:  # a bug here must not silently stop status for the whole process
-                    logging.getLogger(__name__).exception("Unhandled error while writing job status.")
-        finally:
-            self._running = False
-
-
-@dataclass
-class _Queued:
-    """A transition as a worker thread queued it: the time unformatted, nothing merged yet."""
-
-    at: float | dt.datetime
-    message_id: str
-    state: JobState
-    actor: str
-    queue: str
-    mode: str
-    enqueued_ms: int | None
-
-
-@dataclass
-class _Transition:
-    mode: str
-    message_id: str
-    states: list[tuple[JobState, str]]
-    actor: str
-    queue: str
-    # Converted when written: a fast job's STARTED and outcome share one conversion.
-    enqueued_ms: int | None
-
-    def move(self) -> Move:
-        enqueued_at = "" if self.enqueued_ms is None else iso_from_millis(self.enqueued_ms)
-        return Move(self.mode, self.message_id, self.states, self.actor, self.queue, enqueued_at)
-
-
 class CancelledJobs:
     """This process's copy of the cancelled-jobs stream, so checking a job costs no round trip.
 
@@ -482,25 +278,6 @@ class CancelledJobs:
         if time.monotonic() - self._refreshed > self.max_age:
             self.refresh()
         return message_id in self._ids
-
-
-def iso_from_millis(millis: int) -> str:
-    """A message timestamp (ms since the epoch) as the history records times."""
-    return f"{_second_prefix(millis // 1000)}.{millis % 1000:03d}Z"
-
-
-def iso_from_seconds(at: float) -> str:
-    """A Unix time as the history records times (``2026-12-05T08:16:11.752Z``)."""
-    return iso_from_millis(int(at * 1000))
-
-
-@functools.lru_cache(maxsize=8)
-def _second_prefix(second: int) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
-
-
-def _iso(at: dt.datetime) -> str:
-    return at.astimezone(dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def _text(value: bytes | str) -> str:

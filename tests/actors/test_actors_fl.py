@@ -13,6 +13,7 @@ import redis
 from dramatiq import Broker, Worker
 
 from dramatiq_fairway.actors import fl
+from dramatiq_fairway.actors.state_store import state_store
 from dramatiq_fairway.errors import PermanentError
 from dramatiq_fairway.failures.classify import qualified_name
 
@@ -29,9 +30,9 @@ def actor_state(monkeypatch: pytest.MonkeyPatch, namespace: str, state_client: r
     monkeypatch.setenv("FAIRWAY_BROKER", "redis")
     monkeypatch.setenv("FAIRWAY_STATE_URL", REDIS_URL)
     monkeypatch.setenv("FAIRWAY_NAMESPACE", namespace)
-    fl._state.cache_clear()
+    state_store.cache_clear()
     yield
-    fl._state.cache_clear()
+    state_store.cache_clear()
 
 
 def test_epsilon_budget_is_kept_per_client_and_exhausts(state_client: redis.Redis, namespace: str) -> None:

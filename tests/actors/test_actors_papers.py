@@ -12,6 +12,7 @@ from dramatiq import Broker, Message, Worker
 from dramatiq.brokers.stub import StubBroker
 
 from dramatiq_fairway.actors import papers
+from dramatiq_fairway.actors.state_store import state_store
 from dramatiq_fairway.demo.scholar import ScholarStandIn
 from dramatiq_fairway.errors import PermanentError
 from dramatiq_fairway.failures.classify import qualified_name
@@ -34,9 +35,9 @@ def actor_state(monkeypatch: pytest.MonkeyPatch, namespace: str, state_client: r
     monkeypatch.setenv("FAIRWAY_BROKER", "redis")
     monkeypatch.setenv("FAIRWAY_STATE_URL", REDIS_URL)
     monkeypatch.setenv("FAIRWAY_NAMESPACE", namespace)
-    papers._state.cache_clear()
+    state_store.cache_clear()
     yield
-    papers._state.cache_clear()
+    state_store.cache_clear()
 
 
 def within(corpus: papers.OfflineCorpus, root: str, depth: int) -> set[str]:

@@ -292,7 +292,8 @@ def test_shutdown_requeues_unstarted_messages(make_broker: BrokerFactory, queue_
     @dramatiq.actor(broker=broker, queue_name=queue_name)
     def slow(i: int) -> None:
         started.append(i)
-        time.sleep(0.3)
+        # Busy until the worker is told to stop, so the other messages are still unstarted then.
+        wait_for(lambda: not threading.current_thread().running, timeout=10)
 
     for i in range(6):
         slow.send(i)

@@ -23,7 +23,7 @@ from dramatiq.brokers.stub import StubBroker
 from dramatiq_fairway.brokers.fair_redis import FairRedisBroker
 from dramatiq_fairway.cli import main
 from dramatiq_fairway.cli import queues as queues_cli
-from dramatiq_fairway.middlewares.pause import CACHE_SECONDS, QueuePause
+from dramatiq_fairway.middlewares.pause import CACHE_SECONDS, PAUSE_HOLD_MS, QueuePause
 from dramatiq_fairway.ops.controls import UnknownQueue, pause_queue, paused_queues, resume_queue
 from dramatiq_fairway.ops.queues import queue_depths
 from dramatiq_fairway.settings import Settings
@@ -33,7 +33,11 @@ from ..support.helpers import settings_env, wait_for
 
 
 def test_pause_stops_intake_within_a_second_and_resume_runs_everything(
-    broker: Broker, settings: Settings, queue_name: str, start_worker: Callable[..., Worker]
+    broker: Broker,
+    settings: Settings,
+    queue_name: str,
+    start_worker: Callable[..., Worker],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     done: list[int] = []
     retries: list[int] = []
@@ -60,7 +64,7 @@ def test_pause_stops_intake_within_a_second_and_resume_runs_everything(
     wait_for_workers_to_see_the_pause(broker, queue_name)
     for n in range(1, 11):
         job.send(n)
-    time.sleep(1.0)
+    wait_until_held(broker, settings, queue_name, 10, monkeypatch)
     assert done == [0], f"jobs ran {time.monotonic() - paused_at:.1f}s after pause"
 
     assert resume_queue(broker, queue_name, settings) is True
@@ -187,7 +191,10 @@ def test_a_paused_backlog_is_shown_as_held_and_not_republished_until_resume(
             return _original(*args, **kwargs)
 
         monkeypatch.setattr(broker, name, counted)
-    time.sleep(3.0)
+    wait_until_held(broker, settings, queue_name, count, monkeypatch)
+    # "Never re-published" has no event to poll for: it takes time passing. Two hold periods, in
+    # which a hold that re-published would publish every job at least once.
+    time.sleep(2 * PAUSE_HOLD_MS / 1000)
     assert done == [0]
     # Held once at most (a message picked as the pause was read), never about once a second.
     assert len(publishes) < count, publishes
@@ -199,6 +206,34 @@ def test_a_paused_backlog_is_shown_as_held_and_not_republished_until_resume(
     wait_for(lambda: len(done) == count + 1, timeout=20)
     assert sorted(done) == list(range(count + 1))
     assert sum(row.held for row in queue_depths(broker, settings, [queue_name])) == 0
+
+
+def wait_until_held(
+    broker: Broker, settings: Settings, queue_name: str, count: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Poll until the ``count`` jobs sent to the paused queue all wait as ``held``, and on
+    FairRedisBroker until the worker fetched from the queue after they were sent (a fetch that
+    would have delivered them, had the script ignored the pause). RabbitMQ's consumer pushes
+    nothing to poll for: a job counted as held is ready on a queue it no longer consumes."""
+    fetched: list[int] = []
+    if isinstance(broker, FairRedisBroker):
+        fetch = broker.fetch
+
+        def counted(name: str, wanted: int) -> list[tuple[str, bytes]]:
+            got = fetch(name, wanted)
+            if name == queue_name:
+                fetched.append(len(got))
+            return got
+
+        monkeypatch.setattr(broker, "fetch", counted)
+    else:
+        fetched.append(0)
+
+    def all_held() -> bool:
+        rows = queue_depths(broker, settings, [queue_name])
+        return bool(fetched) and sum(row.held for row in rows) == count
+
+    wait_for(all_held, timeout=CACHE_SECONDS + 10)
 
 
 def wait_for_workers_to_see_the_pause(broker: Broker, queue_name: str) -> None:

@@ -28,6 +28,7 @@ import redis
 from dramatiq import Broker
 
 from dramatiq_fairway import cli
+from dramatiq_fairway.middlewares.breaker import CACHE_TTL
 from dramatiq_fairway.settings import BreakerPolicy, Settings
 from dramatiq_fairway.store.breakers import BreakerState, RedisBreakerStore
 from dramatiq_fairway.store.dead_letters import DeadLetterStore
@@ -249,12 +250,17 @@ def test_rate_limited_stops_every_worker_and_the_cli_forces_the_breaker_open(
     for name, value in settings_env(settings).items():
         monkeypatch.setenv(name, value)
     assert cli.main(["breakers", "open", BREAKER]) == 0
-    # Workers trust a closed breaker for CACHE_TTL (1 s) since they last heard of it.
-    time.sleep(1.5)
+    forced_at = time.monotonic()
+    # Workers trust a closed breaker for CACHE_TTL since they last heard of it, which was before
+    # the command or from its reply. That expiry happens inside the worker processes, with no
+    # event to poll for: wait for the deadline the rule gives, not a guessed time.
+    time.sleep(max(0.0, forced_at + CACHE_TTL - time.monotonic()))
     calls_before = len(server.calls)
     more = 100
     state_client.delete(f"{settings.namespace}:test:done")
     workers(more)
+    # "No call for a while" has no event either: it must outlast open_duration (after which an
+    # unforced breaker would let trials through), with margin for the holds' round trips.
     time.sleep(3 * POLICY.open_duration)
     assert len(server.calls) == calls_before
     assert done(state_client, settings) == set()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import random
 import time
+from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
@@ -39,6 +40,21 @@ class DeadView(Middleware):
 
     def before_nack(self, broker: Broker, message: Message[Any]) -> None:
         self.nacked[message.message_id] = dict(message.options)
+
+
+class Settled(Middleware):
+    """The ids of the acked messages, and how many times each id was enqueued (a retry enqueues
+    the id again)."""
+
+    def __init__(self) -> None:
+        self.acked: set[str] = set()
+        self.enqueued: Counter[str] = Counter()
+
+    def after_ack(self, broker: Broker, message: Message[Any]) -> None:
+        self.acked.add(message.message_id)
+
+    def after_enqueue(self, broker: Broker, message: Message[Any], delay: int | None) -> None:
+        self.enqueued[message.message_id] += 1
 
 
 class Runs:
@@ -409,12 +425,14 @@ def test_cancelled_ends_the_job_without_retry_or_dead_letter(
         calls.append(1)
         raise Cancelled()
 
+    settled = Settled()
+    broker.add_middleware(settled)
     message = cancellable.send()
     start_worker()
-    wait_for(lambda: calls)
-    broker.join(queue_name, timeout=10_000)
-    time.sleep(0.1)  # a retry would be back on the queue within its 20 ms backoff
+    # Polled: the ack comes after every after-hook, so a retry would be enqueued by then.
+    wait_for(lambda: message.message_id in settled.acked)
 
+    assert settled.enqueued[message.message_id] == 1
     assert calls == [1]
     assert dead.nacked == {}
     assert message.message_id not in dead.ids()

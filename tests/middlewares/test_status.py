@@ -28,16 +28,11 @@ from dramatiq_fairway.errors import PermanentError, SoftTimeLimitExceeded, Trans
 from dramatiq_fairway.middlewares.dead_letters import DeadLetters
 from dramatiq_fairway.middlewares.status import JobStatus, UniqueKeyUnavailable, progress
 from dramatiq_fairway.settings import Settings
-from dramatiq_fairway.store import status as status_store
+from dramatiq_fairway.store import status_writer
 from dramatiq_fairway.store.dead_letters import DeadLetterStore
 from dramatiq_fairway.store.scripts import ScriptCall
-from dramatiq_fairway.store.status import (
-    MOVES_PER_CALL,
-    JobRecord,
-    JobState,
-    JobStatusStore,
-    StatusWriter,
-)
+from dramatiq_fairway.store.status import JobRecord, JobState, JobStatusStore
+from dramatiq_fairway.store.status_writer import MOVES_PER_CALL, StatusWriter
 
 from ..support.chaos_support import push_raw
 from ..support.helpers import dramatiq_command, free_port, info_lines, loud_lines, settings_env, wait_for
@@ -63,7 +58,7 @@ def test_a_flush_of_many_jobs_writes_each_job_with_a_few_script_calls(
     store: JobStatusStore, state_client: redis.Redis, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     sent: list[list[ScriptCall]] = []
-    run_scripts = status_store.run_scripts
+    run_scripts = status_writer.run_scripts
     flushing_thread = threading.get_ident()
 
     def recording(client: redis.Redis, calls: list[ScriptCall]) -> list[object]:
@@ -72,7 +67,7 @@ def test_a_flush_of_many_jobs_writes_each_job_with_a_few_script_calls(
             sent.append(calls)
         return run_scripts(client, calls)
 
-    monkeypatch.setattr(status_store, "run_scripts", recording)
+    monkeypatch.setattr(status_writer, "run_scripts", recording)
     writer = StatusWriter(store, interval=3600)  # flushed by the test only
     jobs = [f"flush-{n}-{time.monotonic_ns()}" for n in range(2 * MOVES_PER_CALL + 50)]
     enqueued_ms = int(time.time() * 1000) - 5_000
