@@ -178,6 +178,12 @@ class LimitSettings(_Section):
     exempt_critical: bool = True
 
 
+class RabbitmqSettings(_Section):
+    # "quorum": every AMQP queue fairway declares is a replicated quorum queue, for a cluster
+    # (docs/design.md, "RabbitMQ queue layout"); changing it needs the queues migrated (406 otherwise).
+    queue_type: Literal["classic", "quorum"] = "classic"
+
+
 class LogSettings(_Section):
     # "json": one JSON object per line with the job's message id, actor, queue, tenant, attempt.
     format: Literal["text", "json"] = "text"
@@ -220,6 +226,7 @@ class Settings(BaseSettings):
     limits: LimitSettings = LimitSettings()
     dashboard: DashboardSettings = DashboardSettings()
     logs: LogSettings = LogSettings()
+    rabbitmq: RabbitmqSettings = RabbitmqSettings()
 
     @field_validator("redis_url", "state_url")
     @classmethod
@@ -231,8 +238,9 @@ class Settings(BaseSettings):
     @field_validator("rabbitmq_url")
     @classmethod
     def _amqp_scheme(cls, url: str) -> str:
-        if urlsplit(url).scheme not in ("amqp", "amqps"):
-            raise ValueError("must start with amqp:// or amqps://")
+        for node_url in url.split(","):
+            if urlsplit(node_url.strip()).scheme not in ("amqp", "amqps"):
+                raise ValueError("must start with amqp:// or amqps:// (several comma-separated for a cluster)")
         return url
 
     @classmethod
@@ -258,7 +266,9 @@ class Settings(BaseSettings):
 
 
 def mask_url(url: str) -> str:
-    """``url`` with its password replaced by ``****``."""
+    """``url`` with its password replaced by ``****``; each of several comma-separated URLs."""
+    if "," in url:
+        return ",".join(mask_url(part) for part in url.split(","))
     parts = urlsplit(url)
     if not parts.password:
         return url
