@@ -49,12 +49,11 @@ def channel(settings: Settings) -> Iterator[Callable[[], Any]]:
 
 
 def redeclare(channel: Callable[[], Any], name: str, arguments: dict[str, Any]) -> str:
-    """``ok`` when ``name`` exists with exactly ``arguments``, else RabbitMQ's 406 text."""
+    """``ok`` when ``name`` exists with exactly ``arguments``, else RabbitMQ's reply code and text (406 ...)."""
     try:
         channel().queue_declare(queue=name, durable=True, arguments=arguments)
     except pika.exceptions.ChannelClosedByBroker as error:
-        assert error.reply_code == 406
-        return str(error.reply_text)
+        return f"{error.reply_code} {error.reply_text}"
     return "ok"
 
 
