@@ -66,7 +66,7 @@ from .rabbitmq_layout import QueueLayout, QueueRole
 logger = logging.getLogger(__name__)
 
 # Seconds to wait before each further publish attempt after a lost connection: long enough for a
-# cluster to fail over (a quorum queue answered again 0.3 s after its leader's node was killed, see
+# cluster to fail over (a quorum queue answered again 0.26 s after its leader's node was killed, see
 # docs/operations.md), short enough that a send to a cluster that is really gone fails within ~4 s.
 PUBLISH_PAUSES = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0)
 
