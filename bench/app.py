@@ -40,7 +40,7 @@ if os.environ.get("BENCH_MODE") == "traced":
 elif os.environ.get("BENCH_MODE") == "fairway":
     broker = dramatiq_fairway.setup(settings)
 elif settings.broker == "rabbitmq":
-    broker = RabbitmqBroker(url=settings.rabbitmq_url)
+    broker = RabbitmqBroker(url=settings.rabbitmq_url.split(","))
     dramatiq.set_broker(broker)
 else:
     broker = RedisBroker(url=settings.redis_url)

@@ -60,14 +60,19 @@ def state_store_client(settings: Settings, **options: Any) -> redis.Redis:
     return redis_client(state_url(settings), settings.tls, **options)
 
 
-def rabbitmq_parameters(settings: Settings, **overrides: Any) -> pika.URLParameters:
-    """pika connection parameters for ``FAIRWAY_RABBITMQ_URL`` with the TLS settings applied."""
-    parameters = pika.URLParameters(settings.rabbitmq_url)
-    if urlsplit(settings.rabbitmq_url).scheme == "amqps":
-        parameters.ssl_options = pika.SSLOptions(_ssl_context(settings.tls), parameters.host)
-    for name, value in overrides.items():
-        setattr(parameters, name, value)
-    return parameters
+def rabbitmq_parameters(settings: Settings, **overrides: Any) -> list[pika.URLParameters]:
+    """pika connection parameters for each URL of ``FAIRWAY_RABBITMQ_URL`` (comma-separated for a
+    cluster), with the TLS settings applied: pika tries them in turn, so a connection (a first one
+    or a reconnection) goes to the first node that answers."""
+    nodes = []
+    for url in settings.rabbitmq_url.split(","):
+        parameters = pika.URLParameters(url.strip())
+        if urlsplit(url.strip()).scheme == "amqps":
+            parameters.ssl_options = pika.SSLOptions(_ssl_context(settings.tls), parameters.host)
+        for name, value in overrides.items():
+            setattr(parameters, name, value)
+        nodes.append(parameters)
+    return nodes
 
 
 def _ssl_context(tls: TlsSettings) -> ssl.SSLContext:

@@ -178,6 +178,12 @@ class LimitSettings(_Section):
     exempt_critical: bool = True
 
 
+class RabbitmqSettings(_Section):
+    # "quorum": every AMQP queue fairway declares is a replicated quorum queue, for a cluster
+    # (docs/design.md, "RabbitMQ queue layout"); changing it needs the queues migrated (406 otherwise).
+    queue_type: Literal["classic", "quorum"] = "classic"
+
+
 class LogSettings(_Section):
     # "json": one JSON object per line with the job's message id, actor, queue, tenant, attempt.
     format: Literal["text", "json"] = "text"
@@ -275,6 +281,7 @@ class Settings(ConfiguredSettings):
     logs: LogSettings = LogSettings()
     workers: WorkerSettings = WorkerSettings()
     tracing: TracingSettings = TracingSettings()
+    rabbitmq: RabbitmqSettings = RabbitmqSettings()
 
     @field_validator("redis_url", "state_url")
     @classmethod
@@ -284,7 +291,10 @@ class Settings(ConfiguredSettings):
     @field_validator("rabbitmq_url")
     @classmethod
     def _amqp_scheme(cls, url: str) -> str:
-        return url_with_scheme(url, ("amqp", "amqps"))
+        # Several node URLs, comma-separated, for a cluster: each is tried in turn.
+        for node_url in url.split(","):
+            url_with_scheme(node_url.strip(), ("amqp", "amqps"))
+        return url
 
     def masked(self) -> dict[str, Any]:
         """The effective settings as JSON-able data, with every secret masked."""
@@ -298,7 +308,9 @@ class Settings(ConfiguredSettings):
 
 
 def mask_url(url: str) -> str:
-    """``url`` with its password replaced by ``****``."""
+    """``url`` with its password replaced by ``****``; each of several comma-separated URLs."""
+    if "," in url:
+        return ",".join(mask_url(part) for part in url.split(","))
     parts = urlsplit(url)
     if not parts.password:
         return url

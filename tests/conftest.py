@@ -2,6 +2,8 @@
 
 Isolation: each test gets its own fairway namespace and queue names, and everything it created
 is deleted afterwards. A server that is down makes the tests that need it fail, never skip.
+``Settings`` reads ``FAIRWAY_*`` too, so ``FAIRWAY_RABBITMQ__QUEUE_TYPE=quorum`` in the environment
+runs the RabbitMQ half of the suite on quorum queues (docs/operations.md).
 """
 
 from __future__ import annotations

@@ -8,6 +8,8 @@
 # Dramatiq's Broker API, called by Dramatiq's Worker and by users.
 _.consumer_class
 _.consume
+# RabbitmqBroker._ensure_queue declares a canonical queue through it (FairRabbitmqBroker overrides it).
+_._declare_queue
 
 # Dramatiq's master reads every middleware's forks (the metrics exporter process).
 _.forks

@@ -23,10 +23,12 @@ def build_broker(settings: Settings) -> Broker:
     scheduling; its keys live under ``FAIRWAY_NAMESPACE`` so one setting isolates a deployment.
     """
     if settings.broker == "rabbitmq":
+        # Quorum queues refuse x-max-priority; fairway's levels are queues, so nothing needs it.
+        classic = settings.rabbitmq.queue_type == "classic"
         broker = FairRabbitmqBroker(
-            url=settings.rabbitmq_url,
+            url=settings.rabbitmq_url.split(","),
             confirm_delivery=True,
-            max_priority=RABBITMQ_MAX_PRIORITY,
+            max_priority=RABBITMQ_MAX_PRIORITY if classic else None,
             settings=settings,
         )
         broker.parameters = rabbitmq_parameters(settings)

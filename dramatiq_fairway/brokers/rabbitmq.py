@@ -7,13 +7,18 @@ AMQP queue          content
 ==================  =====================================================================
 ``q.fair.L.n``      ready messages of level ``L`` whose tenant hashes to lane ``n``
                     (dead-letters to ``q.XQ``; no ``x-max-priority``)
-``q``               the queue as Dramatiq declares it (``x-max-priority`` 5): nothing is
+``q``               the queue as Dramatiq declares it (classic: ``x-max-priority`` 5): nothing is
                     published there any more, but it is still consumed, so messages left
                     by an earlier version or published by hand are served (by their options)
 ``q.DQ``            delayed and held-back messages (unchanged; they come back through
                     ``enqueue`` and so land on their level and lane)
 ``q.XQ``            dead messages nacked without a dead-letter record (unchanged)
 ==================  =====================================================================
+
+Every one of them is declared through ``rabbitmq_layout.py``, classic or quorum queues as
+``FAIRWAY_RABBITMQ__QUEUE_TYPE`` says. ``FAIRWAY_RABBITMQ_URL`` may list several nodes: pika tries
+them in turn, publishes are retried on another connection after short pauses, and Dramatiq's
+worker restarts a consumer whose connection died (which then connects to the next node).
 
 Dramatiq's Worker still makes one consumer per queue name; for ``q`` it gets
 ``FairPickingConsumer`` (``rabbitmq_consumer.py``), which consumes every AMQP queue above on one channel with a prefetch
@@ -43,7 +48,7 @@ import pika.spec
 import redis
 from dramatiq import Message
 from dramatiq.broker import Consumer
-from dramatiq.brokers.rabbitmq import MAX_ENQUEUE_ATTEMPTS, RabbitmqBroker, _RabbitmqConsumer
+from dramatiq.brokers.rabbitmq import RabbitmqBroker, _RabbitmqConsumer
 from dramatiq.common import current_millis, dq_name, q_name, xq_name
 from dramatiq.errors import ConnectionClosed, QueueJoinTimeout
 
@@ -56,8 +61,14 @@ from ..tenants import tenant_of
 from .delivery import HoldsAtStart, held_copy
 from .hooks import OverriddenHooks
 from .rabbitmq_consumer import CONNECTION_ERRORS, ENQUEUED_HEADER, FairPickingConsumer, SingleQueueConsumer
+from .rabbitmq_layout import QueueLayout, QueueRole
 
 logger = logging.getLogger(__name__)
+
+# Seconds to wait before each further publish attempt after a lost connection: long enough for a
+# cluster to fail over (a quorum queue answered again 0.26 s after its leader's node was killed, see
+# docs/operations.md), short enough that a send to a cluster that is really gone fails within ~4 s.
+PUBLISH_PAUSES = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0)
 
 
 def lane_of(tenant: str, lanes: int) -> int:
@@ -93,6 +104,7 @@ class FairRabbitmqBroker(HoldsAtStart, OverriddenHooks, RabbitmqBroker):
         self.settings = settings or load_settings()
         self.lanes = lanes or self.settings.fairness.rabbitmq_lanes
         self.clock = clock
+        self.layout = QueueLayout(self.settings.rabbitmq.queue_type, self.max_priority)
         self._state_store: redis.Redis | None = None
         self._consumers: weakref.WeakSet[FairPickingConsumer] = weakref.WeakSet()
 
@@ -127,16 +139,24 @@ class FairRabbitmqBroker(HoldsAtStart, OverriddenHooks, RabbitmqBroker):
 
     def _declare_queue(self, queue_name: str) -> Any:
         # Called by Dramatiq's _ensure_queue, with its retries, once per queue and process.
-        declared = super()._declare_queue(queue_name)
+        declared = self._declare_canonical_queue(queue_name)
         self._declare_level_queues(queue_name)
         self._register(queue_name)
         return declared
 
+    def _declare_canonical_queue(self, queue_name: str) -> Any:
+        return self.layout.declare(self.channel, QueueRole.CANONICAL, queue_name, queue_name)
+
+    def _declare_dq_queue(self, queue_name: str) -> Any:
+        return self.layout.declare(self.channel, QueueRole.DELAY, dq_name(queue_name), queue_name)
+
+    def _declare_xq_queue(self, queue_name: str) -> Any:
+        return self.layout.declare(self.channel, QueueRole.DEAD, xq_name(queue_name), queue_name)
+
     def _declare_level_queues(self, queue_name: str) -> int:
         """Declare the level queues of ``queue_name``; the messages ready on them."""
-        arguments = {"x-dead-letter-exchange": "", "x-dead-letter-routing-key": xq_name(queue_name)}
         return sum(
-            self.channel.queue_declare(queue=name, durable=True, arguments=arguments).method.message_count
+            self.layout.declare(self.channel, QueueRole.LEVEL, name, queue_name).method.message_count
             for name in self.level_queues(queue_name)
         )
 
@@ -169,10 +189,15 @@ class FairRabbitmqBroker(HoldsAtStart, OverriddenHooks, RabbitmqBroker):
     # Publishing.
 
     def enqueue(self, message: Message, *, delay: int | None = None) -> Message:
-        """Publish ``message`` to its level and lane (delayed messages go to ``.DQ`` as in Dramatiq)."""
+        """Publish ``message`` to its level and lane (delayed messages go to ``.DQ`` as in Dramatiq).
+
+        On a lost connection the publish is retried on a new one (the next node of a cluster) after
+        each of ``PUBLISH_PAUSES``, then ``ConnectionClosed`` is raised. With publisher confirms, a
+        send that returned is on the queue (on a quorum queue: on a majority of its nodes); one
+        retried after a connection died unconfirmed may be queued twice (at least once)."""
         if delay is not None:
             return super().enqueue(message, delay=delay)
-        attempts = 0
+        pauses = iter(PUBLISH_PAUSES)
         while True:
             try:
                 self.declare_queue(message.queue_name, ensure=True)
@@ -180,13 +205,17 @@ class FairRabbitmqBroker(HoldsAtStart, OverriddenHooks, RabbitmqBroker):
                 self._publish(self.route(message), message)
                 self.emit_after("enqueue", message, None)
                 return message
-            except (pika.exceptions.AMQPConnectionError, pika.exceptions.AMQPChannelError) as error:
+            except (pika.exceptions.AMQPConnectionError, pika.exceptions.AMQPChannelError, ConnectionClosed) as error:
                 del self.connection
                 if isinstance(error, pika.exceptions.UnroutableError):
                     self.queues_pending.add(q_name(message.queue_name))
-                attempts += 1
-                if attempts >= MAX_ENQUEUE_ATTEMPTS:
-                    raise ConnectionClosed(error) from None
+                pause = next(pauses, None)
+                if pause is None:
+                    raise error if isinstance(error, ConnectionClosed) else ConnectionClosed(error) from None
+                logger.debug(
+                    "Publish of %r lost its connection (%s); retrying in %.2f s.", message.message_id, error, pause
+                )
+                time.sleep(pause)
 
     def hold_back(self, message: Message, delay: int) -> None:
         """Publish a waiting copy of ``message`` on its delay queue, firing no middleware hook."""
@@ -232,7 +261,7 @@ class FairRabbitmqBroker(HoldsAtStart, OverriddenHooks, RabbitmqBroker):
 
     def get_queue_message_counts(self, queue_name: str) -> tuple[int, int, int]:
         """(ready over the queue and all its level queues, delayed, dead), as RabbitmqBroker's."""
-        ready = super()._declare_queue(queue_name).method.message_count + self._declare_level_queues(queue_name)
+        ready = self._declare_canonical_queue(queue_name).method.message_count + self._declare_level_queues(queue_name)
         delayed = self._declare_dq_queue(queue_name).method.message_count
         dead = self._declare_xq_queue(queue_name).method.message_count
         return ready, delayed, dead

@@ -114,7 +114,12 @@ def _one_line(error: BaseException, url: str) -> str:
     text = " ".join(detail.split())
     if not text.startswith(type(error).__name__):
         text = f"{type(error).__name__}: {text}"
-    password = pika.URLParameters(url).credentials.password if url.startswith("amqp") else None
-    if password is None and "@" in url:
-        password = redis.connection.parse_url(url).get("password")
-    return text.replace(password, "****") if password else text
+    if url.startswith("amqp"):
+        # A cluster's URLs may each carry their own password.
+        passwords = [pika.URLParameters(node_url.strip()).credentials.password for node_url in url.split(",")]
+    else:
+        passwords = [redis.connection.parse_url(url).get("password")] if "@" in url else []
+    for password in passwords:
+        if password:
+            text = text.replace(password, "****")
+    return text

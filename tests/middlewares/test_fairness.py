@@ -56,9 +56,12 @@ def test_levels_and_tenants_are_normalised(broker: Broker, queue_name: str, sent
     job.send()
     job.send_with_options(priority_level="Critical", tenant="zed")
     assert [(o["priority_level"], o["tenant"]) for o in sent.options] == [(4, "acme"), (1, "zed")]
-    if isinstance(broker, RabbitmqBroker):
+    if isinstance(broker, RabbitmqBroker) and broker.max_priority:
         # AMQP: higher is more urgent; the queues are declared with x-max-priority=5.
         assert [o["broker_priority"] for o in sent.options] == [2, 5]
+    elif isinstance(broker, RabbitmqBroker):
+        # Quorum queues have no x-max-priority: the levels are queues, no AMQP priority is set.
+        assert [o.get("broker_priority") for o in sent.options] == [None, None]
     else:
         levels = {row["priority_level"]: row["tenant"] for row in broker.queue_depths(queue_name)}
         assert levels == {"LOW": "acme", "CRITICAL": "zed"}

@@ -50,6 +50,7 @@ def settings_env(settings: Settings) -> dict[str, str]:
         "FAIRWAY_RABBITMQ_URL": settings.rabbitmq_url,
         "FAIRWAY_DATA_DIR": str(settings.data_dir),
         "FAIRWAY_NAMESPACE": settings.namespace,
+        "FAIRWAY_RABBITMQ__QUEUE_TYPE": settings.rabbitmq.queue_type,
     }
     if settings.state_url:
         env["FAIRWAY_STATE_URL"] = settings.state_url

@@ -49,6 +49,11 @@ BAD_ENVIRONMENTS = [
     ({"FAIRWAY_BROKER": "kafka"}, "FAIRWAY_BROKER: 'kafka' is not one of redis, rabbitmq, embedded"),
     ({"FAIRWAY_REDIS_URL": "http://x"}, "FAIRWAY_REDIS_URL: 'http://x' must start with redis://"),
     ({"FAIRWAY_RABBITMQ_URL": "redis://x"}, "FAIRWAY_RABBITMQ_URL: 'redis://x' must start with amqp://"),
+    ({"FAIRWAY_RABBITMQ_URL": "amqp://a/%2F,redis://b"}, "FAIRWAY_RABBITMQ_URL: 'amqp://a/%2F,redis://b' must start"),
+    (
+        {"FAIRWAY_RABBITMQ__QUEUE_TYPE": "mirrored"},
+        "FAIRWAY_RABBITMQ__QUEUE_TYPE: 'mirrored' is not one of classic, quorum",
+    ),
     ({"FAIRWAY_METRICS__PORT": "70000"}, "FAIRWAY_METRICS__PORT: '70000' input should be less than or equal to 65535"),
     ({"FAIRWAY_METRICS__PORT": "abc"}, "FAIRWAY_METRICS__PORT: 'abc'"),
     ({"FAIRWAY_FAIRNESS__WEIGHTS": '{"a": 0}'}, "FAIRWAY_FAIRNESS__WEIGHTS:"),
@@ -102,3 +107,15 @@ def test_mask_url_keeps_everything_but_the_password() -> None:
     assert mask_url("redis://:pw@127.0.0.1:6380/2") == "redis://:****@127.0.0.1:6380/2"
     assert mask_url("amqps://guest:pw@rabbit/%2F") == "amqps://guest:****@rabbit/%2F"
     assert mask_url("redis://127.0.0.1:6379/0") == "redis://127.0.0.1:6379/0"
+
+
+def test_mask_url_masks_every_node_of_a_cluster() -> None:
+    urls = "amqp://u:pw1@r1:5672/%2F,amqp://u:pw2@r2:5672/%2F"
+    assert mask_url(urls) == "amqp://u:****@r1:5672/%2F,amqp://u:****@r2:5672/%2F"
+
+
+def test_rabbitmq_queue_type_defaults_to_classic_and_reads_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("FAIRWAY_RABBITMQ__QUEUE_TYPE", raising=False)
+    assert load_settings().rabbitmq.queue_type == "classic"
+    monkeypatch.setenv("FAIRWAY_RABBITMQ__QUEUE_TYPE", "quorum")
+    assert load_settings().rabbitmq.queue_type == "quorum"
