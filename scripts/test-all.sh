@@ -2,7 +2,7 @@
 # The whole test suite on a fresh Debian machine, set-up included: the system packages the tests
 # drive (Redis, RabbitMQ, Chromium for the dashboard's browser test, promtool for the Prometheus
 # rules, npm for the Lua formatter), Redis and RabbitMQ started when they do not answer, the venv, then lint and pytest.
-# Arguments go to pytest: `bash scripts/test-all.sh -m "not chaos and not browser"`.
+# Arguments go to pytest: `bash scripts/test-all.sh -m "not chaos and not browser and not cluster"`.
 # Nothing is ever skipped for a missing tool: it is installed here, or the run fails.
 set -euo pipefail
 cd "$(dirname "$0")/.."
