@@ -128,17 +128,30 @@ class FairRabbitmqBroker(HoldsAtStart, OverriddenHooks, RabbitmqBroker):
     def _declare_queue(self, queue_name: str) -> Any:
         # Called by Dramatiq's _ensure_queue, with its retries, once per queue and process.
         declared = super()._declare_queue(queue_name)
-        self._declare_level_queues(queue_name)
+        self.declare_level_queues(queue_name)
         self._register(queue_name)
         return declared
 
-    def _declare_level_queues(self, queue_name: str) -> int:
+    def declare_level_queues(self, queue_name: str) -> int:
         """Declare the level queues of ``queue_name``; the messages ready on them."""
         arguments = {"x-dead-letter-exchange": "", "x-dead-letter-routing-key": xq_name(queue_name)}
         return sum(
             self.channel.queue_declare(queue=name, durable=True, arguments=arguments).method.message_count
             for name in self.level_queues(queue_name)
         )
+
+    # fairway's declares of the three queues Dramatiq names, for `fairway migrate` (ops/migrate_rabbitmq.py),
+    # which tells from a refused one (406) that stock Dramatiq declared it otherwise.
+
+    def declare_canonical_queue(self, queue_name: str) -> None:
+        """Declare ``queue_name`` (and its level queues) with fairway's arguments."""
+        self._declare_queue(queue_name)
+
+    def declare_delay_queue(self, queue_name: str) -> None:
+        self._declare_dq_queue(queue_name)
+
+    def declare_dead_queue(self, queue_name: str) -> None:
+        self._declare_xq_queue(queue_name)
 
     def _register(self, queue_name: str) -> None:
         # Only where fairway's settings chose RabbitMQ: then the state store is in use anyway, while
@@ -232,7 +245,7 @@ class FairRabbitmqBroker(HoldsAtStart, OverriddenHooks, RabbitmqBroker):
 
     def get_queue_message_counts(self, queue_name: str) -> tuple[int, int, int]:
         """(ready over the queue and all its level queues, delayed, dead), as RabbitmqBroker's."""
-        ready = super()._declare_queue(queue_name).method.message_count + self._declare_level_queues(queue_name)
+        ready = super()._declare_queue(queue_name).method.message_count + self.declare_level_queues(queue_name)
         delayed = self._declare_dq_queue(queue_name).method.message_count
         dead = self._declare_xq_queue(queue_name).method.message_count
         return ready, delayed, dead
