@@ -28,10 +28,18 @@ def register(subparsers: Any) -> None:
     parser.add_argument(
         "--stock-namespace",
         default=DEFAULT_STOCK_NAMESPACE,
+        type=_stock_namespace,
         metavar="NS",
         help=f"Redis: the namespace stock Dramatiq's RedisBroker used (default {DEFAULT_STOCK_NAMESPACE!r})",
     )
     parser.set_defaults(func=run)
+
+
+def _stock_namespace(value: str) -> str:
+    # It becomes a SCAN pattern: a glob character in it would match other namespaces' keys.
+    if not value or any(char in value for char in "*?[]"):
+        raise argparse.ArgumentTypeError(f"{value!r} is not a namespace (non-empty, no *, ?, [ or ])")
+    return value
 
 
 def run(args: argparse.Namespace) -> None:
