@@ -63,6 +63,8 @@ def _migrate_queue(broker: FairRabbitmqBroker, queue: str, dry_run: bool) -> Mig
     if dry_run:
         return _would_move(broker, queue)
     report = Migrated(queue=queue)
+    if _ready_count(broker, queue) is None:
+        broker.declare_canonical_queue(queue)
     broker.declare_level_queues(queue)
     for attempt in range(DELETE_ATTEMPTS):
         report.ready += _drain(broker, queue, lambda properties, body: _to_level_queue(broker, queue, properties, body))
@@ -144,7 +146,12 @@ def _to_level_queue(
         level = level_of_broker_priority(properties.priority, broker.max_priority or Priority.BATCH)
         message = message.copy(options={"priority_level": int(level)})
         body = message.encode()
-    level, tenant = level_of(message.options), tenant_of(message.options)
+    try:
+        level = level_of(message.options)
+    except ValueError:
+        # A bad priority_level is served as NORMAL by fairway's consumer too; it must not stop the move.
+        level = Priority.NORMAL
+    tenant = tenant_of(message.options)
     headers = {**(properties.headers or {}), ENQUEUED_HEADER: message.message_timestamp}
     moved = pika.BasicProperties(delivery_mode=2, priority=properties.priority, headers=headers)
     return level_queue(queue, level, lane_of(tenant, broker.lanes)), body, moved

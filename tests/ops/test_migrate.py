@@ -7,14 +7,17 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 
 import dramatiq
+import pika
 import pytest
 from dramatiq import Broker, Worker
 from dramatiq.common import dq_name, xq_name
 from dramatiq.errors import ConnectionClosed
 
 from dramatiq_fairway.brokers.fair_redis import FairRedisBroker
+from dramatiq_fairway.connections import rabbitmq_parameters
 from dramatiq_fairway.ops.controls import UnknownQueue
 from dramatiq_fairway.ops.migrate import Migrated, migrate
+from dramatiq_fairway.ops.migrate_rabbitmq import PARKING_SUFFIX
 from dramatiq_fairway.priority import Priority
 from dramatiq_fairway.settings import Settings
 
@@ -152,3 +155,31 @@ def test_messages_stock_producers_send_while_migrating_are_kept(
     assert sent
     assert moved == 200 + len(sent)
     assert sum(broker.ready_by_level(queue_name).values()) == 200 + len(sent)
+
+
+@pytest.mark.parametrize("broker_kind", ["rabbitmq"])
+def test_a_run_interrupted_after_parking_the_delay_queue_is_finished_by_the_next(
+    broker: Broker, settings: Settings, queue_name: str
+) -> None:
+    """The state a crash leaves between deleting the stock ``.DQ`` and refilling it: its messages
+    only in the parking queue. The next run declares ``.DQ`` with fairway's arguments and refills it."""
+    fill_stock_queue(settings, queue_name, ready=3, delayed=4, dead=0, delay_ms=60_000)
+    connection = pika.BlockingConnection(rabbitmq_parameters(settings))
+    channel = connection.channel()
+    parking = dq_name(queue_name) + PARKING_SUFFIX
+    channel.queue_declare(parking, durable=True)
+    while True:
+        method, properties, body = channel.basic_get(dq_name(queue_name))
+        if method is None:
+            break
+        channel.basic_publish("", parking, body, properties)
+        channel.basic_ack(method.delivery_tag)
+    channel.queue_delete(dq_name(queue_name))
+    connection.close()
+
+    report = run_migrate(broker, settings, queue_name)
+
+    assert (report.ready, report.delayed) == (3, 4)
+    assert amqp_count(settings, parking) is None
+    assert amqp_count(settings, dq_name(queue_name)) == 4
+    assert run_migrate(broker, settings, queue_name) == Migrated(queue=queue_name)
