@@ -58,6 +58,8 @@ from .hooks import OverriddenHooks
 from .rabbitmq_consumer import CONNECTION_ERRORS, ENQUEUED_HEADER, FairPickingConsumer, SingleQueueConsumer
 
 logger = logging.getLogger(__name__)
+# RabbitMQ's reply to a declare whose arguments differ from the queue's.
+PRECONDITION_FAILED = 406
 
 
 def lane_of(tenant: str, lanes: int) -> int:
@@ -124,6 +126,18 @@ class FairRabbitmqBroker(HoldsAtStart, OverriddenHooks, RabbitmqBroker):
         return level_queue(
             message.queue_name, level_of(message.options), lane_of(tenant_of(message.options), self.lanes)
         )
+
+    def _ensure_queue(self, canonical_queue_name: str) -> None:
+        try:
+            super()._ensure_queue(canonical_queue_name)
+        except ConnectionClosed as error:
+            cause = error.message
+            if isinstance(cause, pika.exceptions.ChannelClosedByBroker) and cause.reply_code == PRECONDITION_FAILED:
+                raise ConnectionClosed(
+                    f"{cause}: queue {canonical_queue_name!r} was declared with other arguments (by stock Dramatiq?);"
+                    f" `fairway migrate {canonical_queue_name}` adopts it (docs/operations.md)"
+                ) from None
+            raise
 
     def _declare_queue(self, queue_name: str) -> Any:
         # Called by Dramatiq's _ensure_queue, with its retries, once per queue and process.

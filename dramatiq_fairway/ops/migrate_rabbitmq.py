@@ -30,7 +30,7 @@ import pika.exceptions
 from dramatiq import Message
 from dramatiq.common import dq_name, q_name, xq_name
 
-from ..brokers.rabbitmq import FairRabbitmqBroker, lane_of, level_queue
+from ..brokers.rabbitmq import PRECONDITION_FAILED, FairRabbitmqBroker, lane_of, level_queue
 from ..brokers.rabbitmq_consumer import ENQUEUED_HEADER
 from ..errors import FairwayError
 from ..priority import Priority, level_of, level_of_broker_priority
@@ -41,7 +41,7 @@ from .migration_report import Migrated
 PARKING_SUFFIX = ".adopting"
 # Attempts at deleting a stock queue that producers keep refilling before giving up.
 DELETE_ATTEMPTS = 10
-NOT_FOUND, PRECONDITION_FAILED = 404, 406
+NOT_FOUND = 404
 
 # (routing key, body, properties) a message moves to, from its (properties, body).
 Target = Callable[[pika.BasicProperties, bytes], tuple[str, bytes, pika.BasicProperties]]

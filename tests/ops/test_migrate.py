@@ -68,7 +68,7 @@ def test_a_stock_queue_of_500_is_moved_and_each_job_runs_once_with_its_args(
 
     if settings.broker == "rabbitmq":
         # The 406 fairway gets today from a queue stock Dramatiq declared.
-        with pytest.raises(ConnectionClosed, match="PRECONDITION_FAILED"):
+        with pytest.raises(ConnectionClosed, match=f"PRECONDITION_FAILED.*`fairway migrate {queue_name}`"):
             record.send(-1, "refused")
 
     report = run_migrate(broker, settings, queue_name)
