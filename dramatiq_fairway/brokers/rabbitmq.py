@@ -157,9 +157,13 @@ class FairRabbitmqBroker(HoldsAtStart, OverriddenHooks, RabbitmqBroker):
     # fairway's declares of the three queues Dramatiq names, for `fairway migrate` (ops/migrate_rabbitmq.py),
     # which tells from a refused one (406) that stock Dramatiq declared it otherwise.
 
-    def declare_canonical_queue(self, queue_name: str) -> None:
-        """Declare ``queue_name`` (and its level queues) with fairway's arguments."""
-        self._declare_queue(queue_name)
+    def declare_canonical_queue(self, queue_name: str, *, with_level_queues: bool = True) -> None:
+        """Declare ``queue_name`` with fairway's arguments, and its level queues unless told not to
+        (a dry run only asks whether RabbitMQ accepts the declare)."""
+        if with_level_queues:
+            self._declare_queue(queue_name)
+        else:
+            super()._declare_queue(queue_name)
 
     def declare_delay_queue(self, queue_name: str) -> None:
         self._declare_dq_queue(queue_name)

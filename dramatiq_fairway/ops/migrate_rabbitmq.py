@@ -23,6 +23,7 @@ queue left by a crash is emptied by the next run.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from functools import partial
 from typing import Any
 
 import pika
@@ -76,24 +77,30 @@ def _migrate_queue(broker: FairRabbitmqBroker, queue: str, dry_run: bool) -> Mig
             break
     else:
         raise QueueKeepsFilling(f"queue: {queue!r} kept receiving messages while being moved; stop its producers")
-    report.delayed = _rehome(broker, dq_name(queue), lambda: broker.declare_delay_queue(queue), report)
-    report.dead = _rehome(broker, xq_name(queue), lambda: broker.declare_dead_queue(queue), report)
+    for column, name, declare in _side_queues(broker, queue):
+        setattr(report, column, _rehome(broker, name, declare, report))
     return report
+
+
+def _side_queues(broker: FairRabbitmqBroker, queue: str) -> list[tuple[str, str, Callable[[], Any]]]:
+    """(report column, AMQP queue, fairway's declare of it) of the delay and the dead queue."""
+    return [
+        ("delayed", dq_name(queue), partial(broker.declare_delay_queue, queue)),
+        ("dead", xq_name(queue), partial(broker.declare_dead_queue, queue)),
+    ]
 
 
 def _would_move(broker: FairRabbitmqBroker, queue: str) -> Migrated:
     """What a real run would move, moving nothing (a refused declare only closes a channel)."""
     report = Migrated(queue=queue, ready=_ready_count(broker, queue) or 0)
-    for column, name, declare in (
-        ("delayed", dq_name(queue), lambda: broker.declare_delay_queue(queue)),
-        ("dead", xq_name(queue), lambda: broker.declare_dead_queue(queue)),
-    ):
+    for column, name, declare in _side_queues(broker, queue):
         parked = _ready_count(broker, name + PARKING_SUFFIX) or 0
         refused = _ready_count(broker, name) is not None and _refused(broker, declare)
         setattr(report, column, parked + ((_ready_count(broker, name) or 0) if refused else 0))
         if refused:
             report.redeclared.append(name)
-    if _ready_count(broker, queue) is not None and _refused(broker, lambda: broker.declare_canonical_queue(queue)):
+    probe = partial(broker.declare_canonical_queue, queue, with_level_queues=False)
+    if _ready_count(broker, queue) is not None and _refused(broker, probe):
         report.redeclared.insert(0, queue)
     return report
 

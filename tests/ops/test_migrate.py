@@ -14,6 +14,7 @@ from dramatiq.common import dq_name, xq_name
 from dramatiq.errors import ConnectionClosed
 
 from dramatiq_fairway.brokers.fair_redis import FairRedisBroker
+from dramatiq_fairway.brokers.rabbitmq import level_queue
 from dramatiq_fairway.connections import rabbitmq_parameters
 from dramatiq_fairway.ops.controls import UnknownQueue
 from dramatiq_fairway.ops.migrate import Migrated, migrate
@@ -108,6 +109,8 @@ def test_dry_run_counts_and_moves_nothing(broker: Broker, settings: Settings, qu
     assert (report.ready, report.delayed, report.dead) == (20, 5, 0 if rabbit else 3)
     assert report.redeclared == ([queue_name, dq_name(queue_name)] if rabbit else [])
     assert stock_counts(settings, queue_name) == before == {"ready": 20, "delayed": 5, "dead": len(fill.dead)}
+    if rabbit:
+        assert amqp_count(settings, level_queue(queue_name, Priority.NORMAL, 0)) is None  # nothing declared either
 
 
 def test_a_second_run_moves_nothing(broker: Broker, settings: Settings, queue_name: str) -> None:
