@@ -6,7 +6,9 @@ delayed messages as ``<stock>:q.DQ`` (+ ``.msgs``) and its dead ones as ``<stock
 their bodies decoded here for the level and the tenant, and ``FairRedisBroker.adopt`` moves each
 message in one script call: ready ones to the tail of their (level, tenant) FIFO, delayed ones to
 the delay queue (their eta is in the body, as fairway's own), dead ones to fairway's dead messages.
-An id a stock worker still holds is not waiting in the list, so it is left for that worker.
+An id a live stock worker holds is not waiting in the list, so it is left for that worker; the
+ack sets of stock workers silent for longer than stock Dramatiq's heartbeat timeout (60 s) move
+too, since no stock worker will give them back once none runs.
 """
 
 from __future__ import annotations
@@ -18,7 +20,13 @@ from dramatiq.common import dq_name, q_name, xq_name
 
 from ..brokers.fair_redis import FairRedisBroker
 from ..priority import Priority, level_of
-from ..store.keys import stock_bodies_key, stock_bodies_pattern, stock_ids_key
+from ..store.keys import (
+    stock_acks_key,
+    stock_bodies_key,
+    stock_bodies_pattern,
+    stock_heartbeats_key,
+    stock_ids_key,
+)
 from ..tenants import DEFAULT_TENANT, tenant_of
 from .controls import UnknownQueue, known_queues
 from .migration_report import Migrated
@@ -27,6 +35,8 @@ DEFAULT_STOCK_NAMESPACE = "dramatiq"
 # Ids moved per script call: long enough to amortise the round trip, short enough not to hold
 # Redis for more than about a millisecond.
 BATCH = 200
+# Stock RedisBroker's default heartbeat_timeout: a worker silent this long is dead to it too.
+STOCK_HEARTBEAT_TIMEOUT_MS = 60_000
 
 
 def migrate_redis(
@@ -58,38 +68,60 @@ def _stock_queues(broker: FairRedisBroker, stock_namespace: str) -> set[str]:
 
 
 def _migrate_queue(broker: FairRedisBroker, stock_namespace: str, queue: str, dry_run: bool) -> Migrated:
+    dead_workers = _dead_stock_workers(broker, stock_namespace)
     counts = {}
     for column, part, stock_queue in (
         ("ready", "q", queue),
         ("delayed", "dq", dq_name(queue)),
         ("dead", "xq", xq_name(queue)),
     ):
-        keys = (stock_ids_key(stock_namespace, stock_queue), stock_bodies_key(stock_namespace, stock_queue))
-        if dry_run:
-            counts[column] = _waiting(broker, part, keys[0])
-        else:
-            counts[column] = _move(broker, queue, part, keys)
+        bodies = stock_bodies_key(stock_namespace, stock_queue)
+        sources = [stock_ids_key(stock_namespace, stock_queue)]
+        if part != "xq":
+            sources += [stock_acks_key(stock_namespace, worker, stock_queue) for worker in dead_workers]
+        counts[column] = sum(
+            _count(broker, source) if dry_run else _move(broker, queue, part, (source, bodies)) for source in sources
+        )
     return Migrated(queue=queue, **counts)
 
 
-def _waiting(broker: FairRedisBroker, part: str, ids_key: str) -> int:
-    return int(broker.client.zcard(ids_key) if part == "xq" else broker.client.llen(ids_key))
+def _dead_stock_workers(broker: FairRedisBroker, stock_namespace: str) -> list[str]:
+    """Stock workers silent for longer than stock Dramatiq's heartbeat timeout: what their ack sets
+    hold, no stock worker will give back once none runs, so it moves too."""
+    seconds, micros = broker.client.time()
+    stale = seconds * 1000 + micros // 1000 - STOCK_HEARTBEAT_TIMEOUT_MS
+    return [
+        worker.decode() for worker in broker.client.zrangebyscore(stock_heartbeats_key(stock_namespace), "-inf", stale)
+    ]
+
+
+def _count(broker: FairRedisBroker, source: str) -> int:
+    client = broker.client
+    counter = {"list": client.llen, "zset": client.zcard, "set": client.scard}.get(client.type(source).decode())
+    return int(counter(source)) if counter else 0
+
+
+def _ids(broker: FairRedisBroker, source: str) -> list[bytes]:
+    """Up to BATCH ids of ``source``, from the head of a list or zset."""
+    kind = broker.client.type(source).decode()
+    if kind == "list":
+        return list(broker.client.lrange(source, 0, BATCH - 1))
+    if kind == "zset":
+        return list(broker.client.zrange(source, 0, BATCH - 1))
+    if kind == "set":
+        return list(broker.client.srandmember(source, BATCH))
+    return []
 
 
 def _move(broker: FairRedisBroker, queue: str, part: str, keys: tuple[str, str]) -> int:
     moved = 0
-    while True:
-        if part == "xq":
-            ids = broker.client.zrange(keys[0], 0, BATCH - 1)
-        else:
-            ids = broker.client.lrange(keys[0], 0, BATCH - 1)
-        if not ids:
-            return moved
+    while ids := _ids(broker, keys[0]):
         bodies = broker.client.hmget(keys[1], ids)
         entries = [(rid.decode(), *_level_and_tenant(body)) for rid, body in zip(ids, bodies, strict=True)]
         # Every id read is gone from the stock keys after the call (moved, or dropped when bodyless,
         # or taken by a stock worker meanwhile), so the loop ends.
         moved += broker.adopt(queue, part, keys, entries)
+    return moved
 
 
 def _level_and_tenant(body: bytes | None) -> tuple[Priority, str]:

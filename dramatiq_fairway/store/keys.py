@@ -17,6 +17,8 @@ empties; stock Dramatiq owns them, under its own namespace (``dramatiq`` by defa
     {stock}:{queue}, {stock}:{queue}.DQ            lists of message ids, ready / delayed
     {stock}:{queue}.XQ                             zset id -> time of death, dead
     each of the three plus ".msgs"                 hash id -> message body
+    {stock}:__heartbeats__                         zset worker id -> last beat (ms)
+    {stock}:__acks__.{worker}.{queue}              set of the ids a worker holds (queue: q or q.DQ)
 """
 
 from __future__ import annotations
@@ -62,3 +64,12 @@ def stock_bodies_key(stock_namespace: str, queue_name: str) -> str:
 def stock_bodies_pattern(stock_namespace: str) -> str:
     """A SCAN pattern for every stock bodies hash of ``stock_namespace`` (``fairway migrate`` lists queues with it)."""
     return f"{stock_namespace}:*.msgs"
+
+
+def stock_heartbeats_key(stock_namespace: str) -> str:
+    return f"{stock_namespace}:__heartbeats__"
+
+
+def stock_acks_key(stock_namespace: str, worker_id: str, queue_name: str) -> str:
+    """The ids stock worker ``worker_id`` holds from ``queue_name`` (``q`` or ``q.DQ``)."""
+    return f"{stock_namespace}:__acks__.{worker_id}.{queue_name}"

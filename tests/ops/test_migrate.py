@@ -10,6 +10,7 @@ import dramatiq
 import pika
 import pytest
 from dramatiq import Broker, Worker
+from dramatiq.brokers.redis import RedisBroker
 from dramatiq.common import dq_name, xq_name
 from dramatiq.errors import ConnectionClosed
 
@@ -21,6 +22,7 @@ from dramatiq_fairway.ops.migrate import Migrated, migrate
 from dramatiq_fairway.ops.migrate_rabbitmq import PARKING_SUFFIX
 from dramatiq_fairway.priority import Priority
 from dramatiq_fairway.settings import Settings
+from dramatiq_fairway.store.keys import stock_heartbeats_key
 
 from ..support.helpers import wait_for
 from ..support.stock_queues import (
@@ -186,3 +188,22 @@ def test_a_run_interrupted_after_parking_the_delay_queue_is_finished_by_the_next
     assert amqp_count(settings, parking) is None
     assert amqp_count(settings, dq_name(queue_name)) == 4
     assert run_migrate(broker, settings, queue_name) == Migrated(queue=queue_name)
+
+
+@pytest.mark.parametrize("broker_kind", ["redis"])
+def test_messages_a_dead_stock_worker_held_are_moved_too(broker: Broker, settings: Settings, queue_name: str) -> None:
+    """A stock worker that fetched messages and died: its ack set is moved once its heartbeat is stale."""
+    fill_stock_queue(settings, queue_name, ready=10, delayed=0, dead=0)
+    stock = stock_broker(settings)
+    assert isinstance(stock, RedisBroker)
+    dramatiq.actor(queue_name=queue_name, actor_name="record", broker=stock)(note_of)
+    consumer = stock.consume(queue_name, prefetch=4)
+    held = [next(consumer) for _ in range(4)]
+    assert all(held)
+    stock.client.zadd(stock_heartbeats_key(stock_namespace(settings)), {stock.broker_id: 0})
+
+    report = run_migrate(broker, settings, queue_name)
+
+    assert report.ready == 10
+    assert sum(broker.ready_by_level(queue_name).values()) == 10
+    stock.close()
