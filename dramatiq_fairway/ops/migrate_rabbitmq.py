@@ -127,18 +127,24 @@ def _rehome(broker: FairRabbitmqBroker, name: str, declare: Callable[[], Any], r
 
 def _drain(broker: FairRabbitmqBroker, source: str, target: Target) -> int:
     """Move every message of ``source`` to its target: get, publish confirmed, then ack."""
-    channel = broker.channel
+    # A channel of its own with confirms on, whatever the broker's ``confirm_delivery``: closing it
+    # (also on an error) gives an unacked message back to ``source``.
+    channel = broker.connection.channel()
+    channel.confirm_delivery()
     moved = 0
-    while True:
-        method, properties, body = channel.basic_get(source, auto_ack=False)
-        if method is None:
-            return moved
-        routing_key, new_body, new_properties = target(properties, body)
-        # Confirms are on (setup() turns them on): this returns once RabbitMQ has the message, and
-        # raises when it refused or could not route it, before the ack below.
-        channel.basic_publish("", routing_key, new_body, new_properties, mandatory=True)
-        channel.basic_ack(method.delivery_tag)
-        moved += 1
+    try:
+        while True:
+            method, properties, body = channel.basic_get(source, auto_ack=False)
+            if method is None:
+                return moved
+            routing_key, new_body, new_properties = target(properties, body)
+            # Returns once RabbitMQ has the message; raises when it refused or could not route it.
+            channel.basic_publish("", routing_key, new_body, new_properties, mandatory=True)
+            channel.basic_ack(method.delivery_tag)
+            moved += 1
+    finally:
+        if channel.is_open:
+            channel.close()
 
 
 def _to_level_queue(
