@@ -20,8 +20,8 @@ Dramatiq's Worker still makes one consumer per queue name; for ``q`` it gets
 of ``2 x prefetch`` per AMQP queue (so the head of every non-empty one is in hand while the
 worker's threads are busy), hands out at most ``prefetch`` messages at a time and picks each one
 by the scheduling rule of docs/design.md among the messages it holds (``rabbitmq_picker.py``). What holds on this broker
-and what does not is in docs/fairness.md. Changing the lane count leaves messages on lanes that are
-no longer consumed: drain a queue (or pause producers) before changing it.
+and what does not is in docs/fairness.md. Lowering the lane count leaves messages on lanes that are
+no longer consumed: ``fairway migrate`` moves them (docs/operations.md).
 
 With ``FAIRWAY_BROKER=rabbitmq``, queue names are registered in the state store
 (``{namespace}:rabbitmq:queues``, a set, no TTL), so that ``fairway queues`` can list them from

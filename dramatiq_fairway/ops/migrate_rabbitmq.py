@@ -13,7 +13,9 @@ Per queue:
    ``<name>.adopting``, deleted, declared with fairway's arguments and refilled from it: their
    messages (the eta of a delayed one is in its body) are fairway's as they are;
 3. ``q``, if refused, is deleted once empty (``if_empty``: a message published meanwhile makes the
-   delete fail, and step 1 runs again) and declared with fairway's arguments.
+   delete fail, and step 1 runs again) and declared with fairway's arguments;
+4. level queues of lanes beyond the broker's lane count (an older, larger
+   ``FAIRWAY_FAIRNESS__RABBITMQ_LANES``), which no consumer reads, are moved as in step 1 and deleted.
 
 Every move is get (manual ack), publish with publisher confirms, then ack: a crash leaves a
 message in its old place, its new place or both (then it runs twice), never in neither. A parking
@@ -68,7 +70,7 @@ def _migrate_queue(broker: FairRabbitmqBroker, queue: str, dry_run: bool) -> Mig
         broker.declare_canonical_queue(queue)
     broker.declare_level_queues(queue)
     for attempt in range(DELETE_ATTEMPTS):
-        report.ready += _drain(broker, queue, lambda properties, body: _to_level_queue(broker, queue, properties, body))
+        report.ready += _drain(broker, queue, partial(_to_level_queue, broker, queue))
         if attempt == 0 and not _refused(broker, lambda: broker.declare_canonical_queue(queue)):
             break
         if _delete_if_empty(broker, queue):
@@ -77,9 +79,29 @@ def _migrate_queue(broker: FairRabbitmqBroker, queue: str, dry_run: bool) -> Mig
             break
     else:
         raise QueueKeepsFilling(f"queue: {queue!r} kept receiving messages while being moved; stop its producers")
+    for name in _older_lanes(broker, queue):
+        report.ready += _drain(broker, name, partial(_to_level_queue, broker, queue))
+        # Left if a worker with the older lane count still publishes there: the next run moves it.
+        _delete_if_empty(broker, name)
     for column, name, declare in _side_queues(broker, queue):
         setattr(report, column, _rehome(broker, name, declare, report))
     return report
+
+
+def _older_lanes(broker: FairRabbitmqBroker, queue: str) -> list[str]:
+    """The level queues of lanes from a larger ``FAIRWAY_FAIRNESS__RABBITMQ_LANES`` than the
+    broker's: no consumer reads them any more. Lanes are numbered from 0 without gaps, so the
+    search stops at the first lane with no queue at any level."""
+    names: list[str] = []
+    lane = broker.lanes
+    while found := [
+        level_queue(queue, level, lane)
+        for level in Priority
+        if _ready_count(broker, level_queue(queue, level, lane)) is not None
+    ]:
+        names += found
+        lane += 1
+    return names
 
 
 def _side_queues(broker: FairRabbitmqBroker, queue: str) -> list[tuple[str, str, Callable[[], Any]]]:
@@ -92,7 +114,8 @@ def _side_queues(broker: FairRabbitmqBroker, queue: str) -> list[tuple[str, str,
 
 def _would_move(broker: FairRabbitmqBroker, queue: str) -> Migrated:
     """What a real run would move, moving nothing (a refused declare only closes a channel)."""
-    report = Migrated(queue=queue, ready=_ready_count(broker, queue) or 0)
+    older = sum(_ready_count(broker, name) or 0 for name in _older_lanes(broker, queue))
+    report = Migrated(queue=queue, ready=(_ready_count(broker, queue) or 0) + older)
     for column, name, declare in _side_queues(broker, queue):
         parked = _ready_count(broker, name + PARKING_SUFFIX) or 0
         refused = _ready_count(broker, name) is not None and _refused(broker, declare)
@@ -165,7 +188,8 @@ def _to_level_queue(
         # A bad priority_level is served as NORMAL by fairway's consumer too; it must not stop the move.
         level = Priority.NORMAL
     tenant = tenant_of(message.options)
-    headers = {**(properties.headers or {}), ENQUEUED_HEADER: message.message_timestamp}
+    # A message fairway published keeps its enqueue time; a stock one's is its message timestamp.
+    headers = {ENQUEUED_HEADER: message.message_timestamp, **(properties.headers or {})}
     moved = pika.BasicProperties(delivery_mode=2, priority=properties.priority, headers=headers)
     return level_queue(queue, level, lane_of(tenant, broker.lanes)), body, moved
 

@@ -14,8 +14,9 @@ from dramatiq.brokers.redis import RedisBroker
 from dramatiq.common import dq_name, xq_name
 from dramatiq.errors import ConnectionClosed
 
+from dramatiq_fairway.brokers import RABBITMQ_MAX_PRIORITY
 from dramatiq_fairway.brokers.fair_redis import FairRedisBroker
-from dramatiq_fairway.brokers.rabbitmq import level_queue
+from dramatiq_fairway.brokers.rabbitmq import FairRabbitmqBroker, lane_of, level_queue
 from dramatiq_fairway.connections import rabbitmq_parameters
 from dramatiq_fairway.ops.controls import UnknownQueue
 from dramatiq_fairway.ops.migrate import Migrated, migrate
@@ -207,3 +208,31 @@ def test_messages_a_dead_stock_worker_held_are_moved_too(broker: Broker, setting
     assert report.ready == 10
     assert sum(broker.ready_by_level(queue_name).values()) == 10
     stock.close()
+
+
+@pytest.mark.parametrize("broker_kind", ["rabbitmq"])
+def test_messages_on_lanes_of_an_older_larger_lane_count_are_moved(
+    broker: Broker, settings: Settings, queue_name: str
+) -> None:
+    assert isinstance(broker, FairRabbitmqBroker)
+    older = FairRabbitmqBroker(
+        url=settings.rabbitmq_url, confirm_delivery=True, max_priority=RABBITMQ_MAX_PRIORITY, settings=settings, lanes=8
+    )
+    record = dramatiq.actor(queue_name=queue_name, actor_name="record", broker=older)(note_of)
+    tenants = [f"t{i}" for i in range(40)]
+    for tenant in tenants:
+        record.send_with_options(args=(0,), tenant=tenant)
+    beyond = sum(lane_of(tenant, 8) >= broker.lanes for tenant in tenants)
+    assert beyond
+
+    report = run_migrate(broker, settings, queue_name)
+
+    assert report.ready == beyond
+    assert broker.ready_by_level(queue_name) == {Priority.NORMAL: len(tenants)}
+    assert all(amqp_count(settings, level_queue(queue_name, level, 7)) is None for level in Priority)
+    assert report.redeclared == []
+    assert run_migrate(broker, settings, queue_name) == Migrated(queue=queue_name)
+    for lane in range(8):
+        for level in Priority:
+            older.channel.queue_delete(level_queue(queue_name, level, lane))
+    older.close()
