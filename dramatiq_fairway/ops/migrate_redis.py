@@ -46,15 +46,14 @@ def migrate_redis(
     dry_run: bool,
     stock_namespace: str = DEFAULT_STOCK_NAMESPACE,
 ) -> list[Migrated]:
-    stock_queues = _stock_queues(broker, stock_namespace)
     if queue_names:
-        known = known_queues(broker)
-        for name in queue_names:
-            if q_name(name) not in stock_queues and q_name(name) not in known:
-                raise UnknownQueue(name, f" (nor has it keys under stock namespace {stock_namespace!r})")
         wanted = sorted({q_name(name) for name in queue_names})
+        known = known_queues(broker)
+        for name in wanted:
+            if name not in known and not _has_stock_keys(broker, stock_namespace, name):
+                raise UnknownQueue(name, f" (nor has it keys under stock namespace {stock_namespace!r})")
     else:
-        wanted = sorted(stock_queues)
+        wanted = sorted(_stock_queues(broker, stock_namespace))
     return [_migrate_queue(broker, stock_namespace, queue, dry_run) for queue in wanted]
 
 
@@ -65,6 +64,11 @@ def _stock_queues(broker: FairRedisBroker, stock_namespace: str) -> set[str]:
     for key in broker.client.scan_iter(match=stock_bodies_pattern(stock_namespace), count=1000):
         names.add(q_name(key.decode().removeprefix(prefix).removesuffix(".msgs").removesuffix(".XQ")))
     return names
+
+
+def _has_stock_keys(broker: FairRedisBroker, stock_namespace: str, queue: str) -> bool:
+    names = (queue, dq_name(queue), xq_name(queue))
+    return bool(broker.client.exists(*(stock_bodies_key(stock_namespace, name) for name in names)))
 
 
 def _migrate_queue(broker: FairRedisBroker, stock_namespace: str, queue: str, dry_run: bool) -> Migrated:
