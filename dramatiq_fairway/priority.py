@@ -30,3 +30,17 @@ class Priority(IntEnum):
 def level_of(options: Mapping[str, Any]) -> Priority:
     """The level a message's ``options`` ask for, NORMAL when they name none; ``ValueError`` on a bad one."""
     return Priority.parse(options.get("priority_level", Priority.NORMAL))
+
+
+def broker_priority_of(level: Priority, max_priority: int) -> int:
+    """The AMQP priority of ``level`` on a queue with ``x-max-priority`` ``max_priority`` (higher
+    is more urgent there): CRITICAL gets the top one, and nothing goes below 1."""
+    return max(1, max_priority + Priority.CRITICAL - level)
+
+
+def level_of_broker_priority(priority: int | None, max_priority: int) -> Priority:
+    """The level of a message published with AMQP ``priority`` (the inverse of
+    :func:`broker_priority_of`, clamped to the five levels); NORMAL when it has none."""
+    if priority is None:
+        return Priority.NORMAL
+    return Priority(min(Priority.BATCH, max(Priority.CRITICAL, max_priority + Priority.CRITICAL - priority)))

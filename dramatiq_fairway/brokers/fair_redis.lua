@@ -7,7 +7,8 @@
 -- KEYS[1]  key prefix of one queue, carrying its hash tag: "{<namespace>:<queue>}". Every key this
 --          call touches starts with it (same cluster slot). For "heartbeat", the workers' prefix
 --          "{<namespace>:workers}" instead.
--- ARGV[1]  command: enqueue fetch ack nack requeue hold recover purge qsize depths heartbeat
+-- ARGV[1]  command: enqueue fetch ack nack requeue hold recover purge qsize depths heartbeat, and
+--          adopt (fair_redis_adopt.lua, which names the two more KEYS it takes)
 -- ARGV[2]  now in ms, or "" to read the Redis server's TIME (tests pass a fixed clock)
 -- ARGV[3]  broker id of the calling worker (names its ack sets)
 -- ARGV[4]  max_wait in ms (aging step)
@@ -349,9 +350,8 @@ end
 local msgs = P .. (part == "dq" and ":dmsgs" or ":msgs")
 local acks = P .. (part == "dq" and ":dacks:" or ":acks:") .. broker_id
 
--- enqueue: ARGV[6] rid, ARGV[7] body, ARGV[8] level, ARGV[9] tenant. Returns 1.
-if command == "enqueue" then
-    local rid, body, level, tenant = ARGV[6], ARGV[7], tonumber(ARGV[8]), ARGV[9]
+-- Store a new message on the part: at the tail of its (level, tenant) FIFO, or of the delay queue.
+local function store_message(rid, body, level, tenant)
     redis.call("HSET", msgs, rid, body)
     if part == "dq" then
         redis.call("HSET", P .. ":meta", rid, encode_meta(level, level, now, 0, tenant))
@@ -363,6 +363,11 @@ if command == "enqueue" then
         push_ready(level, tenant, rid, seq)
         bump(P .. ":ready", level .. "|" .. tenant, 1)
     end
+end
+
+-- enqueue: ARGV[6] rid, ARGV[7] body, ARGV[8] level, ARGV[9] tenant. Returns 1.
+if command == "enqueue" then
+    store_message(ARGV[6], ARGV[7], tonumber(ARGV[8]), ARGV[9])
     return 1
 
 -- fetch: ARGV[6] how many, ARGV[7] DRR scale (quantum = weight * scale >= 1), ARGV[8] "1" when
@@ -598,4 +603,5 @@ elseif command == "heartbeat" then
     return { int(now), stale }
 end
 
-return redis.error_reply("unknown command " .. tostring(command))
+-- Every command above returns. fair_redis_adopt.lua is appended here by the broker (it ends with
+-- the reply to an unknown command), so its command shares this file's functions and keys.

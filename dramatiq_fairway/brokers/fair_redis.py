@@ -56,7 +56,9 @@ from .hooks import OverriddenHooks
 
 logger = logging.getLogger(__name__)
 
-SCRIPT = limits.LIB + (Path(__file__).parent / "fair_redis.lua").read_text()
+SCRIPT = "\n".join(
+    [limits.LIB, *((Path(__file__).parent / name).read_text() for name in ("fair_redis.lua", "fair_redis_adopt.lua"))]
+)
 _LUA = LuaScript.from_text(SCRIPT)
 # Reasons the script gives for skipping a tenant, as metrics label them.
 THROTTLE_REASONS = {b"c": "concurrency", b"r": "rate"}
@@ -154,6 +156,22 @@ class FairRedisBroker(HoldsAtStart, OverriddenHooks, RedisBroker):
         rid = str(uuid4())
         self._call(queue_name, "enqueue", rid, body, int(level), tenant)
         return rid
+
+    def adopt(
+        self, queue_name: str, part: str, stock_keys: tuple[str, str], entries: Sequence[tuple[str, Priority, str]]
+    ) -> int:
+        """Move stock RedisBroker messages into ``queue_name``, each atomically (``fair_redis_adopt.lua``).
+
+        ``part`` is ``q`` (ready), ``dq`` (delayed) or ``xq`` (dead); ``stock_keys`` the stock
+        ids (list or zset) and their bodies (hash); ``entries`` (stock id, level, tenant). Returns
+        how many moved: an id no longer waiting in the stock keys is left alone.
+        """
+        self._register(q_name(queue_name))
+        args = ["adopt", self._clock_arg(), self.broker_id, self._max_wait_ms(), part]
+        args += [value for rid, level, tenant in entries for value in (rid, int(level), tenant)]
+        call = ScriptCall(_LUA, [self._queue_prefix(queue_name), *stock_keys], args)
+        [moved] = run_scripts(self.client, [call])
+        return int(moved)
 
     def hold_back(self, message: Message, delay: int) -> None:
         """Move ``message`` (held by this worker) to its delay queue for ``delay`` ms, firing no hook."""

@@ -25,8 +25,8 @@ Dramatiq's Worker still makes one consumer per queue name; for ``q`` it gets
 of ``2 x prefetch`` per AMQP queue (so the head of every non-empty one is in hand while the
 worker's threads are busy), hands out at most ``prefetch`` messages at a time and picks each one
 by the scheduling rule of docs/design.md among the messages it holds (``rabbitmq_picker.py``). What holds on this broker
-and what does not is in docs/fairness.md. Changing the lane count leaves messages on lanes that are
-no longer consumed: drain a queue (or pause producers) before changing it.
+and what does not is in docs/fairness.md. Lowering the lane count leaves messages on lanes that are
+no longer consumed: ``fairway migrate`` moves them (docs/operations.md).
 
 With ``FAIRWAY_BROKER=rabbitmq``, queue names are registered in the state store
 (``{namespace}:rabbitmq:queues``, a set, no TTL), so that ``fairway queues`` can list them from
@@ -64,6 +64,8 @@ from .rabbitmq_consumer import CONNECTION_ERRORS, ENQUEUED_HEADER, FairPickingCo
 from .rabbitmq_layout import QueueLayout, QueueRole
 
 logger = logging.getLogger(__name__)
+# RabbitMQ's reply to a declare whose arguments differ from the queue's.
+PRECONDITION_FAILED = 406
 
 # Seconds to wait before each further publish attempt after a lost connection: long enough for a
 # cluster to fail over (a quorum queue answered again 0.26 s after its leader's node was killed, see
@@ -137,10 +139,22 @@ class FairRabbitmqBroker(HoldsAtStart, OverriddenHooks, RabbitmqBroker):
             message.queue_name, level_of(message.options), lane_of(tenant_of(message.options), self.lanes)
         )
 
+    def _ensure_queue(self, canonical_queue_name: str) -> None:
+        try:
+            super()._ensure_queue(canonical_queue_name)
+        except ConnectionClosed as error:
+            cause = error.message
+            if isinstance(cause, pika.exceptions.ChannelClosedByBroker) and cause.reply_code == PRECONDITION_FAILED:
+                raise ConnectionClosed(
+                    f"{cause}: queue {canonical_queue_name!r} was declared with other arguments (by stock Dramatiq?);"
+                    f" `fairway migrate {canonical_queue_name}` adopts it (docs/operations.md)"
+                ) from None
+            raise
+
     def _declare_queue(self, queue_name: str) -> Any:
         # Called by Dramatiq's _ensure_queue, with its retries, once per queue and process.
         declared = self._declare_canonical_queue(queue_name)
-        self._declare_level_queues(queue_name)
+        self.declare_level_queues(queue_name)
         self._register(queue_name)
         return declared
 
@@ -153,12 +167,29 @@ class FairRabbitmqBroker(HoldsAtStart, OverriddenHooks, RabbitmqBroker):
     def _declare_xq_queue(self, queue_name: str) -> Any:
         return self.layout.declare(self.channel, QueueRole.DEAD, xq_name(queue_name), queue_name)
 
-    def _declare_level_queues(self, queue_name: str) -> int:
+    def declare_level_queues(self, queue_name: str) -> int:
         """Declare the level queues of ``queue_name``; the messages ready on them."""
         return sum(
             self.layout.declare(self.channel, QueueRole.LEVEL, name, queue_name).method.message_count
             for name in self.level_queues(queue_name)
         )
+
+    # fairway's declares of the three queues Dramatiq names, for `fairway migrate` (ops/migrate_rabbitmq.py),
+    # which tells from a refused one (406) that stock Dramatiq declared it otherwise.
+
+    def declare_canonical_queue(self, queue_name: str, *, with_level_queues: bool = True) -> None:
+        """Declare ``queue_name`` with fairway's arguments, and its level queues unless told not to
+        (a dry run only asks whether RabbitMQ accepts the declare)."""
+        if with_level_queues:
+            self._declare_queue(queue_name)
+        else:
+            self._declare_canonical_queue(queue_name)
+
+    def declare_delay_queue(self, queue_name: str) -> None:
+        self._declare_dq_queue(queue_name)
+
+    def declare_dead_queue(self, queue_name: str) -> None:
+        self._declare_xq_queue(queue_name)
 
     def _register(self, queue_name: str) -> None:
         # Only where fairway's settings chose RabbitMQ: then the state store is in use anyway, while
@@ -261,7 +292,7 @@ class FairRabbitmqBroker(HoldsAtStart, OverriddenHooks, RabbitmqBroker):
 
     def get_queue_message_counts(self, queue_name: str) -> tuple[int, int, int]:
         """(ready over the queue and all its level queues, delayed, dead), as RabbitmqBroker's."""
-        ready = self._declare_canonical_queue(queue_name).method.message_count + self._declare_level_queues(queue_name)
+        ready = self._declare_canonical_queue(queue_name).method.message_count + self.declare_level_queues(queue_name)
         delayed = self._declare_dq_queue(queue_name).method.message_count
         dead = self._declare_xq_queue(queue_name).method.message_count
         return ready, delayed, dead

@@ -43,7 +43,7 @@ from dramatiq.middleware import MiddlewareError
 
 from ..connections import state_store_client
 from ..errors import QueueFull
-from ..priority import Priority
+from ..priority import Priority, broker_priority_of
 from ..settings import Settings, load_settings
 from ..store.keys import fairness_queued_key
 from ..tenants import DEFAULT_TENANT, tenant_of
@@ -93,7 +93,7 @@ class FairPriority(Middleware):
         message.options["tenant"] = tenant
         if isinstance(broker, RabbitmqBroker) and broker.max_priority:
             # AMQP: higher is more urgent. CRITICAL gets the queue's top priority.
-            message.options["broker_priority"] = max(1, broker.max_priority + Priority.CRITICAL - level)
+            message.options["broker_priority"] = broker_priority_of(level, broker.max_priority)
         if ADMITTED not in message.options:
             if self.max_queued is not None and level is not Priority.CRITICAL:
                 self._admit(message, tenant, self.max_queued)

@@ -5,5 +5,6 @@
 - :mod:`.controls`: pause and resume a queue;
 - :mod:`.summaries`: the dashboard's queue and worker listings;
 - :mod:`.diagnostics`: what ``fairway check`` reports;
-- :mod:`.durations`: durations as operators type them (``15m``, ``7d``).
+- :mod:`.durations`: durations as operators type them (``15m``, ``7d``);
+- :mod:`.migrate`: adopting the queues stock Dramatiq left (``fairway migrate``).
 """

@@ -10,6 +10,15 @@ that every key of a namespace is spelled in ``store/``.
     {namespace}:rabbitmq:queues                    brokers/rabbitmq.py, every queue declared
     {namespace}:demo:finished, :demo:breakers      demo/ledger.py, what ``fairway demo`` summarises
     {namespace}:quickstart:{run_id}                demo/quickstart.py, one run's tally
+
+Stock Dramatiq's RedisBroker keys, which ``fairway migrate`` (ops/migrate_redis.py) reads and
+empties; stock Dramatiq owns them, under its own namespace (``dramatiq`` by default):
+
+    {stock}:{queue}, {stock}:{queue}.DQ            lists of message ids, ready / delayed
+    {stock}:{queue}.XQ                             zset id -> time of death, dead
+    each of the three plus ".msgs"                 hash id -> message body
+    {stock}:__heartbeats__                         zset worker id -> last beat (ms)
+    {stock}:__acks__.{worker}.{queue}              set of the ids a worker holds (queue: q or q.DQ)
 """
 
 from __future__ import annotations
@@ -41,3 +50,26 @@ def demo_breakers_key(namespace: str) -> str:
 
 def quickstart_tally_key(namespace: str, run_id: str) -> str:
     return f"{namespace}:quickstart:{run_id}"
+
+
+def stock_ids_key(stock_namespace: str, queue_name: str) -> str:
+    """Stock RedisBroker's ids of ``queue_name`` (``q``, ``q.DQ`` or ``q.XQ``)."""
+    return f"{stock_namespace}:{queue_name}"
+
+
+def stock_bodies_key(stock_namespace: str, queue_name: str) -> str:
+    return f"{stock_ids_key(stock_namespace, queue_name)}.msgs"
+
+
+def stock_bodies_pattern(stock_namespace: str) -> str:
+    """A SCAN pattern for every stock bodies hash of ``stock_namespace`` (``fairway migrate`` lists queues with it)."""
+    return f"{stock_namespace}:*.msgs"
+
+
+def stock_heartbeats_key(stock_namespace: str) -> str:
+    return f"{stock_namespace}:__heartbeats__"
+
+
+def stock_acks_key(stock_namespace: str, worker_id: str, queue_name: str) -> str:
+    """The ids stock worker ``worker_id`` holds from ``queue_name`` (``q`` or ``q.DQ``)."""
+    return f"{stock_namespace}:__acks__.{worker_id}.{queue_name}"

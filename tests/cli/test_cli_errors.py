@@ -80,6 +80,10 @@ BAD_INVOCATIONS: list[tuple[list[str], int, str]] = [
     (["demo", "--jobs", "lots"], USAGE, "--jobs: 'lots'"),
     (["demo", "--jobs", "1"], USAGE, "--jobs: 1"),
     (["demo", "--threads", "0"], USAGE, "--threads: '0'"),
+    (["migrate", "--dryrun"], USAGE, "--dryrun"),
+    (["migrate", "--stock-namespace", ""], USAGE, "--stock-namespace: ''"),
+    (["migrate", "--stock-namespace", "dram*"], USAGE, "--stock-namespace: 'dram*'"),
+    (["migrate", "no_such_queue"], FAILED, "'no_such_queue'"),
 ]
 
 
@@ -115,7 +119,7 @@ def test_there_are_at_least_forty_bad_invocations_over_every_verb() -> None:
     assert len(BAD_INVOCATIONS) >= 40
     verbs = {argv[0] for argv, _, _ in BAD_INVOCATIONS if argv}
     assert verbs >= {"check", "queues", "workers", "pause", "resume", "dlq", "breakers", "jobs", "limits"}
-    assert verbs >= {"dashboard", "embedded", "demo"}
+    assert verbs >= {"dashboard", "embedded", "demo", "migrate"}
     dlq_verbs = {argv[1] for argv, _, _ in BAD_INVOCATIONS if argv[:1] == ["dlq"] and len(argv) > 1}
     assert dlq_verbs >= {"list", "show", "stats", "export", "requeue", "purge"}
 
