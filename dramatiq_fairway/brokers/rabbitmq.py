@@ -10,8 +10,11 @@ AMQP queue          content
 ``q``               the queue as Dramatiq declares it (``x-max-priority`` 5): nothing is
                     published there any more, but it is still consumed, so messages left
                     by an earlier version or published by hand are served (by their options)
-``q.DQ``            delayed and held-back messages (unchanged; they come back through
-                    ``enqueue`` and so land on their level and lane)
+``q.DQ``            delayed and held-back messages due within ``delay_horizon`` (they come
+                    back through ``enqueue`` and so land on their level and lane)
+``q.DQ.park.<ms>``  delayed messages due later, parked for ``<ms>`` (a fixed ladder), then
+                    dead-lettered back into ``q.DQ`` (``rabbitmq_delay.py``): no worker holds
+                    a message unacked for longer than the horizon (``consumer_timeout``)
 ``q.XQ``            dead messages nacked without a dead-letter record (unchanged)
 ==================  =====================================================================
 
@@ -55,7 +58,14 @@ from ..store.keys import rabbitmq_queues_key
 from ..tenants import tenant_of
 from .delivery import HoldsAtStart, held_copy
 from .hooks import OverriddenHooks
-from .rabbitmq_consumer import CONNECTION_ERRORS, ENQUEUED_HEADER, FairPickingConsumer, SingleQueueConsumer
+from .rabbitmq_consumer import (
+    CONNECTION_ERRORS,
+    DELAY_POLL_MS,
+    ENQUEUED_HEADER,
+    FairPickingConsumer,
+    SingleQueueConsumer,
+)
+from .rabbitmq_delay import DEFAULT_DELAY_HORIZON_MS, ParkQueues
 
 logger = logging.getLogger(__name__)
 
@@ -79,6 +89,9 @@ class FairRabbitmqBroker(HoldsAtStart, OverriddenHooks, RabbitmqBroker):
         (4) when omitted. More lanes, fewer tenants sharing a FIFO; each costs one AMQP queue and
         one consumer per level and worker process.
       clock: milliseconds since the epoch, for aging (tests set it).
+      delay_horizon: milliseconds; a delayed message due later than this waits in a park queue
+        rather than unacked in a worker, so it must stay well below RabbitMQ's ``consumer_timeout``
+        (30 min by default). 30 s when omitted.
     """
 
     def __init__(
@@ -87,9 +100,13 @@ class FairRabbitmqBroker(HoldsAtStart, OverriddenHooks, RabbitmqBroker):
         settings: Settings | None = None,
         lanes: int | None = None,
         clock: Callable[[], int] = current_millis,
+        delay_horizon: int = DEFAULT_DELAY_HORIZON_MS,
         **options: Any,
     ) -> None:
+        if delay_horizon <= 0:
+            raise ValueError(f"delay_horizon must be a positive number of milliseconds, got {delay_horizon!r}")
         super().__init__(**options)
+        self.park_queues = ParkQueues(delay_horizon)
         self.settings = settings or load_settings()
         self.lanes = lanes or self.settings.fairness.rabbitmq_lanes
         self.clock = clock
@@ -103,7 +120,9 @@ class FairRabbitmqBroker(HoldsAtStart, OverriddenHooks, RabbitmqBroker):
     def consume(self, queue_name: str, prefetch: int = 1, timeout: int = 5000) -> Consumer:
         self.declare_queue(queue_name, ensure=True)
         if queue_name != q_name(queue_name):
-            return SingleQueueConsumer(self, queue_name, prefetch, timeout)
+            # The worker moves due messages out of the delay queue only when this returns: often
+            # enough that a message runs well within a second of its eta.
+            return SingleQueueConsumer(self, queue_name, prefetch, min(timeout, DELAY_POLL_MS))
         if self.settings.fairness.prefetch is not None:
             # Dramatiq asks for 2 x threads; keep the running ones plus the configured extra.
             prefetch = max(1, prefetch // 2 + self.settings.fairness.prefetch)
@@ -118,9 +137,11 @@ class FairRabbitmqBroker(HoldsAtStart, OverriddenHooks, RabbitmqBroker):
         return [level_queue(queue_name, level, lane) for level in Priority for lane in range(self.lanes)]
 
     def route(self, message: Message) -> str:
-        """The AMQP queue ``message`` is published to: its level's queue on its tenant's lane."""
+        """The AMQP queue ``message`` is published to: its level's queue on its tenant's lane; for a
+        delayed message, its delay queue or the park queue of its bucket (declared when due)."""
         if message.queue_name != q_name(message.queue_name):
-            return message.queue_name
+            remaining = int(message.options.get("eta") or 0) - current_millis()
+            return self.park_queues.route(self.channel, message.queue_name, remaining)
         return level_queue(
             message.queue_name, level_of(message.options), lane_of(tenant_of(message.options), self.lanes)
         )
@@ -169,19 +190,21 @@ class FairRabbitmqBroker(HoldsAtStart, OverriddenHooks, RabbitmqBroker):
     # Publishing.
 
     def enqueue(self, message: Message, *, delay: int | None = None) -> Message:
-        """Publish ``message`` to its level and lane (delayed messages go to ``.DQ`` as in Dramatiq)."""
+        """Publish ``message`` to its level and lane; a delayed one, named after ``.DQ`` with an eta
+        as in Dramatiq, to ``.DQ`` or a park queue (``route``)."""
         if delay is not None:
-            return super().enqueue(message, delay=delay)
+            message = message.copy(queue_name=dq_name(message.queue_name), options={"eta": current_millis() + delay})
         attempts = 0
         while True:
             try:
-                self.declare_queue(message.queue_name, ensure=True)
-                self.emit_before("enqueue", message, None)
+                self.declare_queue(q_name(message.queue_name), ensure=True)
+                self.emit_before("enqueue", message, delay)
                 self._publish(self.route(message), message)
-                self.emit_after("enqueue", message, None)
+                self.emit_after("enqueue", message, delay)
                 return message
             except (pika.exceptions.AMQPConnectionError, pika.exceptions.AMQPChannelError) as error:
                 del self.connection
+                self.park_queues.forget()
                 if isinstance(error, pika.exceptions.UnroutableError):
                     self.queues_pending.add(q_name(message.queue_name))
                 attempts += 1
@@ -195,9 +218,11 @@ class FairRabbitmqBroker(HoldsAtStart, OverriddenHooks, RabbitmqBroker):
         try:
             # Named after its delay queue, as Dramatiq's own delayed messages are: the ack of this
             # copy when it moves back is then told apart from a job's ack.
-            self._publish(dq_name(queue_name), held_copy(message, delay).copy(queue_name=dq_name(queue_name)))
+            copy = held_copy(message, delay).copy(queue_name=dq_name(queue_name))
+            self._publish(self.route(copy), copy)
         except CONNECTION_ERRORS as error:
             del self.connection
+            self.park_queues.forget()
             raise ConnectionClosed(error) from None
 
     def _publish(self, routing_key: str, message: Message) -> None:
