@@ -8,6 +8,8 @@ breach would be seen within the test (the first part of the test shows that it w
 from __future__ import annotations
 
 import logging
+import os
+import signal
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -18,17 +20,19 @@ import pika
 import pytest
 import redis
 from dramatiq import Worker
-from dramatiq.common import current_millis
+from dramatiq.common import current_millis, dq_name
 from dramatiq.errors import Retry
 
 from dramatiq_fairway import setup
 from dramatiq_fairway.brokers.rabbitmq import FairRabbitmqBroker
-from dramatiq_fairway.brokers.rabbitmq_delay import ParkQueues
+from dramatiq_fairway.brokers.rabbitmq_delay import ParkQueues, park_queue_name
 from dramatiq_fairway.settings import Settings
 
 from ..conftest import REDIS_URL
+from ..support.chaos_support import READY_LINE, RunLog, chaos_env, declare_actors, log_tail
 from ..support.fair_support import delete_namespace
-from ..support.helpers import wait_for
+from ..support.helpers import dramatiq_command, wait_for
+from ..support.long_delay_app import HORIZON_ENV, WORKER_APP
 from ..support.rabbitmq_node import RabbitmqNode, throwaway_rabbitmq
 
 pytestmark = pytest.mark.chaos
@@ -77,17 +81,20 @@ def test_the_node_closes_a_channel_holding_a_delivery_beyond_its_timeout(
 
 
 @pytest.mark.usefixtures("cleanup_namespace")
-def test_delays_of_ten_times_the_consumer_timeout_run_once_on_time_and_no_channel_closes(
-    node: RabbitmqNode, namespace: str, queue_name: str, short_tmp: Path, caplog: pytest.LogCaptureFixture
-) -> None:
-    settings = Settings(
+def node_settings(node: RabbitmqNode, namespace: str, data_dir: Path) -> Settings:
+    return Settings(
         broker="rabbitmq",
         rabbitmq_url=f"amqp://guest:guest@127.0.0.1:{node.port}/%2F",
         state_url=REDIS_URL,
         namespace=namespace,
-        data_dir=short_tmp,
+        data_dir=data_dir,
     )
-    broker = setup(settings)
+
+
+def test_delays_of_ten_times_the_consumer_timeout_run_once_on_time_and_no_channel_closes(
+    node: RabbitmqNode, namespace: str, queue_name: str, short_tmp: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    broker = setup(node_settings(node, namespace, short_tmp))
     assert isinstance(broker, FairRabbitmqBroker)
     broker.park_queues = ParkQueues(CONSUMER_TIMEOUT_MS // 3)
     runs: Counter[str] = Counter()
@@ -129,3 +136,40 @@ def test_delays_of_ten_times_the_consumer_timeout_run_once_on_time_and_no_channe
         if any(sign in r.getMessage() for sign in CLOSED_SIGNS) and NOT_DECLARED_YET not in r.getMessage()
     ]
     assert closed == [], "\n".join(closed)
+
+
+def _ready_pid(log: Path) -> int:
+    wait_for(lambda: READY_LINE in log.read_text(errors="replace"), timeout=60)
+    line = next(line for line in log.read_text(errors="replace").splitlines() if READY_LINE in line)
+    return int(line.split("[PID ")[1].split("]")[0])
+
+
+@pytest.mark.usefixtures("cleanup_namespace")
+def test_a_worker_sigkilled_while_messages_are_parked_loses_none(
+    node: RabbitmqNode, namespace: str, queue_name: str, short_tmp: Path
+) -> None:
+    settings = node_settings(node, namespace, short_tmp)
+    producer = setup(settings)
+    assert isinstance(producer, FairRabbitmqBroker)
+    producer.park_queues = ParkQueues(1_000)
+    runs = RunLog(namespace)
+    env = {**chaos_env(settings, queue_name), HORIZON_ENV: "1000"}
+    jobs = range(20)
+    try:
+        job, _fail = declare_actors(producer, queue_name, namespace)
+        for n in jobs:
+            job.send_with_options(args=(n,), delay=6_000)
+        park = park_queue_name(dq_name(queue_name), 4_000)
+        first_log, second_log = short_tmp / "first.log", short_tmp / "second.log"
+        with dramatiq_command(WORKER_APP, env, threads=2, log_file=first_log):
+            pid = _ready_pid(first_log)
+            assert producer.passive_count(park) == len(jobs)
+            os.kill(pid, signal.SIGKILL)
+        assert runs.size() == 0
+        with dramatiq_command(WORKER_APP, env, threads=2, log_file=second_log):
+            wait_for(lambda: runs.all_done(jobs), timeout=60)
+            time.sleep(1.0)
+            assert runs.counts() == dict.fromkeys(jobs, 1), log_tail(second_log)
+    finally:
+        runs.delete()
+        producer.close()
