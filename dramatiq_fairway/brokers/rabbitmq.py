@@ -263,8 +263,10 @@ class FairRabbitmqBroker(HoldsAtStart, OverriddenHooks, RabbitmqBroker):
         return ready, delayed, dead
 
     def flush(self, queue_name: str) -> None:
+        """Purge the queue, its level queues, and the park queues this process knows of (another
+        process's parked messages come back to the delay queue when their bucket expires)."""
         super().flush(queue_name)
-        for name in self.level_queues(queue_name):
+        for name in [*self.level_queues(queue_name), *self.park_queues.declared(dq_name(queue_name))]:
             try:
                 self.channel.queue_purge(name)
             except pika.exceptions.AMQPChannelError:

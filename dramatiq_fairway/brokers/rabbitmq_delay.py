@@ -92,6 +92,12 @@ class ParkQueues:
                 self._declared_at[name] = now
         return name
 
+    def declared(self, delay_queue: str) -> list[str]:
+        """The park queues of ``delay_queue`` this process has declared."""
+        prefix = park_queue_name(delay_queue, 0)[:-1]
+        with self._lock:
+            return [name for name in self._declared_at if name.startswith(prefix)]
+
     def forget(self) -> None:
         """Declare every bucket again at its next use (after a reconnect: it may be a new node)."""
         with self._lock:

@@ -145,3 +145,15 @@ def test_a_message_back_early_from_its_park_queue_is_parked_again(
     wait_for(lambda: ready(rabbit, park) == 1, timeout=5)
     wait_for(lambda: ran_at, timeout=10)
     assert eta <= ran_at[0] <= eta + 1_000
+
+
+def test_flush_purges_the_park_queues(rabbit: FairRabbitmqBroker, queue_name: str) -> None:
+    @dramatiq.actor(broker=rabbit, queue_name=queue_name)
+    def job() -> None:
+        raise AssertionError("flushed: never runs")
+
+    job.send_with_options(delay=5_000)
+    park = park_queue_name(dq_name(queue_name), 4_000)
+    assert ready(rabbit, park) == 1
+    rabbit.flush(queue_name)
+    assert ready(rabbit, park) == 0

@@ -86,9 +86,12 @@ def test_a_bucket_is_declared_on_first_use_and_again_once_per_ttl() -> None:
     now[0] += 4.0
     park.route(channel, "q.DQ", 6_000)
     assert len(channel.declared) == 2
+    park.route(channel, "other.DQ", 6_000)
+    assert park.declared("q.DQ") == ["q.DQ.park.4000"]
     park.forget()
+    assert park.declared("q.DQ") == []
     park.route(channel, "q.DQ", 6_000)
-    assert len(channel.declared) == 3
+    assert len(channel.declared) == 4
 
 
 @pytest.mark.parametrize("remaining", [1_001, 60_000, 2 * HOUR])
