@@ -256,11 +256,21 @@ class FairRabbitmqBroker(HoldsAtStart, OverriddenHooks, RabbitmqBroker):
         return passive_ready_count(self, name)
 
     def get_queue_message_counts(self, queue_name: str) -> tuple[int, int, int]:
-        """(ready over the queue and all its level queues, delayed, dead), as RabbitmqBroker's."""
+        """(ready over the queue and all its level queues, delayed, dead), as RabbitmqBroker's; delayed
+        includes what waits in the park queues this process declared (so ``join`` waits for it)."""
         ready = super()._declare_queue(queue_name).method.message_count + self._declare_level_queues(queue_name)
-        delayed = self._declare_dq_queue(queue_name).method.message_count
+        delayed = self._declare_dq_queue(queue_name).method.message_count + self._parked(queue_name)
         dead = self._declare_xq_queue(queue_name).method.message_count
         return ready, delayed, dead
+
+    def _parked(self, queue_name: str) -> int:
+        total = 0
+        for name in self.park_queues.declared(dq_name(queue_name)):
+            try:
+                total += self.passive_count(name)
+            except pika.exceptions.AMQPError:
+                continue  # Expired or deleted: nothing waits there.
+        return total
 
     def flush(self, queue_name: str) -> None:
         """Purge the queue, its level queues, and the park queues this process knows of (another

@@ -147,13 +147,16 @@ def test_a_message_back_early_from_its_park_queue_is_parked_again(
     assert eta <= ran_at[0] <= eta + 1_000
 
 
-def test_flush_purges_the_park_queues(rabbit: FairRabbitmqBroker, queue_name: str) -> None:
+def test_parked_messages_count_as_delayed_and_flush_purges_them(rabbit: FairRabbitmqBroker, queue_name: str) -> None:
     @dramatiq.actor(broker=rabbit, queue_name=queue_name)
     def job() -> None:
         raise AssertionError("flushed: never runs")
 
     job.send_with_options(delay=5_000)
+    job.send_with_options(delay=500)
     park = park_queue_name(dq_name(queue_name), 4_000)
     assert ready(rabbit, park) == 1
+    assert rabbit.get_queue_message_counts(queue_name) == (0, 2, 0)
     rabbit.flush(queue_name)
     assert ready(rabbit, park) == 0
+    assert rabbit.get_queue_message_counts(queue_name) == (0, 0, 0)
