@@ -10,8 +10,11 @@ AMQP queue          content
 ``q``               the queue as Dramatiq declares it (classic: ``x-max-priority`` 5): nothing is
                     published there any more, but it is still consumed, so messages left
                     by an earlier version or published by hand are served (by their options)
-``q.DQ``            delayed and held-back messages (unchanged; they come back through
-                    ``enqueue`` and so land on their level and lane)
+``q.DQ``            delayed and held-back messages due within ``delay_horizon`` (they come
+                    back through ``enqueue`` and so land on their level and lane)
+``q.DQ.park.<ms>``  delayed messages due later, parked for ``<ms>`` (a fixed ladder), then
+                    dead-lettered back into ``q.DQ`` (``rabbitmq_delay.py``): no worker holds
+                    a message unacked for longer than the horizon (``consumer_timeout``)
 ``q.XQ``            dead messages nacked without a dead-letter record (unchanged)
 ==================  =====================================================================
 
@@ -60,7 +63,14 @@ from ..store.keys import rabbitmq_queues_key
 from ..tenants import tenant_of
 from .delivery import HoldsAtStart, held_copy
 from .hooks import OverriddenHooks
-from .rabbitmq_consumer import CONNECTION_ERRORS, ENQUEUED_HEADER, FairPickingConsumer, SingleQueueConsumer
+from .rabbitmq_consumer import (
+    CONNECTION_ERRORS,
+    DELAY_POLL_MS,
+    ENQUEUED_HEADER,
+    FairPickingConsumer,
+    SingleQueueConsumer,
+)
+from .rabbitmq_delay import DEFAULT_DELAY_HORIZON_MS, ParkQueues
 from .rabbitmq_layout import QueueLayout, QueueRole
 
 logger = logging.getLogger(__name__)
@@ -92,6 +102,9 @@ class FairRabbitmqBroker(HoldsAtStart, OverriddenHooks, RabbitmqBroker):
         (4) when omitted. More lanes, fewer tenants sharing a FIFO; each costs one AMQP queue and
         one consumer per level and worker process.
       clock: milliseconds since the epoch, for aging (tests set it).
+      delay_horizon: milliseconds; a delayed message due later than this waits in a park queue
+        rather than unacked in a worker, so it must stay well below RabbitMQ's ``consumer_timeout``
+        (30 min by default). 30 s when omitted.
     """
 
     def __init__(
@@ -100,13 +113,17 @@ class FairRabbitmqBroker(HoldsAtStart, OverriddenHooks, RabbitmqBroker):
         settings: Settings | None = None,
         lanes: int | None = None,
         clock: Callable[[], int] = current_millis,
+        delay_horizon: int = DEFAULT_DELAY_HORIZON_MS,
         **options: Any,
     ) -> None:
+        if delay_horizon <= 0:
+            raise ValueError(f"delay_horizon must be a positive number of milliseconds, got {delay_horizon!r}")
         super().__init__(**options)
         self.settings = settings or load_settings()
         self.lanes = lanes or self.settings.fairness.rabbitmq_lanes
         self.clock = clock
         self.layout = QueueLayout(self.settings.rabbitmq.queue_type, self.max_priority)
+        self.park_queues = ParkQueues(delay_horizon, self.layout)
         self._state_store: redis.Redis | None = None
         self._consumers: weakref.WeakSet[FairPickingConsumer] = weakref.WeakSet()
 
@@ -117,7 +134,9 @@ class FairRabbitmqBroker(HoldsAtStart, OverriddenHooks, RabbitmqBroker):
     def consume(self, queue_name: str, prefetch: int = 1, timeout: int = 5000) -> Consumer:
         self.declare_queue(queue_name, ensure=True)
         if queue_name != q_name(queue_name):
-            return SingleQueueConsumer(self, queue_name, prefetch, timeout)
+            # The worker moves due messages out of the delay queue only when this returns: often
+            # enough that a message runs well within a second of its eta.
+            return SingleQueueConsumer(self, queue_name, prefetch, min(timeout, DELAY_POLL_MS))
         if self.settings.fairness.prefetch is not None:
             # Dramatiq asks for 2 x threads; keep the running ones plus the configured extra.
             prefetch = max(1, prefetch // 2 + self.settings.fairness.prefetch)
@@ -132,9 +151,11 @@ class FairRabbitmqBroker(HoldsAtStart, OverriddenHooks, RabbitmqBroker):
         return [level_queue(queue_name, level, lane) for level in Priority for lane in range(self.lanes)]
 
     def route(self, message: Message) -> str:
-        """The AMQP queue ``message`` is published to: its level's queue on its tenant's lane."""
+        """The AMQP queue ``message`` is published to: its level's queue on its tenant's lane; for a
+        delayed message, its delay queue or the park queue of its bucket (declared when due)."""
         if message.queue_name != q_name(message.queue_name):
-            return message.queue_name
+            remaining = int(message.options.get("eta") or 0) - current_millis()
+            return self.park_queues.route(self.channel, message.queue_name, remaining)
         return level_queue(
             message.queue_name, level_of(message.options), lane_of(tenant_of(message.options), self.lanes)
         )
@@ -220,24 +241,26 @@ class FairRabbitmqBroker(HoldsAtStart, OverriddenHooks, RabbitmqBroker):
     # Publishing.
 
     def enqueue(self, message: Message, *, delay: int | None = None) -> Message:
-        """Publish ``message`` to its level and lane (delayed messages go to ``.DQ`` as in Dramatiq).
+        """Publish ``message`` to its level and lane; a delayed one, named after ``.DQ`` with an eta
+        as in Dramatiq, to ``.DQ`` or a park queue (``route``).
 
         On a lost connection the publish is retried on a new one (the next node of a cluster) after
         each of ``PUBLISH_PAUSES``, then ``ConnectionClosed`` is raised. With publisher confirms, a
         send that returned is on the queue (on a quorum queue: on a majority of its nodes); one
         retried after a connection died unconfirmed may be queued twice (at least once)."""
         if delay is not None:
-            return super().enqueue(message, delay=delay)
+            message = message.copy(queue_name=dq_name(message.queue_name), options={"eta": current_millis() + delay})
         pauses = iter(PUBLISH_PAUSES)
         while True:
             try:
-                self.declare_queue(message.queue_name, ensure=True)
-                self.emit_before("enqueue", message, None)
+                self.declare_queue(q_name(message.queue_name), ensure=True)
+                self.emit_before("enqueue", message, delay)
                 self._publish(self.route(message), message)
-                self.emit_after("enqueue", message, None)
+                self.emit_after("enqueue", message, delay)
                 return message
             except (pika.exceptions.AMQPConnectionError, pika.exceptions.AMQPChannelError, ConnectionClosed) as error:
                 del self.connection
+                self.park_queues.forget()
                 if isinstance(error, pika.exceptions.UnroutableError):
                     self.queues_pending.add(q_name(message.queue_name))
                 pause = next(pauses, None)
@@ -255,9 +278,11 @@ class FairRabbitmqBroker(HoldsAtStart, OverriddenHooks, RabbitmqBroker):
         try:
             # Named after its delay queue, as Dramatiq's own delayed messages are: the ack of this
             # copy when it moves back is then told apart from a job's ack.
-            self._publish(dq_name(queue_name), held_copy(message, delay).copy(queue_name=dq_name(queue_name)))
+            copy = held_copy(message, delay).copy(queue_name=dq_name(queue_name))
+            self._publish(self.route(copy), copy)
         except CONNECTION_ERRORS as error:
             del self.connection
+            self.park_queues.forget()
             raise ConnectionClosed(error) from None
 
     def _publish(self, routing_key: str, message: Message) -> None:
@@ -291,15 +316,27 @@ class FairRabbitmqBroker(HoldsAtStart, OverriddenHooks, RabbitmqBroker):
         return passive_ready_count(self, name)
 
     def get_queue_message_counts(self, queue_name: str) -> tuple[int, int, int]:
-        """(ready over the queue and all its level queues, delayed, dead), as RabbitmqBroker's."""
+        """(ready over the queue and all its level queues, delayed, dead), as RabbitmqBroker's; delayed
+        includes what waits in the park queues this process declared (so ``join`` waits for it)."""
         ready = self._declare_canonical_queue(queue_name).method.message_count + self.declare_level_queues(queue_name)
-        delayed = self._declare_dq_queue(queue_name).method.message_count
+        delayed = self._declare_dq_queue(queue_name).method.message_count + self._parked(queue_name)
         dead = self._declare_xq_queue(queue_name).method.message_count
         return ready, delayed, dead
 
+    def _parked(self, queue_name: str) -> int:
+        total = 0
+        for name in self.park_queues.declared(dq_name(queue_name)):
+            try:
+                total += self.passive_count(name)
+            except pika.exceptions.AMQPError:
+                continue  # Expired or deleted: nothing waits there.
+        return total
+
     def flush(self, queue_name: str) -> None:
+        """Purge the queue, its level queues, and the park queues this process knows of (another
+        process's parked messages come back to the delay queue when their bucket expires)."""
         super().flush(queue_name)
-        for name in self.level_queues(queue_name):
+        for name in [*self.level_queues(queue_name), *self.park_queues.declared(dq_name(queue_name))]:
             try:
                 self.channel.queue_purge(name)
             except pika.exceptions.AMQPChannelError:

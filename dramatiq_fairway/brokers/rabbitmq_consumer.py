@@ -20,7 +20,7 @@ import pika.frame
 import pika.spec
 from dramatiq.broker import MessageProxy
 from dramatiq.brokers.rabbitmq import _RabbitmqConsumer, _RabbitmqMessage
-from dramatiq.common import q_name
+from dramatiq.common import current_millis, dq_name, q_name
 from dramatiq.errors import ConnectionClosed
 
 from ..middlewares import dead_letters
@@ -38,6 +38,8 @@ logger = logging.getLogger(__name__)
 CONNECTION_ERRORS = (AssertionError, pika.exceptions.AMQPConnectionError, pika.exceptions.AMQPChannelError)
 # Seconds between two polls of the connection while the consumer has messages in hand.
 POLL_INTERVAL = 0.005
+# Milliseconds a delay queue's consumer waits for a delivery before the worker looks for due messages.
+DELAY_POLL_MS = 200
 # AMQP header with the time (ms) a message was published to its level queue: aging counts from it.
 ENQUEUED_HEADER = "fairway-enqueued-ms"
 
@@ -46,11 +48,16 @@ class SingleQueueConsumer(_RabbitmqConsumer):
     """Consumer of one AMQP queue (a delay queue): decodes per message, keeps dead letters out of .XQ.
 
     Nothing is held back here: a delayed message waits for its eta in the worker anyway, and is
-    checked when it comes back through its level queue."""
+    checked when it comes back through its level queue. A message not due within the broker's
+    delay horizon (one that came back from a shorter park bucket, or early by clock skew) is parked
+    again rather than held (``rabbitmq_delay.py``)."""
+
+    broker: FairRabbitmqBroker
+    _park_channel: Any = None
 
     def __next__(self) -> Any:
         try:
-            method, _properties, body = next(self.iterator)
+            method, properties, body = next(self.iterator)
             if method is None:
                 return None
         except CONNECTION_ERRORS as error:
@@ -62,8 +69,32 @@ class SingleQueueConsumer(_RabbitmqConsumer):
         if message is None:
             self._ack_tag(method.delivery_tag)
             return None
+        remaining = int(message.options.get("eta") or 0) - current_millis()
+        if self.queue_name == dq_name(self.queue_name) and remaining > self.broker.park_queues.horizon_ms:
+            self._park(method, properties, body, remaining)
+            return None
         self.known_tags.add(method.delivery_tag)
         return _RabbitmqMessage(method.redelivered, method.delivery_tag, message)
+
+    def _park(self, method: Any, properties: Any, body: bytes, remaining: int) -> None:
+        """Publish the body unchanged (its eta with it) to its park queue, confirmed, then ack it here:
+        a crash in between leaves a duplicate, never a loss."""
+        try:
+            if self._park_channel is None:
+                self._park_channel = self.connection.channel()
+                self._park_channel.confirm_delivery()
+            route = self.broker.park_queues.route(self._park_channel, self.queue_name, remaining)
+            self._park_channel.basic_publish(
+                exchange="",
+                routing_key=route,
+                body=body,
+                properties=pika.BasicProperties(delivery_mode=2, priority=properties.priority),
+                mandatory=True,
+            )
+            self.channel.basic_ack(method.delivery_tag)
+        except CONNECTION_ERRORS as error:
+            self.broker.park_queues.forget()
+            raise ConnectionClosed(error) from None
 
     def nack(self, message: MessageProxy) -> None:
         delay = held_at_start(message)
@@ -84,8 +115,6 @@ class SingleQueueConsumer(_RabbitmqConsumer):
 
 class FairPickingConsumer(SingleQueueConsumer):
     """Consumer of a canonical queue: all its AMQP queues on one channel, picked by the §14 rule."""
-
-    broker: FairRabbitmqBroker
 
     def __init__(self, broker: FairRabbitmqBroker, queue_name: str, prefetch: int, timeout: int) -> None:
         self.broker = broker

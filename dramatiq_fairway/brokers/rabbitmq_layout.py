@@ -43,8 +43,8 @@ class QueueRole(enum.Enum):
     DELAY = "delay"
     # ``q.XQ``: dead messages nacked without a dead-letter record, kept 7 days.
     DEAD = "dead"
-    # A delay bucket: nobody consumes it; each message waits out the queue's ``ttl_ms`` and is
-    # dead-lettered to ``ready_queue`` (a level or tenant queue), so no worker holds it unacked.
+    # ``q.DQ.park.<ms>``, a delay bucket: nobody consumes it; each message waits out the queue's
+    # ``ttl_ms`` and is dead-lettered to ``ready_queue`` (``q.DQ``), so no worker holds it unacked.
     PARK = "park"
     # One tenant's own queue: deleted by RabbitMQ once unused for ``expires_ms``.
     TENANT = "tenant"
@@ -72,7 +72,8 @@ class QueueLayout:
     ) -> dict[str, Any]:
         """The ``queue_declare`` arguments of the ``role`` queue of canonical queue ``queue_name``.
 
-        ``ready_queue`` and ``ttl_ms`` are required for PARK, ``expires_ms`` for TENANT."""
+        ``ready_queue`` and ``ttl_ms`` are required for PARK (``expires_ms`` optional), ``expires_ms``
+        for TENANT."""
         arguments: dict[str, Any]
         if role is QueueRole.DEAD:
             # Static: RabbitMQ expires messages head-first, so every message must share one TTL.
@@ -81,6 +82,8 @@ class QueueLayout:
             if ready_queue is None or ttl_ms is None:
                 raise ValueError(f"a park queue of {queue_name!r} needs ready_queue and ttl_ms")
             arguments = {**self._dead_letter_to(ready_queue), "x-message-ttl": ttl_ms}
+            if expires_ms is not None:
+                arguments["x-expires"] = expires_ms
         else:
             arguments = self._dead_letter_to(xq_name(queue_name))
             if role is QueueRole.TENANT:

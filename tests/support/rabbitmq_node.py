@@ -40,10 +40,19 @@ class RabbitmqNode:
 
 
 @contextmanager
-def throwaway_rabbitmq(directory: Path, certificates: Certificates | None = None) -> Iterator[RabbitmqNode]:
-    """Start a node listening on a free loopback port (TLS only when ``certificates`` are given)."""
+def throwaway_rabbitmq(
+    directory: Path,
+    certificates: Certificates | None = None,
+    *,
+    advanced_config: str = "[].",
+    ports: tuple[int, int] | None = None,
+) -> Iterator[RabbitmqNode]:
+    """Start a node listening on a free loopback port (TLS only when ``certificates`` are given).
+
+    ``advanced_config``: Erlang terms for settings ``rabbitmq.conf`` cannot express; ``ports``:
+    (AMQP, distribution) when a test has a range of its own, else free ones."""
     directory.mkdir(parents=True, exist_ok=True)
-    port = free_port()
+    port, dist_port = ports or (free_port(), free_port())
     name = f"fwtest{uuid.uuid4().hex[:8]}@localhost"
     lines = ["loopback_users = none", f"listeners.tcp.default = 127.0.0.1:{port}"]
     if certificates:
@@ -59,6 +68,7 @@ def throwaway_rabbitmq(directory: Path, certificates: Certificates | None = None
         ]
     (directory / "rabbitmq.conf").write_text("\n".join(lines) + "\n")
     (directory / "enabled_plugins").write_text("[].\n")
+    (directory / "advanced.config").write_text(advanced_config + "\n")
     (directory / "env.conf").write_text("")
     env = {
         **os.environ,
@@ -67,7 +77,8 @@ def throwaway_rabbitmq(directory: Path, certificates: Certificates | None = None
         "RABBITMQ_CONFIG_FILE": str(directory / "rabbitmq.conf"),
         "RABBITMQ_MNESIA_BASE": str(directory / "mnesia"),
         "RABBITMQ_LOG_BASE": str(directory / "log"),
-        "RABBITMQ_DIST_PORT": str(free_port()),
+        "RABBITMQ_DIST_PORT": str(dist_port),
+        "RABBITMQ_ADVANCED_CONFIG_FILE": str(directory / "advanced.config"),
         "RABBITMQ_ENABLED_PLUGINS_FILE": str(directory / "enabled_plugins"),
         "RABBITMQ_PID_FILE": str(directory / "rabbit.pid"),
         "ERL_EPMD_ADDRESS": "127.0.0.1",
