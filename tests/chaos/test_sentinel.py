@@ -106,6 +106,7 @@ def test_check_state_store_and_broker_follow_a_failover(
 def test_master_sigkilled_mid_drain(
     group: SentinelGroup,
     namespace: str,
+    *,
     queue_name: str,
     short_tmp: Path,
     runs: RunLog,
