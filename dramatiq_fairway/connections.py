@@ -22,7 +22,7 @@ from .embedded import EmbeddedRedis
 from .redis_urls import RedisUrl, parse_redis_url
 from .settings import Settings, TlsSettings
 
-# How long a call keeps retrying while Sentinel promotes a replica: about 10 s of attempts (a
+# How long a call keeps retrying while Sentinel promotes a replica: about 14 s of attempts (a
 # failover measured 2.3 s with down-after-milliseconds 1000), so a producer's send or a worker's
 # fetch waits out a failover instead of failing. A caller's own ``retry=`` wins.
 FAILOVER_RETRIES = 30
