@@ -16,7 +16,12 @@ import pika
 import redis
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
-from redis.sentinel import Sentinel, SentinelConnectionPool
+from redis.sentinel import (
+    Sentinel,
+    SentinelConnectionPool,
+    SentinelManagedConnection,
+    SentinelManagedSSLConnection,
+)
 
 from .embedded import EmbeddedRedis
 from .redis_urls import RedisUrl, parse_redis_url
@@ -50,19 +55,47 @@ def _ssl_options(tls: TlsSettings) -> dict[str, Any]:
     }
 
 
+class _FollowsMaster:
+    """Asks the sentinels for the master on every socket connect.
+
+    redis-py's own connection asks only in ``connect()``; a command or pipeline retried after a
+    connection error reconnects through ``_connect()`` to the address it had, the dead master
+    (redis-py issue #3874), and fails once its retries are spent.
+    """
+
+    connection_pool: Any  # the pool's SentinelConnectionPoolProxy, which the type stubs lack
+    host: str
+    port: int
+
+    def _connect(self) -> Any:
+        if self.connection_pool.is_master:
+            self.host, self.port = self.connection_pool.get_master_address()
+        return super()._connect()  # type: ignore[misc]
+
+
+class MasterConnection(_FollowsMaster, SentinelManagedConnection):
+    """A connection to a Sentinel service's current master."""
+
+
+class MasterSSLConnection(_FollowsMaster, SentinelManagedSSLConnection):
+    """A TLS connection to a Sentinel service's current master."""
+
+
 def _sentinel_master(parsed: RedisUrl, ssl_options: dict[str, Any], options: dict[str, Any]) -> redis.Redis:
-    """A client of the service's master; its pool asks the sentinels again on every reconnect, and a
-    demoted master's ``READONLY`` reply is a connection error, so a failover costs retries, not a restart."""
-    tls = {"ssl": True, **ssl_options} if parsed.tls else {}
+    """A client of the service's master; its connections ask the sentinels again on every connect,
+    and a demoted master's ``READONLY`` reply is a connection error, so a failover costs retries,
+    not a restart."""
     timeouts = {"socket_connect_timeout": SENTINEL_TIMEOUT, "socket_timeout": SENTINEL_TIMEOUT}
-    sentinel = Sentinel(list(parsed.sentinels), sentinel_kwargs={**timeouts, **tls})
+    sentinel_tls = {"ssl": True, **ssl_options} if parsed.tls else {}
+    sentinel = Sentinel(list(parsed.sentinels), sentinel_kwargs={**timeouts, **sentinel_tls})
     retry = Retry(ExponentialBackoff(cap=0.5, base=0.05), FAILOVER_RETRIES)
     return sentinel.master_for(
         parsed.service,
+        connection_class=MasterSSLConnection if parsed.tls else MasterConnection,
         db=parsed.db,
         username=parsed.username,
         password=parsed.password,
-        **{"retry": retry, **tls, **options},
+        **{"retry": retry, **ssl_options, **options},
     )
 
 

@@ -5,8 +5,9 @@ from __future__ import annotations
 import re
 
 import pytest
+import redis
 
-from dramatiq_fairway.connections import redis_client
+from dramatiq_fairway.connections import MasterConnection, MasterSSLConnection, redis_client
 from dramatiq_fairway.errors import ConfigError
 from dramatiq_fairway.redis_urls import RedisUrl, parse_redis_url
 from dramatiq_fairway.settings import TlsSettings, load_settings, mask_url
@@ -100,9 +101,26 @@ def test_a_sentinel_client_asks_the_listed_sentinels_for_the_service_with_tls_ap
     assert pool.service_name == "svc"  # type: ignore[attr-defined]
     addresses = [(s.get_connection_kwargs()["host"], s.get_connection_kwargs()["port"]) for s in sentinels]
     assert addresses == [("a", 1), ("b", 2)]
+    assert pool.connection_class is MasterSSLConnection
     assert pool.connection_kwargs["db"] == 4
     assert pool.connection_kwargs["password"] == "pw"
     assert pool.connection_kwargs["ssl_cert_reqs"] == "none"
     sentinel_kwargs = sentinels[0].connection_pool.connection_kwargs
     assert sentinel_kwargs["password"] is None
     assert sentinel_kwargs["ssl_cert_reqs"] == "none"
+
+
+def test_a_master_connection_asks_the_sentinels_on_every_socket_connect(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Retries reconnect through ``_connect``: it must not go back to the dead master's address."""
+    connected: list[tuple[str, int]] = []
+    monkeypatch.setattr(redis.connection.Connection, "_connect", lambda self: connected.append((self.host, self.port)))
+
+    class Pool:
+        is_master = True
+
+        def get_master_address(self) -> tuple[str, int]:
+            return ("10.0.0.2", 6380)
+
+    connection = MasterConnection(connection_pool=Pool(), host="10.0.0.1", port=6379)
+    connection._connect()
+    assert connected == [("10.0.0.2", 6380)]
