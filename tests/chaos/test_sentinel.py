@@ -22,12 +22,13 @@ from dramatiq import Worker
 
 from dramatiq_fairway.connections import state_store_client
 from dramatiq_fairway.ops.diagnostics import check
-from dramatiq_fairway.settings import Settings
+from dramatiq_fairway.settings import Settings, TlsSettings
 
 from ..support.chaos_support import RunLog, declare_actors, send_jobs
 from ..support.fair_support import fair_broker
-from ..support.helpers import settings_env, wait_for
+from ..support.helpers import run_jobs, settings_env, wait_for
 from ..support.redis_sentinel import SentinelGroup, sentinel_group
+from ..support.tls import make_certificates
 
 pytestmark = [pytest.mark.chaos, pytest.mark.sentinel]
 
@@ -100,6 +101,28 @@ def test_check_state_store_and_broker_follow_a_failover(
     assert _cli_check(settings)["broker"]["master"] == f"127.0.0.1:{new}"
     broker.close()
     store.close()
+
+
+def test_rediss_sentinel_speaks_tls_to_sentinels_and_master(short_tmp: Path, namespace: str, queue_name: str) -> None:
+    certificates = make_certificates(short_tmp / "certs")
+    with sentinel_group(short_tmp / "tls", replicas=1, certificates=certificates) as group:
+        settings = Settings(
+            broker="redis",
+            redis_url=group.url,
+            namespace=namespace,
+            data_dir=short_tmp,
+            tls=TlsSettings(ca_file=certificates.ca),
+        )
+        assert settings.redis_url.startswith("rediss+sentinel://")
+        report = check(settings)
+        assert report.ok, report.failure()
+        assert (report.broker.mode, report.broker.master) == ("sentinel", f"127.0.0.1:{group.master_port()}")
+        broker = fair_broker(settings)
+        assert sorted(run_jobs(broker, queue_name, [1, 2, 3])) == [1, 2, 3]
+        broker.close()
+        # Without our CA the sentinels' certificate is refused: TLS is really in use.
+        refused = check(settings.model_copy(update={"tls": TlsSettings()}))
+        assert not refused.broker.reachable
 
 
 @pytest.mark.parametrize("wait_replicas", [1, 0])

@@ -2,7 +2,8 @@
 
 Ports come from ``SENTINEL_PORTS`` (one block of 10 per group: master, replicas, then sentinels),
 every process is started here and stopped by its PID at the end. Sentinel is tuned to fail over
-fast (``down-after-milliseconds`` 1000): a SIGKILLed master is replaced in about 2.5 s.
+fast (``down-after-milliseconds`` 1000): a SIGKILLed master is replaced in about 2.5 s. Given
+certificates, every server (sentinels too) speaks TLS only, replication included.
 """
 
 from __future__ import annotations
@@ -14,11 +15,12 @@ import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import redis
 
 from .helpers import wait_for
-from .tls import SYSTEM_REDIS
+from .tls import SYSTEM_REDIS, Certificates
 
 SERVICE = "fairway-test"
 # This file's port range (other sessions use other ranges); a group takes 10 ports.
@@ -29,8 +31,9 @@ DOWN_AFTER_MS = 1000
 class SentinelGroup:
     """A master, ``replicas`` replicas of it and three sentinels watching it as ``SERVICE``."""
 
-    def __init__(self, directory: Path, replicas: int = 2) -> None:
+    def __init__(self, directory: Path, replicas: int = 2, certificates: Certificates | None = None) -> None:
         self.directory = directory
+        self.certificates = certificates
         base = _free_block()
         self.redis_ports = [base + n for n in range(1 + replicas)]
         self.sentinel_ports = [base + 5 + n for n in range(3)]
@@ -38,7 +41,8 @@ class SentinelGroup:
 
     @property
     def url(self) -> str:
-        return "redis+sentinel://" + ",".join(f"127.0.0.1:{port}" for port in self.sentinel_ports) + f"/{SERVICE}/0"
+        scheme = "rediss+sentinel" if self.certificates else "redis+sentinel"
+        return f"{scheme}://" + ",".join(f"127.0.0.1:{port}" for port in self.sentinel_ports) + f"/{SERVICE}/0"
 
     def start(self) -> None:
         master, *replicas = self.redis_ports
@@ -53,7 +57,7 @@ class SentinelGroup:
 
     def master_port(self) -> int:
         """The master's port as the first sentinel reports it now."""
-        client = redis.Redis(port=self.sentinel_ports[0], socket_timeout=2)
+        client = self._client(self.sentinel_ports[0])
         try:
             _host, port = client.sentinel_get_master_addr_by_name(SERVICE)
         finally:
@@ -88,14 +92,16 @@ class SentinelGroup:
     def _start_redis(self, port: int, *extra: str) -> None:
         directory = self.directory / str(port)
         directory.mkdir(parents=True, exist_ok=True)
+        listen = [arg for name, value in self._listen(port) for arg in (f"--{name}", value)]
         command = [
             SYSTEM_REDIS,
-            *("--port", str(port), "--bind", "127.0.0.1", "--dir", str(directory)),
+            *listen,
+            *("--bind", "127.0.0.1", "--dir", str(directory)),
             *("--save", "", "--appendonly", "no", "--repl-diskless-sync-delay", "0"),
             *extra,
         ]
         self._spawn(port, command, directory / "redis.log")
-        client = redis.Redis(port=port)
+        client = self._client(port)
         try:
             wait_for(lambda: _answers(client), timeout=30)
         finally:
@@ -106,8 +112,9 @@ class SentinelGroup:
         directory.mkdir(parents=True, exist_ok=True)
         # Sentinel rewrites its config file (known replicas, peers, epochs): always a fresh one.
         config = directory / "sentinel.conf"
+        listen = "".join(f"{name} {value}\n" for name, value in self._listen(port))
         config.write_text(
-            f"port {port}\nbind 127.0.0.1\nprotected-mode no\ndir {directory}\n"
+            f"{listen}bind 127.0.0.1\nprotected-mode no\ndir {directory}\n"
             f"sentinel monitor {SERVICE} 127.0.0.1 {master} 2\n"
             f"sentinel down-after-milliseconds {SERVICE} {DOWN_AFTER_MS}\n"
             f"sentinel failover-timeout {SERVICE} 5000\n"
@@ -115,12 +122,32 @@ class SentinelGroup:
         )
         self._spawn(port, [SYSTEM_REDIS, str(config), "--sentinel"], directory / "sentinel.log")
 
+    def _listen(self, port: int) -> list[tuple[str, str]]:
+        """The options that make a server listen on ``port``: plain, or TLS only (replication too)."""
+        if self.certificates is None:
+            return [("port", str(port))]
+        return [
+            ("port", "0"),
+            ("tls-port", str(port)),
+            ("tls-cert-file", str(self.certificates.cert)),
+            ("tls-key-file", str(self.certificates.key)),
+            ("tls-ca-cert-file", str(self.certificates.ca)),
+            ("tls-auth-clients", "no"),
+            ("tls-replication", "yes"),
+        ]
+
+    def _client(self, port: int) -> redis.Redis:
+        tls: dict[str, Any] = {}
+        if self.certificates is not None:
+            tls = {"ssl": True, "ssl_ca_certs": str(self.certificates.ca)}
+        return redis.Redis(host="127.0.0.1", port=port, socket_timeout=2, **tls)
+
     def _spawn(self, port: int, command: list[str], log_path: Path) -> None:
         with open(log_path, "ab") as log:
             self.processes[port] = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
 
     def _replicas_online(self, master: int) -> int:
-        client = redis.Redis(port=master, socket_timeout=2)
+        client = self._client(master)
         try:
             info = client.info("replication")
         finally:
@@ -129,7 +156,7 @@ class SentinelGroup:
 
     def _sentinel_ready(self, port: int, replicas: int) -> bool:
         """This sentinel knows every replica and both other sentinels (no failover before that)."""
-        client = redis.Redis(port=port, socket_timeout=2)
+        client = self._client(port)
         try:
             state = client.sentinel_master(SERVICE)
         except redis.RedisError:
@@ -139,7 +166,7 @@ class SentinelGroup:
         return int(state["num-slaves"]) == replicas and int(state["num-other-sentinels"]) == 2
 
     def _reported_master(self, port: int) -> int | None:
-        client = redis.Redis(port=port, socket_timeout=2)
+        client = self._client(port)
         try:
             _host, master = client.sentinel_get_master_addr_by_name(SERVICE)
         except (redis.RedisError, TypeError):
@@ -177,9 +204,11 @@ def _port_free(port: int) -> bool:
 
 
 @contextmanager
-def sentinel_group(directory: Path, replicas: int = 2) -> Iterator[SentinelGroup]:
+def sentinel_group(
+    directory: Path, replicas: int = 2, certificates: Certificates | None = None
+) -> Iterator[SentinelGroup]:
     """A started :class:`SentinelGroup`, every process of it killed at the end."""
-    group = SentinelGroup(directory, replicas)
+    group = SentinelGroup(directory, replicas, certificates)
     try:
         group.start()
         yield group
