@@ -28,6 +28,7 @@ from pydantic_settings import (
 )
 
 from .errors import ConfigError
+from .redis_urls import parse_redis_url
 
 ENV_PREFIX = "FAIRWAY_"
 SECRET_WORDS = ("password", "secret", "token", "api_key", "authorization", "cookie")
@@ -264,6 +265,8 @@ class Settings(ConfiguredSettings):
     redis_url: str = "redis://127.0.0.1:6379/0"
     rabbitmq_url: str = "amqp://guest:guest@127.0.0.1:5672/%2F"
     state_url: str | None = None
+    # WAIT for this many replicas after enqueue, ack and dead-letter writes (docs/operations.md).
+    redis_wait_replicas: int = Field(0, ge=0)
     data_dir: Path = Path(platformdirs.user_data_dir("dramatiq-fairway"))
     namespace: str = Field("fairway", pattern=r"^[A-Za-z0-9_.:-]{1,64}$")
     heartbeat_timeout: float = Field(60, gt=0)
@@ -286,7 +289,9 @@ class Settings(ConfiguredSettings):
     @field_validator("redis_url", "state_url")
     @classmethod
     def _redis_scheme(cls, url: str | None) -> str | None:
-        return url if url is None else url_with_scheme(url, ("redis", "rediss", "unix"))
+        if url is not None:
+            parse_redis_url(url)
+        return url
 
     @field_validator("rabbitmq_url")
     @classmethod
@@ -312,14 +317,12 @@ def mask_url(url: str) -> str:
     if "," in url:
         return ",".join(mask_url(part) for part in url.split(","))
     parts = urlsplit(url)
-    if not parts.password:
+    # Split by hand: urlsplit's .password and .port refuse a Sentinel URL's host list.
+    userinfo, at, hosts = parts.netloc.rpartition("@")
+    user, colon, password = userinfo.partition(":")
+    if not (at and colon and password):
         return url
-    user = parts.username or ""
-    host = parts.hostname or ""
-    if ":" in host:
-        host = f"[{host}]"
-    netloc = f"{user}:****@{host}" + (f":{parts.port}" if parts.port else "")
-    return urlunsplit(parts._replace(netloc=netloc))
+    return urlunsplit(parts._replace(netloc=f"{user}:****@{hosts}"))
 
 
 def config_sources(

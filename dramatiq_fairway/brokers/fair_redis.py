@@ -38,6 +38,7 @@ from dramatiq.brokers.redis import RedisBroker
 from dramatiq.common import dq_name, q_name
 from dramatiq.errors import QueueJoinTimeout
 
+from ..connections import named_client
 from ..priority import Priority, level_of
 from ..settings import Settings, load_settings
 from ..store import limits
@@ -85,7 +86,7 @@ class FairRedisBroker(HoldsAtStart, OverriddenHooks, RedisBroker):
         super().__init__(**options)
         self.settings = settings or load_settings()
         self.clock = clock
-        self.client = _named_client(self.client, CLIENT_NAME_PREFIX + self.broker_id)
+        self.client = named_client(self.client, CLIENT_NAME_PREFIX + self.broker_id)
         weights = self.settings.fairness.weights
         # DRR quantum = weight * scale, scaled so the lightest tenant still gets one message a turn.
         self.drr_scale = max(1.0, 1.0 / min(weights.values())) if weights else 1.0
@@ -131,7 +132,7 @@ class FairRedisBroker(HoldsAtStart, OverriddenHooks, RedisBroker):
             options["eta"] = self._now_ms() + delay
         message = message.copy(queue_name=queue_name, options=options)
         self.emit_before("enqueue", message, delay)
-        run_scripts(self.client, [self._enqueue_call(message, message.encode())])
+        run_scripts(self.client, [self._enqueue_call(message, message.encode())], replicas=self._replicas())
         self.emit_after("enqueue", message, delay)
         return message
 
@@ -143,7 +144,7 @@ class FairRedisBroker(HoldsAtStart, OverriddenHooks, RedisBroker):
             self.emit_before("enqueue", message, None)
             calls.append(self._enqueue_call(message, message.encode()))
             enqueued.append(message)
-        run_scripts(self.client, calls)
+        run_scripts(self.client, calls, replicas=self._replicas())
         for message in enqueued:
             self.emit_after("enqueue", message, None)
         return enqueued
@@ -313,7 +314,7 @@ class FairRedisBroker(HoldsAtStart, OverriddenHooks, RedisBroker):
         if count is not None:
             calls.append(self._script_call(queue_name, "fetch", count, self.drr_scale, exempt))
         try:
-            replies = run_scripts(self.client, calls)
+            replies = run_scripts(self.client, calls, replicas=self._replicas() if settle else 0)
         except redis.RedisError as error:
             with self._lock:
                 for command, rids in settle.items():
@@ -363,7 +364,7 @@ class FairRedisBroker(HoldsAtStart, OverriddenHooks, RedisBroker):
         """``ack``, ``nack`` or ``requeue`` the broker ids ``rids`` held by this worker."""
         if not rids:
             return
-        run_scripts(self.client, [self._settle_call(queue_name, command, rids)])
+        run_scripts(self.client, [self._settle_call(queue_name, command, rids)], replicas=self._replicas())
         self._forget(queue_name, rids)
 
     def _settle_call(self, queue_name: str, command: str, rids: Sequence[str]) -> ScriptCall:
@@ -428,20 +429,9 @@ class FairRedisBroker(HoldsAtStart, OverriddenHooks, RedisBroker):
     def _now_ms(self) -> int:
         return int(self.clock()) if self.clock is not None else int(time.time() * 1000)
 
+    def _replicas(self) -> int:
+        """Replicas an enqueue or a settle waits for (``FAIRWAY_REDIS_WAIT_REPLICAS``)."""
+        return self.settings.redis_wait_replicas
+
     def _max_wait_ms(self) -> int:
         return int(self.settings.fairness.max_wait * 1000)
-
-
-def _named_client(client: redis.Redis, name: str) -> redis.Redis:
-    """A client like ``client`` (same server, credentials and TLS) whose connections carry ``name``.
-
-    Its own pool, so naming never touches connections that other code shares with ``client``.
-    Replies stay bytes: bodies are decoded by Dramatiq.
-    """
-    pool = client.connection_pool
-    kwargs = {**pool.connection_kwargs, "client_name": name, "decode_responses": False}
-    return redis.Redis(
-        connection_pool=redis.ConnectionPool(
-            connection_class=pool.connection_class, max_connections=pool.max_connections, **kwargs
-        )
-    )

@@ -32,11 +32,21 @@ def run(args: argparse.Namespace) -> None:
 
 def _render(console: Console, report: CheckReport) -> None:
     servers = Table(title="servers")
-    for column in ("role", "kind", "url", "answers", "version"):
+    for column in ("role", "kind", "url", "answers", "version", "mode", "master", "replicas"):
         servers.add_column(column)
     for server in (report.broker, report.state_store):
         answers = "[green]yes[/]" if server.reachable else f"[red]no[/] {server.error}"
-        servers.add_row(server.role, server.kind, server.url, answers, server.version or "-")
+        replicas = "-" if server.replicas is None else str(server.replicas)
+        servers.add_row(
+            server.role,
+            server.kind,
+            server.url,
+            answers,
+            server.version or "-",
+            server.mode or "-",
+            server.master or "-",
+            replicas,
+        )
     console.print(servers)
     settings = Table(title="effective settings (secrets masked)")
     settings.add_column("setting")

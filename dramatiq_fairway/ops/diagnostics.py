@@ -7,8 +7,18 @@ from typing import Any
 import pika
 import redis
 from pydantic import BaseModel
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
-from ..connections import broker_redis_url, rabbitmq_parameters, redis_client, state_url, uses_embedded
+from ..connections import (
+    broker_redis_url,
+    master_address,
+    rabbitmq_parameters,
+    redis_client,
+    state_url,
+    uses_embedded,
+)
+from ..redis_urls import parse_redis_url
 from ..settings import Settings, mask_url
 
 _TIMEOUT = 3.0
@@ -32,6 +42,10 @@ class ServerCheck(BaseModel):
     reachable: bool
     version: str | None = None
     error: str | None = None
+    # Redis only: "single" or "sentinel"; the master Sentinel named; replicas the master has.
+    mode: str | None = None
+    master: str | None = None
+    replicas: int | None = None
 
 
 class CheckReport(BaseModel):
@@ -76,14 +90,31 @@ def check(settings: Settings) -> CheckReport:
 
 def _check_redis(role: str, kind: str, url_of: Any, settings: Settings) -> ServerCheck:
     url = ""
+    mode = None
     try:
         url = url_of()
-        client = redis_client(url, settings.tls, socket_connect_timeout=_TIMEOUT, socket_timeout=_TIMEOUT)
-        version = str(client.info("server")["redis_version"])
+        mode = parse_redis_url(url).mode
+        # One attempt: a check reports a failover in progress rather than waiting it out.
+        client = redis_client(
+            url, settings.tls, socket_connect_timeout=_TIMEOUT, socket_timeout=_TIMEOUT, retry=Retry(NoBackoff(), 0)
+        )
+        master = master_address(client)
+        info = client.info()
         client.close()
     except (redis.RedisError, OSError, RuntimeError) as error:
-        return ServerCheck(role=role, kind=kind, url=mask_url(url), reachable=False, error=_one_line(error, url))
-    return ServerCheck(role=role, kind=kind, url=mask_url(url), reachable=True, version=version)
+        return ServerCheck(
+            role=role, kind=kind, url=mask_url(url), reachable=False, error=_one_line(error, url), mode=mode
+        )
+    return ServerCheck(
+        role=role,
+        kind=kind,
+        url=mask_url(url),
+        reachable=True,
+        version=str(info["redis_version"]),
+        mode=mode,
+        master=f"{master[0]}:{master[1]}" if master else None,
+        replicas=int(info.get("connected_slaves", 0)),
+    )
 
 
 def _check_rabbitmq(settings: Settings) -> ServerCheck:
@@ -118,8 +149,18 @@ def _one_line(error: BaseException, url: str) -> str:
         # A cluster's URLs may each carry their own password.
         passwords = [pika.URLParameters(node_url.strip()).credentials.password for node_url in url.split(",")]
     else:
-        passwords = [redis.connection.parse_url(url).get("password")] if "@" in url else []
+        passwords = [_redis_password(url)] if "@" in url else []
     for password in passwords:
         if password:
             text = text.replace(password, "****")
     return text
+
+
+def _redis_password(url: str) -> str | None:
+    try:
+        parsed = parse_redis_url(url)
+    except ValueError:
+        return None
+    if parsed.mode == "sentinel":
+        return parsed.password
+    return redis.connection.parse_url(url).get("password")

@@ -45,7 +45,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Literal, TextIO
+from typing import Any, Literal, TextIO
 
 import dramatiq
 import redis
@@ -127,7 +127,7 @@ class DeadLetterStore:
         Raises ``OSError`` when neither could be written: the caller must then not ack the message.
         """
         try:
-            run_scripts(self.client, [self._add_call(record)])
+            self._write([self._add_call(record)])
         except (redis.ConnectionError, redis.TimeoutError) as error:
             self.spool.append(record)
             self._warn_unreachable(error)
@@ -146,9 +146,13 @@ class DeadLetterStore:
         for position, record in enumerate(records, start=1):
             calls.append(self._add_call(record))
             if position % batch == 0:
-                stored += sum(int(new) for new, _evicted in run_scripts(self.client, calls))
+                stored += sum(int(new) for new, _evicted in self._write(calls))
                 calls = []
-        return stored + sum(int(new) for new, _evicted in run_scripts(self.client, calls))
+        return stored + sum(int(new) for new, _evicted in self._write(calls))
+
+    def _write(self, calls: list[ScriptCall]) -> list[Any]:
+        """Run record writes, waiting for ``FAIRWAY_REDIS_WAIT_REPLICAS`` replicas."""
+        return run_scripts(self.client, calls, replicas=self.settings.redis_wait_replicas)
 
     def replay_spool(self) -> int:
         """Write the spooled records into the store; the number replayed (0 if the store is still down)."""

@@ -4,17 +4,30 @@ redis-py's own ``Script`` objects cost one more round trip per pipeline (``SCRIP
 every ``execute``); here a pipeline of script calls is one round trip, and a script the server
 lost (a restart, ``SCRIPT FLUSH``) is loaded and its calls rerun. Every script of the package
 runs through here, batched or alone (``LuaScript.run``).
+
+A caller that must not lose a write to a failover asks for ``replicas``: the pipeline ends with
+``WAIT replicas timeout`` on the same connection (docs/operations.md, "Redis Sentinel").
 """
 
 from __future__ import annotations
 
 import hashlib
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import redis
 from redis.exceptions import NoScriptError
+
+from ..outage import OutageWarning
+
+logger = logging.getLogger(__name__)
+
+# How long WAIT may hold a write's caller when replicas lag or are gone: the write is done by
+# then, so this bounds the slowdown, not the data.
+WAIT_TIMEOUT_MS = 1000
+_under_replicated = OutageWarning(logger)
 
 
 @dataclass(frozen=True)
@@ -43,21 +56,42 @@ class ScriptCall:
     args: list[Any]
 
 
-def run_scripts(client: redis.Redis, calls: list[ScriptCall]) -> list[Any]:
-    """The replies of ``calls``, sent in one pipeline; the first error reply is raised."""
+def run_scripts(client: redis.Redis, calls: list[ScriptCall], *, replicas: int = 0) -> list[Any]:
+    """The replies of ``calls``, sent in one pipeline; the first error reply is raised.
+
+    With ``replicas`` > 0 the pipeline waits for that many replicas to have the writes; fewer
+    within ``WAIT_TIMEOUT_MS`` is logged (once a minute), not raised: the writes are done.
+    """
     if not calls:
         return []
     pipe = client.pipeline(transaction=False)
     for call in calls:
         pipe.evalsha(call.script.sha, len(call.keys), *call.keys, *call.args)
+    if replicas:
+        pipe.execute_command("WAIT", replicas, WAIT_TIMEOUT_MS)
     replies: list[Any] = pipe.execute(raise_on_error=False)
+    if replicas:
+        _check_replicas(replies.pop(), replicas)
     lost = [i for i, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
     if lost:
         for script in {calls[i].script for i in lost}:
             client.script_load(script.text)
-        for i, reply in zip(lost, run_scripts(client, [calls[i] for i in lost]), strict=True):
+        for i, reply in zip(lost, run_scripts(client, [calls[i] for i in lost], replicas=replicas), strict=True):
             replies[i] = reply
     for reply in replies:
         if isinstance(reply, Exception):
             raise reply
     return replies
+
+
+def _check_replicas(acknowledged: Any, wanted: int) -> None:
+    if isinstance(acknowledged, Exception):
+        raise acknowledged
+    if int(acknowledged) < wanted:
+        _under_replicated.warn(
+            "Only %d of %d replica(s) acknowledged a write within %d ms (FAIRWAY_REDIS_WAIT_REPLICAS): "
+            "a failover now could lose it.",
+            int(acknowledged),
+            wanted,
+            WAIT_TIMEOUT_MS,
+        )

@@ -37,6 +37,9 @@ def test_check_json_reports_both_servers_reachable(kind: str) -> None:
     assert report["broker"]["reachable"] is True
     assert report["broker"]["version"]
     assert report["state_store"]["reachable"] is True
+    assert report["state_store"]["mode"] == "single"
+    assert isinstance(report["state_store"]["replicas"], int)
+    assert report["broker"]["mode"] == ("single" if kind == "redis" else None)
     assert report["settings"]["broker"] == kind
     assert "guest:guest" not in result.stdout
 

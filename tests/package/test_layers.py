@@ -32,6 +32,7 @@ LAYERS: dict[str, set[str]] = {
         "errors",
         "settings",
         "connections",
+        "redis_urls",
         "embedded",
         "failures",
         "json_logs",
