@@ -33,6 +33,7 @@ FAMILIES = {
     "fairway_tenant_served_total",
     "fairway_tenant_in_flight",
     "fairway_tenant_throttled_total",
+    "fairway_worker_recycled_total",
 }
 ALERT_NAMES = {
     "FairwayBacklogHigh",
