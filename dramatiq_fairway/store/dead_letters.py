@@ -51,6 +51,7 @@ import dramatiq
 import redis
 
 from ..connections import state_store_client
+from ..encryption.keyring import Keyring
 from ..errors import FairwayError
 from ..outage import OutageWarning
 from ..priority import Priority
@@ -356,6 +357,7 @@ class DeadLetterStore:
             dry_run=dry_run,
             allow_redacted=allow_redacted,
             sleep=sleep,
+            keyring=Keyring.from_settings(self.settings),
         )
 
     def purge(

@@ -33,6 +33,7 @@ LAYERS: dict[str, set[str]] = {
         "settings",
         "connections",
         "embedded",
+        "encryption",
         "failures",
         "json_logs",
         "outage",
