@@ -16,13 +16,13 @@ from dramatiq.broker import MessageProxy
 from dramatiq.brokers.stub import StubBroker
 from dramatiq.errors import DecodeError
 
-from dramatiq_fairway.setup import install
 from dramatiq_fairway.encryption import ENVELOPE, Keyring, Undecryptable
 from dramatiq_fairway.encryption.encoder import SealingEncoder
 from dramatiq_fairway.errors import ConfigError
 from dramatiq_fairway.middlewares.dead_letters import DeadLetters
 from dramatiq_fairway.middlewares.encryption import Encryption
 from dramatiq_fairway.settings import Settings, load_settings
+from dramatiq_fairway.setup import install
 from dramatiq_fairway.store.dead_letter_sealing import key_id_of, open_record, seal_record
 
 CANARY = "canary-7f3a9c"
