@@ -16,7 +16,7 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
-from ..errors import FairwayError
+from ..errors import ConfigError, FairwayError
 
 # The message option (and dead-letter record option) holding the sealed args and kwargs.
 ENVELOPE = "fairway_enc"
@@ -68,12 +68,19 @@ class Keyring:
 
     @classmethod
     def from_settings(cls, settings: Any) -> Keyring | None:
-        """The keyring of ``settings.encryption``, or None when encryption is off."""
+        """The keyring of ``settings.encryption``, or None when encryption is off; a
+        :class:`ConfigError` when the ``cryptography`` package is missing."""
         section = settings.encryption
         if not section.keys or section.active is None:
             return None
         keys = {kid: decode_key(kid, secret.get_secret_value()) for kid, secret in section.keys.items()}
-        return cls(keys, section.active)
+        try:
+            return cls(keys, section.active)
+        except ImportError as error:
+            raise ConfigError(
+                "FAIRWAY_ENCRYPTION__KEYS needs the extra 'encryption' "
+                f"(pip install dramatiq-fairway[encryption]): {error}"
+            ) from None
 
     @property
     def key_ids(self) -> list[str]:

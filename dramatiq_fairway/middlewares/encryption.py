@@ -32,13 +32,7 @@ class Encryption(Middleware):
 
     def __init__(self, settings: Settings | None = None) -> None:
         self.settings = settings or load_settings()
-        try:
-            keyring = Keyring.from_settings(self.settings)
-        except ImportError as error:
-            raise ConfigError(
-                "FAIRWAY_ENCRYPTION__KEYS needs the extra 'encryption' "
-                f"(pip install dramatiq-fairway[encryption]): {error}"
-            ) from None
+        keyring = Keyring.from_settings(self.settings)
         if keyring is None:
             raise ConfigError("FAIRWAY_ENCRYPTION__KEYS: not set, so there is nothing to encrypt with")
         self.keyring = keyring

@@ -194,6 +194,21 @@ class DeadLetterStore:
             )
         return removed
 
+    def rewrite(self, records: builtins.list[DeadLetter]) -> int:
+        """Replace the stored data of ``records`` (same ids, same index values: a re-sealed payload);
+        a record removed meanwhile is not brought back. Returns the number rewritten."""
+        rewritten = 0
+        for start in range(0, len(records), _PAGE):
+            pairs = [item for r in records[start : start + _PAGE] for item in (r.id, r.model_dump_json())]
+            rewritten += int(
+                _SCRIPT.run(
+                    self.client,
+                    keys=[self.prefix + "time"],
+                    args=["rewrite", self.prefix, _millis(COUNTER_BUCKET), *pairs],
+                )
+            )
+        return rewritten
+
     def _warn_unreachable(self, error: Exception) -> None:
         self._unreachable.warn(
             "Dead-letter store unreachable (%s); records go to the spool %s until it returns.",
