@@ -1,7 +1,8 @@
 """The worker app of bench/overhead.py: the same actors on plain Dramatiq or on the fairway stack.
 
-``BENCH_MODE=plain`` builds Dramatiq's own broker with its defaults; ``BENCH_MODE=fairway`` calls
-``dramatiq_fairway.setup()``. ``FAIRWAY_BROKER`` picks Redis or RabbitMQ for both.
+``BENCH_MODE=plain`` builds Dramatiq's own broker with its defaults; ``BENCH_MODE=fairway`` (and
+``encrypted``, run with ``FAIRWAY_ENCRYPTION__KEYS`` set) calls ``dramatiq_fairway.setup()``.
+``FAIRWAY_BROKER`` picks Redis or RabbitMQ for both.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ LATENCY_KEY = "bench:latency"
 FINISHED_KEY = "bench:finished"
 
 settings = load_settings()
-if os.environ.get("BENCH_MODE") == "fairway":
+if os.environ.get("BENCH_MODE") in ("fairway", "encrypted"):
     broker = dramatiq_fairway.setup(settings)
 elif settings.broker == "rabbitmq":
     broker = RabbitmqBroker(url=settings.rabbitmq_url)
@@ -45,6 +46,11 @@ def noop() -> None:
 def one_ms() -> None:
     """A job with a real duration: 1 ms of waiting, as for a fast call to another service."""
     time.sleep(0.001)
+
+
+@dramatiq.actor(queue_name=QUEUE, max_retries=0)
+def payload(text: str) -> None:
+    """Nothing, but with 1 KiB of argument: what encryption seals and opens."""
 
 
 @dramatiq.actor(queue_name=QUEUE, max_retries=0)

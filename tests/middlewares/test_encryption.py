@@ -185,6 +185,9 @@ def test_undecryptable_messages_are_dead_lettered_and_the_worker_goes_on(
     assert "fails authentication" in (records["tampered"].error_message or "")
     assert "fails authentication" in (records["moved"].error_message or "")
     assert all(r.actor == "keep" and CANARY not in r.model_dump_json() for r in records.values())
+    jobs = JobStatusStore.from_settings(settings)
+    for message_id in bad.values():
+        wait_for(lambda id=message_id: (job := jobs.get(id)) is not None and job.state is JobState.REJECTED)
 
 
 def test_dlq_show_decrypts_and_rotate_reseals_with_the_active_key(  # noqa: PLR0917 (fixtures)
