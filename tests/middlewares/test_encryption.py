@@ -102,6 +102,7 @@ def test_canary_is_sealed_on_the_wire_and_in_every_store_yet_the_job_gets_it(
         bodies = wait_for(lambda: len(found := amqp_bodies(broker, settings, queue_name)) == 2 and found)
         assert all(CANARY.encode() not in body and ENVELOPE.encode() in body for body in bodies)
     queued = b"\n".join(every_key_and_value(state_client, settings.namespace))
+    assert ok.message_id.encode() in queued  # the scan does read what was written at send
     assert CANARY.encode() not in queued
 
     start_worker()
