@@ -14,23 +14,47 @@ from dramatiq.encoder import Encoder, MessageData
 
 from .keyring import ENVELOPE, Keyring, Undecryptable, envelope_of
 
+# Options in which Dramatiq carries whole messages (Pipelines, GroupCallbacks).
+_PIPE_TARGET = "pipe_target"
+_GROUP_CALLBACKS = "group_completion_callbacks"
+
 
 class SealingEncoder(Encoder):
     """JSON with args and kwargs sealed by ``keyring``'s active key; opened with any of its keys.
 
-    A message that already carries an envelope (requeued as it was stored) is written as it is,
-    and a message without one (sent before encryption was turned on) is read in clear.
+    A message that already carries an envelope (requeued as it was stored, or the next step of a
+    pipeline) keeps it; args and kwargs added beside it (Pipelines appends the previous step's
+    result) are sealed in with it. The messages Dramatiq carries in options, the next step of a
+    pipeline (``pipe_target``) and a group's completion callbacks, are sealed for their own ids,
+    and opened when they are decoded themselves. A message without an envelope (sent before
+    encryption was turned on) is read in clear.
     """
 
     def __init__(self, keyring: Keyring) -> None:
         self.keyring = keyring
 
     def encode(self, data: MessageData) -> bytes:
-        options = data.get("options") or {}
-        if ENVELOPE not in options:
-            envelope = self.keyring.seal(data["args"], data["kwargs"], data["message_id"])
-            data = {**data, "args": [], "kwargs": {}, "options": {**options, ENVELOPE: envelope}}
-        return json.dumps(data, separators=(",", ":")).encode("utf-8")
+        return json.dumps(self._sealed(data), separators=(",", ":")).encode("utf-8")
+
+    def _sealed(self, data: MessageData) -> MessageData:
+        options = dict(data.get("options") or {})
+        if isinstance(options.get(_PIPE_TARGET), dict):
+            options[_PIPE_TARGET] = self._sealed(options[_PIPE_TARGET])
+        if isinstance(options.get(_GROUP_CALLBACKS), list):
+            options[_GROUP_CALLBACKS] = [
+                self._sealed(callback) if isinstance(callback, dict) else callback
+                for callback in options[_GROUP_CALLBACKS]
+            ]
+        args, kwargs = list(data.get("args") or ()), dict(data.get("kwargs") or {})
+        message_id = str(data["message_id"])
+        envelope = envelope_of(options)
+        if envelope is not None:
+            if not args and not kwargs:
+                return {**data, "options": options}
+            sealed_args, sealed_kwargs = self.keyring.open(envelope, message_id)
+            args, kwargs = sealed_args + args, {**sealed_kwargs, **kwargs}
+        options[ENVELOPE] = self.keyring.seal(args, kwargs, message_id)
+        return {**data, "args": [], "kwargs": {}, "options": options}
 
     def decode(self, data: bytes) -> MessageData:
         fields: MessageData = json.loads(data)

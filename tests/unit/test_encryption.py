@@ -231,3 +231,30 @@ def test_undecryptable_body_is_recorded_with_its_ciphertext() -> None:
     assert CANARY not in record.model_dump_json()
     assert key_id_of(record) == "k1"
     assert open_record(record, keyring()).args == [CANARY]
+
+
+def test_pipeline_steps_are_sealed_for_their_own_ids_and_get_the_previous_result() -> None:
+    broker = StubBroker()
+    broker.add_middleware(Encryption(encrypted_settings()))
+    received: list[Any] = []
+
+    @dramatiq.actor(broker=broker, queue_name="enc")
+    def first(value: str) -> str:
+        return value.upper()
+
+    @dramatiq.actor(broker=broker, queue_name="enc")
+    def second(value: str, previous: str) -> None:
+        received.append((value, previous))
+
+    dramatiq.pipeline([first.message(CANARY), second.message(f"{CANARY}-2")], broker=broker).run()
+    queued = broker.queues["enc"].queue[0]
+    assert CANARY.encode() not in queued
+    assert b"pipe_target" in queued
+    worker = Worker(broker, worker_timeout=50)
+    worker.start()
+    try:
+        broker.join("enc")
+        worker.join()
+    finally:
+        worker.stop()
+    assert received == [(f"{CANARY}-2", CANARY.upper())]
