@@ -1,9 +1,10 @@
 """The worker app of bench/overhead.py: the same actors on plain Dramatiq or on the fairway stack.
 
-``BENCH_MODE=plain`` builds Dramatiq's own broker with its defaults; ``BENCH_MODE=fairway`` calls
-``dramatiq_fairway.setup()``; ``BENCH_MODE=traced`` does too, with tracing on, an always-on
-sampler and every span kept in memory (the cost of making and ending spans, without an export's).
-``FAIRWAY_BROKER`` picks Redis or RabbitMQ for all.
+``BENCH_MODE=plain`` builds Dramatiq's own broker with its defaults; ``BENCH_MODE=fairway`` (and
+``encrypted``, run with ``FAIRWAY_ENCRYPTION__KEYS`` set) calls ``dramatiq_fairway.setup()``;
+``BENCH_MODE=traced`` does too, with tracing on, an always-on sampler and every span kept in
+memory (the cost of making and ending spans, without an export's). ``FAIRWAY_BROKER`` picks Redis
+or RabbitMQ for all.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ if os.environ.get("BENCH_MODE") == "traced":
     provider.add_span_processor(SimpleSpanProcessor(InMemorySpanExporter()))
     trace.set_tracer_provider(provider)
     broker = dramatiq_fairway.setup(settings.model_copy(update={"tracing": TracingSettings(enabled=True)}))
-elif os.environ.get("BENCH_MODE") == "fairway":
+elif os.environ.get("BENCH_MODE") in ("fairway", "encrypted"):
     broker = dramatiq_fairway.setup(settings)
 elif settings.broker == "rabbitmq":
     broker = RabbitmqBroker(url=settings.rabbitmq_url.split(","))
@@ -58,6 +59,11 @@ def noop() -> None:
 def one_ms() -> None:
     """A job with a real duration: 1 ms of waiting, as for a fast call to another service."""
     time.sleep(0.001)
+
+
+@dramatiq.actor(queue_name=QUEUE, max_retries=0)
+def payload(text: str) -> None:
+    """Nothing, but with 1 KiB of argument: what encryption seals and opens."""
 
 
 @dramatiq.actor(queue_name=QUEUE, max_retries=0)

@@ -3,6 +3,7 @@
     python bench/overhead.py                 # Redis and RabbitMQ, 1x8 and 2x8, 3 repetitions
     python bench/overhead.py --brokers redis --repetitions 1 --jobs 2000
     python bench/overhead.py --tracing       # also fairway with tracing on (always-on sampler)
+    python bench/overhead.py --encryption    # also fairway with payload encryption: ratio encrypted / fairway
 
 For each broker, job kind (no-op, 1 ms) and worker shape (processes x threads), the real
 ``dramatiq`` command runs ``bench/app.py`` in plain and in fairway mode, alternated within each
@@ -10,6 +11,9 @@ repetition. A run fills the queue while the warmed-up worker's processes are sto
 them and times until marker jobs sent last have run: the worker's drain rate, which is what
 middleware costs, not the producer's send rate. The table shows medians and the ratio fairway / plain. Then 500
 single jobs on an idle worker give the enqueue → start latency (p50 / p99).
+
+With ``--encryption`` a third mode runs fairway with ``FAIRWAY_ENCRYPTION__KEYS`` set, and a third
+job kind, ``payload`` (a no-op taking a 1 KiB string), gives the sealing something to seal.
 """
 
 from __future__ import annotations
@@ -27,8 +31,10 @@ from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
 
+import dramatiq
 import psutil
 import redis
+from dramatiq.encoder import JSONEncoder
 
 from dramatiq_fairway.store import delete_namespace
 
@@ -38,6 +44,11 @@ REDIS_URL = "redis://127.0.0.1:6379/0"
 FINISH_MARKS = 32
 DRAIN_TIMEOUT = 600
 NAMESPACE = "bench"
+# A fixed, public bench key: nothing of value is sealed with it.
+BENCH_KEYS = '{"bench": "YmVuY2gta2V5LWJlbmNoLWtleS1iZW5jaC1rZXktMzI="}'
+ENCRYPTION_ENV = ("FAIRWAY_ENCRYPTION__KEYS", "FAIRWAY_ENCRYPTION__ACTIVE")
+# Arguments of each job kind; the payload job carries 1 KiB for the encryption to seal.
+KIND_ARGS: dict[str, tuple[str, ...]] = {"noop": (), "one_ms": (), "payload": ("x" * 1024,)}
 
 
 def main() -> None:
@@ -52,8 +63,13 @@ def main() -> None:
         action="store_true",
         help="also run fairway with FAIRWAY_TRACING__ENABLED, every span kept in memory: ratio traced / fairway",
     )
+    parser.add_argument(
+        "--encryption", action="store_true", help="also fairway with payload encryption: ratio encrypted / fairway"
+    )
     args = parser.parse_args()
-    modes = ("plain", "fairway", "traced") if args.tracing else ("plain", "fairway")
+    extras = [mode for mode, wanted in (("traced", args.tracing), ("encrypted", args.encryption)) if wanted]
+    modes = ("plain", "fairway", *extras)
+    kinds = ("noop", "one_ms", "payload") if args.encryption else ("noop", "one_ms")
 
     print(f"machine: {platform.node()}, {os.cpu_count()} cores, Python {platform.python_version()}")
     rows = []
@@ -64,19 +80,20 @@ def main() -> None:
             for _ in range(args.repetitions):
                 for mode in modes:
                     with worker(broker, mode, processes, threads) as app:
-                        for kind in ("noop", "one_ms"):
+                        for kind in kinds:
                             results.setdefault((mode, kind), []).append(throughput(app, kind, args.jobs))
-            for kind in ("noop", "one_ms"):
+            for kind in kinds:
                 plain = statistics.median(results[("plain", kind)])
                 fair = statistics.median(results[("fairway", kind)])
-                traced = statistics.median(results[("traced", kind)]) if args.tracing else None
-                rows.append((broker, shape, kind, plain, fair, traced))
+                rows.append(
+                    (broker, shape, kind, plain, fair, [statistics.median(results[(mode, kind)]) for mode in extras])
+                )
     print()
-    traced_columns = (" traced jobs/s | traced / fairway |", "---:|---:|") if args.tracing else ("", "")
-    print(f"| broker | shape | job | plain jobs/s | fairway jobs/s | ratio |{traced_columns[0]}")
-    print(f"|---|---|---|---:|---:|---:|{traced_columns[1]}")
-    for broker, shape, kind, plain, fair, traced in rows:
-        extra = f" {traced:,.0f} | {traced / fair:.2f} |" if traced is not None else ""
+    extra_head = "".join(f" {mode} jobs/s | {mode} / fairway |" for mode in extras)
+    print(f"| broker | shape | job | plain jobs/s | fairway jobs/s | ratio |{extra_head}")
+    print(f"|---|---|---|---:|---:|---:|{'---:|---:|' * len(extras)}")
+    for broker, shape, kind, plain, fair, others in rows:
+        extra = "".join(f" {other:,.0f} | {other / fair:.2f} |" for other in others)
         print(f"| {broker} | {shape} | {kind} | {plain:,.0f} | {fair:,.0f} | {fair / plain:.2f} |{extra}")
     print()
     print("| broker | mode | p50 enqueue→start ms | p99 ms |")
@@ -92,7 +109,11 @@ class App:
     """The producer side of bench/app.py, loaded in this process with the same mode as the worker."""
 
     def __init__(self, env: dict[str, str]) -> None:
+        for name in ENCRYPTION_ENV:
+            os.environ.pop(name, None)
         os.environ.update(env)
+        # The encrypted mode's app installs Dramatiq's global encoder: the next mode starts from JSON.
+        dramatiq.set_encoder(JSONEncoder())
         redis_url = env["FAIRWAY_REDIS_URL"]
         sys.path.insert(0, str(ROOT / "bench"))
         for name in [m for m in sys.modules if m == "app"]:
@@ -128,6 +149,8 @@ def worker(broker: str, mode: str, processes: int, threads: int, redis_url: str 
         "BENCH_MODE": mode,
         "FAIRWAY_NAMESPACE": NAMESPACE,
     }
+    if mode == "encrypted":
+        env.update(zip(ENCRYPTION_ENV, (BENCH_KEYS, "bench"), strict=True))
     app = App(env)
     app.module.broker.flush_all()
     command = [sys.executable, "-m", "dramatiq", "app", "--processes", str(processes), "--threads", str(threads)]
@@ -168,7 +191,7 @@ def throughput(app: App, kind: str, jobs: int) -> float:
     app.recorder.delete(app.module.FINISHED_KEY)
     with app.stopped():
         for _ in range(jobs):
-            actor.send()
+            actor.send(*KIND_ARGS[kind])
         for _ in range(FINISH_MARKS):
             app.module.finished.send()
         started = time.time()

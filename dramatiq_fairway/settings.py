@@ -17,7 +17,7 @@ from typing import Any, ClassVar, Literal, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 import platformdirs
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import (
     BaseSettings,
     InitSettingsSource,
@@ -27,6 +27,7 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from .encryption.keyring import decode_key
 from .errors import ConfigError
 from .redis_urls import parse_redis_url
 
@@ -35,6 +36,8 @@ SECRET_WORDS = ("password", "secret", "token", "api_key", "authorization", "cook
 
 BrokerKind = Literal["redis", "rabbitmq", "embedded"]
 S = TypeVar("S", bound=BaseSettings)
+# Settings whose values are key material: an error names them, and never shows what they hold.
+_SECRET_SECTION = f"{ENV_PREFIX}ENCRYPTION__KEYS"
 
 
 class _Section(BaseModel):
@@ -221,6 +224,38 @@ class WorkerSettings(RecycleLimits):
         return any(limits.max_tasks or limits.max_memory_mb for limits in (self, *self.queues.values()))
 
 
+class EncryptionSettings(_Section):
+    """AES-256-GCM of args and kwargs (docs/encryption.md): key id → base64 32-byte key, and the id
+    new messages use. Off while ``keys`` is empty; a bad value is reported by key id, never by key."""
+
+    keys: dict[str, SecretStr] = {}
+    active: str | None = Field(None, validate_default=True)
+
+    @field_validator("keys")
+    @classmethod
+    def _valid_keys(cls, keys: dict[str, SecretStr]) -> dict[str, SecretStr]:
+        for kid, secret in keys.items():
+            decode_key(kid, secret.get_secret_value())
+        return keys
+
+    @field_validator("active")
+    @classmethod
+    def _known_active(cls, active: str | None, info: ValidationInfo) -> str | None:
+        keys = info.data.get("keys")
+        if keys is None:  # KEYS itself was invalid and is reported on its own
+            return active
+        if active is None and keys:
+            raise ValueError(f"must name the key new messages use, one of {sorted(keys)}")
+        if active is not None and active not in keys:
+            known = ", ".join(sorted(keys)) or "none set"
+            raise ValueError(f"is not a key id of {ENV_PREFIX}ENCRYPTION__KEYS ({known})")
+        return active
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.keys)
+
+
 class DashboardSettings(_Section):
     host: str = "127.0.0.1"
     port: int = Field(8787, ge=0, le=65535)
@@ -285,6 +320,7 @@ class Settings(ConfiguredSettings):
     workers: WorkerSettings = WorkerSettings()
     tracing: TracingSettings = TracingSettings()
     rabbitmq: RabbitmqSettings = RabbitmqSettings()
+    encryption: EncryptionSettings = EncryptionSettings()
 
     @field_validator("redis_url", "state_url")
     @classmethod
@@ -377,7 +413,7 @@ def _describe(exc: ValidationError, env_prefix: str) -> str:
         value = error.get("input")
         if isinstance(value, str) and name.endswith("_URL"):
             value = mask_url(value)
-        elif any(word in name.lower() for word in SECRET_WORDS):
+        elif name.startswith(_SECRET_SECTION) or any(word in name.lower() for word in SECRET_WORDS):
             value = "****"
         if error["type"] == "literal_error":
             allowed = ", ".join(re.findall(r"'([^']*)'", error["ctx"]["expected"]))
@@ -400,5 +436,6 @@ def _describe_unparsable(exc: SettingsError, env_prefix: str) -> str:
             json.loads(value)
         except ValueError:
             if value.lstrip()[:1] in ("{", "["):
-                return f"{name}: {value!r} is not valid JSON"
+                shown = "****" if name.startswith(_SECRET_SECTION) else repr(value)
+                return f"{name}: {shown} is not valid JSON"
     return str(exc).splitlines()[0]

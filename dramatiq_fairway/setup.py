@@ -21,6 +21,10 @@ middleware that decides it):
 
 With ``FAIRWAY_WORKERS__MAX_TASKS`` or ``__MAX_MEMORY_MB``, ``WorkerRecycling`` goes last of all
 (middlewares/recycling.py says why).
+
+With ``FAIRWAY_ENCRYPTION__KEYS`` the ``Encryption`` middleware goes first of the fairway stack; it
+has no hook, it installs the encoder that seals args and kwargs (docs/encryption.md).
+
 With ``FAIRWAY_TRACING__ENABLED`` the ``Tracing`` middleware goes first of all, before Dramatiq's
 own, so that its span covers every other hook and ends after Retries and Pipelines decided.
 
@@ -42,6 +46,7 @@ from .errors import ConfigError
 from .middlewares.asyncio import ContextAsyncIO
 from .middlewares.breaker import CircuitBreaker
 from .middlewares.dead_letters import DeadLetters
+from .middlewares.encryption import Encryption
 from .middlewares.fairness import FairPriority
 from .middlewares.limits import TenantLimiter
 from .middlewares.logs import JobLogContext
@@ -115,6 +120,8 @@ def install(broker: Broker, settings: Settings | None = None) -> Broker:
             broker.add_middleware(instance)
         else:
             broker.add_middleware(instance, before=Retries)
+    if settings.encryption.enabled and Encryption not in present:
+        broker.add_middleware(Encryption(settings), before=FAIRWAY_MIDDLEWARE_ORDER[0])
     if anchor is not None and any(getattr(c, "replaces_retries", False) for c in FAIRWAY_MIDDLEWARE_ORDER):
         broker.middleware.remove(anchor)
     if settings.tracing.enabled and not any(type(m).__name__ == "Tracing" for m in broker.middleware):

@@ -1,8 +1,9 @@
 """What every fairway consumer does with a delivered message before a worker thread sees it.
 
-1. Decode one message at a time. A body that cannot be decoded is handed to the middleware
-   that records such bodies (``record_undecodable``) and then removed from the queue by its
-   broker id, so it never blocks the messages fetched with it and never loops.
+1. Decode one message at a time. A body that cannot be decoded (or whose sealed payload cannot
+   be opened: ``middlewares/encryption.py``) is handed to the middleware that records such bodies
+   (``record_undecodable``) and then removed from the queue by its broker id, so it never blocks
+   the messages fetched with it and never loops.
 2. Ask the middleware whether the message must wait (``hold``: its breaker is open, its tenant
    is at a limit, ...). A held message is put back on the delay queue with an eta and the
    original is acked, without firing any middleware hook: waiting is not failing, so no retry is
@@ -31,6 +32,7 @@ from dramatiq.common import current_millis
 from dramatiq.errors import DecodeError
 
 from ..middlewares.consumer_hooks import HELD_SINCE, ArrivedTooLarge, UndecodableRecorder
+from ..middlewares.encryption import undecryptable_message
 from ..middlewares.message_size import max_message_bytes
 from .hooks import derived_of, hooks_of
 
@@ -60,10 +62,11 @@ def _report(broker: Broker, queue_name: str, body: bytes, error: Exception) -> N
     recorders = [m for m in broker.middleware if isinstance(m, UndecodableRecorder)]
     for recorder in recorders:
         recorder.record_undecodable(broker, queue_name, body, error)
-    if isinstance(error, ArrivedTooLarge):
+    rejected = error.message if isinstance(error, ArrivedTooLarge) else undecryptable_message(error)
+    if rejected is not None:
         # No processing hook ever sees this message, so its job status hears of it only here.
         for _middleware, record_rejected in hooks_of(broker, "record_rejected"):
-            record_rejected(broker, error.message)
+            record_rejected(broker, rejected)
     if not recorders:
         logger.warning(
             "Dropped a message from %r (%d bytes, sha256 %s): %s",

@@ -12,10 +12,12 @@ from typing import Any, get_args
 from rich.console import Console
 from rich.table import Table
 
+from ..encryption.keyring import Keyring, Undecryptable
 from ..ops import durations
 from ..priority import Priority
-from ..settings import load_settings
-from ..store.dead_letters import DIMENSIONS, DeadLetterFilter, DeadLetterStore, Reason
+from ..settings import Settings, load_settings
+from ..store.dead_letter_sealing import key_id_of, open_record
+from ..store.dead_letters import DIMENSIONS, DeadLetter, DeadLetterFilter, DeadLetterStore, Reason
 from .output import CommandError, UsageError, emit, json_flag, whole_column
 
 # Trend buckets are whole seconds (the store's buckets are epoch-second aligned).
@@ -68,10 +70,28 @@ def list_records(args: argparse.Namespace) -> None:
 
 
 def show_record(args: argparse.Namespace) -> None:
-    record = _store().get(args.id)
+    settings = load_settings()
+    record = DeadLetterStore(settings).get(args.id)
     if record is None:
         raise CommandError(f"no dead letter with id {args.id!r}")
-    emit(args, record.model_dump(mode="json"), _render_record)
+    emit(args, _readable(record, settings), _render_record)
+
+
+def _readable(record: DeadLetter, settings: Settings) -> dict[str, Any]:
+    """The record as shown: a sealed one decrypted when a key opens it, with an ``encryption``
+    entry saying under which key and which fields stayed sealed (docs/encryption.md)."""
+    kid = key_id_of(record)
+    if kid is None:
+        return record.model_dump(mode="json")
+    try:
+        opened = open_record(record, Keyring.from_settings(settings))
+    except Undecryptable as error:
+        data = record.model_dump(mode="json")
+        data["encryption"] = {"key_id": kid, "decrypted": False, "undecrypted": ["args", "kwargs"], "error": str(error)}
+        return data
+    data = opened.model_dump(mode="json")
+    data["encryption"] = {"key_id": kid, "decrypted": True, "undecrypted": []}
+    return data
 
 
 def show_stats(args: argparse.Namespace) -> None:
@@ -222,6 +242,10 @@ def _render_record(console: Console, record: dict[str, Any]) -> None:
         if name != "traceback":
             table.add_row(name, str(value))
     console.print(table)
+    sealed = record.get("encryption") or {}
+    if sealed.get("undecrypted"):
+        fields = ", ".join(sealed["undecrypted"])
+        console.print(f"could not decrypt {fields} (key {sealed['key_id']!r}): {sealed['error']}", markup=False)
     if record["traceback"]:
         console.print(record["traceback"], markup=False)
 

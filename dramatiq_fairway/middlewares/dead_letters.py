@@ -25,7 +25,12 @@ the record is the dead letter, so requeue and purge never delete from a queue by
 record could be written anywhere, the message is nacked as usual and stays in ``.XQ``.
 
 Bodies that cannot be decoded never become a message; fairway's consumers hand them to
-``record_undecodable``, which keeps their length, SHA-256 and first 256 bytes (base64).
+``record_undecodable``, which keeps their length, SHA-256 and first 256 bytes (base64). A body
+whose sealed payload could not be opened (``Encryption``) is recorded as ``undecryptable`` with its
+readable fields and the envelope it arrived with.
+
+With ``FAIRWAY_ENCRYPTION__KEYS`` set, a record's args and kwargs are sealed after redaction
+(``store/dead_letter_sealing.py``), so the store holds only ciphertext.
 
 Works on the stock brokers too; there a recorded message also lands in ``.XQ`` (for Redis,
 ``DeadLetterStore.requeue`` removes that copy).
@@ -49,15 +54,18 @@ from dramatiq.common import q_name
 from dramatiq.errors import ActorNotFound
 from dramatiq.middleware import MiddlewareError
 
+from ..encryption.keyring import ENVELOPE, Keyring
 from ..errors import BreakerOpen, MessageTooLarge, PermanentError
 from ..failures.classify import qualified_name
 from ..failures.fingerprint import fingerprint
 from ..failures.redaction import Redacted, Redactor
 from ..priority import Priority
 from ..settings import Settings, load_settings
+from ..store.dead_letter_sealing import seal_record
 from ..store.dead_letters import DeadLetter, DeadLetterStore, Reason
 from ..tenants import tenant_of
 from .consumer_hooks import HELD_SINCE, ArrivedTooLarge
+from .encryption import undecryptable_message
 
 logger = logging.getLogger(__name__)
 
@@ -81,6 +89,7 @@ class DeadLetters(Middleware):
     ) -> None:
         self.settings = settings or load_settings()
         self.redactor = Redactor.from_settings(self.settings)
+        self.keyring = Keyring.from_settings(self.settings)
         self.clock = clock
         if store is not None:
             self.store = store
@@ -129,6 +138,10 @@ class DeadLetters(Middleware):
         and head, never whole); raises ``OSError`` if it could not be kept anywhere."""
         del broker  # part of the consumer protocol; the record needs only the queue's name
         digest = hashlib.sha256(body).hexdigest()
+        sealed = undecryptable_message(error)
+        if sealed is not None:
+            self.store.add(self._undecryptable_record(queue_name, sealed, error.__cause__ or error))
+            return
         message = error.message if isinstance(error, ArrivedTooLarge) else None
         # DecodeError's own text quotes the whole body; its cause says what was wrong without it.
         cause = error if message else getattr(error, "error", None) or error.__cause__
@@ -150,6 +163,29 @@ class DeadLetters(Middleware):
             },
         )
         self.store.add(record)
+
+    def _undecryptable_record(self, queue_name: str, message: Message, cause: BaseException) -> DeadLetter:
+        error_type = qualified_name(type(cause))
+        error_message = str(cause)[:_MAX_ERROR_MESSAGE]
+        # The envelope is ciphertext: redaction patterns must not rewrite it into something unopenable.
+        envelope = {ENVELOPE: message.options[ENVELOPE]}
+        readable = {key: value for key, value in message.options.items() if key != ENVELOPE}
+        options = {**self.redactor.redact_message([], {}, readable, None).options, **envelope}
+        return DeadLetter(
+            id=message.message_id,
+            queue=q_name(queue_name),
+            actor=message.actor_name,
+            options=options,
+            tenant=tenant_of(options),
+            priority_level=_priority_name(options.get("priority_level")),
+            error_type=error_type,
+            error_message=error_message,
+            fingerprint=fingerprint(error_type, error_message, None),
+            enqueued_at=datetime.fromtimestamp(message.message_timestamp / 1000, UTC),
+            failed_at=self._now(),
+            reason="undecryptable",
+            raw={**message.asdict(), "options": options},
+        )
 
     def build_record(self, broker: Broker, message: MessageProxy) -> DeadLetter:
         """The redacted ``DeadLetter`` for a failed message."""
@@ -174,7 +210,7 @@ class DeadLetters(Middleware):
         reason = _reason(options, exception, classification, actor.options.get("throws") if actor else None)
         raw = message.asdict()
         raw.update(args=redacted.args, kwargs=redacted.kwargs, options=redacted.options)
-        return DeadLetter(
+        record = DeadLetter(
             id=message.message_id,
             queue=q_name(message.queue_name),
             actor=message.actor_name,
@@ -195,6 +231,7 @@ class DeadLetters(Middleware):
             raw=raw,
             redacted_fields=redacted.fields,
         )
+        return seal_record(record, self.keyring)
 
     def _now(self) -> datetime:
         return datetime.fromtimestamp(self.clock(), UTC)

@@ -10,7 +10,14 @@ from pydantic import BaseModel, ConfigDict
 from ..priority import Priority
 
 Reason = Literal[
-    "retries_exhausted", "permanent", "undecodable", "rejected", "unknown_actor", "too_large", "held_too_long"
+    "retries_exhausted",
+    "permanent",
+    "undecodable",
+    "undecryptable",
+    "rejected",
+    "unknown_actor",
+    "too_large",
+    "held_too_long",
 ]
 Dimension = Literal["queue", "actor", "error_type", "fingerprint", "tenant", "reason"]
 DIMENSIONS: tuple[Dimension, ...] = ("queue", "actor", "error_type", "fingerprint", "tenant", "reason")

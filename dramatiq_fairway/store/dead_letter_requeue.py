@@ -11,9 +11,11 @@ from dramatiq.brokers.redis import RedisBroker
 from dramatiq.common import q_name, xq_name
 from pydantic import BaseModel
 
+from ..encryption.keyring import Keyring, Undecryptable
 from ..errors import FairwayError
 from ..priority import Priority
 from .dead_letter_model import DeadLetter
+from .dead_letter_sealing import open_record
 
 # Options that describe the failed run rather than the job; a requeued message starts without them.
 _RUN_OPTIONS = frozenset(
@@ -92,6 +94,7 @@ def requeue_records(
     dry_run: bool = False,
     allow_redacted: bool = False,
     sleep: Callable[[float], None] = time.sleep,
+    keyring: Keyring | None = None,
 ) -> RequeueResult:
     """Send ``records``' messages again, and ``remove`` each record once the broker took its message.
 
@@ -100,7 +103,8 @@ def requeue_records(
     fields are refused as a whole (``RedactedRecords``) unless ``allow_redacted``. A record
     whose message the broker refuses is kept and listed in ``skipped``. A job with a
     ``unique_key`` runs again: the copy takes the key over from the failed message (see
-    ``store/unique_claim.lua``).
+    ``store/unique_claim.lua``). A sealed record is opened with ``keyring`` (the new message is
+    sealed again by the encoder, bound to its new id); one that cannot be opened is skipped.
     """
     level = Priority.parse(priority)
     selected = list(records)
@@ -108,9 +112,14 @@ def requeue_records(
     if redacted and not allow_redacted:
         raise RedactedRecords(redacted)
     result = RequeueResult(dry_run=dry_run)
-    for position, record in enumerate(selected):
-        if not record.actor or "actor_name" not in record.raw:
-            result.skipped.append(SkippedRecord(id=record.id, reason="the original message could not be decoded"))
+    for position, stored in enumerate(selected):
+        if not stored.actor or "actor_name" not in stored.raw:
+            result.skipped.append(SkippedRecord(id=stored.id, reason="the original message could not be decoded"))
+            continue
+        try:
+            record = open_record(stored, keyring)
+        except Undecryptable as error:
+            result.skipped.append(SkippedRecord(id=stored.id, reason=f"undecryptable: {error}"))
             continue
         message = _requeued_message(record, level)
         requeued = RequeuedMessage(

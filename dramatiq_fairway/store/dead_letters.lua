@@ -11,6 +11,9 @@
 --         Returns {1 if the record is new else 0, number of oldest records evicted}.
 --         A record that exists is left untouched: writing the same message id twice is a no-op.
 -- remove: ARGV[4..] ids. Returns the number of records removed.
+-- rewrite: ARGV[4..] id, record JSON pairs: replaces the data of records that exist (their
+--         index values and time are unchanged: only args, kwargs and options are re-sealed).
+--         Returns the number of records rewritten; a record removed meanwhile stays removed.
 --
 -- Invariant: for every record <prefix>rec:<id> (hash: data, at, dim:<name>) the id is in
 -- <prefix>time and in <prefix>idx:<name>:<value> for each of its dimensions, with score = at;
@@ -108,6 +111,18 @@ if command == "remove" then
         removed = removed + remove_one(ARGV[i])
     end
     return removed
+end
+
+if command == "rewrite" then
+    local rewritten = 0
+    for i = 4, #ARGV, 2 do
+        local record = prefix .. "rec:" .. ARGV[i]
+        if redis.call("EXISTS", record) == 1 then
+            redis.call("HSET", record, "data", ARGV[i + 1])
+            rewritten = rewritten + 1
+        end
+    end
+    return rewritten
 end
 
 return redis.error_reply("dead_letters.lua: unknown command " .. tostring(command))

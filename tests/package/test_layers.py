@@ -34,6 +34,7 @@ LAYERS: dict[str, set[str]] = {
         "connections",
         "redis_urls",
         "embedded",
+        "encryption",
         "failures",
         "json_logs",
         "outage",

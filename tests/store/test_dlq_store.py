@@ -78,6 +78,22 @@ def test_add_is_idempotent_by_id_and_get_returns_the_record(store: DeadLetterSto
     assert store.get("missing") is None
 
 
+def test_rewrite_replaces_existing_records_only_and_keeps_their_indexes(
+    store: DeadLetterStore, state_client: redis.Redis, namespace: str
+) -> None:
+    store.add(record("m1"))
+    store.add(record("m2"))
+    store.purge(["m2"])
+    keys_before = ns_keys(state_client, namespace)
+    assert store.rewrite([record("m1", options={"sealed": 1}), record("m2", options={"sealed": 1})]) == 1
+    got = store.get("m1")
+    assert got is not None
+    assert got.options == {"sealed": 1}
+    assert store.get("m2") is None
+    assert [r.id for r in store.list(DeadLetterFilter(fingerprint="fp-a"))] == ["m1"]
+    assert ns_keys(state_client, namespace) == keys_before
+
+
 def test_every_key_lives_under_the_namespace_dlq_prefix(
     store: DeadLetterStore, state_client: redis.Redis, namespace: str
 ) -> None:
