@@ -30,7 +30,6 @@ another process.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import time
 import weakref
@@ -49,24 +48,16 @@ from dramatiq.errors import ConnectionClosed, QueueJoinTimeout
 
 from ..connections import state_store_client
 from ..middlewares.queue_depth import passive_ready_count
-from ..priority import Priority, level_of
+from ..priority import Priority
 from ..settings import Settings, load_settings
 from ..store.keys import rabbitmq_queues_key
-from ..tenants import tenant_of
+from ..store.tenant_counts import OWN, TenantCounts
 from .delivery import HoldsAtStart, held_copy
 from .hooks import OverriddenHooks
 from .rabbitmq_consumer import CONNECTION_ERRORS, ENQUEUED_HEADER, FairPickingConsumer, SingleQueueConsumer
+from .rabbitmq_tenants import TenantRoutes, declare_tenant_queue, level_queue, tenant_queue
 
 logger = logging.getLogger(__name__)
-
-
-def lane_of(tenant: str, lanes: int) -> int:
-    """The lane of ``tenant``: stable across processes and restarts (not Python's salted ``hash``)."""
-    return int.from_bytes(hashlib.blake2b(tenant.encode(), digest_size=8).digest(), "big") % lanes
-
-
-def level_queue(queue_name: str, level: Priority, lane: int) -> str:
-    return f"{q_name(queue_name)}.fair.{int(level)}.{lane}"
 
 
 class FairRabbitmqBroker(HoldsAtStart, OverriddenHooks, RabbitmqBroker):
@@ -95,6 +86,10 @@ class FairRabbitmqBroker(HoldsAtStart, OverriddenHooks, RabbitmqBroker):
         self.clock = clock
         self._state_store: redis.Redis | None = None
         self._consumers: weakref.WeakSet[FairPickingConsumer] = weakref.WeakSet()
+        self._tenant_counts: TenantCounts | None = None
+        self.tenant_routes = TenantRoutes(
+            lambda: self.tenant_counts, self.lanes, self.settings.fairness.rabbitmq_isolate_at
+        )
 
     @property
     def consumer_class(self) -> type[_RabbitmqConsumer]:
@@ -118,11 +113,21 @@ class FairRabbitmqBroker(HoldsAtStart, OverriddenHooks, RabbitmqBroker):
         return [level_queue(queue_name, level, lane) for level in Priority for lane in range(self.lanes)]
 
     def route(self, message: Message) -> str:
-        """The AMQP queue ``message`` is published to: its level's queue on its tenant's lane."""
-        if message.queue_name != q_name(message.queue_name):
-            return message.queue_name
-        return level_queue(
-            message.queue_name, level_of(message.options), lane_of(tenant_of(message.options), self.lanes)
+        """The lane of ``message``: its level's queue on its tenant's lane (``enqueue`` sends it to the
+        tenant's own queue instead while the tenant is isolated, ``rabbitmq_tenants.py``)."""
+        return self.tenant_routes.lane(message)
+
+    def tenant_queues(self, queue_name: str) -> list[tuple[Priority, str]]:
+        """(level, own queue) of ``queue_name``'s isolated tenants, from the counts (none without the state store)."""
+        if self.tenant_counts is None:
+            return []
+        try:
+            slots = self.tenant_counts.snapshot(q_name(queue_name))
+        except redis.RedisError as error:
+            logger.warning("Could not list the tenant queues of %r: %s", queue_name, error)
+            return []
+        return sorted(
+            {(slot.level, tenant_queue(queue_name, slot.level, slot.tenant)) for slot in slots if slot.kind == OWN}
         )
 
     def _declare_queue(self, queue_name: str) -> Any:
@@ -158,6 +163,16 @@ class FairRabbitmqBroker(HoldsAtStart, OverriddenHooks, RabbitmqBroker):
         return self._state_store
 
     @property
+    def tenant_counts(self) -> TenantCounts | None:
+        """Queued messages per (level, tenant) (``store/tenant_counts.py``); None where, as for the
+        registry, fairway's settings did not choose RabbitMQ (no tenant is isolated then)."""
+        if self.settings.broker != "rabbitmq":
+            return None
+        if self._tenant_counts is None:
+            self._tenant_counts = TenantCounts(self.state_store, self.settings.namespace)
+        return self._tenant_counts
+
+    @property
     def registry_key(self) -> str:
         return rabbitmq_queues_key(self.settings.namespace)
 
@@ -173,17 +188,25 @@ class FairRabbitmqBroker(HoldsAtStart, OverriddenHooks, RabbitmqBroker):
         if delay is not None:
             return super().enqueue(message, delay=delay)
         attempts = 0
+        # Counted once: a retry of the publish goes where the first attempt was counted.
+        target: str | None = None
         while True:
             try:
                 self.declare_queue(message.queue_name, ensure=True)
                 self.emit_before("enqueue", message, None)
-                self._publish(self.route(message), message)
+                if target is None:
+                    target = self.tenant_routes.destination(message, self.channel)
+                elif target != self.route(message):
+                    self.tenant_routes.ensure(self.channel, message.queue_name, target)
+                self._publish(target, message)
                 self.emit_after("enqueue", message, None)
                 return message
             except (pika.exceptions.AMQPConnectionError, pika.exceptions.AMQPChannelError) as error:
                 del self.connection
                 if isinstance(error, pika.exceptions.UnroutableError):
                     self.queues_pending.add(q_name(message.queue_name))
+                    if target is not None:
+                        self.tenant_routes.forget(target)
                 attempts += 1
                 if attempts >= MAX_ENQUEUE_ATTEMPTS:
                     raise ConnectionClosed(error) from None
@@ -224,6 +247,11 @@ class FairRabbitmqBroker(HoldsAtStart, OverriddenHooks, RabbitmqBroker):
         for level in Priority:
             for lane in range(self.lanes):
                 counts[level] += self.passive_count(level_queue(canonical, level, lane))
+        for level, name in self.tenant_queues(canonical):
+            try:
+                counts[level] += self.passive_count(name)
+            except pika.exceptions.AMQPError:
+                continue  # expired: it held nothing
         return {level: count for level, count in counts.items() if count}
 
     def passive_count(self, name: str) -> int:
@@ -231,19 +259,26 @@ class FairRabbitmqBroker(HoldsAtStart, OverriddenHooks, RabbitmqBroker):
         return passive_ready_count(self, name)
 
     def get_queue_message_counts(self, queue_name: str) -> tuple[int, int, int]:
-        """(ready over the queue and all its level queues, delayed, dead), as RabbitmqBroker's."""
+        """(ready over the queue, its level queues and its tenant queues, delayed, dead), as RabbitmqBroker's."""
         ready = super()._declare_queue(queue_name).method.message_count + self._declare_level_queues(queue_name)
+        ready += sum(declare_tenant_queue(self.channel, queue_name, name) for _, name in self.tenant_queues(queue_name))
         delayed = self._declare_dq_queue(queue_name).method.message_count
         dead = self._declare_xq_queue(queue_name).method.message_count
         return ready, delayed, dead
 
     def flush(self, queue_name: str) -> None:
         super().flush(queue_name)
-        for name in self.level_queues(queue_name):
+        own = [name for _, name in self.tenant_queues(queue_name)]
+        for name in [*self.level_queues(queue_name), *own]:
             try:
                 self.channel.queue_purge(name)
             except pika.exceptions.AMQPChannelError:
                 del self.channel
+        if self.tenant_counts is not None:
+            try:
+                self.tenant_counts.clear(q_name(queue_name))
+            except redis.RedisError as error:
+                logger.warning("Could not reset the tenant counts of %r: %s", queue_name, error)
 
     def join(
         self, queue_name: str, min_successes: int = 10, idle_time: int = 100, *, timeout: int | None = None

@@ -25,10 +25,12 @@ from dramatiq.errors import ConnectionClosed
 
 from ..middlewares import dead_letters
 from ..priority import Priority, level_of
+from ..store.tenant_counts import Slot
 from ..tenants import tenant_of
 from .delivery import decode_or_report, held_at_start, hold_delay
 from .rabbitmq_pause import PausedSubscriptions
 from .rabbitmq_picker import Delivery, Picker
+from .rabbitmq_tenant_queues import TenantQueues
 
 if TYPE_CHECKING:
     from .rabbitmq import FairRabbitmqBroker
@@ -95,6 +97,8 @@ class FairPickingConsumer(SingleQueueConsumer):
         self.logger = logger
         self.known_tags: set[int] = set()
         self._handed_out: set[int] = set()
+        # Delivery tag -> where the message was counted (rabbitmq_tenant_queues.py).
+        self._slots: dict[int, Slot | None] = {}
         # Acks and nacks of worker threads, (tag, ack?), in order: sent by this consumer's thread
         # with its next poll, so a settle costs no wake-up of the connection and no flush of its own.
         self._settles: deque[tuple[int, bool]] = deque()
@@ -122,8 +126,19 @@ class FairPickingConsumer(SingleQueueConsumer):
                 names=[*broker.level_queues(queue_name), queue_name],
                 on_delivery=self._on_delivery,
                 picker=self.picker,
+                on_pause=self._on_pause,
             )
             self.subscriptions.subscribe()
+            self.tenants = TenantQueues(
+                broker,
+                queue_name,
+                channel=self.channel,
+                on_delivery=self._on_delivery,
+                picker=self.picker,
+                prefetch=prefetch,
+                lane_prefetch=2 * prefetch,
+                paused=lambda: self.subscriptions.paused,
+            )
         except CONNECTION_ERRORS as error:
             raise ConnectionClosed(error) from None
 
@@ -134,6 +149,7 @@ class FairPickingConsumer(SingleQueueConsumer):
     def __next__(self) -> Any:
         try:
             self.subscriptions.follow()
+            self.tenants.follow()
         except CONNECTION_ERRORS as error:
             raise ConnectionClosed(error) from None
         now = time.monotonic()
@@ -160,7 +176,10 @@ class FairPickingConsumer(SingleQueueConsumer):
                 else:
                     self._wake_at = self._refill_at if len(self._handed_out) >= self.prefetch else self.prefetch
             try:
-                self._process_events(remaining)
+                self._process_events(self.tenants.wait_limit(remaining))
+                self.tenants.follow()
+            except CONNECTION_ERRORS as error:
+                raise ConnectionClosed(error) from None
             finally:
                 self._wake_at = -1
 
@@ -185,11 +204,16 @@ class FairPickingConsumer(SingleQueueConsumer):
         if not channel.is_open:
             raise pika.exceptions.ChannelWrongStateError("Channel is closed.")
         frames = []
+        settled = []
         while self._settles:
             tag, ack = self._settles.popleft()
             method = pika.spec.Basic.Ack(tag) if ack else pika.spec.Basic.Nack(tag, requeue=False)
             frames.append(pika.frame.Method(channel.channel_number, method).marshal())
+            settled.append(self._slots.pop(tag, None))
         channel.connection._output_marshaled_frames([b"".join(frames)])
+        # Counted down only once the acks are on their way (rabbitmq_tenant_queues.py says why).
+        for slot in settled:
+            self.tenants.settled(slot)
 
     def _on_delivery(self, channel: Any, method: Any, properties: Any, body: bytes) -> None:
         message = decode_or_report(self.broker, self.queue_name, body)
@@ -201,16 +225,22 @@ class FairPickingConsumer(SingleQueueConsumer):
         except ValueError:
             level = Priority.NORMAL
         headers = properties.headers or {}
-        self.picker.add(
-            Delivery(
-                tag=method.delivery_tag,
-                redelivered=method.redelivered,
-                message=message,
-                level=level,
-                tenant=tenant_of(message.options),
-                enqueued_ms=int(headers.get(ENQUEUED_HEADER, message.message_timestamp)),
-            )
+        delivery = Delivery(
+            tag=method.delivery_tag,
+            redelivered=method.redelivered,
+            message=message,
+            level=level,
+            tenant=tenant_of(message.options),
+            enqueued_ms=int(headers.get(ENQUEUED_HEADER, message.message_timestamp)),
         )
+        slot = self.tenants.slot_of(method.routing_key, level, delivery.tenant)
+        self._slots[delivery.tag] = slot
+        self.tenants.admit(slot, delivery)
+
+    def _on_pause(self, put_back: list[Delivery]) -> None:
+        for delivery in put_back:
+            self.tenants.settled(self._slots.pop(delivery.tag, None), requeued=True)
+        self.tenants.cancel_all()
 
     def _hand_out(self, delivery: Delivery) -> MessageProxy | None:
         delay = hold_delay(self.broker, delivery.message)
@@ -220,6 +250,7 @@ class FairPickingConsumer(SingleQueueConsumer):
                 self.channel.basic_ack(delivery.tag)
             except CONNECTION_ERRORS as error:
                 raise ConnectionClosed(error) from None
+            self.tenants.settled(self._slots.pop(delivery.tag, None))
             return None
         with self._lock:
             self._handed_out.add(delivery.tag)
@@ -234,6 +265,10 @@ class FairPickingConsumer(SingleQueueConsumer):
             self.logger.warning("Failed to ack message %r: not in known tags.", message.message_id)
             return
         self._settle(message._tag, ack=True)
+
+    def _nack(self, tag: int) -> None:
+        # Dead-lettered to .XQ: settled like an ack, with the acks (and counted down the same way).
+        self._settle(tag, ack=False)
 
     def _settle(self, tag: int, *, ack: bool) -> None:
         with self._lock:

@@ -1,0 +1,117 @@
+"""Where ``FairRabbitmqBroker`` publishes a ready message: its tenant's lane, or the tenant's own queue.
+
+Tenants are hashed over lanes (``lane_of``); a tenant that shares a lane with a flood would wait
+behind all of it. So a tenant with ``FAIRWAY_FAIRNESS__RABBITMQ_ISOLATE_AT`` messages queued on
+its lane (per level) gets an AMQP queue of its own, ``q.T<level>.<digest of the tenant>``, and
+keeps it while anything is queued there (its new messages go behind them, FIFO); the next
+message after it emptied goes to the lane again. The counts and the decision are one script call
+in the state store (``store/tenant_counts.lua``); consumers follow the own queues from the same
+counts (``rabbitmq_tenant_queues.py``). Without the state store, messages go to their lanes.
+docs/design.md, "Tenant queues on RabbitMQ", has the whole picture.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import redis
+from dramatiq import Message
+from dramatiq.common import q_name, xq_name
+
+from ..outage import OutageWarning
+from ..priority import Priority, level_of
+from ..store.tenant_counts import TenantCounts
+from ..tenants import tenant_of
+
+logger = logging.getLogger(__name__)
+
+# An own queue nobody consumes, declares or gets from for this long is deleted by RabbitMQ, with
+# what it holds: long enough to outlast a stopped worker fleet, short enough that the queues of
+# tenants that stopped sending do not pile up. A consumer holds it alive while subscribed.
+TENANT_QUEUE_EXPIRES_MS = 24 * 3600 * 1000
+# A producer declares an own queue again (which resets its expiry) once its last declare is this old.
+REDECLARE_AFTER = TENANT_QUEUE_EXPIRES_MS / 2000
+
+
+def lane_of(tenant: str, lanes: int) -> int:
+    """The lane of ``tenant``: stable across processes and restarts (not Python's salted ``hash``)."""
+    return int.from_bytes(hashlib.blake2b(tenant.encode(), digest_size=8).digest(), "big") % lanes
+
+
+def level_queue(queue_name: str, level: Priority, lane: int) -> str:
+    return f"{q_name(queue_name)}.fair.{int(level)}.{lane}"
+
+
+def tenant_queue(queue_name: str, level: Priority, tenant: str) -> str:
+    """The own queue of ``tenant`` at ``level``: a digest, since a tenant may be 128 characters of anything."""
+    digest = hashlib.blake2b(tenant.encode(), digest_size=8).hexdigest()
+    return f"{q_name(queue_name)}.T{int(level)}.{digest}"
+
+
+def declare_tenant_queue(channel: Any, queue_name: str, name: str) -> int:
+    """Declare the own queue ``name`` of ``queue_name`` (the one place its arguments are spelled);
+    the messages ready on it."""
+    arguments = {
+        "x-dead-letter-exchange": "",
+        "x-dead-letter-routing-key": xq_name(q_name(queue_name)),
+        "x-expires": TENANT_QUEUE_EXPIRES_MS,
+    }
+    return int(channel.queue_declare(queue=name, durable=True, arguments=arguments).method.message_count)
+
+
+class TenantRoutes:
+    """The producer's side: counts each ready message and names the AMQP queue it goes to."""
+
+    def __init__(self, counts: Callable[[], TenantCounts | None], lanes: int, isolate_at: int) -> None:
+        self.counts = counts
+        self.lanes = lanes
+        self.isolate_at = isolate_at
+        # Own queue -> when this process last declared it (monotonic seconds).
+        self.declared: dict[str, float] = {}
+        self._lock = threading.Lock()
+        self._outage = OutageWarning(logger)
+
+    def lane(self, message: Message) -> str:
+        """The lane queue of ``message`` (its queue name itself for a delay or dead queue)."""
+        if message.queue_name != q_name(message.queue_name):
+            return message.queue_name
+        level, tenant = level_of(message.options), tenant_of(message.options)
+        return level_queue(message.queue_name, level, lane_of(tenant, self.lanes))
+
+    def destination(self, message: Message, channel: Any) -> str:
+        """Count ``message`` and name the queue it must be published to, declared if it is an own queue."""
+        lane = self.lane(message)
+        counts = self.counts()
+        if counts is None or lane == message.queue_name:
+            return lane
+        level, tenant = level_of(message.options), tenant_of(message.options)
+        try:
+            own = counts.route(message.queue_name, level, tenant, self.isolate_at)
+        except redis.RedisError as error:
+            self._outage.warn("State store unavailable, RabbitMQ tenants are not isolated (lanes only): %s", error)
+            return lane
+        if not own:
+            return lane
+        name = tenant_queue(message.queue_name, level, tenant)
+        self.ensure(channel, message.queue_name, name)
+        return name
+
+    def ensure(self, channel: Any, queue_name: str, name: str) -> None:
+        """Declare ``name`` unless this process did so recently (RabbitMQ drops a message published to a
+        missing queue: publisher confirms report it, and ``forget`` makes the retry declare it)."""
+        with self._lock:
+            declared_at = self.declared.get(name)
+        if declared_at is not None and time.monotonic() - declared_at < REDECLARE_AFTER:
+            return
+        declare_tenant_queue(channel, queue_name, name)
+        with self._lock:
+            self.declared[name] = time.monotonic()
+
+    def forget(self, name: str) -> None:
+        with self._lock:
+            self.declared.pop(name, None)
