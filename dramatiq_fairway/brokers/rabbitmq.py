@@ -254,6 +254,15 @@ class FairRabbitmqBroker(HoldsAtStart, OverriddenHooks, RabbitmqBroker):
                 continue  # expired: it held nothing
         return {level: count for level, count in counts.items() if count}
 
+    def queued_by_tenant(self, queue_name: str) -> dict[tuple[Priority, str], int]:
+        """Messages queued per (level, tenant), lanes and own queues together, from the state store's
+        counts: from publish until settled, so those delivered and running are included."""
+        queued: dict[tuple[Priority, str], int] = {}
+        if self.tenant_counts is not None:
+            for slot, count in self.tenant_counts.snapshot(q_name(queue_name)).items():
+                queued[(slot.level, slot.tenant)] = queued.get((slot.level, slot.tenant), 0) + count
+        return queued
+
     def passive_count(self, name: str) -> int:
         """Ready messages of the AMQP queue ``name``; refused (404) when it does not exist."""
         return passive_ready_count(self, name)

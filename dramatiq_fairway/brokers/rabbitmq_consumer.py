@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 import pika
 import pika.frame
 import pika.spec
+import redis
 from dramatiq.broker import MessageProxy
 from dramatiq.brokers.rabbitmq import _RabbitmqConsumer, _RabbitmqMessage
 from dramatiq.common import q_name
@@ -294,6 +295,11 @@ class FairPickingConsumer(SingleQueueConsumer):
             self._send_settles()
         except CONNECTION_ERRORS:
             self.logger.debug("Connection closed before the last acks were sent; RabbitMQ redelivers those jobs.")
+        else:
+            try:
+                self.tenants.flush_settled()
+            except redis.RedisError as error:
+                self.logger.warning("Tenant counts not decremented at close (healed later): %s", error)
         super().close()
 
 

@@ -116,8 +116,7 @@ class TenantQueues:
         try:
             if self._settled and now - self._settled_at >= SETTLE_EVERY:
                 self._settled_at = now
-                settled, self._settled = self._settled, Counter()
-                self.counts.settle(self.queue_name, settled)
+                self.flush_settled()
             if self._gated and now - self._gates_at >= GATE_EVERY:
                 self._gates_at = now
                 self._read_gates()
@@ -133,6 +132,12 @@ class TenantQueues:
             self._outage.warn("State store unavailable, tenant queues are served without counts: %s", error)
             self._snapshot = {}
             self._release()
+
+    def flush_settled(self) -> None:
+        """Send the decrements of the messages settled since the last call (the acks went out first)."""
+        if self.counts is not None and self._settled:
+            settled, self._settled = self._settled, Counter()
+            self.counts.settle(self.queue_name, settled)
 
     def wait_limit(self, remaining: float) -> float:
         """How long the consumer may wait for deliveries before ``follow`` is due again."""

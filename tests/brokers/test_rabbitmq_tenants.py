@@ -11,14 +11,12 @@ import time
 from collections.abc import Callable, Iterator
 
 import dramatiq
-import pika
 import pytest
 import redis
 from dramatiq import Broker, Worker
 
 from dramatiq_fairway.brokers.rabbitmq import FairwayRabbitmqBroker
 from dramatiq_fairway.brokers.rabbitmq_tenants import tenant_queue
-from dramatiq_fairway.connections import rabbitmq_parameters
 from dramatiq_fairway.priority import Priority
 from dramatiq_fairway.settings import Settings
 from dramatiq_fairway.store.tenant_counts import LANE, OWN, Slot, TenantCounts
@@ -80,11 +78,6 @@ def rabbit(broker: Broker, settings: Settings) -> Iterator[FairwayRabbitmqBroker
     assert isinstance(broker, FairwayRabbitmqBroker)
     yield broker
     delete_level_queues(broker, settings)
-    connection = pika.BlockingConnection(rabbitmq_parameters(settings))
-    channel = connection.channel()
-    for name in broker.tenant_routes.declared:
-        channel.queue_delete(name)
-    connection.close()
 
 
 def counts_settle_to_zero(rabbit: FairwayRabbitmqBroker, queue_name: str) -> None:
