@@ -136,8 +136,6 @@ class FairPickingConsumer(SingleQueueConsumer):
                 channel=self.channel,
                 on_delivery=self._on_delivery,
                 picker=self.picker,
-                prefetch=prefetch,
-                lane_prefetch=2 * prefetch,
                 paused=lambda: self.subscriptions.paused,
             )
         except CONNECTION_ERRORS as error:
@@ -240,7 +238,7 @@ class FairPickingConsumer(SingleQueueConsumer):
 
     def _on_pause(self, put_back: list[Delivery]) -> None:
         for delivery in put_back:
-            self.tenants.settled(self._slots.pop(delivery.tag, None), requeued=True)
+            self.tenants.settled(self._slots.pop(delivery.tag, None), requeued=True, running=False)
         self.tenants.cancel_all()
 
     def _hand_out(self, delivery: Delivery) -> MessageProxy | None:
@@ -251,11 +249,12 @@ class FairPickingConsumer(SingleQueueConsumer):
                 self.channel.basic_ack(delivery.tag)
             except CONNECTION_ERRORS as error:
                 raise ConnectionClosed(error) from None
-            self.tenants.settled(self._slots.pop(delivery.tag, None))
+            self.tenants.settled(self._slots.pop(delivery.tag, None), running=False)
             return None
         with self._lock:
             self._handed_out.add(delivery.tag)
         self.known_tags.add(delivery.tag)
+        self.tenants.handed_out(self._slots.get(delivery.tag))
         return _RabbitmqMessage(delivery.redelivered, delivery.tag, delivery.message)
 
     def ack(self, message: MessageProxy) -> None:

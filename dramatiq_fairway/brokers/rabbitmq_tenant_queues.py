@@ -6,10 +6,14 @@ out (a crash in between leaves a count too high, which ``heal`` repairs; the oth
 open a gate early). Every ``POLL_EVERY`` it reads the counts of its queue (one ``HGETALL``):
 
 - own queues that appeared are declared (so an expired one cannot close the channel) and
-  subscribed with a prefetch of ``prefetch``; those whose count went to 0 are cancelled;
+  subscribed, with the lanes' prefetch per AMQP queue (``2 x prefetch``: a smaller one let a busy
+  level look empty between an ack and the next delivery, bench/fairness.py scenario d); those
+  whose count went to 0 are cancelled once this consumer holds none of theirs;
 - FIFO per (level, tenant) across the switch from lane to own queue: a delivery from an own queue
-  is kept out of the picker while the tenant still has messages counted on its lane of that level
-  (those were published first); the gates are re-read every ``GATE_EVERY`` while one is closed;
+  is kept out of the picker while the tenant still has messages on its lane of that level that no
+  worker was handed yet (those were published first: counted, minus those this consumer runs);
+  the gates are re-read every ``GATE_EVERY`` while one is closed, so the wait is that of the
+  lane messages ahead, not a fixed one;
 - a count whose AMQP queue was seen empty at two polls ``HEAL_AFTER`` apart, unchanged, and of
   which this consumer holds nothing, lost its decrement (a crash between ack and decrement): it is
   dropped, so a tenant can never be gated or isolated for good.
@@ -54,8 +58,6 @@ class TenantQueues:
         channel: Any,
         on_delivery: Callable[..., None],
         picker: Picker,
-        prefetch: int,
-        lane_prefetch: int,
         paused: Callable[[], bool],
     ) -> None:
         self.broker = broker
@@ -63,8 +65,6 @@ class TenantQueues:
         self.channel = channel
         self.on_delivery = on_delivery
         self.picker = picker
-        self.prefetch = prefetch
-        self.lane_prefetch = lane_prefetch
         self.paused = paused
         self.counts = broker.tenant_counts
         self.own: dict[str, Slot] = {}
@@ -73,6 +73,8 @@ class TenantQueues:
         self._gated: dict[Slot, list[Delivery]] = {}
         self._settled: Counter[Slot] = Counter()
         self._held: Counter[Slot] = Counter()
+        # Of those, the ones handed to a worker thread (running, not settled yet).
+        self._running: Counter[Slot] = Counter()
         # Slot -> (count, ready seen 0 since) of the counts whose queue looked empty.
         self._suspects: dict[Slot, tuple[int, float]] = {}
         self._polled_at = self._gates_at = self._settled_at = self._healed_at = float("-inf")
@@ -93,15 +95,22 @@ class TenantQueues:
         gate = self._gated.get(slot) if slot is not None else None
         if gate is not None:
             gate.append(delivery)
-        elif slot is not None and slot.kind == OWN and self._snapshot.get(self._lane_slot(slot), 0) > 0:
+        elif slot is not None and slot.kind == OWN and self._ahead(slot) > 0:
             self._gated[slot] = [delivery]
         else:
             self.picker.add(delivery)
 
-    def settled(self, slot: Slot | None, *, requeued: bool = False) -> None:
+    def handed_out(self, slot: Slot | None) -> None:
+        """One delivery of ``slot`` went to a worker thread."""
+        if slot is not None:
+            self._running[slot] += 1
+
+    def settled(self, slot: Slot | None, *, requeued: bool = False, running: bool = True) -> None:
         """One delivery of ``slot`` left this consumer: settled for good, or put back (``requeued``)."""
         if slot is None:
             return
+        if running and self._running[slot] > 0:
+            self._running[slot] -= 1
         self._held[slot] -= 1
         if self._held[slot] <= 0:
             del self._held[slot]
@@ -158,6 +167,12 @@ class TenantQueues:
     def _lane_slot(self, slot: Slot) -> Slot:
         return Slot(LANE, slot.level, slot.tenant)
 
+    def _ahead(self, slot: Slot) -> int:
+        """The tenant's lane messages of ``slot``'s level not yet handed to a worker (by any consumer):
+        counted, minus those this consumer runs or settled without having sent the decrement yet."""
+        lane = self._lane_slot(slot)
+        return self._snapshot.get(lane, 0) - self._running[lane] - self._settled[lane]
+
     def _read_gates(self) -> None:
         if self.counts is not None:
             lanes = [self._lane_slot(slot) for slot in self._gated]
@@ -165,7 +180,7 @@ class TenantQueues:
         self._release()
 
     def _release(self) -> None:
-        for slot in [s for s in self._gated if self._snapshot.get(self._lane_slot(s), 0) <= 0]:
+        for slot in [s for s in self._gated if self._ahead(s) <= 0]:
             for delivery in self._gated.pop(slot):
                 self.picker.add(delivery)
 
@@ -179,13 +194,10 @@ class TenantQueues:
         new = [name for name in wanted if name not in self._tags]
         if not new:
             return
-        # RabbitMQ applies a channel's prefetch to each consumer created while it is set.
-        self.channel.basic_qos(prefetch_count=self.prefetch)
         for name in new:
             declare_tenant_queue(self.channel, self.queue_name, name)
             self.own[name] = wanted[name]
             self._tags[name] = self.channel.basic_consume(name, self.on_delivery)
-        self.channel.basic_qos(prefetch_count=self.lane_prefetch)
 
     def _holds(self, slot: Slot) -> bool:
         return self._held[slot] > 0 if slot in self._held else False
