@@ -1,4 +1,4 @@
-"""RabbitMQ with fairway's consumer: fair levels and tenants (approximated), decoding, hold-back.
+"""RabbitMQ with fairway's consumer: fair levels and tenants, decoding, hold-back.
 
 Layout of a queue ``q`` (``L`` = level 1-5, ``n`` = lane 0..lanes-1, ``FAIRWAY_FAIRNESS__RABBITMQ_LANES``):
 
@@ -7,16 +7,20 @@ AMQP queue          content
 ==================  =====================================================================
 ``q.fair.L.n``      ready messages of level ``L`` whose tenant hashes to lane ``n``
                     (dead-letters to ``q.XQ``; no ``x-max-priority``)
+``q.TL.<digest>``   ready messages of level ``L`` of one tenant that had
+                    ``FAIRWAY_FAIRNESS__RABBITMQ_ISOLATE_AT`` queued on its lane
+                    (``rabbitmq_tenants.py``: declared on demand, ``x-expires``)
 ``q``               the queue as Dramatiq declares it (``x-max-priority`` 5): nothing is
                     published there any more, but it is still consumed, so messages left
                     by an earlier version or published by hand are served (by their options)
 ``q.DQ``            delayed and held-back messages (unchanged; they come back through
-                    ``enqueue`` and so land on their level and lane)
+                    ``enqueue`` and so land on their level and lane or tenant queue)
 ``q.XQ``            dead messages nacked without a dead-letter record (unchanged)
 ==================  =====================================================================
 
 Dramatiq's Worker still makes one consumer per queue name; for ``q`` it gets
-``FairPickingConsumer`` (``rabbitmq_consumer.py``), which consumes every AMQP queue above on one channel with a prefetch
+``FairPickingConsumer`` (``rabbitmq_consumer.py``), which consumes every AMQP queue above (the tenant
+queues as they appear, ``rabbitmq_tenant_queues.py``) on one channel with a prefetch
 of ``2 x prefetch`` per AMQP queue (so the head of every non-empty one is in hand while the
 worker's threads are busy), hands out at most ``prefetch`` messages at a time and picks each one
 by the scheduling rule of docs/design.md among the messages it holds (``rabbitmq_picker.py``). What holds on this broker
