@@ -34,7 +34,7 @@ import redis
 from ..outage import OutageWarning
 from ..store.tenant_counts import LANE, OWN, Slot
 from .rabbitmq_picker import Delivery, Picker
-from .rabbitmq_tenants import declare_tenant_queue, lane_of, level_queue, tenant_queue
+from .rabbitmq_tenants import STORE_RETRY_AFTER, declare_tenant_queue, lane_of, level_queue, tenant_queue
 
 if TYPE_CHECKING:
     from .rabbitmq import FairRabbitmqBroker
@@ -141,6 +141,9 @@ class TenantQueues:
             self._outage.warn("State store unavailable, tenant queues are served without counts: %s", error)
             self._snapshot = {}
             self._release()
+            # Each failed call takes seconds (redis-py retries): leave the store alone for a while.
+            later = now + STORE_RETRY_AFTER
+            self._settled_at = self._gates_at = self._polled_at = self._healed_at = later
 
     def flush_settled(self) -> None:
         """Send the decrements of the messages settled since the last call (the acks went out first)."""

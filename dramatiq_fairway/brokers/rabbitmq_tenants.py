@@ -36,6 +36,9 @@ logger = logging.getLogger(__name__)
 TENANT_QUEUE_EXPIRES_MS = 24 * 3600 * 1000
 # A producer declares an own queue again (which resets its expiry) once its last declare is this old.
 REDECLARE_AFTER = TENANT_QUEUE_EXPIRES_MS / 2000
+# After a failed call, sends leave the state store alone this long (seconds): redis-py's retries
+# make each failed call take seconds, which every send would pay while the store is down.
+STORE_RETRY_AFTER = 5.0
 
 
 def lane_of(tenant: str, lanes: int) -> int:
@@ -75,6 +78,7 @@ class TenantRoutes:
         self.declared: dict[str, float] = {}
         self._lock = threading.Lock()
         self._outage = OutageWarning(logger)
+        self._store_down_until = float("-inf")
 
     def lane(self, message: Message) -> str:
         """The lane queue of ``message`` (its queue name itself for a delay or dead queue)."""
@@ -87,12 +91,13 @@ class TenantRoutes:
         """Count ``message`` and name the queue it must be published to, declared if it is an own queue."""
         lane = self.lane(message)
         counts = self.counts()
-        if counts is None or lane == message.queue_name:
+        if counts is None or lane == message.queue_name or time.monotonic() < self._store_down_until:
             return lane
         level, tenant = level_of(message.options), tenant_of(message.options)
         try:
             own = counts.route(message.queue_name, level, tenant, self.isolate_at)
         except redis.RedisError as error:
+            self._store_down_until = time.monotonic() + STORE_RETRY_AFTER
             self._outage.warn("State store unavailable, RabbitMQ tenants are not isolated (lanes only): %s", error)
             return lane
         if not own:

@@ -6,23 +6,28 @@ in-process Worker. Positions in the processing order are printed (``-s`` shows t
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
 
 import dramatiq
+import pika
 import pytest
 import redis
 from dramatiq import Broker, Worker
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from dramatiq_fairway.brokers.rabbitmq import FairwayRabbitmqBroker
-from dramatiq_fairway.brokers.rabbitmq_tenants import tenant_queue
+from dramatiq_fairway.brokers.rabbitmq_tenants import TenantRoutes, lane_of, level_queue, tenant_queue
+from dramatiq_fairway.connections import rabbitmq_parameters
 from dramatiq_fairway.priority import Priority
 from dramatiq_fairway.settings import Settings
 from dramatiq_fairway.store.tenant_counts import LANE, OWN, Slot, TenantCounts
 
 from ..support.helpers import wait_for
-from .test_rabbitmq_fair import delete_level_queues
+from .test_rabbitmq_fair import declare, delete_level_queues
 
 N = Priority.NORMAL
 FLOOD = 3000
@@ -161,3 +166,32 @@ def test_fifo_per_level_and_tenant_across_the_switch_to_its_own_queue_and_back(
     assert [n for _tenant, n in order] == list(range(isolate_at + 70))
     assert tenant_queue(queue_name, N, "acme") in rabbit.tenant_routes.declared
     counts_settle_to_zero(rabbit, queue_name)
+
+
+@pytest.mark.parametrize("broker_kind", ["rabbitmq"], indirect=True)
+def test_a_tenant_queue_deleted_under_the_producer_is_declared_again_and_gets_the_message(
+    rabbit: FairwayRabbitmqBroker, settings: Settings, queue_name: str
+) -> None:
+    job = declare(rabbit, queue_name)
+    isolate_at = rabbit.settings.fairness.rabbitmq_isolate_at
+    for n in range(isolate_at + 1):
+        job.send_with_options(args=(n,), tenant="acme")
+    own = tenant_queue(queue_name, N, "acme")
+    connection = pika.BlockingConnection(rabbitmq_parameters(settings))
+    connection.channel().queue_delete(own)
+    connection.close()
+    # The producer still thinks it declared the queue: confirms report the publish unroutable.
+    job.send_with_options(args=(isolate_at + 1,), tenant="acme")
+    assert rabbit.passive_count(own) == 1
+
+
+def test_without_the_state_store_messages_go_to_their_lanes_with_one_warning(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    down = TenantCounts(redis.Redis(port=17401, socket_connect_timeout=0.2, retry=Retry(NoBackoff(), 0)), "ns")
+    routes = TenantRoutes(lambda: down, lanes=4, isolate_at=1)
+    message = dramatiq.Message("q", "job", (), {}, {"tenant": "acme", "priority_level": 3})
+    with caplog.at_level(logging.WARNING):
+        targets = {routes.destination(message, channel=None) for _ in range(3)}
+    assert targets == {level_queue("q", N, lane_of("acme", 4))}
+    assert len([r for r in caplog.records if "State store unavailable" in r.getMessage()]) == 1
