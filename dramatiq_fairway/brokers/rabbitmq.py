@@ -199,8 +199,8 @@ class FairRabbitmqBroker(HoldsAtStart, OverriddenHooks, RabbitmqBroker):
                 self.declare_queue(message.queue_name, ensure=True)
                 self.emit_before("enqueue", message, None)
                 if target is None:
-                    target = self.tenant_routes.destination(message, self.channel)
-                elif target != self.route(message):
+                    target = self.tenant_routes.destination(message)
+                if target != self.route(message):
                     self.tenant_routes.ensure(self.channel, message.queue_name, target)
                 self._publish(target, message)
                 self.emit_after("enqueue", message, None)

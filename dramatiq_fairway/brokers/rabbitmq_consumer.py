@@ -142,8 +142,8 @@ class FairPickingConsumer(SingleQueueConsumer):
             raise ConnectionClosed(error) from None
 
     def held(self) -> int:
-        """Messages delivered to this consumer and not settled yet (held or handed out)."""
-        return len(self.picker) + len(self._handed_out)
+        """Messages delivered to this consumer and not settled yet (held, gated or handed out)."""
+        return len(self.picker) + len(self._handed_out) + self.tenants.gated()
 
     def __next__(self) -> Any:
         try:
@@ -189,6 +189,7 @@ class FairPickingConsumer(SingleQueueConsumer):
             self.connection.process_data_events(time_limit=time_limit)
         except CONNECTION_ERRORS as error:
             self.picker.clear()
+            self.tenants.drop_gated()
             if getattr(error, "reply_code", None) == 404:
                 self.broker.queues_pending.add(q_name(self.queue_name))
             raise ConnectionClosed(error) from None
@@ -290,6 +291,7 @@ class FairPickingConsumer(SingleQueueConsumer):
         # What this consumer held goes back to RabbitMQ with the channel: ``join`` must not wait on it.
         self.broker._consumers.discard(self)
         self.picker.clear()
+        self.tenants.drop_gated()
         try:
             self._send_settles()
         except CONNECTION_ERRORS:

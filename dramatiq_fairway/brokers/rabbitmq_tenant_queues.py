@@ -100,6 +100,14 @@ class TenantQueues:
         else:
             self.picker.add(delivery)
 
+    def gated(self) -> int:
+        """Deliveries waiting behind a gate (held by the consumer, not in its picker)."""
+        return sum(len(deliveries) for deliveries in self._gated.values())
+
+    def drop_gated(self) -> None:
+        """Forget the gated deliveries: the channel is closing and RabbitMQ puts them back."""
+        self._gated.clear()
+
     def handed_out(self, slot: Slot | None) -> None:
         """One delivery of ``slot`` went to a worker thread."""
         if slot is not None:

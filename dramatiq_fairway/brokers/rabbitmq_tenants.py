@@ -87,8 +87,8 @@ class TenantRoutes:
         level, tenant = level_of(message.options), tenant_of(message.options)
         return level_queue(message.queue_name, level, lane_of(tenant, self.lanes))
 
-    def destination(self, message: Message, channel: Any) -> str:
-        """Count ``message`` and name the queue it must be published to, declared if it is an own queue."""
+    def destination(self, message: Message) -> str:
+        """Count ``message`` and name the queue it must be published to (an own queue: ``ensure`` it)."""
         lane = self.lane(message)
         counts = self.counts()
         if counts is None or lane == message.queue_name or time.monotonic() < self._store_down_until:
@@ -100,11 +100,7 @@ class TenantRoutes:
             self._store_down_until = time.monotonic() + STORE_RETRY_AFTER
             self._outage.warn("State store unavailable, RabbitMQ tenants are not isolated (lanes only): %s", error)
             return lane
-        if not own:
-            return lane
-        name = tenant_queue(message.queue_name, level, tenant)
-        self.ensure(channel, message.queue_name, name)
-        return name
+        return tenant_queue(message.queue_name, level, tenant) if own else lane
 
     def ensure(self, channel: Any, queue_name: str, name: str) -> None:
         """Declare ``name`` unless this process did so recently (RabbitMQ drops a message published to a

@@ -192,6 +192,6 @@ def test_without_the_state_store_messages_go_to_their_lanes_with_one_warning(
     routes = TenantRoutes(lambda: down, lanes=4, isolate_at=1)
     message = dramatiq.Message("q", "job", (), {}, {"tenant": "acme", "priority_level": 3})
     with caplog.at_level(logging.WARNING):
-        targets = {routes.destination(message, channel=None) for _ in range(3)}
+        targets = {routes.destination(message) for _ in range(3)}
     assert targets == {level_queue("q", N, lane_of("acme", 4))}
     assert len([r for r in caplog.records if "State store unavailable" in r.getMessage()]) == 1
