@@ -195,3 +195,28 @@ def test_without_the_state_store_messages_go_to_their_lanes_with_one_warning(
         targets = {routes.destination(message) for _ in range(3)}
     assert targets == {level_queue("q", N, lane_of("acme", 4))}
     assert len([r for r in caplog.records if "State store unavailable" in r.getMessage()]) == 1
+
+
+@pytest.mark.parametrize("broker_kind", ["rabbitmq"], indirect=True)
+def test_counts_left_by_a_lost_decrement_heal_and_never_wedge_a_tenant(
+    rabbit: FairwayRabbitmqBroker,
+    queue_name: str,
+    ordered_job: tuple[dramatiq.Actor[..., None], list[tuple[str, int]]],
+    start_worker: Callable[..., Worker],
+) -> None:
+    job, order = ordered_job
+    counts = rabbit.tenant_counts
+    assert counts is not None
+    rabbit.declare_queue(queue_name, ensure=True)
+    isolate_at = rabbit.settings.fairness.rabbitmq_isolate_at
+    # What a worker killed between its acks and their decrements leaves: lane counts of nothing.
+    for _ in range(isolate_at):
+        counts.route(queue_name, N, "acme", isolate_at)
+    for n in range(3):
+        job.send_with_options(args=(n,), tenant="acme")
+    assert counts.snapshot(queue_name) == {Slot(LANE, N, "acme"): isolate_at, Slot(OWN, N, "acme"): 3}
+    start_worker(threads=1)
+    # Gated behind lane messages that do not exist, until the count is seen stale and dropped.
+    wait_for(lambda: len(order) == 3, timeout=30)
+    assert [n for _tenant, n in order] == [0, 1, 2]
+    counts_settle_to_zero(rabbit, queue_name)
