@@ -290,6 +290,7 @@ DEGRADATION_WARNINGS = (
     "Breakers fall back to per-process state",
     "Dead-letter store unreachable",
     "State store unavailable, job status updates are dropped",
+    "State store unavailable, tenant queues are served without counts",
 )
 
 
