@@ -58,7 +58,7 @@ class TenantCounts:
     def route(self, queue_name: str, level: Priority, tenant: str, isolate_at: int) -> bool:
         """Count one message of ``tenant``; whether it goes to the tenant's own queue."""
         key = tenant_counts_key(self.namespace, queue_name)
-        return bool(_LUA.run(self.client, [key], ["route", int(level), tenant, isolate_at]))
+        return bool(_LUA.call(self.client, [key], ["route", int(level), tenant, isolate_at]))
 
     def settle(self, queue_name: str, settled: Mapping[Slot, int]) -> None:
         """``settled[slot]`` messages of each slot left their queue for good."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator
 
 import dramatiq
@@ -24,6 +25,7 @@ from dramatiq_fairway.brokers.rabbitmq_tenants import TenantRoutes, lane_of, lev
 from dramatiq_fairway.connections import rabbitmq_parameters
 from dramatiq_fairway.priority import Priority
 from dramatiq_fairway.settings import Settings
+from dramatiq_fairway.store.scripts import LuaScript
 from dramatiq_fairway.store.tenant_counts import LANE, OWN, Slot, TenantCounts
 
 from ..support.helpers import wait_for
@@ -73,6 +75,14 @@ def test_heal_drops_a_count_only_while_it_holds_the_value_seen(counts: TenantCou
 def test_a_tenant_name_with_the_separator_round_trips(counts: TenantCounts) -> None:
     counts.route("q", N, "a|b|c", isolate_at=1)
     assert counts.snapshot("q") == {Slot(LANE, N, "a|b|c"): 1}
+
+
+def test_a_script_called_outside_a_pipeline_is_loaded_when_the_server_lacks_it(state_client: redis.Redis) -> None:
+    # A text no server has seen (SCRIPT FLUSH would hit the other suites on the shared Redis).
+    script = LuaScript.from_text(f"return '{uuid.uuid4().hex}' .. ARGV[1]")
+    assert not state_client.script_exists(script.sha)[0]
+    assert script.call(state_client, [], ["!"]).decode().endswith("!")
+    assert state_client.script_exists(script.sha)[0]
 
 
 # The broker.
