@@ -21,7 +21,10 @@ by the mean job time over the number of worker threads to get seconds. Scenarios
      while a drainer runs;
   d) constant HIGH load with BATCH waiting: the share of picks that served BATCH (rule: 1 in 4);
   e) fetch + ack throughput, no-op jobs, fair / plain (median of 5 alternated runs); and picks/s with 10,000 tenants
-     against 4 (the pick cost must not grow with the tenant count).
+     against 4 (the pick cost must not grow with the tenant count);
+  f) many-tenant noisy neighbour (issue #20): A enqueues 20,000 jobs, then 1,000 tenants 5 each;
+     p99 wait of the small tenants with A present against A absent, and on RabbitMQ the AMQP
+     queues and consumers (per worker process) the layout used for it.
 
 On RabbitMQ, (c) measures enqueue -> delivery by the consumer on both brokers, and (e)'s
 10,000-tenant row is left out (tenants share ``FAIRWAY_FAIRNESS__RABBITMQ_LANES`` AMQP queues).
@@ -79,7 +82,14 @@ def main() -> None:
         else Bench(args.redis_url, args.scale, args.prefetch)
     )
     try:
-        rows = [*bench.noisy_neighbour(), *bench.jain(), *bench.critical(), *bench.batch_share(), *bench.throughput()]
+        rows = [
+            *bench.noisy_neighbour(),
+            *bench.jain(),
+            *bench.critical(),
+            *bench.batch_share(),
+            *bench.throughput(),
+            *bench.many_small_tenants(),
+        ]
     finally:
         bench.cleanup()
     print_table(rows)
@@ -112,6 +122,27 @@ class Bench:
             rows.append(Row("a noisy neighbour", f"B-E p50 wait, {label}", *fmt(waits, 50), ""))
             rows.append(Row("a noisy neighbour", f"B-E p99 wait, {label}", *fmt(waits, 99), "p99 <= 1.5x A absent"))
         return rows
+
+    def many_small_tenants(self) -> list[Row]:
+        small = [(f"s{t}", Priority.NORMAL, i) for t in range(self.n(1_000)) for i in range(5)]
+        noisy = [("A", Priority.NORMAL, i) for i in range(self.n(20_000))]
+        scenario = "f 1,000 small tenants"
+        rows, p99 = [], {}
+        for label, jobs in (("with A", noisy + small), ("A absent", small)):
+            waits = {}
+            for name, broker in self.brokers():
+                order = self.drain(broker, jobs, stop=after(len(small), lambda job: job[0] != "A"))
+                waits[name] = [position for position, job in enumerate(order) if job[0] != "A"]
+                if label == "with A" and (layout := self.layout(broker)):
+                    rows.append(Row(scenario, f"AMQP queues | consumers per worker, {name}", layout, ""))
+            p99[label] = {name: percentile(values, 99) for name, values in waits.items()}
+            rows.append(Row(scenario, f"small p99 wait, {label}", *fmt(waits, 99)))
+        ratio = {name: p99["with A"][name] / p99["A absent"][name] for name in p99["with A"]}
+        rows.append(Row(scenario, "p99 with A / A absent", *fmt_pair(ratio, "{:.2f}x"), "<= 1.5x"))
+        return rows
+
+    def layout(self, broker: Any) -> str:  # noqa: ARG002 (Redis: one list per (level, tenant), no AMQP queues)
+        return ""
 
     def jain(self) -> list[Row]:
         per_tenant = self.n(2_500)
@@ -239,7 +270,7 @@ class Bench:
         self, broker: Any, jobs: list[Job], *, limit: int | None = None, stop: Callable[[Job], bool] | None = None
     ) -> list[Job]:
         """The order ``broker`` serves ``jobs`` in, up to ``limit`` jobs or the one ``stop`` is true of."""
-        queue = self.queue()
+        queue = self.last_queue = self.queue()
         self.fill(broker, queue, jobs)
         order = self.fetch_all(broker, queue, ack=False, limit=limit, stop=stop)
         broker.flush(queue)
@@ -314,6 +345,14 @@ class RabbitBench(Bench):
 
     def many_tenants(self, count: int) -> list[Row]:  # noqa: ARG002 (tenants share the lanes' AMQP queues)
         return []
+
+    def layout(self, broker: Any) -> str:
+        """AMQP queues behind the last drained queue, and so consumers per worker process (one per queue)."""
+        if not isinstance(broker, FairwayRabbitmqBroker):
+            return "1 | 1"
+        own = [name for name in broker.tenant_routes.declared if name.startswith(f"{self.last_queue}.T")]
+        count = len(broker.level_queues(self.last_queue)) + 1 + len(own)
+        return f"{count} | {count}"
 
     def critical_latencies(self, backlog: int) -> tuple[str, str]:
         fair, plain = (f"{self.critical_latency_of(broker, backlog):.1f}" for _, broker in self.brokers())
@@ -412,6 +451,8 @@ class RabbitBench(Bench):
                 extra = broker.level_queues(queue) if isinstance(broker, FairwayRabbitmqBroker) else []
                 for name in (queue, dq_name(queue), xq_name(queue), *extra):
                     channel.queue_delete(name)
+        for name in self.fair.tenant_routes.declared:
+            channel.queue_delete(name)
         self.fair.state_store.delete(self.fair.registry_key)
         self.fair.close()
         self.plain.close()

@@ -63,6 +63,7 @@ class FairnessSettings(_Section):
     max_wait: float = Field(300, gt=0)
     prefetch: int | None = Field(None, ge=0)
     rabbitmq_lanes: int = Field(4, ge=1, le=64)
+    rabbitmq_isolate_at: int = Field(50, ge=1)
 
     @field_validator("weights")
     @classmethod

@@ -128,4 +128,7 @@ def _delete_queues(broker: Broker, settings: Settings) -> None:
             levels = broker.level_queues(queue) if isinstance(broker, FairwayRabbitmqBroker) else []
             for name in (queue, dramatiq.common.dq_name(queue), dramatiq.common.xq_name(queue), *levels):
                 channel.queue_delete(name)
+        if isinstance(broker, FairwayRabbitmqBroker):
+            for name in list(broker.tenant_routes.declared):  # the tenant queues the test's sends made
+                channel.queue_delete(name)
         connection.close()

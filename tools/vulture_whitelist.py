@@ -67,3 +67,6 @@ _.longrepr
 
 # Read by templates/overview_live.html (selectattr), not by attribute access in Python.
 _.metrics_unreadable
+
+# _RabbitmqConsumer.nack calls _nack, overridden by FairPickingConsumer (brokers/rabbitmq_consumer.py).
+_._nack

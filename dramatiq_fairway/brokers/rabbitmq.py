@@ -1,4 +1,4 @@
-"""RabbitMQ with fairway's consumer: fair levels and tenants (approximated), decoding, hold-back.
+"""RabbitMQ with fairway's consumer: fair levels and tenants, decoding, hold-back.
 
 Layout of a queue ``q`` (``L`` = level 1-5, ``n`` = lane 0..lanes-1, ``FAIRWAY_FAIRNESS__RABBITMQ_LANES``):
 
@@ -7,11 +7,14 @@ AMQP queue          content
 ==================  =====================================================================
 ``q.fair.L.n``      ready messages of level ``L`` whose tenant hashes to lane ``n``
                     (dead-letters to ``q.XQ``; no ``x-max-priority``)
+``q.TL.<digest>``   ready messages of level ``L`` of one tenant that had
+                    ``FAIRWAY_FAIRNESS__RABBITMQ_ISOLATE_AT`` queued on its lane
+                    (``rabbitmq_tenants.py``: declared on demand, ``x-expires``)
 ``q``               the queue as Dramatiq declares it (classic: ``x-max-priority`` 5): nothing is
                     published there any more, but it is still consumed, so messages left
                     by an earlier version or published by hand are served (by their options)
 ``q.DQ``            delayed and held-back messages due within ``delay_horizon`` (they come
-                    back through ``enqueue`` and so land on their level and lane)
+                    back through ``enqueue`` and so land on their level and lane or tenant queue)
 ``q.DQ.park.<ms>``  delayed messages due later, parked for ``<ms>`` (a fixed ladder), then
                     dead-lettered back into ``q.DQ`` (``rabbitmq_delay.py``): no worker holds
                     a message unacked for longer than the horizon (``consumer_timeout``)
@@ -24,7 +27,8 @@ them in turn, publishes are retried on another connection after short pauses, an
 worker restarts a consumer whose connection died (which then connects to the next node).
 
 Dramatiq's Worker still makes one consumer per queue name; for ``q`` it gets
-``FairPickingConsumer`` (``rabbitmq_consumer.py``), which consumes every AMQP queue above on one channel with a prefetch
+``FairPickingConsumer`` (``rabbitmq_consumer.py``), which consumes every AMQP queue above (the tenant
+queues as they appear, ``rabbitmq_tenant_queues.py``) on one channel with a prefetch
 of ``2 x prefetch`` per AMQP queue (so the head of every non-empty one is in hand while the
 worker's threads are busy), hands out at most ``prefetch`` messages at a time and picks each one
 by the scheduling rule of docs/design.md among the messages it holds (``rabbitmq_picker.py``). What holds on this broker
@@ -38,7 +42,6 @@ another process.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import time
 import weakref
@@ -57,10 +60,10 @@ from dramatiq.errors import ConnectionClosed, QueueJoinTimeout
 
 from ..connections import state_store_client
 from ..middlewares.queue_depth import passive_ready_count
-from ..priority import Priority, level_of
+from ..priority import Priority
 from ..settings import Settings, load_settings
 from ..store.keys import rabbitmq_queues_key
-from ..tenants import tenant_of
+from ..store.tenant_counts import OWN, TenantCounts
 from .delivery import HoldsAtStart, held_copy
 from .hooks import OverriddenHooks
 from .rabbitmq_consumer import (
@@ -72,6 +75,7 @@ from .rabbitmq_consumer import (
 )
 from .rabbitmq_delay import DEFAULT_DELAY_HORIZON_MS, ParkQueues
 from .rabbitmq_layout import QueueLayout, QueueRole
+from .rabbitmq_tenants import TenantRoutes, declare_tenant_queue, level_queue, tenant_queue
 
 logger = logging.getLogger(__name__)
 # RabbitMQ's reply to a declare whose arguments differ from the queue's.
@@ -81,15 +85,6 @@ PRECONDITION_FAILED = 406
 # cluster to fail over (a quorum queue answered again 0.26 s after its leader's node was killed, see
 # docs/operations.md), short enough that a send to a cluster that is really gone fails within ~4 s.
 PUBLISH_PAUSES = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0)
-
-
-def lane_of(tenant: str, lanes: int) -> int:
-    """The lane of ``tenant``: stable across processes and restarts (not Python's salted ``hash``)."""
-    return int.from_bytes(hashlib.blake2b(tenant.encode(), digest_size=8).digest(), "big") % lanes
-
-
-def level_queue(queue_name: str, level: Priority, lane: int) -> str:
-    return f"{q_name(queue_name)}.fair.{int(level)}.{lane}"
 
 
 class FairRabbitmqBroker(HoldsAtStart, OverriddenHooks, RabbitmqBroker):
@@ -126,6 +121,10 @@ class FairRabbitmqBroker(HoldsAtStart, OverriddenHooks, RabbitmqBroker):
         self.park_queues = ParkQueues(delay_horizon, self.layout)
         self._state_store: redis.Redis | None = None
         self._consumers: weakref.WeakSet[FairPickingConsumer] = weakref.WeakSet()
+        self._tenant_counts: TenantCounts | None = None
+        self.tenant_routes = TenantRoutes(
+            lambda: self.tenant_counts, self.lanes, self.settings.fairness.rabbitmq_isolate_at, self.layout
+        )
 
     @property
     def consumer_class(self) -> type[_RabbitmqConsumer]:
@@ -151,13 +150,26 @@ class FairRabbitmqBroker(HoldsAtStart, OverriddenHooks, RabbitmqBroker):
         return [level_queue(queue_name, level, lane) for level in Priority for lane in range(self.lanes)]
 
     def route(self, message: Message) -> str:
-        """The AMQP queue ``message`` is published to: its level's queue on its tenant's lane; for a
-        delayed message, its delay queue or the park queue of its bucket (declared when due)."""
+        """The AMQP queue ``message`` is published to: its level's queue on its tenant's lane
+        (``enqueue`` sends it to the tenant's own queue instead while the tenant is isolated,
+        ``rabbitmq_tenants.py``); for a delayed message, its delay queue or the park queue of its
+        bucket (declared when due)."""
         if message.queue_name != q_name(message.queue_name):
             remaining = int(message.options.get("eta") or 0) - current_millis()
             return self.park_queues.route(self.channel, message.queue_name, remaining)
-        return level_queue(
-            message.queue_name, level_of(message.options), lane_of(tenant_of(message.options), self.lanes)
+        return self.tenant_routes.lane(message)
+
+    def tenant_queues(self, queue_name: str) -> list[tuple[Priority, str]]:
+        """(level, own queue) of ``queue_name``'s isolated tenants, from the counts (none without the state store)."""
+        if self.tenant_counts is None:
+            return []
+        try:
+            slots = self.tenant_counts.snapshot(q_name(queue_name))
+        except redis.RedisError as error:
+            logger.warning("Could not list the tenant queues of %r: %s", queue_name, error)
+            return []
+        return sorted(
+            {(slot.level, tenant_queue(queue_name, slot.level, slot.tenant)) for slot in slots if slot.kind == OWN}
         )
 
     def _ensure_queue(self, canonical_queue_name: str) -> None:
@@ -230,6 +242,16 @@ class FairRabbitmqBroker(HoldsAtStart, OverriddenHooks, RabbitmqBroker):
         return self._state_store
 
     @property
+    def tenant_counts(self) -> TenantCounts | None:
+        """Queued messages per (level, tenant) (``store/tenant_counts.py``); None where, as for the
+        registry, fairway's settings did not choose RabbitMQ (no tenant is isolated then)."""
+        if self.settings.broker != "rabbitmq":
+            return None
+        if self._tenant_counts is None:
+            self._tenant_counts = TenantCounts(self.state_store, self.settings.namespace)
+        return self._tenant_counts
+
+    @property
     def registry_key(self) -> str:
         return rabbitmq_queues_key(self.settings.namespace)
 
@@ -251,11 +273,17 @@ class FairRabbitmqBroker(HoldsAtStart, OverriddenHooks, RabbitmqBroker):
         if delay is not None:
             message = message.copy(queue_name=dq_name(message.queue_name), options={"eta": current_millis() + delay})
         pauses = iter(PUBLISH_PAUSES)
+        # Counted once: a retry of the publish goes where the first attempt was counted.
+        target: str | None = None
         while True:
             try:
                 self.declare_queue(q_name(message.queue_name), ensure=True)
                 self.emit_before("enqueue", message, delay)
-                self._publish(self.route(message), message)
+                if target is None:
+                    target = self.route(message) if delay is not None else self.tenant_routes.destination(message)
+                if delay is None and target != self.route(message):
+                    self.tenant_routes.ensure(self.channel, message.queue_name, target)
+                self._publish(target, message)
                 self.emit_after("enqueue", message, delay)
                 return message
             except (pika.exceptions.AMQPConnectionError, pika.exceptions.AMQPChannelError, ConnectionClosed) as error:
@@ -263,6 +291,8 @@ class FairRabbitmqBroker(HoldsAtStart, OverriddenHooks, RabbitmqBroker):
                 self.park_queues.forget()
                 if isinstance(error, pika.exceptions.UnroutableError):
                     self.queues_pending.add(q_name(message.queue_name))
+                    if target is not None:
+                        self.tenant_routes.forget(target)
                 pause = next(pauses, None)
                 if pause is None:
                     raise error if isinstance(error, ConnectionClosed) else ConnectionClosed(error) from None
@@ -309,16 +339,35 @@ class FairRabbitmqBroker(HoldsAtStart, OverriddenHooks, RabbitmqBroker):
         for level in Priority:
             for lane in range(self.lanes):
                 counts[level] += self.passive_count(level_queue(canonical, level, lane))
+        for level, name in self.tenant_queues(canonical):
+            try:
+                counts[level] += self.passive_count(name)
+            except pika.exceptions.AMQPError:
+                continue  # expired: it held nothing
         return {level: count for level, count in counts.items() if count}
+
+    def queued_by_tenant(self, queue_name: str) -> dict[tuple[Priority, str], int]:
+        """Messages queued per (level, tenant), lanes and own queues together, from the state store's
+        counts: from publish until settled, so those delivered and running are included."""
+        queued: dict[tuple[Priority, str], int] = {}
+        if self.tenant_counts is not None:
+            for slot, count in self.tenant_counts.snapshot(q_name(queue_name)).items():
+                queued[(slot.level, slot.tenant)] = queued.get((slot.level, slot.tenant), 0) + count
+        return queued
 
     def passive_count(self, name: str) -> int:
         """Ready messages of the AMQP queue ``name``; refused (404) when it does not exist."""
         return passive_ready_count(self, name)
 
     def get_queue_message_counts(self, queue_name: str) -> tuple[int, int, int]:
-        """(ready over the queue and all its level queues, delayed, dead), as RabbitmqBroker's; delayed
-        includes what waits in the park queues this process declared (so ``join`` waits for it)."""
+        """(ready over the queue, its level queues and its tenant queues, delayed, dead), as
+        RabbitmqBroker's; delayed includes what waits in the park queues this process declared (so
+        ``join`` waits for it)."""
         ready = self._declare_canonical_queue(queue_name).method.message_count + self.declare_level_queues(queue_name)
+        ready += sum(
+            declare_tenant_queue(self.layout, self.channel, queue_name, name)
+            for _, name in self.tenant_queues(queue_name)
+        )
         delayed = self._declare_dq_queue(queue_name).method.message_count + self._parked(queue_name)
         dead = self._declare_xq_queue(queue_name).method.message_count
         return ready, delayed, dead
@@ -336,11 +385,17 @@ class FairRabbitmqBroker(HoldsAtStart, OverriddenHooks, RabbitmqBroker):
         """Purge the queue, its level queues, and the park queues this process knows of (another
         process's parked messages come back to the delay queue when their bucket expires)."""
         super().flush(queue_name)
-        for name in [*self.level_queues(queue_name), *self.park_queues.declared(dq_name(queue_name))]:
+        own = [name for _, name in self.tenant_queues(queue_name)]
+        for name in [*self.level_queues(queue_name), *own, *self.park_queues.declared(dq_name(queue_name))]:
             try:
                 self.channel.queue_purge(name)
             except pika.exceptions.AMQPChannelError:
                 del self.channel
+        if self.tenant_counts is not None:
+            try:
+                self.tenant_counts.clear(q_name(queue_name))
+            except redis.RedisError as error:
+                logger.warning("Could not reset the tenant counts of %r: %s", queue_name, error)
 
     def join(
         self, queue_name: str, min_successes: int = 10, idle_time: int = 100, *, timeout: int | None = None

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 import pika
 import pika.frame
 import pika.spec
+import redis
 from dramatiq.broker import MessageProxy
 from dramatiq.brokers.rabbitmq import _RabbitmqConsumer, _RabbitmqMessage
 from dramatiq.common import current_millis, dq_name, q_name
@@ -25,10 +26,12 @@ from dramatiq.errors import ConnectionClosed
 
 from ..middlewares import dead_letters
 from ..priority import Priority, level_of
+from ..store.tenant_counts import Slot
 from ..tenants import tenant_of
 from .delivery import decode_or_report, held_at_start, hold_delay
 from .rabbitmq_pause import PausedSubscriptions
 from .rabbitmq_picker import Delivery, Picker
+from .rabbitmq_tenant_queues import TenantQueues
 
 if TYPE_CHECKING:
     from .rabbitmq import FairRabbitmqBroker
@@ -124,6 +127,8 @@ class FairPickingConsumer(SingleQueueConsumer):
         self.logger = logger
         self.known_tags: set[int] = set()
         self._handed_out: set[int] = set()
+        # Delivery tag -> where the message was counted (rabbitmq_tenant_queues.py).
+        self._slots: dict[int, Slot | None] = {}
         # Acks and nacks of worker threads, (tag, ack?), in order: sent by this consumer's thread
         # with its next poll, so a settle costs no wake-up of the connection and no flush of its own.
         self._settles: deque[tuple[int, bool]] = deque()
@@ -151,18 +156,28 @@ class FairPickingConsumer(SingleQueueConsumer):
                 names=[*broker.level_queues(queue_name), queue_name],
                 on_delivery=self._on_delivery,
                 picker=self.picker,
+                on_pause=self._on_pause,
             )
             self.subscriptions.subscribe()
+            self.tenants = TenantQueues(
+                broker,
+                queue_name,
+                channel=self.channel,
+                on_delivery=self._on_delivery,
+                picker=self.picker,
+                paused=lambda: self.subscriptions.paused,
+            )
         except CONNECTION_ERRORS as error:
             raise ConnectionClosed(error) from None
 
     def held(self) -> int:
-        """Messages delivered to this consumer and not settled yet (held or handed out)."""
-        return len(self.picker) + len(self._handed_out)
+        """Messages delivered to this consumer and not settled yet (held, gated or handed out)."""
+        return len(self.picker) + len(self._handed_out) + self.tenants.gated()
 
     def __next__(self) -> Any:
         try:
             self.subscriptions.follow()
+            self.tenants.follow()
         except CONNECTION_ERRORS as error:
             raise ConnectionClosed(error) from None
         now = time.monotonic()
@@ -189,7 +204,10 @@ class FairPickingConsumer(SingleQueueConsumer):
                 else:
                     self._wake_at = self._refill_at if len(self._handed_out) >= self.prefetch else self.prefetch
             try:
-                self._process_events(remaining)
+                self._process_events(self.tenants.wait_limit(remaining))
+                self.tenants.follow()
+            except CONNECTION_ERRORS as error:
+                raise ConnectionClosed(error) from None
             finally:
                 self._wake_at = -1
 
@@ -200,6 +218,7 @@ class FairPickingConsumer(SingleQueueConsumer):
             self.connection.process_data_events(time_limit=time_limit)
         except CONNECTION_ERRORS as error:
             self.picker.clear()
+            self.tenants.drop_gated()
             if getattr(error, "reply_code", None) == 404:
                 self.broker.queues_pending.add(q_name(self.queue_name))
             raise ConnectionClosed(error) from None
@@ -214,11 +233,16 @@ class FairPickingConsumer(SingleQueueConsumer):
         if not channel.is_open:
             raise pika.exceptions.ChannelWrongStateError("Channel is closed.")
         frames = []
+        settled = []
         while self._settles:
             tag, ack = self._settles.popleft()
             method = pika.spec.Basic.Ack(tag) if ack else pika.spec.Basic.Nack(tag, requeue=False)
             frames.append(pika.frame.Method(channel.channel_number, method).marshal())
+            settled.append(self._slots.pop(tag, None))
         channel.connection._output_marshaled_frames([b"".join(frames)])
+        # Counted down only once the acks are on their way (rabbitmq_tenant_queues.py says why).
+        for slot in settled:
+            self.tenants.settled(slot)
 
     def _on_delivery(self, channel: Any, method: Any, properties: Any, body: bytes) -> None:
         message = decode_or_report(self.broker, self.queue_name, body)
@@ -230,16 +254,22 @@ class FairPickingConsumer(SingleQueueConsumer):
         except ValueError:
             level = Priority.NORMAL
         headers = properties.headers or {}
-        self.picker.add(
-            Delivery(
-                tag=method.delivery_tag,
-                redelivered=method.redelivered,
-                message=message,
-                level=level,
-                tenant=tenant_of(message.options),
-                enqueued_ms=int(headers.get(ENQUEUED_HEADER, message.message_timestamp)),
-            )
+        delivery = Delivery(
+            tag=method.delivery_tag,
+            redelivered=method.redelivered,
+            message=message,
+            level=level,
+            tenant=tenant_of(message.options),
+            enqueued_ms=int(headers.get(ENQUEUED_HEADER, message.message_timestamp)),
         )
+        slot = self.tenants.slot_of(method.routing_key, level, delivery.tenant)
+        self._slots[delivery.tag] = slot
+        self.tenants.admit(slot, delivery)
+
+    def _on_pause(self, put_back: list[Delivery]) -> None:
+        for delivery in put_back:
+            self.tenants.settled(self._slots.pop(delivery.tag, None), requeued=True, running=False)
+        self.tenants.cancel_all()
 
     def _hand_out(self, delivery: Delivery) -> MessageProxy | None:
         delay = hold_delay(self.broker, delivery.message)
@@ -249,10 +279,12 @@ class FairPickingConsumer(SingleQueueConsumer):
                 self.channel.basic_ack(delivery.tag)
             except CONNECTION_ERRORS as error:
                 raise ConnectionClosed(error) from None
+            self.tenants.settled(self._slots.pop(delivery.tag, None), running=False)
             return None
         with self._lock:
             self._handed_out.add(delivery.tag)
         self.known_tags.add(delivery.tag)
+        self.tenants.handed_out(self._slots.get(delivery.tag))
         return _RabbitmqMessage(delivery.redelivered, delivery.tag, delivery.message)
 
     def ack(self, message: MessageProxy) -> None:
@@ -263,6 +295,10 @@ class FairPickingConsumer(SingleQueueConsumer):
             self.logger.warning("Failed to ack message %r: not in known tags.", message.message_id)
             return
         self._settle(message._tag, ack=True)
+
+    def _nack(self, tag: int) -> None:
+        # Dead-lettered to .XQ: settled like an ack, with the acks (and counted down the same way).
+        self._settle(tag, ack=False)
 
     def _settle(self, tag: int, *, ack: bool) -> None:
         with self._lock:
@@ -284,10 +320,16 @@ class FairPickingConsumer(SingleQueueConsumer):
         # What this consumer held goes back to RabbitMQ with the channel: ``join`` must not wait on it.
         self.broker._consumers.discard(self)
         self.picker.clear()
+        self.tenants.drop_gated()
         try:
             self._send_settles()
         except CONNECTION_ERRORS:
             self.logger.debug("Connection closed before the last acks were sent; RabbitMQ redelivers those jobs.")
+        else:
+            try:
+                self.tenants.flush_settled()
+            except redis.RedisError as error:
+                self.logger.warning("Tenant counts not decremented at close (healed later): %s", error)
         super().close()
 
 

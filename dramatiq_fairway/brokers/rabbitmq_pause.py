@@ -19,7 +19,7 @@ from typing import Any
 from dramatiq import Broker
 
 from ..middlewares.pause import QueuePause
-from .rabbitmq_picker import Picker
+from .rabbitmq_picker import Delivery, Picker
 
 # Seconds between two looks at the pause flag (QueuePause caches it for CACHE_SECONDS anyway).
 CHECK_INTERVAL = 0.25
@@ -37,6 +37,7 @@ class PausedSubscriptions:
         names: Sequence[str],
         on_delivery: Callable[..., None],
         picker: Picker,
+        on_pause: Callable[[list[Delivery]], None] = lambda _put_back: None,
     ) -> None:
         self.broker = broker
         self.queue_name = queue_name
@@ -44,6 +45,7 @@ class PausedSubscriptions:
         self.names = list(names)
         self.on_delivery = on_delivery
         self.picker = picker
+        self.on_pause = on_pause
         self.paused = False
         self._tags: list[str] = []
         self._checked_at = float("-inf")
@@ -69,5 +71,7 @@ class PausedSubscriptions:
             # Deliveries not yet passed to on_delivery are nacked back by pika itself.
             self.channel.basic_cancel(tag)
         self._tags = []
-        for delivery in self.picker.drain():
+        put_back = self.picker.drain()
+        for delivery in put_back:
             self.channel.basic_nack(delivery.tag, requeue=True)
+        self.on_pause(put_back)

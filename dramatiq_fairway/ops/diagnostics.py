@@ -32,6 +32,7 @@ DEGRADATION = {
     "status and progress": "dropped and counted",
     "unique_key": "fail-open (the job runs) unless the actor sets unique_strict=True",
     "limits on RabbitMQ": "not enforced",
+    "tenant queues on RabbitMQ": "new messages go to their hashed lanes; counts heal when the store returns",
 }
 
 

@@ -33,8 +33,9 @@ import pika.exceptions
 from dramatiq import Message
 from dramatiq.common import dq_name, q_name, xq_name
 
-from ..brokers.rabbitmq import PRECONDITION_FAILED, FairRabbitmqBroker, lane_of, level_queue
+from ..brokers.rabbitmq import PRECONDITION_FAILED, FairRabbitmqBroker
 from ..brokers.rabbitmq_consumer import ENQUEUED_HEADER
+from ..brokers.rabbitmq_tenants import lane_of, level_queue
 from ..errors import FairwayError
 from ..priority import Priority, level_of, level_of_broker_priority
 from ..tenants import DEFAULT_TENANT, tenant_of

@@ -2,10 +2,11 @@
 
 - ``FairRedisBroker``: exact, from the counters its dispatch script keeps (``queue_depths``):
   ready, delayed and in flight per (level, tenant).
-- ``FairwayRabbitmqBroker``: ready per level from passive declares of its level queues (AMQP has
-  no count per tenant, so ``tenant`` is ``"*"``); the delay queue and ``.XQ`` hold every level, so
-  their counts are on a row of level ``"*"``; messages delivered and not acked are not visible over
-  AMQP, so ``in_flight`` is None.
+- ``FairwayRabbitmqBroker``: ready per (level, tenant) from the counts the broker keeps in the
+  state store (``store/tenant_counts.py``: from publish until settled, so a running message is
+  counted there too and ``in_flight`` is None); messages on the old single queue (from before the
+  level queues) are NORMAL of tenant ``"*"``; the delay queue and ``.XQ`` hold every level and
+  tenant, so their counts are on a row of level and tenant ``"*"``.
 - ``held`` on both: the ready messages of a paused queue (they wait for ``resume``; their
   ``ready`` is 0). Messages a breaker or a tenant limit holds back wait on the delay queue with an
   eta and count as ``delayed`` (docs/fairness.md, "Holding").
@@ -106,8 +107,8 @@ def _merge(queue: str, rows: list[QueueDepth], dead: Counter[tuple[str, str]]) -
 
 def _rabbitmq_rows(broker: FairwayRabbitmqBroker, queue: str, dead: Counter[tuple[str, str]]) -> list[QueueDepth]:
     rows = [
-        QueueDepth(queue=queue, priority_level=level.name, tenant=ANY, ready=count)
-        for level, count in broker.ready_by_level(queue).items()
+        QueueDepth(queue=queue, priority_level=level.name, tenant=tenant, ready=count)
+        for (level, tenant), count in broker.queued_by_tenant(queue).items()
     ]
     unplaced = QueueDepth(
         queue=queue,
@@ -116,10 +117,8 @@ def _rabbitmq_rows(broker: FairwayRabbitmqBroker, queue: str, dead: Counter[tupl
         delayed=broker.passive_count(dq_name(queue)),
         dead=broker.passive_count(xq_name(queue)),
     )
-    per_level: Counter[tuple[str, str]] = Counter()
-    for (level, _tenant), count in dead.items():
-        per_level[(level, ANY)] += count
-    merged = _merge(queue, [*rows, unplaced], per_level)
+    legacy = QueueDepth(queue=queue, priority_level=Priority.NORMAL.name, tenant=ANY, ready=broker.passive_count(queue))
+    merged = _merge(queue, [*rows, legacy, unplaced], dead)
     for row in merged:
         row.in_flight = None
     return merged

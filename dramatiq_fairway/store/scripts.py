@@ -3,7 +3,7 @@
 redis-py's own ``Script`` objects cost one more round trip per pipeline (``SCRIPT EXISTS`` before
 every ``execute``); here a pipeline of script calls is one round trip, and a script the server
 lost (a restart, ``SCRIPT FLUSH``) is loaded and its calls rerun. Every script of the package
-runs through here, batched or alone (``LuaScript.run``).
+runs through here, batched or alone (``LuaScript.run``, or ``LuaScript.call`` on a send path).
 
 A caller that must not lose a write to a failover asks for ``replicas``: the pipeline ends with
 ``WAIT replicas timeout`` on the same connection (docs/operations.md, "Redis Sentinel").
@@ -47,6 +47,15 @@ class LuaScript:
         """The reply of one call of this script (for calls that are not batched with others)."""
         [reply] = run_scripts(client, [ScriptCall(self, keys, args or [])])
         return reply
+
+    def call(self, client: redis.Redis, keys: list[str], args: list[Any]) -> Any:
+        """``run`` without a pipeline, for a call on every send: redis-py's pipeline object cost about
+        as much as the round trip itself there (``FairRabbitmqBroker``'s routing, bench/fairness.py)."""
+        try:
+            return client.evalsha(self.sha, len(keys), *keys, *args)
+        except NoScriptError:
+            client.script_load(self.text)
+            return client.evalsha(self.sha, len(keys), *keys, *args)
 
 
 @dataclass(frozen=True)

@@ -18,8 +18,9 @@ from dramatiq import Broker, Message, Middleware, Worker
 from dramatiq.middleware import CurrentMessage
 
 from dramatiq_fairway.brokers.delivery import held_copy
-from dramatiq_fairway.brokers.rabbitmq import FairwayRabbitmqBroker, lane_of, level_queue
+from dramatiq_fairway.brokers.rabbitmq import FairwayRabbitmqBroker
 from dramatiq_fairway.brokers.rabbitmq_consumer import FairPickingConsumer
+from dramatiq_fairway.brokers.rabbitmq_tenants import lane_of, level_queue
 from dramatiq_fairway.connections import rabbitmq_parameters
 from dramatiq_fairway.middlewares.consumer_hooks import HELD_SINCE
 from dramatiq_fairway.settings import Settings

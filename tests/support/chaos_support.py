@@ -247,10 +247,13 @@ def push_raw(broker: Broker, settings: Settings, queue_name: str, body: bytes) -
 def delete_rabbitmq_queues(broker: Broker, settings: Settings, queue_name: str) -> None:
     """Delete every AMQP queue behind ``queue_name`` (its per-level queues too, where the broker has them)."""
     level_queues: Callable[[str], list[str]] = getattr(broker, "level_queues", lambda _name: [])
+    routes = getattr(broker, "tenant_routes", None)
+    tenant_queues = list(routes.declared) if routes is not None else []
     connection = pika.BlockingConnection(rabbitmq_parameters(settings))
     try:
         channel = connection.channel()
-        for name in (queue_name, dq_name(queue_name), xq_name(queue_name), *level_queues(queue_name)):
+        names = (queue_name, dq_name(queue_name), xq_name(queue_name), *level_queues(queue_name), *tenant_queues)
+        for name in names:
             channel.queue_delete(name)
     finally:
         connection.close()

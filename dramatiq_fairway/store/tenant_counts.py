@@ -1,0 +1,88 @@
+"""Queued messages per (queue, level, tenant) on RabbitMQ, kept in the state store.
+
+AMQP counts per queue only; ``FairRabbitmqBroker`` routes a tenant with ``isolate_at`` messages
+queued on its lane to a queue of its own, so it needs the count per tenant, and so does
+``fairway queues``. One hash per queue, ``{<namespace>:<queue>}:rabbitmq:tenants`` (one hash
+slot), written by ``tenant_counts.lua``, whose header lists the fields. A count covers a message
+from its publish until it is settled (acked, dead-lettered, moved to the delay queue).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import redis
+
+from ..priority import Priority
+from .limits import queue_prefix
+from .scripts import LuaScript
+
+_LUA = LuaScript.load(Path(__file__).with_name("tenant_counts.lua"))
+
+LANE = "l"
+OWN = "o"
+
+
+def tenant_counts_key(namespace: str, queue_name: str) -> str:
+    return queue_prefix(namespace, queue_name) + ":rabbitmq:tenants"
+
+
+@dataclass(frozen=True)
+class Slot:
+    """Where a tenant's messages of one level wait: its lane (``LANE``) or its own queue (``OWN``)."""
+
+    kind: str
+    level: Priority
+    tenant: str
+
+    @property
+    def field(self) -> str:
+        return f"{self.kind}|{int(self.level)}|{self.tenant}"
+
+    @classmethod
+    def parse(cls, field: bytes | str) -> Slot:
+        text = field.decode() if isinstance(field, bytes) else field
+        kind, level, tenant = text.split("|", 2)
+        return cls(kind, Priority(int(level)), tenant)
+
+
+class TenantCounts:
+    """The counts of one namespace (``tenant_counts.lua``); every method is one round trip."""
+
+    def __init__(self, client: redis.Redis, namespace: str) -> None:
+        self.client = client
+        self.namespace = namespace
+
+    def route(self, queue_name: str, level: Priority, tenant: str, isolate_at: int) -> bool:
+        """Count one message of ``tenant``; whether it goes to the tenant's own queue."""
+        key = tenant_counts_key(self.namespace, queue_name)
+        return bool(_LUA.call(self.client, [key], ["route", int(level), tenant, isolate_at]))
+
+    def settle(self, queue_name: str, settled: Mapping[Slot, int]) -> None:
+        """``settled[slot]`` messages of each slot left their queue for good."""
+        if settled:
+            args = [part for slot, n in settled.items() for part in (slot.field, n)]
+            _LUA.run(self.client, [tenant_counts_key(self.namespace, queue_name)], ["settle", *args])
+
+    def heal(self, queue_name: str, stale: Iterable[tuple[Slot, int]]) -> int:
+        """Drop the counts that still hold the value seen when their queue was empty; how many went."""
+        args = [part for slot, n in stale for part in (slot.field, n)]
+        if not args:
+            return 0
+        return int(_LUA.run(self.client, [tenant_counts_key(self.namespace, queue_name)], ["heal", *args]))
+
+    def snapshot(self, queue_name: str) -> dict[Slot, int]:
+        """Every (slot, count) of ``queue_name`` with something queued."""
+        raw = self.client.hgetall(tenant_counts_key(self.namespace, queue_name))
+        return {Slot.parse(field): int(value) for field, value in raw.items()}
+
+    def counts_of(self, queue_name: str, slots: list[Slot]) -> dict[Slot, int]:
+        """The counts of ``slots`` only (0 where nothing is queued)."""
+        values = self.client.hmget(tenant_counts_key(self.namespace, queue_name), [slot.field for slot in slots])
+        return {slot: int(value or 0) for slot, value in zip(slots, values, strict=True)}
+
+    def clear(self, queue_name: str) -> None:
+        """Forget every count of ``queue_name`` (its AMQP queues were purged)."""
+        self.client.delete(tenant_counts_key(self.namespace, queue_name))
