@@ -62,7 +62,7 @@ from ..connections import state_store_client
 from ..middlewares.queue_depth import passive_ready_count
 from ..priority import Priority
 from ..settings import Settings, load_settings
-from ..store.keys import rabbitmq_queues_key
+from ..store.keys import rabbitmq_park_queues_key, rabbitmq_queues_key
 from ..store.tenant_counts import OWN, TenantCounts
 from .delivery import HoldsAtStart, held_copy
 from .hooks import OverriddenHooks
@@ -121,6 +121,7 @@ class FairRabbitmqBroker(HoldsAtStart, OverriddenHooks, RabbitmqBroker):
         self.park_queues = ParkQueues(delay_horizon, self.layout)
         self._state_store: redis.Redis | None = None
         self._consumers: weakref.WeakSet[FairPickingConsumer] = weakref.WeakSet()
+        self._registered_park_queues: set[str] = set()
         self._tenant_counts: TenantCounts | None = None
         self.tenant_routes = TenantRoutes(
             lambda: self.tenant_counts, self.lanes, self.settings.fairness.rabbitmq_isolate_at, self.layout
@@ -156,7 +157,10 @@ class FairRabbitmqBroker(HoldsAtStart, OverriddenHooks, RabbitmqBroker):
         bucket (declared when due)."""
         if message.queue_name != q_name(message.queue_name):
             remaining = int(message.options.get("eta") or 0) - current_millis()
-            return self.park_queues.route(self.channel, message.queue_name, remaining)
+            target = self.park_queues.route(self.channel, message.queue_name, remaining)
+            if target != message.queue_name:
+                self._register_park_queue(q_name(message.queue_name), target)
+            return target
         return self.tenant_routes.lane(message)
 
     def tenant_queues(self, queue_name: str) -> list[tuple[Priority, str]]:
@@ -361,20 +365,42 @@ class FairRabbitmqBroker(HoldsAtStart, OverriddenHooks, RabbitmqBroker):
 
     def get_queue_message_counts(self, queue_name: str) -> tuple[int, int, int]:
         """(ready over the queue, its level queues and its tenant queues, delayed, dead), as
-        RabbitmqBroker's; delayed includes what waits in the park queues this process declared (so
-        ``join`` waits for it)."""
+        RabbitmqBroker's; delayed includes what waits in the park queues (so ``join`` waits for it)."""
         ready = self._declare_canonical_queue(queue_name).method.message_count + self.declare_level_queues(queue_name)
         ready += sum(
             declare_tenant_queue(self.layout, self.channel, queue_name, name)
             for _, name in self.tenant_queues(queue_name)
         )
-        delayed = self._declare_dq_queue(queue_name).method.message_count + self._parked(queue_name)
+        delayed = self._declare_dq_queue(queue_name).method.message_count + self.parked_count(queue_name)
         dead = self._declare_xq_queue(queue_name).method.message_count
         return ready, delayed, dead
 
-    def _parked(self, queue_name: str) -> int:
+    def _register_park_queue(self, queue_name: str, park_queue: str) -> None:
+        if park_queue in self._registered_park_queues:
+            return
+        if self.settings.broker == "rabbitmq":  # as for ``_register``
+            try:
+                self.state_store.sadd(rabbitmq_park_queues_key(self.settings.namespace, queue_name), park_queue)
+            except redis.RedisError as error:
+                logger.warning("Could not register park queue %r for `fairway queues`: %s", park_queue, error)
+                return
+        self._registered_park_queues.add(park_queue)
+
+    def park_queue_names(self, queue_name: str) -> list[str]:
+        """The park queues of ``queue_name`` declared by this process or registered by any."""
+        names = set(self.park_queues.declared(dq_name(queue_name)))
+        if self.settings.broker == "rabbitmq":
+            try:
+                key = rabbitmq_park_queues_key(self.settings.namespace, q_name(queue_name))
+                names.update(name.decode() for name in self.state_store.smembers(key))
+            except redis.RedisError as error:
+                logger.warning("Could not read the park queues of %r: %s", queue_name, error)
+        return sorted(names)
+
+    def parked_count(self, queue_name: str) -> int:
+        """Messages waiting in the park queues of ``queue_name`` (delayed beyond the horizon)."""
         total = 0
-        for name in self.park_queues.declared(dq_name(queue_name)):
+        for name in self.park_queue_names(queue_name):
             try:
                 total += self.passive_count(name)
             except pika.exceptions.AMQPError:
@@ -382,11 +408,10 @@ class FairRabbitmqBroker(HoldsAtStart, OverriddenHooks, RabbitmqBroker):
         return total
 
     def flush(self, queue_name: str) -> None:
-        """Purge the queue, its level queues, and the park queues this process knows of (another
-        process's parked messages come back to the delay queue when their bucket expires)."""
+        """Purge the queue, its level, tenant and park queues (the park queues any process registered)."""
         super().flush(queue_name)
         own = [name for _, name in self.tenant_queues(queue_name)]
-        for name in [*self.level_queues(queue_name), *own, *self.park_queues.declared(dq_name(queue_name))]:
+        for name in [*self.level_queues(queue_name), *own, *self.park_queue_names(queue_name)]:
             try:
                 self.channel.queue_purge(name)
             except pika.exceptions.AMQPChannelError:

@@ -114,7 +114,7 @@ def _rabbitmq_rows(broker: FairwayRabbitmqBroker, queue: str, dead: Counter[tupl
         queue=queue,
         priority_level=ANY,
         tenant=ANY,
-        delayed=broker.passive_count(dq_name(queue)),
+        delayed=broker.passive_count(dq_name(queue)) + broker.parked_count(queue),
         dead=broker.passive_count(xq_name(queue)),
     )
     legacy = QueueDepth(queue=queue, priority_level=Priority.NORMAL.name, tenant=ANY, ready=broker.passive_count(queue))

@@ -40,6 +40,12 @@ def rabbitmq_queues_key(namespace: str) -> str:
     return f"{namespace}:rabbitmq:queues"
 
 
+def rabbitmq_park_queues_key(namespace: str, queue_name: str) -> str:
+    """The park queues (``q.DQ.park.<ms>``) any process declared for ``queue_name``: a set, so that
+    ``fairway queues`` and ``join`` count what waits in them, whoever parked it."""
+    return f"{namespace}:rabbitmq:park:{queue_name}"
+
+
 def demo_finished_key(namespace: str) -> str:
     return f"{namespace}:demo:finished"
 

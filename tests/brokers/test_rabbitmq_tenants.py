@@ -21,6 +21,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from dramatiq_fairway.brokers.rabbitmq import FairwayRabbitmqBroker
+from dramatiq_fairway.brokers.rabbitmq_layout import QueueLayout
 from dramatiq_fairway.brokers.rabbitmq_tenants import TenantRoutes, lane_of, level_queue, tenant_queue
 from dramatiq_fairway.connections import rabbitmq_parameters
 from dramatiq_fairway.priority import Priority
@@ -197,7 +198,7 @@ def test_without_the_state_store_messages_go_to_their_lanes_with_one_warning(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     down = TenantCounts(redis.Redis(port=17401, socket_connect_timeout=0.2, retry=Retry(NoBackoff(), 0)), "ns")
-    routes = TenantRoutes(lambda: down, lanes=4, isolate_at=1)
+    routes = TenantRoutes(lambda: down, lanes=4, isolate_at=1, layout=QueueLayout())
     message = dramatiq.Message("q", "job", (), {}, {"tenant": "acme", "priority_level": 3})
     with caplog.at_level(logging.WARNING):
         targets = {routes.destination(message) for _ in range(3)}

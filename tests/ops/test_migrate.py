@@ -16,7 +16,8 @@ from dramatiq.errors import ConnectionClosed
 
 from dramatiq_fairway.brokers import RABBITMQ_MAX_PRIORITY
 from dramatiq_fairway.brokers.fair_redis import FairRedisBroker
-from dramatiq_fairway.brokers.rabbitmq import FairRabbitmqBroker, lane_of, level_queue
+from dramatiq_fairway.brokers.rabbitmq import FairRabbitmqBroker
+from dramatiq_fairway.brokers.rabbitmq_tenants import lane_of, level_queue
 from dramatiq_fairway.connections import rabbitmq_parameters
 from dramatiq_fairway.ops.controls import UnknownQueue
 from dramatiq_fairway.ops.migrate import Migrated, migrate
