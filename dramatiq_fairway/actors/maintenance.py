@@ -1,6 +1,6 @@
 """Periodic maintenance, scheduled by periodiq: ``periodiq dramatiq_fairway.actors``.
 
-Two schedulers would double every tick (DRAMATIQ-NOTES.md), so each run first claims its tick
+Two schedulers (two `periodiq` processes) would double every tick, so each run first claims its tick
 with SET NX in the state store; the second claimant does nothing.
 
 State-store keys:

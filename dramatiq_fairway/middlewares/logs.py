@@ -1,13 +1,13 @@
 """JobLogContext: JSON log lines (``FAIRWAY_LOGS__FORMAT=json``) that name the job they came from.
 
-Around each job it sets the fields of :func:`dramatiq_fairway.json_logs.job_fields` (message id, actor,
-queue, tenant, attempt) for :class:`~dramatiq_fairway.json_logs.JsonLogFormatter`, which it installs
+Around each job it sets the fields of :func:`dramatiq_fairway.middlewares.json_logs.job_fields` (message id, actor,
+queue, tenant, attempt) for :class:`~dramatiq_fairway.middlewares.json_logs.JsonLogFormatter`, which it installs
 on the root logger's handlers when a worker process boots (the ``dramatiq`` command's processes)
 or when an in-process worker starts. With the text format it only keeps the fields (a context
 variable set and reset per job), so a user's own formatter or filter may read them.
 
 When a worker starts it also filters two lines of Dramatiq's worker threads that report nothing
-wrong on the fairway stack (:class:`~dramatiq_fairway.json_logs.WorkerLineFilter`).
+wrong on the fairway stack (:class:`~dramatiq_fairway.middlewares.json_logs.WorkerLineFilter`).
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ from dramatiq import Broker, Middleware
 from dramatiq.broker import MessageProxy
 from dramatiq.errors import ActorNotFound
 
-from ..json_logs import current_job, filter_worker_lines, job_fields, use_json_logs
 from ..settings import Settings, load_settings
+from .json_logs import current_job, filter_worker_lines, job_fields, use_json_logs
 
 
 class JobLogContext(Middleware):

@@ -17,7 +17,7 @@ import redis
 from dramatiq import Broker, Worker
 
 from dramatiq_fairway.cli import jobs as jobs_cli
-from dramatiq_fairway.json_logs import JsonLogFormatter
+from dramatiq_fairway.middlewares.json_logs import JsonLogFormatter
 from dramatiq_fairway.settings import Settings
 from dramatiq_fairway.store.dead_letters import DeadLetterStore
 from dramatiq_fairway.store.status import JobState, JobStatusStore

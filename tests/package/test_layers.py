@@ -36,7 +36,6 @@ LAYERS: dict[str, set[str]] = {
         "embedded",
         "encryption",
         "failures",
-        "json_logs",
         "outage",
         "priority",
         "tenants",

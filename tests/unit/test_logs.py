@@ -9,7 +9,7 @@ import logging
 import pytest
 from dramatiq import Message
 
-from dramatiq_fairway.json_logs import JsonLogFormatter, current_job, job_fields
+from dramatiq_fairway.middlewares.json_logs import JsonLogFormatter, current_job, job_fields
 
 
 def _record(message: str) -> logging.LogRecord:

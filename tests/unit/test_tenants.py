@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 from dramatiq import Message
 
-from dramatiq_fairway.json_logs import job_fields
+from dramatiq_fairway.middlewares.json_logs import job_fields
 from dramatiq_fairway.priority import Priority, level_of
 from dramatiq_fairway.tenants import DEFAULT_TENANT, tenant_of
 

@@ -21,8 +21,8 @@ from typing import Any
 from dramatiq import Message
 from dramatiq.broker import MessageProxy
 
-from .errors import Cancelled
-from .tenants import tenant_of
+from ..errors import Cancelled
+from ..tenants import tenant_of
 
 current_job: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar("fairway_log_job", default=None)
 
