@@ -20,8 +20,11 @@ SECRET_GROUP = "secret"
 
 # Card numbers are at most 19 digits; a run of digits can hold one among other groups
 # ("order 12 4242 4242 4242 4242"), so each run is searched group by group.
-_DIGIT_RUN = re.compile(r"(?<!\d)\d+(?:[ -]\d+)*(?!\d)")
+# Digit groups not glued to a letter or digit: in an id such as a UUID ("...c359-9681-4354-99c1...")
+# digits that happen to pass the card checks are part of a hex string, not a card number.
+_DIGIT_RUN = re.compile(r"(?<![0-9A-Za-z])\d+(?:[ -]\d+)*(?![0-9A-Za-z])")
 _GROUP_SEPARATOR = re.compile(r"[ -]")
+_UUID = re.compile(r"\b[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}\b")
 _CARD_DIGITS = range(13, 20)
 # Issued cards start with 2-6 (the banking and financial industries); epoch timestamps and
 # snowflake ids start with 1 today, so they are never mistaken for one.
@@ -48,8 +51,11 @@ class CardRule(ValueRule):
     """Payment card numbers: digit groups totalling 13-19 digits that pass the Luhn check."""
 
     def spans(self, text: str) -> Iterator[tuple[int, int]]:
+        # Message ids are UUIDs; one whose digit groups pass the card checks is still an id.
+        ids = [match.span() for match in _UUID.finditer(text)]
         for run in self.pattern.finditer(text):
-            yield from _card_spans(run.group(), run.start())
+            if not any(start < run.end() and run.start() < end for start, end in ids):
+                yield from _card_spans(run.group(), run.start())
 
 
 def _card_spans(run: str, offset: int) -> Iterator[tuple[int, int]]:

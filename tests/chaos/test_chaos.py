@@ -165,9 +165,9 @@ def test_fetch_reply_lost_to_a_dropped_connection_loses_no_message(
     send_jobs(broker, job, range(3), seconds=0)
     lost: list[object] = []
 
-    def reply_lost_once(client: redis.Redis, calls: list[ScriptCall]) -> list[Any]:
+    def reply_lost_once(client: redis.Redis, calls: list[ScriptCall], **options: Any) -> list[Any]:
         # What a Redis killed between running the script (AOF fsynced) and sending its reply does.
-        replies = run_scripts(client, calls)
+        replies = run_scripts(client, calls, **options)
         if calls and calls[-1].args[0] == "fetch" and replies[-1][0] and not lost:
             lost.append(replies[-1])
             raise redis.ConnectionError("Connection closed by server.")
