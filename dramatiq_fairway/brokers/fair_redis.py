@@ -132,7 +132,7 @@ class FairRedisBroker(HoldsAtStart, OverriddenHooks, RedisBroker):
             options["eta"] = self._now_ms() + delay
         message = message.copy(queue_name=queue_name, options=options)
         self.emit_before("enqueue", message, delay)
-        run_scripts(self.client, [self._enqueue_call(message, message.encode())], replicas=self._replicas())
+        run_scripts(self.client, [self.enqueue_call(message, message.encode())], replicas=self._replicas())
         self.emit_after("enqueue", message, delay)
         return message
 
@@ -142,7 +142,7 @@ class FairRedisBroker(HoldsAtStart, OverriddenHooks, RedisBroker):
         for original in messages:
             message = original.copy(queue_name=q_name(original.queue_name), options={"redis_message_id": str(uuid4())})
             self.emit_before("enqueue", message, None)
-            calls.append(self._enqueue_call(message, message.encode()))
+            calls.append(self.enqueue_call(message, message.encode()))
             enqueued.append(message)
         run_scripts(self.client, calls, replicas=self._replicas())
         for message in enqueued:
@@ -268,7 +268,8 @@ class FairRedisBroker(HoldsAtStart, OverriddenHooks, RedisBroker):
         [reply] = run_scripts(self.client, [self._script_call(queue_name, command, *args)])
         return reply
 
-    def _enqueue_call(self, message: Message, body: bytes) -> ScriptCall:
+    def enqueue_call(self, message: Message, body: bytes) -> ScriptCall:
+        """The script call storing ``message`` (named after its queue, with its ``redis_message_id``)."""
         self._register(q_name(message.queue_name))
         level, tenant = level_of(message.options), tenant_of(message.options)
         rid = message.options["redis_message_id"]

@@ -43,9 +43,10 @@ When the state store is down, status and progress updates are dropped and counte
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import redis
@@ -65,6 +66,10 @@ from .interrupts import CANCEL_POLL_INTERVAL, RunningJobs
 
 DEFAULT_UNIQUE_TTL = 3_600_000
 
+# The PENDING statuses an ``enqueue_many`` collects (``JobStatus.pending_in_one_write``).
+_pending_batch: contextvars.ContextVar[list[tuple[str, str, str]] | None] = contextvars.ContextVar(
+    "fairway_pending_batch", default=None
+)
 _current_job: contextvars.ContextVar[tuple[StatusWriter, str] | None] = contextvars.ContextVar(
     "fairway_current_job", default=None
 )
@@ -144,7 +149,24 @@ class JobStatus(Middleware):
 
     def after_enqueue(self, broker: Broker, message: Message[Any], delay: int | None) -> None:
         if self._tracked(broker, message):
-            self._safely(self.store.enqueued, message.message_id, message.actor_name, message.queue_name)
+            batch = _pending_batch.get()
+            if batch is None:
+                self._safely(self.store.enqueued, message.message_id, message.actor_name, message.queue_name)
+            else:
+                batch.append((message.message_id, message.actor_name, message.queue_name))
+
+    @contextlib.contextmanager
+    def pending_in_one_write(self) -> Iterator[None]:
+        """Inside it, the PENDING statuses of this thread's enqueues are collected and written in one
+        round trip when it ends (``enqueue_many``): still after their messages were enqueued."""
+        batch: list[tuple[str, str, str]] = []
+        token = _pending_batch.set(batch)
+        try:
+            yield
+        finally:
+            _pending_batch.reset(token)
+            if batch:
+                self._safely(self.store.enqueued_many, batch)
 
     def before_process_message(self, broker: Broker, message: MessageProxy) -> None:
         actor = broker.get_actor(message.actor_name)
