@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import dramatiq
+import pika
 import pytest
 import redis
 from dramatiq import Broker, Message, Worker
@@ -13,8 +14,12 @@ from dramatiq.common import q_name
 from dramatiq.errors import ActorNotFound
 
 from dramatiq_fairway import MessagesRefused, enqueue_many
+from dramatiq_fairway.brokers.rabbitmq import FairRabbitmqBroker
+from dramatiq_fairway.brokers.rabbitmq_tenants import tenant_queue
+from dramatiq_fairway.connections import rabbitmq_parameters
 from dramatiq_fairway.errors import MessageTooLarge, QueueFull
 from dramatiq_fairway.middlewares.fairness import FairPriority, InvalidOption
+from dramatiq_fairway.priority import Priority
 from dramatiq_fairway.settings import FairnessSettings, Settings
 from dramatiq_fairway.store.keys import fairness_queued_key
 from dramatiq_fairway.store.status import JobState, JobStatusStore
@@ -136,3 +141,29 @@ def test_on_a_stock_broker_it_enqueues_one_by_one_with_the_same_outcomes() -> No
     with pytest.raises(MessagesRefused, match=r"message 1 \(.*no_such_actor.*ActorNotFound"):
         enqueue_many([job.message(1), unknown, job.message(2)], broker=broker)
     assert broker.queues["stock"].qsize() == 2
+
+
+@pytest.mark.parametrize("broker_kind", ["rabbitmq"], indirect=True)
+def test_a_publish_returned_as_unroutable_is_declared_again_and_resent(
+    broker: Broker, settings: Settings, queue_name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert isinstance(broker, FairRabbitmqBroker)
+    broker.tenant_routes.isolate_at = 3
+
+    @dramatiq.actor(broker=broker, queue_name=queue_name)
+    def job(n: int) -> None: ...
+
+    enqueue_many([job.message_with_options(args=(n,), tenant="acme") for n in range(4)], broker=broker)
+    own = tenant_queue(queue_name, Priority.NORMAL, "acme")
+    assert broker.passive_count(own) == 1
+    connection = pika.BlockingConnection(rabbitmq_parameters(settings))
+    connection.channel().queue_delete(own)
+    connection.close()
+    forgotten: list[str] = []
+    forget = broker.tenant_routes.forget
+    monkeypatch.setattr(broker.tenant_routes, "forget", lambda name: (forgotten.append(name), forget(name)))
+    # The producer still thinks the queue is declared: the publish comes back unroutable.
+    [sent] = enqueue_many([job.message_with_options(args=(4,), tenant="acme")], broker=broker)
+    assert broker.passive_count(own) == 1
+    assert sent.args == (4,)
+    assert forgotten == [own]
