@@ -83,9 +83,10 @@ class ConfirmedChannel:
         self._nacked.clear()
         self._returned.clear()
         for position, item in enumerate(window):
-            self.channel.basic_publish("", item.target, item.body, item.properties, mandatory=True)
+            # Waited for before the publish: its confirm may arrive while basic_publish flushes.
             self._tag += 1
             self._waiting[self._tag] = position
+            self.channel.basic_publish("", item.target, item.body, item.properties, mandatory=True)
         self._drive(lambda: not self._waiting)
         nacked = [window[position] for position in self._nacked]
         returned = [item for item in window if item.message.message_id in self._returned]
