@@ -154,7 +154,7 @@ def publish_confirmed(
     for name in sorted({q_name(message.queue_name) for message in messages}):
         broker.declare_queue(name, ensure=True)
     outcomes: list[Outcome] = []
-    items: list[_Item] = []
+    accepted: list[tuple[int, Message[Any], bytes]] = []
     for index, original in enumerate(messages):
         message = original.copy()
         refusal = check(broker, message)
@@ -166,9 +166,13 @@ def publish_confirmed(
                 refusal = not_json
         outcomes.append(refusal or message)
         if refusal is None:
-            lane = broker.tenant_routes.lane(message)
-            target = broker.tenant_routes.destination(message)
-            items.append(_Item(index, message, target, target != lane, body, _properties(broker, message)))
+            accepted.append((index, message, body))
+    routes = broker.tenant_routes
+    targets = routes.destinations([message for _, message, _ in accepted])
+    items = [
+        _Item(index, message, target, target != routes.lane(message), body, _properties(broker, message))
+        for (index, message, body), target in zip(accepted, targets, strict=True)
+    ]
     for item, failure in _publish(broker, items):
         give_back(broker, item.message)
         outcomes[item.index] = failure

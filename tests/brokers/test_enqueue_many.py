@@ -23,6 +23,7 @@ from dramatiq_fairway.priority import Priority
 from dramatiq_fairway.settings import FairnessSettings, Settings
 from dramatiq_fairway.store.keys import fairness_queued_key
 from dramatiq_fairway.store.status import JobState, JobStatusStore
+from dramatiq_fairway.store.tenant_counts import LANE, OWN, Slot, TenantCounts
 
 from ..support.helpers import wait_for
 
@@ -167,3 +168,15 @@ def test_a_publish_returned_as_unroutable_is_declared_again_and_resent(
     assert broker.passive_count(own) == 1
     assert sent.args == (4,)
     assert forgotten == [own]
+
+
+def test_routing_a_batch_counts_as_routing_each_message_in_turn(state_client: redis.Redis, namespace: str) -> None:
+    counts = TenantCounts(state_client, namespace)
+    slots = [(Priority.NORMAL, "a")] * 5 + [(Priority.HIGH, "a"), (Priority.NORMAL, "b")]
+    assert counts.route_many("q", slots, isolate_at=3) == [False, False, False, True, True, False, False]
+    assert counts.snapshot("q") == {
+        Slot(LANE, Priority.NORMAL, "a"): 3,
+        Slot(OWN, Priority.NORMAL, "a"): 2,
+        Slot(LANE, Priority.HIGH, "a"): 1,
+        Slot(LANE, Priority.NORMAL, "b"): 1,
+    }
