@@ -41,7 +41,7 @@ from dramatiq.errors import QueueJoinTimeout
 from ..connections import named_client
 from ..priority import Priority, level_of
 from ..settings import Settings, load_settings
-from ..store import limits
+from ..store import limits, send_writes
 from ..store.scripts import LuaScript, ScriptCall, run_scripts
 from ..tenants import tenant_of
 from .delivery import HoldsAtStart, held_copy
@@ -131,9 +131,12 @@ class FairRedisBroker(HoldsAtStart, OverriddenHooks, RedisBroker):
             queue_name = dq_name(queue_name)
             options["eta"] = self._now_ms() + delay
         message = message.copy(queue_name=queue_name, options=options)
-        self.emit_before("enqueue", message, delay)
-        run_scripts(self.client, [self.enqueue_call(message, message.encode())], replicas=self._replicas())
-        self.emit_after("enqueue", message, delay)
+        with send_writes.collecting(self.client) as writes:
+            self.emit_before("enqueue", message, delay)
+            call = self.enqueue_call(message, message.encode())
+            replies = run_scripts(self.client, [call], replicas=self._replicas(), best_effort=writes.calls)
+            writes.report(replies[1:])
+            self.emit_after("enqueue", message, delay)
         return message
 
     def enqueue_many(self, messages: Iterable[Message]) -> list[Message]:

@@ -60,6 +60,7 @@ from dramatiq.middleware import MiddlewareError, Shutdown, SkipMessage
 from ..errors import Cancelled
 from ..outage import OutageWarning
 from ..settings import Settings, load_settings
+from ..store.send_writes import ride_along, rode_along
 from ..store.status import CancelledJobs, JobState, JobStatusStore, StatusWriter, iso_from_millis
 from .consumer_hooks import UndecodableRecorder
 from .interrupts import CANCEL_POLL_INTERVAL, RunningJobs
@@ -146,9 +147,17 @@ class JobStatus(Middleware):
         # Refused at send: when the job starts, a bad value could only be logged (Dramatiq
         # swallows a before_process_message error) and the job would run unchecked.
         _check_options(message.options, f"message {message.message_id}")
+        if self._tracked(broker, message):
+            # On FairRedisBroker with the state store on its Redis: PENDING in the enqueue's round trip.
+            ride_along(
+                lambda: self.store.client,
+                message.message_id,
+                lambda: self.store.enqueued_call(message.message_id, message.actor_name, message.queue_name),
+                _StoreOutage.shared.dropped,
+            )
 
     def after_enqueue(self, broker: Broker, message: Message[Any], delay: int | None) -> None:
-        if self._tracked(broker, message):
+        if self._tracked(broker, message) and not rode_along(message.message_id):
             batch = _pending_batch.get()
             if batch is None:
                 self._safely(self.store.enqueued, message.message_id, message.actor_name, message.queue_name)
