@@ -6,10 +6,8 @@ options, MessageSize) run for it alone. A message they refuse gets that error as
 the batch goes on. The accepted ones are written together: one pipeline of enqueue script calls on
 ``FairRedisBroker``, windows of publishes under streamed publisher confirms on
 ``FairRabbitmqBroker`` (``rabbitmq_confirms.py``), ``enqueue`` one by one on any other broker.
-Then the ``after_enqueue`` hooks run for each written message. JobStatus's PENDING statuses go
-after the enqueue calls in the same pipeline on ``FairRedisBroker`` with the state store on its
-Redis (``store/send_writes.py``; a refused message's is dropped), and are otherwise collected
-into one round trip after the write: a status is never written before its message. A message refused
+Then the ``after_enqueue`` hooks run for each written message, JobStatus collecting the PENDING
+statuses into one round trip: a status is never written before its message. A message refused
 after FairPriority admitted it, or whose write failed, gives its place in the tenant's queued
 count back.
 """
@@ -29,7 +27,6 @@ from dramatiq.middleware import MiddlewareError
 
 from ..middlewares.fairness import FairPriority
 from ..middlewares.status import JobStatus
-from ..store import send_writes
 from ..store.scripts import run_scripts
 from .fair_redis import FairRedisBroker
 from .rabbitmq import FairRabbitmqBroker
@@ -80,33 +77,24 @@ def _enqueue_one(broker: Broker, message: Message[Any]) -> Outcome:
 def _on_fair_redis(broker: FairRedisBroker, messages: Sequence[Message[Any]]) -> list[Outcome]:
     outcomes: list[Outcome] = []
     accepted = []
-    # As for one send (store/send_writes.py): the PENDING statuses ride in the enqueue pipeline.
-    with send_writes.collecting(broker.client) as writes:
-        for original in messages:
-            message = original.copy(queue_name=q_name(original.queue_name), options={"redis_message_id": str(uuid4())})
-            mark = len(writes.calls)
-            refusal = check(broker, message)
-            if refusal is None:
-                try:
-                    accepted.append((len(outcomes), message, broker.enqueue_call(message, message.encode())))
-                except (TypeError, ValueError) as error:  # not JSON, on a broker without MessageSize
-                    give_back(broker, message)
-                    refusal = error
-            if refusal is not None:
-                writes.drop_from(mark)
-            outcomes.append(refusal or message)
-        calls = [call for _, _, call in accepted]
-        try:
-            replies = run_scripts(
-                broker.client, calls, replicas=broker.settings.redis_wait_replicas, best_effort=writes.calls
-            )
-        except redis.RedisError as error:
-            # Which calls of the pipeline ran is unknown: each is reported failed (a resend is at least once).
-            for index, message, _ in accepted:
+    for original in messages:
+        message = original.copy(queue_name=q_name(original.queue_name), options={"redis_message_id": str(uuid4())})
+        refusal = check(broker, message)
+        if refusal is None:
+            try:
+                accepted.append((len(outcomes), message, broker.enqueue_call(message, message.encode())))
+            except (TypeError, ValueError) as error:  # not JSON, on a broker without MessageSize
                 give_back(broker, message)
-                outcomes[index] = error
-            return outcomes
-        writes.report(replies[len(calls) :])
-        for _, message, _ in accepted:
-            broker.emit_after("enqueue", message, None)
+                refusal = error
+        outcomes.append(refusal or message)
+    try:
+        run_scripts(broker.client, [call for _, _, call in accepted], replicas=broker.settings.redis_wait_replicas)
+    except redis.RedisError as error:
+        # Which calls of the pipeline ran is unknown: each is reported failed (a resend is at least once).
+        for index, message, _ in accepted:
+            give_back(broker, message)
+            outcomes[index] = error
+        return outcomes
+    for _, message, _ in accepted:
+        broker.emit_after("enqueue", message, None)
     return outcomes

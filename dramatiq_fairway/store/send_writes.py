@@ -1,13 +1,12 @@
 """State-store writes that travel in the broker's enqueue pipeline (docs/design.md, "One round trip per send").
 
-``FairRedisBroker`` opens a :class:`SendWrites` around the ``before_enqueue`` hooks of a send (or
-of a whole ``enqueue_many`` batch, dropping the calls of a refused message). A
+``FairRedisBroker`` opens a :class:`SendWrites` around the ``before_enqueue`` hooks of a send. A
 middleware with a write to make once the message is enqueued (JobStatus's PENDING) hands its
 script call to :func:`ride_along` instead of making a round trip of its own in ``after_enqueue``,
 when its client talks to the broker's own Redis server. The broker sends those calls right after
 its enqueue call, in the same pipeline, and only once every hook accepted the message; an error
 reply of one of them is handed to its ``on_error`` (the send still succeeds). Where no SendWrites is
-open (the stock brokers, RabbitMQ), or the state store is another server,
+open (the stock brokers, RabbitMQ, ``enqueue_many``), or the state store is another server,
 ``ride_along`` declines and the middleware writes as before.
 """
 
@@ -33,13 +32,7 @@ class SendWrites:
     server: tuple[Any, ...]
     calls: list[ScriptCall] = field(default_factory=list)
     on_errors: list[Callable[[redis.RedisError], None]] = field(default_factory=list)
-    message_ids: list[str] = field(default_factory=list)
     carried: set[str] = field(default_factory=set)
-
-    def drop_from(self, mark: int) -> None:
-        """Forget the calls added since there were ``mark`` of them (their message was refused)."""
-        self.carried.difference_update(self.message_ids[mark:])
-        del self.calls[mark:], self.on_errors[mark:], self.message_ids[mark:]
 
     def report(self, replies: Sequence[Any]) -> None:
         """Hand each error reply of ``calls`` (in order) to its ``on_error``."""
@@ -72,7 +65,6 @@ def ride_along(
         return False
     writes.calls.append(call())
     writes.on_errors.append(on_error)
-    writes.message_ids.append(message_id)
     writes.carried.add(message_id)
     return True
 

@@ -1,5 +1,5 @@
-"""One ``send`` (and one ``enqueue_many`` batch) on FairRedisBroker is one round trip when the state
-store is the broker's Redis (``store/send_writes.py``): the PENDING status rides in the enqueue pipeline."""
+"""One ``send`` on FairRedisBroker is one round trip when the state store is the broker's Redis
+(``store/send_writes.py``): the PENDING status rides in the enqueue pipeline."""
 
 from __future__ import annotations
 
@@ -9,10 +9,8 @@ import redis
 import redis.connection
 from dramatiq import Broker
 
-from dramatiq_fairway import MessagesRefused, enqueue_many
 from dramatiq_fairway.brokers.fair_redis import FairRedisBroker
 from dramatiq_fairway.middlewares.status import JobStatus
-from dramatiq_fairway.settings import Settings
 from dramatiq_fairway.store.scripts import LuaScript, ScriptCall
 from dramatiq_fairway.store.send_writes import server_of
 from dramatiq_fairway.store.status import JobState, JobStatusStore
@@ -26,19 +24,6 @@ def _status(broker: Broker) -> JobStatus:
     return next(m for m in broker.middleware if isinstance(m, JobStatus))
 
 
-def _count_sends(monkeypatch: pytest.MonkeyPatch) -> list[object]:
-    """Every packed command (one per round trip: a pipeline is packed whole) sent from now on."""
-    sent: list[object] = []
-    send_packed = redis.connection.AbstractConnection.send_packed_command
-
-    def counting(connection: redis.connection.AbstractConnection, command: object, check_health: bool = True) -> None:
-        sent.append(command)
-        send_packed(connection, command, check_health)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(redis.connection.AbstractConnection, "send_packed_command", counting)
-    return sent
-
-
 def test_a_send_is_one_round_trip_with_its_pending_status(
     broker: Broker, queue_name: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -48,7 +33,14 @@ def test_a_send_is_one_round_trip_with_its_pending_status(
     def job(n: int) -> None: ...
 
     job.send(0)  # declares, script loads and the status store's first connection out of the count
-    sent = _count_sends(monkeypatch)
+    sent: list[object] = []
+    send_packed = redis.connection.AbstractConnection.send_packed_command
+
+    def counting(connection: redis.connection.AbstractConnection, command: object, check_health: bool = True) -> None:
+        sent.append(command)
+        send_packed(connection, command, check_health)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(redis.connection.AbstractConnection, "send_packed_command", counting)
     message = job.send(1)
     monkeypatch.undo()
 
@@ -56,26 +48,6 @@ def test_a_send_is_one_round_trip_with_its_pending_status(
     record = _status(broker).store.get(message.message_id)
     assert record is not None
     assert record.state is JobState.PENDING
-
-
-def test_a_batch_with_a_refused_message_is_one_round_trip_with_pending_only_for_the_enqueued(
-    broker: Broker, settings: Settings, queue_name: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    @dramatiq.actor(broker=broker, queue_name=queue_name)
-    def job(arg: str) -> None: ...
-
-    job.send("warm")
-    batch = [job.message(str(n)) for n in range(50)]
-    batch[20] = job.message("x" * (settings.max_message_bytes + 1))  # refused by MessageSize, after JobStatus
-    sent = _count_sends(monkeypatch)
-    with pytest.raises(MessagesRefused, match="message 20 "):
-        enqueue_many(batch, broker=broker)
-    monkeypatch.undo()
-
-    assert len(sent) == 1
-    store = _status(broker).store
-    states = [(record.state if (record := store.get(m.message_id)) else None) for m in batch]
-    assert states == [JobState.PENDING] * 20 + [None] + [JobState.PENDING] * 29
 
 
 def test_a_failed_status_write_is_dropped_and_the_send_still_succeeds(
