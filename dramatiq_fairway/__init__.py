@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from importlib.metadata import PackageNotFoundError, version
 
+from .bulk import enqueue_many
 from .connections import state_store_client
 from .errors import (
     BreakerOpen,
     Cancelled,
     ConfigError,
+    MessagesRefused,
     MessageTooLarge,
     PermanentError,
     QueueFull,
@@ -44,6 +46,7 @@ __all__ = [
     "FairPriority",
     "JobStatus",
     "MessageTooLarge",
+    "MessagesRefused",
     "Metrics",
     "PermanentError",
     "Priority",
@@ -54,6 +57,7 @@ __all__ = [
     "SoftTimeLimitExceeded",
     "TransientError",
     "__version__",
+    "enqueue_many",
     "install",
     "load_settings",
     "pause_queue",

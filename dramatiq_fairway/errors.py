@@ -6,6 +6,9 @@ Classification results (see ``ClassifiedRetries``) are ``transient``, ``permanen
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Any
+
 from dramatiq.middleware import Interrupt
 
 
@@ -57,3 +60,23 @@ class SoftTimeLimitExceeded(Interrupt):
 
 class Cancelled(Interrupt):
     """Raised inside an actor whose job was cancelled by an operator."""
+
+
+class MessagesRefused(FairwayError):
+    """Some messages of an ``enqueue_many`` batch were refused; the others were enqueued.
+
+    ``refused``: (position in the batch, message, the error that refused it), one line each in the
+    text; ``enqueued``: the messages that were enqueued, in batch order.
+    """
+
+    def __init__(self, refused: Sequence[tuple[int, Any, BaseException]], enqueued: Sequence[Any]) -> None:
+        self.refused = list(refused)
+        self.enqueued = list(enqueued)
+        lines = [
+            f"message {index} ({message.message_id}, actor {message.actor_name!r}): {type(error).__name__}: {error}"
+            for index, message, error in refused
+        ]
+        super().__init__(
+            f"{len(refused)} of {len(refused) + len(enqueued)} messages refused, the others enqueued:\n"
+            + "\n".join(lines)
+        )

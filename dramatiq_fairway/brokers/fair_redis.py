@@ -41,7 +41,7 @@ from dramatiq.errors import QueueJoinTimeout
 from ..connections import named_client
 from ..priority import Priority, level_of
 from ..settings import Settings, load_settings
-from ..store import limits
+from ..store import limits, send_writes
 from ..store.scripts import LuaScript, ScriptCall, run_scripts
 from ..tenants import tenant_of
 from .delivery import HoldsAtStart, held_copy
@@ -131,9 +131,12 @@ class FairRedisBroker(HoldsAtStart, OverriddenHooks, RedisBroker):
             queue_name = dq_name(queue_name)
             options["eta"] = self._now_ms() + delay
         message = message.copy(queue_name=queue_name, options=options)
-        self.emit_before("enqueue", message, delay)
-        run_scripts(self.client, [self._enqueue_call(message, message.encode())], replicas=self._replicas())
-        self.emit_after("enqueue", message, delay)
+        with send_writes.collecting(self.client) as writes:
+            self.emit_before("enqueue", message, delay)
+            call = self.enqueue_call(message, message.encode())
+            replies = run_scripts(self.client, [call], replicas=self._replicas(), best_effort=writes.calls)
+            writes.report(replies[1:])
+            self.emit_after("enqueue", message, delay)
         return message
 
     def enqueue_many(self, messages: Iterable[Message]) -> list[Message]:
@@ -142,7 +145,7 @@ class FairRedisBroker(HoldsAtStart, OverriddenHooks, RedisBroker):
         for original in messages:
             message = original.copy(queue_name=q_name(original.queue_name), options={"redis_message_id": str(uuid4())})
             self.emit_before("enqueue", message, None)
-            calls.append(self._enqueue_call(message, message.encode()))
+            calls.append(self.enqueue_call(message, message.encode()))
             enqueued.append(message)
         run_scripts(self.client, calls, replicas=self._replicas())
         for message in enqueued:
@@ -268,7 +271,8 @@ class FairRedisBroker(HoldsAtStart, OverriddenHooks, RedisBroker):
         [reply] = run_scripts(self.client, [self._script_call(queue_name, command, *args)])
         return reply
 
-    def _enqueue_call(self, message: Message, body: bytes) -> ScriptCall:
+    def enqueue_call(self, message: Message, body: bytes) -> ScriptCall:
+        """The script call storing ``message`` (named after its queue, with its ``redis_message_id``)."""
         self._register(q_name(message.queue_name))
         level, tenant = level_of(message.options), tenant_of(message.options)
         rid = message.options["redis_message_id"]

@@ -16,7 +16,7 @@ import hashlib
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import redis
@@ -97,10 +97,34 @@ class TenantRoutes:
         try:
             own = counts.route(message.queue_name, level, tenant, self.isolate_at)
         except redis.RedisError as error:
-            self._store_down_until = time.monotonic() + STORE_RETRY_AFTER
-            self._outage.warn("State store unavailable, RabbitMQ tenants are not isolated (lanes only): %s", error)
+            self._store_failed(error)
             return lane
         return tenant_queue(message.queue_name, level, tenant) if own else lane
+
+    def destinations(self, messages: Sequence[Message]) -> list[str]:
+        """``destination`` of each of ``messages`` (not delayed), counted in one round trip per queue."""
+        targets = [self.lane(message) for message in messages]
+        counts = self.counts()
+        if counts is None or time.monotonic() < self._store_down_until:
+            return targets
+        by_queue: dict[str, list[int]] = {}
+        for index, message in enumerate(messages):
+            by_queue.setdefault(message.queue_name, []).append(index)
+        for queue_name, indexes in by_queue.items():
+            slots = [(level_of(messages[i].options), tenant_of(messages[i].options)) for i in indexes]
+            try:
+                owns = counts.route_many(queue_name, slots, self.isolate_at)
+            except redis.RedisError as error:
+                self._store_failed(error)
+                return targets
+            for index, (level, tenant), own in zip(indexes, slots, owns, strict=True):
+                if own:
+                    targets[index] = tenant_queue(queue_name, level, tenant)
+        return targets
+
+    def _store_failed(self, error: redis.RedisError) -> None:
+        self._store_down_until = time.monotonic() + STORE_RETRY_AFTER
+        self._outage.warn("State store unavailable, RabbitMQ tenants are not isolated (lanes only): %s", error)
 
     def ensure(self, channel: Any, queue_name: str, name: str) -> None:
         """Declare ``name`` unless this process did so recently (RabbitMQ drops a message published to a

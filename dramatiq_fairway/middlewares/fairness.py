@@ -100,10 +100,10 @@ class FairPriority(Middleware):
             message.options[ADMITTED] = True
 
     def before_process_message(self, broker: Broker, message: MessageProxy) -> None:
-        self._release(message)
+        self.release(message)
 
     def after_nack(self, broker: Broker, message: MessageProxy) -> None:
-        self._release(message)
+        self.release(message)
 
     def _tenant_of(self, message: Message[Any], actor: Actor[Any, Any] | None) -> object:
         if "tenant" in message.options:
@@ -140,7 +140,8 @@ class FairPriority(Middleware):
             # Capacity protects the queue, it must not stop producers when the state store is down.
             logger.warning("Capacity of tenant %r not checked, the state store failed: %s", tenant, error)
 
-    def _release(self, message: Message[Any] | MessageProxy) -> None:
+    def release(self, message: Message[Any] | MessageProxy) -> None:
+        """Take ``message`` out of its tenant's queued count (started, dead-lettered, or never written)."""
         if self.max_queued is None or ADMITTED not in message.options:
             return
         try:

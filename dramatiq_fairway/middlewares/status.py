@@ -43,9 +43,10 @@ When the state store is down, status and progress updates are dropped and counte
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import redis
@@ -59,12 +60,17 @@ from dramatiq.middleware import MiddlewareError, Shutdown, SkipMessage
 from ..errors import Cancelled
 from ..outage import OutageWarning
 from ..settings import Settings, load_settings
+from ..store.send_writes import ride_along, rode_along
 from ..store.status import CancelledJobs, JobState, JobStatusStore, StatusWriter, iso_from_millis
 from .consumer_hooks import UndecodableRecorder
 from .interrupts import CANCEL_POLL_INTERVAL, RunningJobs
 
 DEFAULT_UNIQUE_TTL = 3_600_000
 
+# The PENDING statuses an ``enqueue_many`` collects (``JobStatus.pending_in_one_write``).
+_pending_batch: contextvars.ContextVar[list[tuple[str, str, str]] | None] = contextvars.ContextVar(
+    "fairway_pending_batch", default=None
+)
 _current_job: contextvars.ContextVar[tuple[StatusWriter, str] | None] = contextvars.ContextVar(
     "fairway_current_job", default=None
 )
@@ -141,10 +147,35 @@ class JobStatus(Middleware):
         # Refused at send: when the job starts, a bad value could only be logged (Dramatiq
         # swallows a before_process_message error) and the job would run unchecked.
         _check_options(message.options, f"message {message.message_id}")
+        if self._tracked(broker, message):
+            # On FairRedisBroker with the state store on its Redis: PENDING in the enqueue's round trip.
+            ride_along(
+                lambda: self.store.client,
+                message.message_id,
+                lambda: self.store.enqueued_call(message.message_id, message.actor_name, message.queue_name),
+                _StoreOutage.shared.dropped,
+            )
 
     def after_enqueue(self, broker: Broker, message: Message[Any], delay: int | None) -> None:
-        if self._tracked(broker, message):
-            self._safely(self.store.enqueued, message.message_id, message.actor_name, message.queue_name)
+        if self._tracked(broker, message) and not rode_along(message.message_id):
+            batch = _pending_batch.get()
+            if batch is None:
+                self._safely(self.store.enqueued, message.message_id, message.actor_name, message.queue_name)
+            else:
+                batch.append((message.message_id, message.actor_name, message.queue_name))
+
+    @contextlib.contextmanager
+    def pending_in_one_write(self) -> Iterator[None]:
+        """Inside it, the PENDING statuses of this thread's enqueues are collected and written in one
+        round trip when it ends (``enqueue_many``): still after their messages were enqueued."""
+        batch: list[tuple[str, str, str]] = []
+        token = _pending_batch.set(batch)
+        try:
+            yield
+        finally:
+            _pending_batch.reset(token)
+            if batch:
+                self._safely(self.store.enqueued_many, batch)
 
     def before_process_message(self, broker: Broker, message: MessageProxy) -> None:
         actor = broker.get_actor(message.actor_name)

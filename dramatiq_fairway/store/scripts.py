@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -65,12 +66,25 @@ class ScriptCall:
     args: list[Any]
 
 
-def run_scripts(client: redis.Redis, calls: list[ScriptCall], *, replicas: int = 0) -> list[Any]:
+def run_scripts(
+    client: redis.Redis, calls: list[ScriptCall], *, replicas: int = 0, best_effort: Sequence[ScriptCall] = ()
+) -> list[Any]:
     """The replies of ``calls``, sent in one pipeline; the first error reply is raised.
 
-    With ``replicas`` > 0 the pipeline waits for that many replicas to have the writes; fewer
-    within ``WAIT_TIMEOUT_MS`` is logged (once a minute), not raised: the writes are done.
+    ``best_effort`` calls go after ``calls`` in the same pipeline; their replies follow, an error
+    reply returned rather than raised. With ``replicas`` > 0 the pipeline waits for that many
+    replicas to have the writes; fewer within ``WAIT_TIMEOUT_MS`` is logged (once a minute), not
+    raised: the writes are done.
     """
+    replies = _run(client, [*calls, *best_effort], replicas)
+    for reply in replies[: len(calls)]:
+        if isinstance(reply, Exception):
+            raise reply
+    return replies
+
+
+def _run(client: redis.Redis, calls: list[ScriptCall], replicas: int) -> list[Any]:
+    """The replies of ``calls`` in one pipeline, error replies included; lost scripts loaded and rerun."""
     if not calls:
         return []
     pipe = client.pipeline(transaction=False)
@@ -85,11 +99,8 @@ def run_scripts(client: redis.Redis, calls: list[ScriptCall], *, replicas: int =
     if lost:
         for script in {calls[i].script for i in lost}:
             client.script_load(script.text)
-        for i, reply in zip(lost, run_scripts(client, [calls[i] for i in lost], replicas=replicas), strict=True):
+        for i, reply in zip(lost, _run(client, [calls[i] for i in lost], replicas), strict=True):
             replies[i] = reply
-    for reply in replies:
-        if isinstance(reply, Exception):
-            raise reply
     return replies
 
 

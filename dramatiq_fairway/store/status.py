@@ -121,6 +121,18 @@ class JobStatusStore:
         """PENDING, unless the job is already known (a retry or a move out of the delay queue)."""
         self._record("enqueue", message_id, JobState.PENDING, actor, queue)
 
+    def enqueued_call(self, message_id: str, actor: str, queue: str) -> ScriptCall:
+        """The script call of ``enqueued``, for a pipeline of the caller's."""
+        return self.transition_call("enqueue", message_id, [(JobState.PENDING, self.now())], actor=actor, queue=queue)
+
+    def enqueued_many(self, jobs: list[tuple[str, str, str]]) -> None:
+        """``enqueued`` for each (message id, actor, queue), in one round trip."""
+        now = self.now()
+        moves = [Move("enqueue", job, [(JobState.PENDING, now)], actor, queue) for job, actor, queue in jobs]
+        run_scripts(
+            self.client, [self.moves_call(moves[i : i + MOVES_PER_CALL]) for i in range(0, len(moves), MOVES_PER_CALL)]
+        )
+
     def start(
         self,
         message_id: str,

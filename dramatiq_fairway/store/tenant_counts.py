@@ -9,7 +9,7 @@ from its publish until it is settled (acked, dead-lettered, moved to the delay q
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,7 +17,7 @@ import redis
 
 from ..priority import Priority
 from .limits import queue_prefix
-from .scripts import LuaScript
+from .scripts import LuaScript, ScriptCall, run_scripts
 
 _LUA = LuaScript.load(Path(__file__).with_name("tenant_counts.lua"))
 
@@ -59,6 +59,12 @@ class TenantCounts:
         """Count one message of ``tenant``; whether it goes to the tenant's own queue."""
         key = tenant_counts_key(self.namespace, queue_name)
         return bool(_LUA.call(self.client, [key], ["route", int(level), tenant, isolate_at]))
+
+    def route_many(self, queue_name: str, slots: Sequence[tuple[Priority, str]], isolate_at: int) -> list[bool]:
+        """``route`` for each (level, tenant) of ``slots``, in order, in one round trip."""
+        key = tenant_counts_key(self.namespace, queue_name)
+        calls = [ScriptCall(_LUA, [key], ["route", int(level), tenant, isolate_at]) for level, tenant in slots]
+        return [bool(own) for own in run_scripts(self.client, calls)]
 
     def settle(self, queue_name: str, settled: Mapping[Slot, int]) -> None:
         """``settled[slot]`` messages of each slot left their queue for good."""

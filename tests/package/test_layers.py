@@ -44,7 +44,7 @@ LAYERS: dict[str, set[str]] = {
     "middlewares": {"middlewares"},
     "brokers": {"brokers"},
     # queues: the old path of ops.queues (docs/fairness.md names it).
-    "setup": {"setup", "", "ops", "queues"},
+    "setup": {"setup", "", "ops", "queues", "bulk"},
     # quickstart: the old path of demo.quickstart, a dramatiq app users may start.
     "apps": {"cli", "dashboard", "actors", "demo", "quickstart"},
 }

@@ -1,0 +1,144 @@
+"""Producer cost: sends/s of ``send`` and of ``enqueue_many``, fairway against plain Dramatiq, in one run.
+
+    python bench/producer.py                  # Redis and RabbitMQ
+    python bench/producer.py --brokers redis --sends 1000 --batched 5000
+
+For each broker, one process sends no-op messages (no worker runs) with:
+plain Dramatiq's broker and default middleware (on RabbitMQ with publisher confirms and without),
+then the fairway stack (``setup()``; publisher confirms on). Single ``send`` runs ``--sends``
+messages; ``enqueue_many`` runs ``--batched`` messages in batches of 100 and of 1,000 (fairway
+only: plain Dramatiq has no bulk send). Tenants are spread over 100 names. The table is markdown;
+ratios are against plain Dramatiq with confirms (RabbitMQ) and against fairway's own ``send``.
+Everything the run created (namespaces, queues) is deleted at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import dramatiq
+import pika
+import redis
+from dramatiq import Broker
+from dramatiq.brokers.rabbitmq import RabbitmqBroker
+from dramatiq.brokers.redis import RedisBroker
+from dramatiq.common import dq_name, xq_name
+
+from dramatiq_fairway import enqueue_many, setup
+from dramatiq_fairway.brokers.rabbitmq import FairRabbitmqBroker
+from dramatiq_fairway.settings import Settings
+from dramatiq_fairway.store import delete_namespace
+
+REDIS_URL = "redis://127.0.0.1:6379/0"
+RABBITMQ_URL = "amqp://guest:guest@127.0.0.1:5672/%2F"
+TENANTS = 100
+BATCHES = (100, 1000)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--brokers", nargs="+", default=["redis", "rabbitmq"], choices=["redis", "rabbitmq"])
+    parser.add_argument("--sends", type=int, default=2000, help="messages sent one by one per row")
+    parser.add_argument("--batched", type=int, default=10_000, help="messages sent with enqueue_many per batch size")
+    args = parser.parse_args()
+    print(f"machine: {platform.node()}, {os.cpu_count()} cores, Python {platform.python_version()}")
+    print()
+    print("| broker | producer | `send` /s | `enqueue_many` x100 /s | `enqueue_many` x1000 /s | vs plain `send` |")
+    print("|---|---|---:|---:|---:|---:|")
+    for kind in args.brokers:
+        plain_rows = [("plain Dramatiq", True)]
+        if kind == "rabbitmq":
+            plain_rows = [("plain, confirms", True), ("plain, no confirms", False)]
+        baseline = 0.0
+        for label, confirms in plain_rows:
+            with plain_broker(kind, confirms=confirms) as broker:
+                rate = send_rate(broker, args.sends)
+            baseline = baseline or rate
+            print(f"| {kind} | {label} | {rate:,.0f} | - | - | {rate / baseline:.2f}x |")
+        with fairway_broker(kind) as broker:
+            single = send_rate(broker, args.sends)
+            batched = [batch_rate(broker, args.batched, size) for size in BATCHES]
+        cells = " | ".join(f"{rate:,.0f} ({rate / single:.1f}x `send`)" for rate in batched)
+        print(f"| {kind} | fairway | {single:,.0f} | {cells} | {single / baseline:.2f}x |", flush=True)
+
+
+def send_rate(broker: Broker, count: int) -> float:
+    send = _actor(broker).send_with_options
+    return _timed(count, lambda: [send(args=(n,), tenant=f"t{n % TENANTS}") for n in range(count)])
+
+
+def batch_rate(broker: Broker, count: int, size: int) -> float:
+    actor = _actor(broker)
+    messages = [actor.message_with_options(args=(n,), tenant=f"t{n % TENANTS}") for n in range(count)]
+    return _timed(count, lambda: [enqueue_many(messages[i : i + size], broker=broker) for i in range(0, count, size)])
+
+
+def _actor(broker: Broker) -> dramatiq.Actor[..., None]:
+    queue = f"bench_producer_{uuid.uuid4().hex[:8]}"
+
+    def noop(n: int) -> None: ...
+
+    actor = dramatiq.actor(noop, broker=broker, queue_name=queue, actor_name=f"noop_{queue}")
+    actor.send(-1)  # connection, declares and script loads out of the timing
+    return actor
+
+
+def _timed(count: int, run: Callable[[], object]) -> float:
+    started = time.perf_counter()
+    run()
+    return count / (time.perf_counter() - started)
+
+
+@contextmanager
+def plain_broker(kind: str, *, confirms: bool) -> Iterator[Broker]:
+    namespace = f"bench-plain-{uuid.uuid4().hex[:8]}"
+    if kind == "redis":
+        broker: Broker = RedisBroker(url=REDIS_URL, namespace=namespace)
+    else:
+        broker = RabbitmqBroker(url=RABBITMQ_URL, confirm_delivery=confirms)
+    try:
+        yield broker
+    finally:
+        _clean(broker, namespace)
+
+
+@contextmanager
+def fairway_broker(kind: str) -> Iterator[Broker]:
+    namespace = f"bench-producer-{uuid.uuid4().hex[:8]}"
+    with tempfile.TemporaryDirectory(prefix="fw-") as data_dir:
+        settings = Settings(broker=kind, namespace=namespace, state_url=REDIS_URL, data_dir=Path(data_dir))  # type: ignore[arg-type]
+        broker = setup(settings)
+        try:
+            yield broker
+        finally:
+            _clean(broker, namespace)
+
+
+def _clean(broker: Broker, namespace: str) -> None:
+    broker.flush_all()
+    if isinstance(broker, RabbitmqBroker):
+        connection = pika.BlockingConnection(pika.URLParameters(RABBITMQ_URL))
+        channel = connection.channel()
+        for queue in broker.get_declared_queues():
+            names = [queue, dq_name(queue), xq_name(queue)]
+            if isinstance(broker, FairRabbitmqBroker):
+                names += broker.level_queues(queue) + list(broker.tenant_routes.declared)
+            for name in names:
+                channel.queue_delete(name)
+        connection.close()
+    client = redis.Redis.from_url(REDIS_URL)
+    delete_namespace(client, namespace)
+    client.close()
+    broker.close()
+
+
+if __name__ == "__main__":
+    main()

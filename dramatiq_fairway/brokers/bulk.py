@@ -1,0 +1,100 @@
+"""Bulk enqueue on the brokers: every send check per message, the writes batched (docs/design.md, "Bulk enqueue").
+
+Each message first goes through what ``enqueue`` runs before it writes: its actor must be
+declared, then the ``before_enqueue`` hooks (FairPriority's level, tenant and capacity, JobStatus's
+options, MessageSize) run for it alone. A message they refuse gets that error as its outcome and
+the batch goes on. The accepted ones are written together: one pipeline of enqueue script calls on
+``FairRedisBroker``, windows of publishes under streamed publisher confirms on
+``FairRabbitmqBroker`` (``rabbitmq_confirms.py``), ``enqueue`` one by one on any other broker.
+Then the ``after_enqueue`` hooks run for each written message, JobStatus collecting the PENDING
+statuses into one round trip: a status is never written before its message. A message refused
+after FairPriority admitted it, or whose write failed, gives its place in the tenant's queued
+count back.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Sequence
+from typing import Any
+from uuid import uuid4
+
+import redis
+from dramatiq import Broker, Message
+from dramatiq.common import q_name
+from dramatiq.errors import ActorNotFound, DramatiqError
+from dramatiq.middleware import MiddlewareError
+
+from ..middlewares.fairness import FairPriority
+from ..middlewares.status import JobStatus
+from ..store.scripts import run_scripts
+from .fair_redis import FairRedisBroker
+from .rabbitmq import FairRabbitmqBroker
+from .rabbitmq_confirms import publish_confirmed
+
+# What became of one message of a batch: the message as enqueued, or the error that refused it.
+Outcome = Message[Any] | Exception
+
+
+def enqueue_batch(broker: Broker, messages: Sequence[Message[Any]]) -> list[Outcome]:
+    """The outcome of each of ``messages`` (no delay), in order; see the module's docstring."""
+    status = next((m for m in broker.middleware if isinstance(m, JobStatus)), None)
+    with status.pending_in_one_write() if status is not None else contextlib.nullcontext():
+        if isinstance(broker, FairRedisBroker):
+            return _on_fair_redis(broker, messages)
+        if isinstance(broker, FairRabbitmqBroker):
+            return publish_confirmed(broker, messages, check, give_back)
+        return [_enqueue_one(broker, message) for message in messages]
+
+
+def check(broker: Broker, message: Message[Any]) -> Exception | None:
+    """Run the checks ``enqueue`` runs before it writes (which may set options); the refusal, or None."""
+    try:
+        broker.get_actor(message.actor_name)
+        broker.emit_before("enqueue", message, None)
+    except (ActorNotFound, MiddlewareError) as error:
+        give_back(broker, message)
+        return error
+    return None
+
+
+def give_back(broker: Broker, message: Message[Any]) -> None:
+    """Release the capacity FairPriority admitted ``message`` with (nothing if it did not)."""
+    for middleware in broker.middleware:
+        if isinstance(middleware, FairPriority):
+            middleware.release(message)
+
+
+def _enqueue_one(broker: Broker, message: Message[Any]) -> Outcome:
+    if message.actor_name not in broker.actors:
+        return ActorNotFound(f"Actor {message.actor_name!r} not found.")
+    try:
+        return broker.enqueue(message)
+    except (MiddlewareError, DramatiqError, redis.RedisError) as error:
+        return error
+
+
+def _on_fair_redis(broker: FairRedisBroker, messages: Sequence[Message[Any]]) -> list[Outcome]:
+    outcomes: list[Outcome] = []
+    accepted = []
+    for original in messages:
+        message = original.copy(queue_name=q_name(original.queue_name), options={"redis_message_id": str(uuid4())})
+        refusal = check(broker, message)
+        if refusal is None:
+            try:
+                accepted.append((len(outcomes), message, broker.enqueue_call(message, message.encode())))
+            except (TypeError, ValueError) as error:  # not JSON, on a broker without MessageSize
+                give_back(broker, message)
+                refusal = error
+        outcomes.append(refusal or message)
+    try:
+        run_scripts(broker.client, [call for _, _, call in accepted], replicas=broker.settings.redis_wait_replicas)
+    except redis.RedisError as error:
+        # Which calls of the pipeline ran is unknown: each is reported failed (a resend is at least once).
+        for index, message, _ in accepted:
+            give_back(broker, message)
+            outcomes[index] = error
+        return outcomes
+    for _, message, _ in accepted:
+        broker.emit_after("enqueue", message, None)
+    return outcomes

@@ -1,0 +1,83 @@
+"""State-store writes that travel in the broker's enqueue pipeline (docs/design.md, "One round trip per send").
+
+``FairRedisBroker`` opens a :class:`SendWrites` around the ``before_enqueue`` hooks of a send. A
+middleware with a write to make once the message is enqueued (JobStatus's PENDING) hands its
+script call to :func:`ride_along` instead of making a round trip of its own in ``after_enqueue``,
+when its client talks to the broker's own Redis server. The broker sends those calls right after
+its enqueue call, in the same pipeline, and only once every hook accepted the message; an error
+reply of one of them is handed to its ``on_error`` (the send still succeeds). Where no SendWrites is
+open (the stock brokers, RabbitMQ, ``enqueue_many``), or the state store is another server,
+``ride_along`` declines and the middleware writes as before.
+"""
+
+from __future__ import annotations
+
+import contextvars
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import redis
+
+from .scripts import ScriptCall
+
+_open: contextvars.ContextVar[SendWrites | None] = contextvars.ContextVar("fairway_send_writes", default=None)
+
+
+@dataclass
+class SendWrites:
+    """The script calls riding along with one send, and who to tell when one fails."""
+
+    server: tuple[Any, ...]
+    calls: list[ScriptCall] = field(default_factory=list)
+    on_errors: list[Callable[[redis.RedisError], None]] = field(default_factory=list)
+    carried: set[str] = field(default_factory=set)
+
+    def report(self, replies: Sequence[Any]) -> None:
+        """Hand each error reply of ``calls`` (in order) to its ``on_error``."""
+        for reply, on_error in zip(replies, self.on_errors, strict=True):
+            if isinstance(reply, redis.RedisError):
+                on_error(reply)
+
+
+@contextmanager
+def collecting(client: redis.Redis) -> Iterator[SendWrites]:
+    """Open a :class:`SendWrites` for a send through ``client`` in this context."""
+    writes = SendWrites(server_of(client))
+    token = _open.set(writes)
+    try:
+        yield writes
+    finally:
+        _open.reset(token)
+
+
+def ride_along(
+    client: Callable[[], redis.Redis],
+    message_id: str,
+    call: Callable[[], ScriptCall],
+    on_error: Callable[[redis.RedisError], None],
+) -> bool:
+    """Add ``call()`` to the open send's pipeline if ``client()`` talks to the broker's server; whether
+    it did (both are asked only while a send is open, so a middleware on another broker builds nothing)."""
+    writes = _open.get()
+    if writes is None or not writes.server or server_of(client()) != writes.server:
+        return False
+    writes.calls.append(call())
+    writes.on_errors.append(on_error)
+    writes.carried.add(message_id)
+    return True
+
+
+def rode_along(message_id: str) -> bool:
+    """Whether the write for ``message_id`` went with the open send's pipeline."""
+    writes = _open.get()
+    return writes is not None and message_id in writes.carried
+
+
+def server_of(client: redis.Redis) -> tuple[Any, ...]:
+    """(host, port, unix path, db) of ``client``'s server; empty when the pool cannot say (Sentinel)."""
+    kwargs = client.connection_pool.connection_kwargs
+    if kwargs.get("host") is None and kwargs.get("path") is None:
+        return ()
+    return (kwargs.get("host"), kwargs.get("port"), kwargs.get("path"), kwargs.get("db", 0))
