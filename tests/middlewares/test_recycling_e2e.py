@@ -11,12 +11,16 @@ import sys
 from pathlib import Path
 
 import dramatiq
+import pytest
 import redis
 from dramatiq import Broker
 
 from dramatiq_fairway.settings import Settings
 
 from ..support.helpers import ROOT, dramatiq_command, settings_env, wait_for
+
+# The real dramatiq command end to end: slow, so with the chaos tests outside the quick subset.
+pytestmark = pytest.mark.chaos
 
 JOBS = 1_000
 

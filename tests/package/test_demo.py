@@ -38,6 +38,8 @@ def run_fairway_demo(data_dir: Path, **env: str) -> subprocess.CompletedProcess[
     )
 
 
+# The real dramatiq command end to end: slow, so with the chaos tests outside the quick subset.
+@pytest.mark.chaos
 @pytest.mark.parametrize("kind", ["embedded", "rabbitmq"])
 def test_fairway_demo_runs_every_failure_mode_and_leaves_no_server(kind: str, short_tmp: Path) -> None:
     result = run_fairway_demo(short_tmp, **({"FAIRWAY_BROKER": kind} if kind != "embedded" else {}))

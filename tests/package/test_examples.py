@@ -15,6 +15,9 @@ import redis
 from ..conftest import REDIS_URL
 from ..support.helpers import ROOT, dramatiq_command
 
+# The real dramatiq command end to end: slow, so with the chaos tests outside the quick subset.
+pytestmark = pytest.mark.chaos
+
 EXPECTED_OUTPUT = {
     "quickstart": [r"^20 jobs done: 17984 primes below 200,000$"],
     "fl_round": [

@@ -20,6 +20,9 @@ from dramatiq_fairway.settings import Settings
 from ..conftest import REDIS_URL
 from ..support.helpers import dramatiq_command, settings_env, wait_for
 
+# The real dramatiq command end to end: slow, so with the chaos tests outside the quick subset.
+pytestmark = pytest.mark.chaos
+
 
 def test_count_primes_between_matches_known_values() -> None:
     assert count_primes_between(0, 100) == 25
