@@ -68,6 +68,7 @@ def test_fairway_check_reads_tls_from_the_environment(tmp_path: Path, good_ca: b
         assert "certificate verify failed" in result.stderr
 
 
+@pytest.mark.chaos  # starts a throwaway TLS RabbitMQ node (slow)
 def test_amqps_with_our_ca_runs_jobs_and_another_ca_is_refused(tmp_path: Path, queue_name: str) -> None:
     certificates = make_certificates(tmp_path / "good")
     stranger = make_certificates(tmp_path / "other", name="stranger")

@@ -173,6 +173,7 @@ METRICS_APP = """
 """
 
 
+@pytest.mark.chaos  # the real dramatiq command end to end (slow)
 def test_two_dramatiq_processes_add_up_over_http(
     broker: Broker, settings: Settings, queue_name: str, state_client: redis.Redis, short_tmp: Path
 ) -> None:
@@ -273,6 +274,7 @@ def test_depth_sampling_never_declares_a_queue(broker: Broker, queue_name: str, 
     assert depths == {"CRITICAL": 0, "HIGH": 0, "NORMAL": 1, "LOW": 0, "BATCH": 0}
 
 
+@pytest.mark.chaos  # the real dramatiq command end to end (slow)
 @pytest.mark.parametrize("broker_kind", ["redis"], indirect=True)
 def test_a_taken_metrics_port_is_one_warning_and_the_worker_goes_on(
     broker: Broker, settings: Settings, queue_name: str, state_client: redis.Redis, short_tmp: Path

@@ -5,9 +5,12 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
+
 from ..support.helpers import ROOT
 
 
+@pytest.mark.chaos  # the real dramatiq command end to end (slow)
 def test_dlq_benchmark_smoke_run() -> None:
     result = subprocess.run(
         [sys.executable, str(ROOT / "bench" / "dlq.py"), "--records", "2000", "--repetitions", "3"],
