@@ -46,6 +46,7 @@ from ..store.breakers import RedisBreakerStore
 from ..store.dead_letters import DeadLetter, DeadLetterFilter, DeadLetterStats, DeadLetterStore, Reason, RedactedRecords
 from ..store.status import JobStatusStore
 from ..store.workers import WorkerRegistry
+from .bulk import bulk_routes
 from .charts import Bar, trend_bars
 from .security import CSRF_COOKIE, CSRF_FIELD, BasicAuth, Csrf, SecurityHeaders, has_credentials
 from .throughput import MetricsWindow
@@ -129,6 +130,7 @@ class Dashboard:
             Route("/queues/{queue}/{verb}", self.queue_action, methods=["POST"]),
             Route("/healthz", self.healthz),
             Route("/metrics", self.prometheus),
+            *bulk_routes(self),
             Mount("/static", StaticFiles(packages=[("dramatiq_fairway.dashboard", "static")]), name="static"),
         ]
 
