@@ -37,6 +37,11 @@ def os_user() -> str:
         return "unknown (cli)"
 
 
+def record(what: str, selection: dict[str, Any], count: int) -> None:
+    """Append an action of this command to the audit stream, as the OS user."""
+    AuditLog.from_settings(load_settings()).append(os_user(), what, selection, count)
+
+
 def _render(console: Console, entries: list[dict[str, Any]]) -> None:
     if not entries:
         console.print("no audit entries")

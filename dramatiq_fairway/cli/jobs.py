@@ -13,7 +13,7 @@ from ..ops.bulk_cancel import cancel_queued, queued_job_filter
 from ..settings import load_settings
 from ..store.audit import AuditLog
 from ..store.status import JobRecord, JobState, JobStatusStore
-from .audit import os_user
+from .audit import os_user, record
 from .output import CommandError, UsageError, emit, json_flag
 
 _FILTERS = ("queue", "actor", "tenant", "level", "before")
@@ -59,7 +59,7 @@ def cancel(args: argparse.Namespace) -> None:
         raise CommandError(f"no status for job {args.id!r} (unknown, expired, or not tracked): cannot cancel it")
     if state.finished:
         raise CommandError(f"job {args.id!r} already finished ({state.value}): nothing to cancel")
-    AuditLog.from_settings(settings).append(os_user(), "jobs.cancel", {"id": args.id}, 1)
+    record("jobs.cancel", {"id": args.id}, 1)
     outcome = "skipped when a worker takes it" if state is not JobState.STARTED else "interrupted within a second"
     emit(
         args,

@@ -37,8 +37,8 @@ from starlette.routing import Route
 from ..ops.bulk_cancel import cancel_queued, queued_job_filter
 from ..ops.bulk_dead_letters import requeue_dead_letters
 from ..priority import Priority
-from ..store.audit import AuditLog
 from ..store.status_bulk import QueuedJobFilter
+from .forms import dead_letter_filter, priority_of
 
 if TYPE_CHECKING:
     from .app import Dashboard
@@ -86,7 +86,7 @@ class BulkActions:
 
     def __init__(self, dashboard: Dashboard) -> None:
         self.dashboard = dashboard
-        self.audit = AuditLog.from_settings(dashboard.settings, client=dashboard.jobs.client)
+        self.audit = dashboard.audit
         self.rate_limit = BulkRateLimit(BULK_REQUESTS_PER_MINUTE)
 
     def page(self, request: Request) -> Response:
@@ -112,13 +112,11 @@ class BulkActions:
         return self.dashboard.done(request, summary, [], back="/audit")
 
     async def requeue(self, request: Request) -> Response:
-        from .app import _filters, _priority  # the dead-letter page's own parsing of the same fields
-
         form, who = await self._admit(request)
-        filters = _filters(form)
+        filters = dead_letter_filter(form)
         if filters.is_empty():
             raise HTTPException(400, "filter: give at least one of queue, actor, error-type, fingerprint, tenant, ...")
-        level = _priority(form.get("priority"))
+        level = priority_of(form.get("priority"))
         allow_redacted = form.get("allow_redacted") == "on"
         confirmed = form.get("confirm") == "yes"
         result = await run_in_threadpool(
@@ -147,7 +145,7 @@ class BulkActions:
 
     async def _admit(self, request: Request) -> tuple[FormData, str]:
         form = await self.dashboard.guard(request)
-        who = self._who(request)
+        who = who_of(request, auth=self.dashboard.auth)
         wait = self.rate_limit.admit(who)
         if wait:
             raise HTTPException(
@@ -157,20 +155,22 @@ class BulkActions:
             )
         return form, who
 
-    def _who(self, request: Request) -> str:
-        """The signed-in user (HTTP basic, already checked by ``BasicAuth``), else the client's address."""
-        if self.dashboard.auth:
-            _, _, encoded = request.headers.get("authorization", "").partition(" ")
-            try:
-                return base64.b64decode(encoded, validate=True).partition(b":")[0].decode() + " (dashboard)"
-            except (binascii.Error, ValueError):
-                pass
-        host = request.client.host if request.client else "unknown"
-        return f"anonymous@{host} (dashboard)"
-
     def _confirm(self, request: Request, action: str, question: str, fields: dict[str, Any]) -> Response:
         context = {"action": action, "question": question, "fields": {k: v for k, v in fields.items() if v}}
         return self.dashboard.render(request, "bulk_confirm.html", context)
+
+
+def who_of(request: Request, *, auth: bool) -> str:
+    """Who acts, for the audit stream: the HTTP basic user (``BasicAuth`` checked the password
+    already), else the client's address."""
+    if auth:
+        _, _, encoded = request.headers.get("authorization", "").partition(" ")
+        try:
+            return base64.b64decode(encoded, validate=True).partition(b":")[0].decode() + " (dashboard)"
+        except (binascii.Error, ValueError):
+            pass
+    host = request.client.host if request.client else "unknown"
+    return f"anonymous@{host} (dashboard)"
 
 
 def _job_filter(form: FormData) -> QueuedJobFilter:
