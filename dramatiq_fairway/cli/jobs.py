@@ -47,7 +47,8 @@ def show(args: argparse.Namespace) -> None:
 
 
 def cancel(args: argparse.Namespace) -> None:
-    given = {name: getattr(args, name) for name in _FILTERS if getattr(args, name) is not None}
+    # getattr: callers that build the namespace by hand (tests, scripts) may leave filters out.
+    given = {name: value for name in _FILTERS if (value := getattr(args, name, None)) is not None}
     if args.id is not None and given:
         raise UsageError(f"give a job id or a filter, not both (id {args.id!r}, --{next(iter(given))})")
     if args.id is None:
@@ -73,7 +74,11 @@ def _cancel_matching(args: argparse.Namespace, given: dict[str, str]) -> None:
         raise UsageError("give a job id (ID) or a filter (--queue, --actor, --tenant, --level, --before)")
     try:
         selection = queued_job_filter(
-            queue=args.queue, actor=args.actor, tenant=args.tenant, level=args.level, before=args.before
+            queue=given.get("queue"),
+            actor=given.get("actor"),
+            tenant=given.get("tenant"),
+            level=given.get("level"),
+            before=given.get("before"),
         )
     except ValueError as error:
         raise UsageError(str(error)) from None
