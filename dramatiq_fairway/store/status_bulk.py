@@ -2,10 +2,11 @@
 
 The status record of a job (``{namespace}:job:{message_id}``, :mod:`.status`) keeps its queue,
 actor, state and, since they are written with PENDING, its tenant, level and enqueue time. A bulk
-cancel reads every record of the namespace (SCAN with a MATCH pattern, ``SCAN_COUNT`` keys a step,
-then one pipeline of HMGET per step): the cost grows with the records kept (an hour of successes,
-a week of the rest), never with the queues' length, and it runs only when an operator asks, never
-on a hot path. A queue's own layout cannot serve here: RabbitMQ cannot list a queue's messages
+cancel reads every record of the namespace (SCAN with a MATCH pattern, ``SCAN_COUNT`` keys a
+step, then one pipeline of HGET state per step, and HMGET of the other fields for the queued
+ones): the cost grows with the records kept (an hour of successes, a week of the rest), never with
+the queues' length, and it runs only when an operator asks, never on a hot path
+(``bench/bulk_cancel.py``: docs/benchmarks.md). A queue's own layout cannot serve here: RabbitMQ cannot list a queue's messages
 without taking them, and the Redis layout differs by broker.
 
 Queued means PENDING or RETRY (waiting to run again). Revoking is one ``status_revoke.lua`` call
@@ -119,11 +120,18 @@ class QueuedJobs:
     def _matching(self, keys: list[str], prefix: str, selection: QueuedJobFilter) -> list[QueuedJob]:
         if not keys:
             return []
+        # Most records are of finished jobs: their state alone rules them out, so the other fields
+        # are read only for the queued ones (a fifth of the replies to parse).
         pipe = self.store.client.pipeline(transaction=False)
         for key in keys:
+            pipe.hget(key, "state")
+        queued = [key for key, state in zip(keys, pipe.execute(), strict=True) if state and _text(state) in _QUEUED]
+        if not queued:
+            return []
+        for key in queued:
             pipe.hmget(key, list(_FIELDS))
         matching = []
-        for key, values in zip(keys, pipe.execute(), strict=True):
+        for key, values in zip(queued, pipe.execute(), strict=True):
             fields = {name: _text(value) for name, value in zip(_FIELDS, values, strict=True) if value is not None}
             if selection.matches(fields):
                 matching.append(QueuedJob(key.removeprefix(prefix), *(fields.get(name, "") for name in _FIELDS)))
