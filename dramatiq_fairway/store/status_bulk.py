@@ -6,8 +6,8 @@ cancel reads every record of the namespace (SCAN with a MATCH pattern, ``SCAN_CO
 step, then one pipeline of HGET state per step, and HMGET of the other fields for the queued
 ones): the cost grows with the records kept (an hour of successes, a week of the rest), never with
 the queues' length, and it runs only when an operator asks, never on a hot path
-(``bench/bulk_cancel.py``: docs/benchmarks.md). A queue's own layout cannot serve here: RabbitMQ cannot list a queue's messages
-without taking them, and the Redis layout differs by broker.
+(``bench/bulk_cancel.py``: docs/benchmarks.md). A queue's own layout cannot serve here: RabbitMQ
+cannot list a queue's messages without taking them, and the Redis layout differs by broker.
 
 Queued means PENDING or RETRY (waiting to run again). Revoking is one ``status_revoke.lua`` call
 per job (one key, one hash slot), pipelined, then the ids go to the cancelled-jobs stream that
