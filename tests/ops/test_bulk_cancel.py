@@ -17,6 +17,7 @@ from dramatiq_fairway.cli import main
 from dramatiq_fairway.ops.bulk_cancel import cancel_queued, parse_before, queued_job_filter
 from dramatiq_fairway.settings import Settings
 from dramatiq_fairway.store.audit import AuditLog
+from dramatiq_fairway.store.dead_letters import DeadLetterStore
 from dramatiq_fairway.store.status import JobState, JobStatusStore
 from dramatiq_fairway.store.status_bulk import QueuedJobFilter, QueuedJobs
 
@@ -207,3 +208,24 @@ def test_single_cancel_is_audited_and_a_refused_one_is_not(
     store.finish(message.message_id, JobState.SUCCESS, "later", queue_name)
     assert main(["jobs", "cancel", message.message_id]) == 1  # already finished: refused, not recorded
     assert len(audit.list()) == 1
+
+
+@pytest.mark.parametrize("broker_kind", ["redis"])
+def test_cli_dlq_purge_and_queue_pause_are_audited(
+    settings: Settings, audit: AuditLog, cli_env: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from ..store.test_dlq_store import record
+
+    dead_letters = DeadLetterStore(settings)
+    for n in range(3):
+        dead_letters.add(record(f"dead-{n}", tenant="acme"))
+    # Counting without --yes changes nothing and records nothing.
+    assert main(["dlq", "purge", "--tenant", "acme"]) == 1
+    assert audit.list() == []
+    assert main(["dlq", "purge", "--tenant", "acme", "--yes", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == {"purged": 3}
+    assert main(["pause", "--create", "mail"]) == 0
+    purge, pause = reversed(audit.list())
+    assert (purge.what, purge.filter, purge.count) == ("dlq.purge", {"tenant": "acme"}, 3)
+    assert (pause.what, pause.filter, pause.count) == ("queues.pause", {"queue": "mail"}, 1)
+    assert main(["resume", "mail"]) == 0
