@@ -292,15 +292,23 @@ class CancelledJobs:
         self.max_age = max_age
         self._ids: set[str] = set()
         self._last: str | None = None
+        self._kept = CANCELLED_KEPT
         self._refreshed = 0.0
         self._lock = threading.Lock()
 
     def refresh(self) -> None:
         with self._lock:
-            if len(self._ids) > 2 * CANCELLED_KEPT:
+            # Forget ids once they are twice what the stream keeps (the stream was trimmed under
+            # them), and read it again whole. A bulk cancel may leave the stream longer than
+            # CANCELLED_KEPT for a while: measured against the last whole read, so that a long
+            # stream is read whole once, not at every refresh.
+            if len(self._ids) > 2 * self._kept:
                 self._ids, self._last = set(), None
+            whole = self._last is None
             ids, self._last = self.store.cancelled_after(self._last)
             self._ids.update(ids)
+            if whole:
+                self._kept = max(CANCELLED_KEPT, len(ids))
             self._refreshed = time.monotonic()
 
     def __contains__(self, message_id: object) -> bool:

@@ -16,6 +16,7 @@ from dramatiq_fairway import enqueue_many
 from dramatiq_fairway.cli import main
 from dramatiq_fairway.ops.bulk_cancel import cancel_queued, parse_before, queued_job_filter
 from dramatiq_fairway.settings import Settings
+from dramatiq_fairway.store import status, status_bulk
 from dramatiq_fairway.store.audit import AuditLog
 from dramatiq_fairway.store.dead_letters import DeadLetterStore
 from dramatiq_fairway.store.status import JobState, JobStatusStore
@@ -229,3 +230,30 @@ def test_cli_dlq_purge_and_queue_pause_are_audited(
     assert (purge.what, purge.filter, purge.count) == ("dlq.purge", {"tenant": "acme"}, 3)
     assert (pause.what, pause.filter, pause.count) == ("queues.pause", {"queue": "mail"}, 1)
     assert main(["resume", "mail"]) == 0
+
+
+@pytest.mark.parametrize("broker_kind", ["redis"])
+def test_workers_read_a_long_bulk_cancel_stream_whole_once(
+    store: JobStatusStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(status, "CANCELLED_KEPT", 5)
+    monkeypatch.setattr(status_bulk, "CANCELLED_KEPT", 5)
+    ids = [f"job-{n}" for n in range(30)]
+    store.enqueued_many([(job, "send", "mail", "acme", 3) for job in ids])
+    assert len(QueuedJobs(store).revoke(ids)) == 30
+    read: list[int] = []
+    cancelled_after = store.cancelled_after
+
+    def counting(stream_id: str | None) -> tuple[list[str], str | None]:
+        found, last = cancelled_after(stream_id)
+        read.append(len(found))
+        return found, last
+
+    monkeypatch.setattr(store, "cancelled_after", counting)
+    copy = status.CancelledJobs(store)
+    copy.refresh()
+    copy.refresh()
+    copy.refresh()
+    # The bulk's 30 entries (six times the cap) are all kept for the workers, read once.
+    assert read == [30, 0, 0]
+    assert all(job in copy for job in ids)
