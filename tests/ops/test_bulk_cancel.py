@@ -175,6 +175,10 @@ def test_cli_bulk_cancel_and_audit_json_shapes(
     assert entry["who"].endswith("(cli)")
     assert main(["audit"]) == 0
     assert "jobs.cancel" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as exited:
+        main(["audit", "--limit", "0"])
+    assert exited.value.code == 2
+    assert capsys.readouterr().err == "fairway audit: error: --limit: '0' is not a positive whole number\n"
 
 
 @pytest.mark.parametrize(
