@@ -16,10 +16,24 @@ import pika
 import redis
 
 from ..errors import FairwayError
-from . import breakers, check, dashboard, demo, dlq, embedded, encryption, jobs, limits, migrate, queues, workers
+from . import audit, breakers, check, dashboard, demo, dlq, embedded, encryption, jobs, limits, migrate, queues, workers
 from .output import CommandError, UsageError, one_line
 
-VERB_MODULES = (breakers, check, dashboard, demo, dlq, embedded, encryption, jobs, limits, migrate, queues, workers)
+VERB_MODULES = (
+    audit,
+    breakers,
+    check,
+    dashboard,
+    demo,
+    dlq,
+    embedded,
+    encryption,
+    jobs,
+    limits,
+    migrate,
+    queues,
+    workers,
+)
 USAGE_EXIT = 2
 
 

@@ -14,6 +14,7 @@ from rich.table import Table
 
 from ..settings import load_settings
 from ..store.breakers import BreakerState, RedisBreakerStore, require_key
+from .audit import record
 from .output import CommandError, emit, json_flag, whole_column
 
 
@@ -42,19 +43,25 @@ def open_breaker(args: argparse.Namespace) -> None:
         require_key(args.key)
     except ValueError as error:
         raise CommandError(str(error)) from None
-    _show(args, _store().force_open(args.key).state)
+    state = _store().force_open(args.key).state
+    record("breakers.open", {"key": args.key}, 1)
+    _show(args, state)
 
 
 def close_breaker(args: argparse.Namespace) -> None:
     store = _store()
     _require(store, args.key)
-    _show(args, store.close(args.key).state)
+    state = store.close(args.key).state
+    record("breakers.close", {"key": args.key}, 1)
+    _show(args, state)
 
 
 def reset_breaker(args: argparse.Namespace) -> None:
     store = _store()
     _require(store, args.key)
-    _show(args, store.reset(args.key).state)
+    state = store.reset(args.key).state
+    record("breakers.reset", {"key": args.key}, 1)
+    _show(args, state)
 
 
 def _store() -> RedisBreakerStore:

@@ -14,10 +14,13 @@ from rich.table import Table
 
 from ..encryption.keyring import Keyring, Undecryptable
 from ..ops import durations
+from ..ops.bulk_dead_letters import purge_dead_letters, requeue_dead_letters
 from ..priority import Priority
 from ..settings import Settings, load_settings
+from ..store.audit import AuditLog
 from ..store.dead_letter_sealing import key_id_of, open_record
 from ..store.dead_letters import DIMENSIONS, DeadLetter, DeadLetterFilter, DeadLetterStore, Reason
+from .audit import os_user
 from .output import CommandError, UsageError, emit, json_flag, whole_column
 
 # Trend buckets are whole seconds (the store's buckets are epoch-second aligned).
@@ -119,10 +122,13 @@ def requeue_records(args: argparse.Namespace) -> None:
     store = _store()
     broker = setup(store.settings)
     try:
-        result = store.requeue(
+        result = requeue_dead_letters(
+            store,
             broker,
+            AuditLog.from_settings(store.settings),
             args.ids,
             _filters(args),
+            who=os_user(),
             priority=args.priority,
             rate=args.rate,
             dry_run=args.dry_run,
@@ -145,7 +151,8 @@ def purge_records(args: argparse.Namespace) -> None:
         selection = filters.model_copy(update={"until": cutoff}) if cutoff else filters
         matching = sum(1 for _ in store.select(args.ids, selection))
         raise CommandError(f"{matching} dead letter(s) match; pass --yes to purge them")
-    removed = store.purge(args.ids, filters, older_than=args.older_than)
+    audit = AuditLog.from_settings(store.settings)
+    removed = purge_dead_letters(store, audit, args.ids, filters, who=os_user(), older_than=args.older_than)
     emit(args, {"purged": removed}, lambda console, data: console.print(f"{data['purged']} dead letter(s) purged"))
 
 

@@ -12,6 +12,7 @@ from ..ops.broker import open_broker
 from ..ops.controls import pause_queue, require_known, resume_queue
 from ..ops.queues import UnsupportedBroker, queue_depths
 from ..settings import load_settings
+from .audit import record
 from .output import CommandError, emit, json_flag, whole_column
 
 _COLUMNS = ("queue", "priority_level", "tenant", "ready", "delayed", "held", "in_flight", "dead")
@@ -75,6 +76,7 @@ def _switch(args: argparse.Namespace, *, paused: bool) -> None:
             changed = resume_queue(broker, args.queue, settings)
     finally:
         broker.close()
+    record("queues.pause" if paused else "queues.resume", {"queue": args.queue}, int(changed))
     word = "paused" if paused else "resumed"
     message = f"{args.queue} {word}" if changed else f"{args.queue} was already {'paused' if paused else 'running'}"
     emit(args, {"queue": args.queue, "paused": paused, "changed": changed}, lambda console, _: console.print(message))

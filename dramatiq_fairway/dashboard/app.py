@@ -5,7 +5,9 @@ It reads and acts only through the Python API the ``fairway`` verbs use (``DeadL
 and the matching verb always agree. Routes (operators bookmark them): ``/``, ``/tenants``,
 ``/dead-letters``, ``/dead-letters/{id}``, ``/breakers``, ``/jobs`` and ``/jobs/{id}``, ``/queues``,
 ``/healthz``, ``/metrics``; actions POST to the page's route plus a verb. Every action needs a
-CSRF token and is refused (403) in read-only mode; the templates ask for confirmation first.
+CSRF token and is refused (403) in read-only mode; the templates ask for confirmation first; each
+is recorded in the audit stream (``store/audit.py``) with the signed-in user. Bulk actions by
+filter and the audit page are ``dashboard/bulk.py``'s (``/bulk``, ``/audit``).
 """
 
 from __future__ import annotations
@@ -23,7 +25,6 @@ import pika
 import redis
 from dramatiq import Broker
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
-from pydantic import ValidationError
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import FormData
@@ -37,22 +38,22 @@ from starlette.templating import Jinja2Templates
 
 from ..errors import FairwayError
 from ..ops.broker import open_stacked_broker
+from ..ops.bulk_dead_letters import purge_dead_letters, requeue_dead_letters
 from ..ops.controls import UnknownQueue, pause_queue, resume_queue
-from ..ops.durations import parse_duration
 from ..ops.summaries import live_workers, queue_summaries
 from ..priority import Priority
 from ..settings import Settings, load_settings, mask_url
+from ..store.audit import AuditLog
 from ..store.breakers import RedisBreakerStore
-from ..store.dead_letters import DeadLetter, DeadLetterFilter, DeadLetterStats, DeadLetterStore, Reason, RedactedRecords
+from ..store.dead_letters import DeadLetter, DeadLetterStats, DeadLetterStore, Reason, RedactedRecords
 from ..store.status import JobStatusStore
 from ..store.workers import WorkerRegistry
+from .bulk import bulk_routes, who_of
 from .charts import Bar, trend_bars
+from .forms import FILTER_PARAMS, dead_letter_filter, limit_of, priority_of, selection_of_form
 from .security import CSRF_COOKIE, CSRF_FIELD, BasicAuth, Csrf, SecurityHeaders, has_credentials
 from .throughput import MetricsWindow
 
-# The `fairway dlq list` flags, spelled as on the command line.
-FILTER_PARAMS = ("queue", "actor", "error-type", "fingerprint", "tenant", "reason", "since")
-DEFAULT_LIMIT = 50
 TREND_SINCE = timedelta(hours=24)
 REFRESH_MS = 3000
 
@@ -106,6 +107,7 @@ class Dashboard:
         self.breakers = RedisBreakerStore.from_settings(settings)
         self.jobs = JobStatusStore.from_settings(settings)
         self.metrics = MetricsWindow(settings)
+        self.audit = AuditLog.from_settings(settings, client=self.jobs.client)
         self.csrf = Csrf()
         self.templates = Jinja2Templates(env=_environment())
         self._broker = broker
@@ -129,6 +131,7 @@ class Dashboard:
             Route("/queues/{queue}/{verb}", self.queue_action, methods=["POST"]),
             Route("/healthz", self.healthz),
             Route("/metrics", self.prometheus),
+            *bulk_routes(self),
             Mount("/static", StaticFiles(packages=[("dramatiq_fairway.dashboard", "static")]), name="static"),
         ]
 
@@ -195,8 +198,8 @@ class Dashboard:
 
     def dead_letter_list(self, request: Request) -> Response:
         params = request.query_params
-        filters = _filters(params)
-        limit = _limit(params.get("limit"))
+        filters = dead_letter_filter(params)
+        limit = limit_of(params.get("limit"))
         records = self.dead_letters.list(filters, limit=limit)
         trends = {row.key: row for row in self.dead_letters.stats(by="fingerprint", since=TREND_SINCE)}
         context = {
@@ -248,11 +251,21 @@ class Dashboard:
 
     async def requeue(self, request: Request) -> Response:
         form = await self.guard(request)
-        ids, filters = _selection(form)
+        ids, filters = selection_of_form(form)
         allow_redacted = form.get("allow_redacted") == "on"
-        level = _priority(form.get("priority"))
+        level = priority_of(form.get("priority"))
+        who = who_of(request, auth=self.auth)
         result = await run_in_threadpool(
-            lambda: self.dead_letters.requeue(self.broker, ids, filters, priority=level, allow_redacted=allow_redacted)
+            lambda: requeue_dead_letters(
+                self.dead_letters,
+                self.broker,
+                self.audit,
+                ids,
+                filters,
+                who=who,
+                priority=level,
+                allow_redacted=allow_redacted,
+            )
         )
         lines = [f"requeued {item.id} as {item.new_id} ({item.actor} on {item.queue})" for item in result.requeued]
         lines += [f"skipped {item.id}: {item.reason}" for item in result.skipped]
@@ -261,8 +274,11 @@ class Dashboard:
 
     async def purge(self, request: Request) -> Response:
         form = await self.guard(request)
-        ids, filters = _selection(form)
-        removed = await run_in_threadpool(lambda: self.dead_letters.purge(ids, filters))
+        ids, filters = selection_of_form(form)
+        who = who_of(request, auth=self.auth)
+        removed = await run_in_threadpool(
+            lambda: purge_dead_letters(self.dead_letters, self.audit, ids, filters, who=who)
+        )
         return self.done(request, f"{removed} dead letter(s) purged", [], back="/dead-letters")
 
     async def breaker_action(self, request: Request) -> Response:
@@ -280,6 +296,7 @@ class Dashboard:
             if verb != "open" and self.breakers.get(key) is None:
                 raise HTTPException(404, f"no breaker named {key!r}")
             state = actions[verb](key).state
+            self.audit.append(who_of(request, auth=self.auth), f"breakers.{verb}", {"key": key}, 1)
             return f"breaker {key} is {state.state}" + (" (forced)" if state.forced else "")
 
         return self.done(request, await run_in_threadpool(act), [], back="/breakers")
@@ -294,6 +311,7 @@ class Dashboard:
             )
         if state.finished:
             raise HTTPException(409, f"job {job_id!r} already finished ({state.value}): nothing to cancel")
+        self.audit.append(who_of(request, auth=self.auth), "jobs.cancel", {"id": job_id}, 1)
         return self.done(request, f"cancel requested for {job_id} ({state.value})", [], back=f"/jobs/{job_id}")
 
     async def queue_action(self, request: Request) -> Response:
@@ -306,6 +324,7 @@ class Dashboard:
             changed = await run_in_threadpool(switch, self.broker, queue, self.settings)
         except UnknownQueue as error:
             raise HTTPException(404, str(error)) from None
+        self.audit.append(who_of(request, auth=self.auth), f"queues.{verb}", {"queue": queue}, int(changed))
         word = "paused" if verb == "pause" else "resumed"
         already = "paused" if verb == "pause" else "running"
         message = f"{queue} {word}" if changed else f"{queue} was already {already}"
@@ -394,41 +413,6 @@ def _broker_url(settings: Settings) -> str:
     if settings.broker == "redis":
         return mask_url(settings.redis_url)
     return f"embedded Redis in {settings.data_dir}"
-
-
-def _filters(params: Mapping[str, Any]) -> DeadLetterFilter:
-    """A ``DeadLetterFilter`` from the `fairway dlq list` flags (query parameters or form fields)."""
-    values = {name.replace("-", "_"): (params.get(name) or None) for name in FILTER_PARAMS if name != "since"}
-    since = params.get("since") or None
-    try:
-        age = parse_duration(since) if since else None
-    except ValueError as error:
-        raise HTTPException(400, f"since: {error}") from None
-    try:
-        return DeadLetterFilter(**values, since=datetime.now(UTC) - age if age else None)
-    except ValidationError as error:
-        first = error.errors()[0]
-        raise HTTPException(400, f"{first['loc'][0]}: {first['input']!r} {first['msg'].lower()}") from None
-
-
-def _selection(form: FormData) -> tuple[list[str], DeadLetterFilter]:
-    ids = [value for value in form.getlist("ids") if isinstance(value, str) and value]
-    return ids, _filters(form)
-
-
-def _limit(text: str | None) -> int:
-    if not text:
-        return DEFAULT_LIMIT
-    if not text.isdigit() or int(text) < 1:
-        raise HTTPException(400, f"limit: {text!r} is not a positive whole number")
-    return int(text)
-
-
-def _priority(text: object) -> Priority:
-    try:
-        return Priority.parse(text if isinstance(text, str) and text else Priority.HIGH)
-    except ValueError as error:
-        raise HTTPException(400, str(error)) from None
 
 
 def _groups(records: list[DeadLetter], trends: Mapping[str, DeadLetterStats]) -> list[Group]:

@@ -61,14 +61,14 @@ from ..errors import Cancelled
 from ..outage import OutageWarning
 from ..settings import Settings, load_settings
 from ..store.send_writes import ride_along, rode_along
-from ..store.status import CancelledJobs, JobState, JobStatusStore, StatusWriter, iso_from_millis
+from ..store.status import CancelledJobs, JobState, JobStatusStore, PendingJob, StatusWriter, iso_from_millis
 from .consumer_hooks import UndecodableRecorder
 from .interrupts import CANCEL_POLL_INTERVAL, RunningJobs
 
 DEFAULT_UNIQUE_TTL = 3_600_000
 
 # The PENDING statuses an ``enqueue_many`` collects (``JobStatus.pending_in_one_write``).
-_pending_batch: contextvars.ContextVar[list[tuple[str, str, str]] | None] = contextvars.ContextVar(
+_pending_batch: contextvars.ContextVar[list[PendingJob] | None] = contextvars.ContextVar(
     "fairway_pending_batch", default=None
 )
 _current_job: contextvars.ContextVar[tuple[StatusWriter, str] | None] = contextvars.ContextVar(
@@ -152,7 +152,7 @@ class JobStatus(Middleware):
             ride_along(
                 lambda: self.store.client,
                 message.message_id,
-                lambda: self.store.enqueued_call(message.message_id, message.actor_name, message.queue_name),
+                lambda: self.store.enqueued_call(*_pending(message)),
                 _StoreOutage.shared.dropped,
             )
 
@@ -160,15 +160,15 @@ class JobStatus(Middleware):
         if self._tracked(broker, message) and not rode_along(message.message_id):
             batch = _pending_batch.get()
             if batch is None:
-                self._safely(self.store.enqueued, message.message_id, message.actor_name, message.queue_name)
+                self._safely(self.store.enqueued, *_pending(message))
             else:
-                batch.append((message.message_id, message.actor_name, message.queue_name))
+                batch.append(_pending(message))
 
     @contextlib.contextmanager
     def pending_in_one_write(self) -> Iterator[None]:
         """Inside it, the PENDING statuses of this thread's enqueues are collected and written in one
         round trip when it ends (``enqueue_many``): still after their messages were enqueued."""
-        batch: list[tuple[str, str, str]] = []
+        batch: list[PendingJob] = []
         token = _pending_batch.set(batch)
         try:
             yield
@@ -182,7 +182,7 @@ class JobStatus(Middleware):
         track = self._tracked(broker, message)
         unique_key = _unique_key(actor, message)
         if track and self._was_cancelled(message):
-            self._write(message, JobState.REVOKED)
+            self._write(message, JobState.REVOKED, mode="revoke")
             self._skip(message, "it was cancelled")
         if unique_key is not None:
             self._start(actor, message, track=track, unique_key=unique_key)
@@ -303,6 +303,19 @@ class JobStatus(Middleware):
             update(*args)
         except redis.RedisError as error:
             _StoreOutage.shared.dropped(error)
+
+
+def _pending(message: Message[Any]) -> PendingJob:
+    """The PENDING write's job: FairPriority (before this middleware) has set the tenant and level."""
+    level = message.options.get("priority_level")
+    tenant = message.options.get("tenant")
+    return (
+        message.message_id,
+        message.actor_name,
+        message.queue_name,
+        tenant if isinstance(tenant, str) else "",
+        int(level) if isinstance(level, int) and not isinstance(level, bool) else None,
+    )
 
 
 def _enqueued_at(message: MessageProxy) -> str:

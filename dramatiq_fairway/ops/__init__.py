@@ -6,5 +6,6 @@
 - :mod:`.summaries`: the dashboard's queue and worker listings;
 - :mod:`.diagnostics`: what ``fairway check`` reports;
 - :mod:`.durations`: durations as operators type them (``15m``, ``7d``);
-- :mod:`.migrate`: adopting the queues stock Dramatiq left (``fairway migrate``).
+- :mod:`.migrate`: adopting the queues stock Dramatiq left (``fairway migrate``);
+- :mod:`.bulk_cancel`, :mod:`.bulk_dead_letters`: bulk actions by filter, each recorded in the audit stream.
 """

@@ -5,7 +5,9 @@ Keys (``{namespace}`` is ``FAIRWAY_NAMESPACE``):
 ``{namespace}:job:{message_id}``
     Hash: ``state``, ``actor``, ``queue``, ``history`` (JSON list of ``{"state", "at"}``, oldest
     first, at most ``history_limit`` entries), ``progress`` and ``note`` (set by
-    ``dramatiq_fairway.progress``), ``cancel`` (``"1"`` once an operator cancelled the job).
+    ``dramatiq_fairway.progress``), ``cancel`` (``"1"`` once an operator cancelled the job),
+    ``tenant``, ``level`` and ``enqueued`` (ISO time of the PENDING entry), written with PENDING
+    so that a bulk cancel selects queued jobs by them (:mod:`.status_bulk`).
     TTL: ``FAIRWAY_STATUS__TTL`` (1 h) after SUCCESS, ``FAIRWAY_STATUS__FAILED_TTL`` (7 days) after
     any other state, so a job that waits, fails or is cancelled stays visible for a week while the
     many successful ones cost one hour of memory. Every change resets the TTL.
@@ -59,6 +61,7 @@ __all__ = [
     "JobState",
     "JobStatusStore",
     "Move",
+    "PendingJob",
     "StateChange",
     "StatusWriter",
     "iso_from_datetime",
@@ -68,6 +71,8 @@ __all__ = [
 
 _SCRIPTS = Path(__file__).parent
 CANCELLED_KEPT = 10_000
+# A job at enqueue: (message id, actor, queue, tenant, level), as ``enqueued_many`` takes it.
+PendingJob = tuple[str, str, str, str, int | None]
 
 
 class JobStatusStore:
@@ -117,18 +122,29 @@ class JobStatusStore:
     def cancelled_key(self) -> str:
         return f"{self.namespace}:cancelled"
 
-    def enqueued(self, message_id: str, actor: str, queue: str) -> None:
-        """PENDING, unless the job is already known (a retry or a move out of the delay queue)."""
-        self._record("enqueue", message_id, JobState.PENDING, actor, queue)
+    def enqueued(self, message_id: str, actor: str, queue: str, tenant: str = "", level: int | None = None) -> None:
+        """PENDING, unless the job is already known (a retry or a move out of the delay queue).
 
-    def enqueued_call(self, message_id: str, actor: str, queue: str) -> ScriptCall:
+        ``tenant`` and ``level`` (the message's, once FairPriority set them) are kept with it, so
+        that a bulk cancel can select queued jobs by them (:mod:`.status_bulk`).
+        """
+        [[_]] = run_scripts(self.client, [self.enqueued_call(message_id, actor, queue, tenant, level)])
+
+    def enqueued_call(
+        self, message_id: str, actor: str, queue: str, tenant: str = "", level: int | None = None
+    ) -> ScriptCall:
         """The script call of ``enqueued``, for a pipeline of the caller's."""
-        return self.transition_call("enqueue", message_id, [(JobState.PENDING, self.now())], actor=actor, queue=queue)
+        return self.moves_call(
+            [Move("enqueue", message_id, [(JobState.PENDING, self.now())], actor, queue, "", tenant, level)]
+        )
 
-    def enqueued_many(self, jobs: list[tuple[str, str, str]]) -> None:
-        """``enqueued`` for each (message id, actor, queue), in one round trip."""
+    def enqueued_many(self, jobs: list[PendingJob]) -> None:
+        """``enqueued`` for each (message id, actor, queue, tenant, level), in one round trip."""
         now = self.now()
-        moves = [Move("enqueue", job, [(JobState.PENDING, now)], actor, queue) for job, actor, queue in jobs]
+        moves = [
+            Move("enqueue", job, [(JobState.PENDING, now)], actor, queue, "", tenant, level)
+            for job, actor, queue, tenant, level in jobs
+        ]
         run_scripts(
             self.client, [self.moves_call(moves[i : i + MOVES_PER_CALL]) for i in range(0, len(moves), MOVES_PER_CALL)]
         )
@@ -248,7 +264,8 @@ class JobStatusStore:
         """One script call making every move of ``moves`` in order; its reply lists each job's state."""
         args: list[str | int | float] = [self.ttl, self.failed_ttl, self.history_limit]
         for move in moves:
-            args += [move.mode, move.actor, move.queue, move.enqueued_at, len(move.states)]
+            level = "" if move.level is None else move.level
+            args += [move.mode, move.actor, move.queue, move.enqueued_at, move.tenant, level, len(move.states)]
             for state, at in move.states:
                 args += [state.value, at]
         return ScriptCall(self._transition, [self.job_key(move.message_id) for move in moves], args)
@@ -275,15 +292,23 @@ class CancelledJobs:
         self.max_age = max_age
         self._ids: set[str] = set()
         self._last: str | None = None
+        self._kept = CANCELLED_KEPT
         self._refreshed = 0.0
         self._lock = threading.Lock()
 
     def refresh(self) -> None:
         with self._lock:
-            if len(self._ids) > 2 * CANCELLED_KEPT:
+            # Forget ids once they are twice what the stream keeps (the stream was trimmed under
+            # them), and read it again whole. A bulk cancel may leave the stream longer than
+            # CANCELLED_KEPT for a while: measured against the last whole read, so that a long
+            # stream is read whole once, not at every refresh.
+            if len(self._ids) > 2 * self._kept:
                 self._ids, self._last = set(), None
+            whole = self._last is None
             ids, self._last = self.store.cancelled_after(self._last)
             self._ids.update(ids)
+            if whole:
+                self._kept = max(CANCELLED_KEPT, len(ids))
             self._refreshed = time.monotonic()
 
     def __contains__(self, message_id: object) -> bool:

@@ -10,23 +10,31 @@
 -- then one group per key, in KEYS order:
 --   mode: "record" (always), "enqueue" (only when the job is unknown: a retry or a move out of
 --         the delay queue must not turn RETRY back into PENDING), "start" (REVOKED instead of the
---         first state when the cancel flag is set), "reject" (only when the job never started)
+--         first state when the cancel flag is set), "reject" (only when the job never started),
+--         "revoke" (a worker skipping a cancelled job: not again when a bulk cancel already
+--         revoked it, store/status_revoke.lua)
 --   actor name
 --   queue name
 --   enqueue time, ISO 8601 UTC, or "": an unknown job gets a PENDING entry at that time first
 --         (the producer's own PENDING may arrive later, or never when its write was dropped)
+--   tenant and priority level (1-5) at enqueue, or "": kept as `tenant` and `level` so that a bulk
+--         cancel can select queued jobs by them (store/status_bulk.py)
 --   n, then n pairs of new state and time of the change (ISO 8601 UTC)
 --
 -- Returns each job's state after the call, in KEYS order. Invariant: a job's `state` is always the
--- last entry of its `history`.
+-- last entry of its `history`; `enqueued` (ISO 8601 UTC) is the time of its first history entry
+-- when that entry is PENDING.
 local success_ttl, other_ttl, keep = ARGV[1], ARGV[2], tonumber(ARGV[3])
 
-local function move(key, mode, actor, queue, enqueued_at, first, n)
+local function move(key, mode, actor, queue, enqueued_at, tenant, level, first, n)
     local current = redis.call("HGET", key, "state")
     if mode == "enqueue" and current then
         return current
     end
     if mode == "reject" and current and current ~= "PENDING" then
+        return current
+    end
+    if mode == "revoke" and current == "REVOKED" then
         return current
     end
 
@@ -36,6 +44,12 @@ local function move(key, mode, actor, queue, enqueued_at, first, n)
         history = cjson.decode(raw)
     elseif enqueued_at ~= "" and mode ~= "enqueue" then
         table.insert(history, { state = "PENDING", at = enqueued_at })
+        redis.call("HSET", key, "enqueued", enqueued_at)
+    elseif mode == "enqueue" then
+        redis.call("HSET", key, "enqueued", ARGV[first + 1])
+    end
+    if tenant ~= "" then
+        redis.call("HSET", key, "tenant", tenant, "level", level)
     end
 
     local state
@@ -60,8 +74,8 @@ end
 local states = {}
 local a = 4
 for k = 1, #KEYS do
-    local n = tonumber(ARGV[a + 4])
-    states[k] = move(KEYS[k], ARGV[a], ARGV[a + 1], ARGV[a + 2], ARGV[a + 3], a + 5, n)
-    a = a + 5 + 2 * n
+    local n = tonumber(ARGV[a + 6])
+    states[k] = move(KEYS[k], ARGV[a], ARGV[a + 1], ARGV[a + 2], ARGV[a + 3], ARGV[a + 4], ARGV[a + 5], a + 7, n)
+    a = a + 7 + 2 * n
 end
 return states
