@@ -1,0 +1,157 @@
+"""Per-minute history buckets in the state store: what finished, who was served, how long jobs
+waited and ran, and the backlog, for ``fairway stats`` and the dashboard (docs/design.md,
+"History in Redis").
+
+Keys (``{namespace}`` is ``FAIRWAY_NAMESPACE``; ``{minute}`` is Unix seconds // 60). Every key
+shares the hash tag ``{<namespace>:hist}``, so one script call touches one hash slot:
+
+``{<namespace>:hist}:o:{minute}``
+    Hash ``queue|actor|outcome`` -> jobs that finished that minute (outcome: ``success``,
+    ``retried``, ``dead_lettered``, ``failed``).
+``{<namespace>:hist}:t:{minute}``
+    Hash ``queue|tenant`` -> jobs run for the tenant; tenants past ``FAIRWAY_METRICS__MAX_TENANTS``
+    per process are summed as ``other``, as the metrics cap them.
+``{<namespace>:hist}:r:{minute}``
+    Hash ``queue|actor|n`` (runs), ``queue|actor|s`` (sum of run times, ms) and
+    ``queue|actor|h<i>`` (runs whose time fell in bucket ``i`` of :data:`BOUNDS_MS`).
+``{<namespace>:hist}:w:{minute}``
+    The same fields per ``queue|level`` for the wait from enqueue (or ``eta``) to start.
+``{<namespace>:hist}:b:{minute}``
+    Hash ``queue|level`` -> messages waiting, sampled once a minute by ``actors/maintenance.py``.
+
+Kept :data:`TTL` (24 h) after their last write. Workers add through their status writer (one
+``history.lua`` call per flush, in the flush's pipeline), so a job costs no round trip of its own.
+Queue names cannot hold ``|``; actor and tenant names may, so readers split on the first ``|``
+(and the last, for the field's own suffix).
+"""
+
+from __future__ import annotations
+
+import bisect
+import threading
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import redis
+
+from .scripts import LuaScript, ScriptCall, run_scripts
+
+TTL = 24 * 3600
+OUTCOMES = ("success", "retried", "dead_lettered", "failed")
+KINDS = ("o", "t", "r", "w", "b")
+OTHER_TENANT = "other"
+# Upper bounds (ms) of the coarse histogram buckets; the last bucket holds everything above.
+# Coarse on purpose: a bucket is a hash field per minute, and p50/p95/p99 need only be close.
+BOUNDS_MS = (5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10_000, 30_000, 60_000, 300_000, 900_000, 3_600_000)
+
+_SCRIPT = LuaScript.load(Path(__file__).parent / "history.lua")
+
+
+@dataclass(frozen=True, slots=True)
+class Finished:
+    """One job's attempt as the history counts it. ``outcome`` None: ran but not finished (revoked);
+    ``runtime_ms`` None: never ran (dead-lettered on arrival); ``wait_ms`` None: unknown."""
+
+    at: float
+    queue: str
+    actor: str
+    tenant: str
+    level: str
+    outcome: str | None
+    wait_ms: float | None
+    runtime_ms: float | None
+
+
+def bucket_of(ms: float) -> int:
+    """The histogram bucket index of a duration in ms (``len(BOUNDS_MS)`` above the last bound)."""
+    return bisect.bisect_left(BOUNDS_MS, ms)
+
+
+class HistoryStore:
+    """The history buckets of one namespace: written by workers and the maintenance job, read by ``ops/history.py``."""
+
+    def __init__(self, client: redis.Redis, namespace: str, *, max_tenants: int = 100, ttl: int = TTL) -> None:
+        self.client = client
+        self.namespace = namespace
+        self.max_tenants = max_tenants
+        self.ttl = ttl
+        self._tenants: set[str] = set()
+        self._tenants_lock = threading.Lock()
+
+    def key(self, kind: str, minute: int) -> str:
+        return f"{{{self.namespace}:hist}}:{kind}:{minute}"
+
+    def add_call(self, finished: Iterable[Finished]) -> ScriptCall | None:
+        """One ``history.lua`` call adding ``finished`` to their minutes' buckets; None for nothing."""
+        buckets = _Increments()
+        for job in finished:
+            minute = int(job.at // 60)
+            if job.outcome is not None:
+                buckets.add("o", minute, f"{job.queue}|{job.actor}|{job.outcome}")
+            if job.runtime_ms is not None:
+                buckets.add("t", minute, f"{job.queue}|{self._tenant(job.tenant)}")
+                buckets.observe("r", minute, f"{job.queue}|{job.actor}", job.runtime_ms)
+            if job.wait_ms is not None:
+                buckets.observe("w", minute, f"{job.queue}|{job.level}", job.wait_ms)
+        if not buckets.fields:
+            return None
+        args: list[str | int] = [self.ttl]
+        for fields in buckets.fields.values():
+            args.append(len(fields))
+            for field, amount in fields.items():
+                args += [field, amount]
+        return ScriptCall(_SCRIPT, [self.key(kind, minute) for kind, minute in buckets.fields], args)
+
+    def add(self, finished: Iterable[Finished]) -> None:
+        """``add_call`` run alone (one round trip), for callers without a pipeline of their own."""
+        call = self.add_call(finished)
+        if call is not None:
+            run_scripts(self.client, [call])
+
+    def sample_backlog(self, depths: Mapping[tuple[str, str], int], minute: int) -> None:
+        """Record messages waiting per (queue, level) at ``minute`` (the maintenance job's sample)."""
+        if not depths:
+            return
+        key = self.key("b", minute)
+        with self.client.pipeline(transaction=True) as pipe:  # one key: one slot
+            pipe.hset(key, mapping={f"{queue}|{level}": depth for (queue, level), depth in depths.items()})
+            pipe.expire(key, self.ttl)
+            pipe.execute()
+
+    def read(self, kind: str, minutes: Sequence[int]) -> list[dict[str, int]]:
+        """The ``kind`` bucket of each of ``minutes`` (empty when none was kept), in one round trip."""
+        with self.client.pipeline(transaction=False) as pipe:
+            for minute in minutes:
+                pipe.hgetall(self.key(kind, minute))
+            replies = pipe.execute()
+        return [{_text(field): int(value) for field, value in reply.items()} for reply in replies]
+
+    def _tenant(self, tenant: str) -> str:
+        if tenant in self._tenants:
+            return tenant
+        with self._tenants_lock:
+            if len(self._tenants) < self.max_tenants:
+                self._tenants.add(tenant)
+                return tenant
+        return OTHER_TENANT
+
+
+class _Increments:
+    """One flush's increments per bucket (kind, minute): many jobs, one HINCRBY per field."""
+
+    def __init__(self) -> None:
+        self.fields: dict[tuple[str, int], dict[str, int]] = {}
+
+    def add(self, kind: str, minute: int, field: str, amount: int = 1) -> None:
+        fields = self.fields.setdefault((kind, minute), {})
+        fields[field] = fields.get(field, 0) + amount
+
+    def observe(self, kind: str, minute: int, prefix: str, ms: float) -> None:
+        self.add(kind, minute, f"{prefix}|n")
+        self.add(kind, minute, f"{prefix}|s", round(ms))
+        self.add(kind, minute, f"{prefix}|h{bucket_of(ms)}")
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
