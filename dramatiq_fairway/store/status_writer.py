@@ -114,7 +114,10 @@ class StatusWriter:
             if not changes and history is None:
                 return
             try:
-                run_scripts(self.store.client, self._calls(changes), best_effort=[] if history is None else [history])
+                if history is None:
+                    run_scripts(self.store.client, self._calls(changes))
+                else:
+                    run_scripts(self.store.client, self._calls(changes), best_effort=[history])
             except redis.RedisError as error:
                 if self.on_error is None:
                     raise
