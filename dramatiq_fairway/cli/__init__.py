@@ -16,10 +16,24 @@ import pika
 import redis
 
 from ..errors import FairwayError
-from . import breakers, check, dashboard, demo, dlq, embedded, encryption, jobs, limits, migrate, queues, workers
+from . import breakers, check, dashboard, demo, dlq, embedded, encryption, jobs, limits, migrate, queues, stats, workers
 from .output import CommandError, UsageError, one_line
 
-VERB_MODULES = (breakers, check, dashboard, demo, dlq, embedded, encryption, jobs, limits, migrate, queues, workers)
+VERB_MODULES = (
+    breakers,
+    check,
+    dashboard,
+    demo,
+    dlq,
+    embedded,
+    encryption,
+    jobs,
+    limits,
+    migrate,
+    queues,
+    stats,
+    workers,
+)
 USAGE_EXIT = 2
 
 
