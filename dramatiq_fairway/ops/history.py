@@ -20,7 +20,7 @@ from pydantic import BaseModel
 
 from ..connections import state_store_client
 from ..settings import Settings
-from ..store.history import BOUNDS_MS, OUTCOMES, HistoryStore
+from ..store.history import BOUNDS_MS, KINDS, OUTCOMES, HistoryStore
 
 Grouping = Literal["queue", "actor", "tenant", "level"]
 GROUPINGS: tuple[Grouping, ...] = ("queue", "actor", "tenant", "level")
@@ -119,7 +119,7 @@ class History:
     def from_settings(cls, settings: Settings) -> History:
         return cls(HistoryStore(state_store_client(settings), settings.namespace))
 
-    def minutes(self, since: timedelta, kinds: Iterable[str] = ("o", "t", "r", "w", "b")) -> list[Minute]:
+    def minutes(self, since: timedelta, kinds: Iterable[str] = KINDS) -> list[Minute]:
         """The minutes of the last ``since`` (the current one included), oldest first, with the
         ``kinds`` of buckets read (``o`` outcomes, ``t`` tenants, ``r`` run times, ``w`` waits, ``b`` backlog)."""
         if since <= timedelta(0) or since > LONGEST:
