@@ -62,7 +62,7 @@ def figures_of(minutes: list[Minute], now: float) -> Figures:
 def overview_history(history: History) -> dict[str, Any]:
     """The overview's figures and charts of the last hour."""
     now = history.clock()
-    minutes = history.minutes(WINDOW, kinds=("o", "w", "b"))
+    minutes = history.totals(WINDOW)
     return {
         "figures": figures_of(minutes, now),
         "charts": [throughput_chart(minutes), wait_chart(minutes), backlog_chart(minutes)],

@@ -11,7 +11,7 @@ failed without a record).
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Literal
@@ -20,12 +20,14 @@ from pydantic import BaseModel
 
 from ..connections import state_store_client
 from ..settings import Settings
-from ..store.history import BOUNDS_MS, KINDS, OUTCOMES, HistoryStore
+from ..store.history import BOUNDS_MS, KINDS, OUTCOMES, TOTALS, HistoryStore
 
 Grouping = Literal["queue", "actor", "tenant", "level"]
 GROUPINGS: tuple[Grouping, ...] = ("queue", "actor", "tenant", "level")
 # The history is kept 24 h (store/history.TTL); a longer window would read only empty buckets.
 LONGEST = timedelta(hours=24)
+# The maintenance job samples the backlog once a minute: a sample older than this is no backlog now.
+SAMPLED_WITHIN = timedelta(minutes=3)
 
 
 class StatsRow(BaseModel):
@@ -122,46 +124,69 @@ class History:
     def minutes(self, since: timedelta, kinds: Iterable[str] = KINDS) -> list[Minute]:
         """The minutes of the last ``since`` (the current one included), oldest first, with the
         ``kinds`` of buckets read (``o`` outcomes, ``t`` tenants, ``r`` run times, ``w`` waits, ``b`` backlog)."""
-        if since <= timedelta(0) or since > LONGEST:
-            raise ValueError(f"since: {since} is not between 1 minute and {LONGEST.total_seconds() / 3600:.0f} h")
-        now = int(self.clock() // 60)
-        count = max(1, round(since.total_seconds() / 60))
-        numbers = list(range(now - count + 1, now + 1))
+        numbers = self._numbers(since)
         minutes = [Minute(number) for number in numbers]
         for kind in kinds:
             for minute, fields in zip(minutes, self.store.read(kind, numbers), strict=True):
                 _parse(kind, fields, minute)
         return minutes
 
+    def totals(self, since: timedelta) -> list[Minute]:
+        """The minutes of the last ``since`` summed over every queue (queue and actor ``*``): outcomes,
+        waits and backlog per level. What the overview draws; a few dozen fields per minute."""
+        numbers = self._numbers(since)
+        minutes = [Minute(number) for number in numbers]
+        for minute, fields in zip(minutes, self.store.read(TOTALS, numbers), strict=True):
+            for name, value in fields.items():
+                kind, _, rest = name.partition("|")
+                _parse(kind, {f"*|*|{rest}" if kind == "o" else f"*|{rest}": value}, minute)
+        return minutes
+
+    def window(self, since: timedelta, kinds: Sequence[str] = ("o", "t", "r", "w")) -> Minute:
+        """The ``kinds`` of buckets of the last ``since`` summed on the server into one :class:`Minute`
+        (its ``minute`` is the newest one's)."""
+        numbers = self._numbers(since)
+        window = Minute(numbers[-1])
+        for kind, fields in zip(kinds, self.store.sums(kinds, numbers), strict=True):
+            _parse(kind, fields, window)
+        return window
+
+    def _numbers(self, since: timedelta) -> list[int]:
+        if since <= timedelta(0) or since > LONGEST:
+            raise ValueError(f"since: {since} is not between 1 minute and {LONGEST.total_seconds() / 3600:.0f} h")
+        now = int(self.clock() // 60)
+        count = max(1, round(since.total_seconds() / 60))
+        return list(range(now - count + 1, now + 1))
+
     def stats(self, since: timedelta, *, by: Grouping = "queue", queue: str | None = None) -> list[StatsRow]:
         """Throughput, failure ratio, wait and run-time percentiles over ``since``, one row per ``by`` value."""
         if by not in GROUPINGS:
             raise ValueError(f"by: {by!r} is not one of {', '.join(GROUPINGS)}")
-        minutes = self.minutes(since)
+        window = self.window(since)
         rows: dict[str, _Totals] = {}
 
         def totals(key: str) -> _Totals:
             return rows.setdefault(key, _Totals())
 
-        for minute in minutes:
-            for (q, actor, outcome), count in minute.outcomes.items():
-                if queue in (None, q) and by in ("queue", "actor"):
-                    totals(q if by == "queue" else actor).add_outcome(outcome, count)
-            for (q, tenant), count in minute.served.items():
-                if queue in (None, q) and by in ("queue", "tenant"):
-                    totals(q if by == "queue" else tenant).add_served(count)
-            for (q, actor), histogram in minute.runtimes.items():
-                if queue in (None, q) and by in ("queue", "actor"):
-                    totals(q if by == "queue" else actor).runtime.merge(histogram)
-            for (q, level), histogram in minute.waits.items():
-                if queue in (None, q) and by in ("queue", "level"):
-                    totals(q if by == "queue" else level).wait.merge(histogram)
-        # The backlog is a gauge: the newest sample, not a sum over the window.
-        sampled = next((minute.backlog for minute in reversed(minutes) if minute.backlog), {})
+        for (q, actor, outcome), count in window.outcomes.items():
+            if queue in (None, q) and by in ("queue", "actor"):
+                totals(q if by == "queue" else actor).add_outcome(outcome, count)
+        for (q, tenant), count in window.served.items():
+            if queue in (None, q) and by in ("queue", "tenant"):
+                totals(q if by == "queue" else tenant).add_served(count)
+        for (q, actor), histogram in window.runtimes.items():
+            if queue in (None, q) and by in ("queue", "actor"):
+                totals(q if by == "queue" else actor).runtime.merge(histogram)
+        for (q, level), histogram in window.waits.items():
+            if queue in (None, q) and by in ("queue", "level"):
+                totals(q if by == "queue" else level).wait.merge(histogram)
+        # The backlog is a gauge: the newest sample (taken once a minute), not a sum over the window.
+        recent = self.minutes(min(since, SAMPLED_WITHIN), kinds=("b",))
+        sampled = next((minute.backlog for minute in reversed(recent) if minute.backlog), {})
         for (q, level), depth in sampled.items():
             if queue in (None, q) and by in ("queue", "level"):
                 totals(q if by == "queue" else level).add_backlog(depth)
-        return [rows[key].row(key, by, len(minutes)) for key in sorted(rows)]
+        return [rows[key].row(key, by, len(self._numbers(since))) for key in sorted(rows)]
 
     def throughput(self, minutes: int, *, queue: str | None = None) -> list[dict[str, object]]:
         """Per minute and queue: jobs by outcome and the wait p50/p95 (s); the ``/api/throughput`` rows."""
@@ -191,11 +216,7 @@ class History:
 
     def served(self, since: timedelta) -> dict[tuple[str, str], int]:
         """Jobs run per (queue, tenant) over ``since``."""
-        served: dict[tuple[str, str], int] = {}
-        for minute in self.minutes(since, kinds=("t",)):
-            for key, count in minute.served.items():
-                served[key] = served.get(key, 0) + count
-        return served
+        return self.window(since, kinds=("t",)).served
 
 
 @dataclass

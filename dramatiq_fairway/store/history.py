@@ -18,9 +18,15 @@ shares the hash tag ``{<namespace>:hist}``, so one script call touches one hash 
     The same fields per ``queue|level`` for the wait from enqueue (or ``eta``) to start.
 ``{<namespace>:hist}:b:{minute}``
     Hash ``queue|level`` -> messages waiting, sampled once a minute by ``actors/maintenance.py``.
+``{<namespace>:hist}:a:{minute}``
+    The same minute summed over every queue, for the overview: ``o|<outcome>``,
+    ``w|<level>|n`` (and ``|s``, ``|h<i>``), ``b|<level>``. A few dozen fields however many
+    queues, actors and tenants there are, so an hour of it is read in milliseconds.
 
 Kept :data:`TTL` (24 h) after their last write. Workers add through their status writer (one
 ``history.lua`` call per flush, in the flush's pipeline), so a job costs no round trip of its own.
+A window of minutes is summed on the server (``history_sum.lua``, :meth:`HistoryStore.sums`), so
+a reader gets each distinct field once, not once per minute.
 Queue names cannot hold ``|``; actor and tenant names may, so readers split on the first ``|``
 (and the last, for the field's own suffix).
 """
@@ -40,12 +46,14 @@ from .scripts import LuaScript, ScriptCall, run_scripts
 TTL = 24 * 3600
 OUTCOMES = ("success", "retried", "dead_lettered", "failed")
 KINDS = ("o", "t", "r", "w", "b")
+TOTALS = "a"
 OTHER_TENANT = "other"
 # Upper bounds (ms) of the coarse histogram buckets; the last bucket holds everything above.
 # Coarse on purpose: a bucket is a hash field per minute, and p50/p95/p99 need only be close.
 BOUNDS_MS = (5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10_000, 30_000, 60_000, 300_000, 900_000, 3_600_000)
 
 _SCRIPT = LuaScript.load(Path(__file__).parent / "history.lua")
+_SUM = LuaScript.load(Path(__file__).parent / "history_sum.lua")
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,11 +97,13 @@ class HistoryStore:
             minute = int(job.at // 60)
             if job.outcome is not None:
                 buckets.add("o", minute, f"{job.queue}|{job.actor}|{job.outcome}")
+                buckets.add(TOTALS, minute, f"o|{job.outcome}")
             if job.runtime_ms is not None:
                 buckets.add("t", minute, f"{job.queue}|{self._tenant(job.tenant)}")
                 buckets.observe("r", minute, f"{job.queue}|{job.actor}", job.runtime_ms)
             if job.wait_ms is not None:
                 buckets.observe("w", minute, f"{job.queue}|{job.level}", job.wait_ms)
+                buckets.observe(TOTALS, minute, f"w|{job.level}", job.wait_ms)
         if not buckets.fields:
             return None
         args: list[str | int] = [self.ttl]
@@ -113,10 +123,15 @@ class HistoryStore:
         """Record messages waiting per (queue, level) at ``minute`` (the maintenance job's sample)."""
         if not depths:
             return
-        key = self.key("b", minute)
-        with self.client.pipeline(transaction=True) as pipe:  # one key: one slot
+        totals: dict[str, int] = {}
+        for (_queue, level), depth in depths.items():
+            totals[f"b|{level}"] = totals.get(f"b|{level}", 0) + depth
+        key, totals_key = self.key("b", minute), self.key(TOTALS, minute)
+        with self.client.pipeline(transaction=True) as pipe:  # one hash tag: one slot
             pipe.hset(key, mapping={f"{queue}|{level}": depth for (queue, level), depth in depths.items()})
+            pipe.hset(totals_key, mapping=totals)  # type: ignore[arg-type]
             pipe.expire(key, self.ttl)
+            pipe.expire(totals_key, self.ttl)
             pipe.execute()
 
     def read(self, kind: str, minutes: Sequence[int]) -> list[dict[str, int]]:
@@ -126,6 +141,12 @@ class HistoryStore:
                 pipe.hgetall(self.key(kind, minute))
             replies = pipe.execute()
         return [{_text(field): int(value) for field, value in reply.items()} for reply in replies]
+
+    def sums(self, kinds: Sequence[str], minutes: Sequence[int]) -> list[dict[str, int]]:
+        """Each of ``kinds`` summed over ``minutes`` on the server, field by field, in one round trip."""
+        calls = [ScriptCall(_SUM, [self.key(kind, minute) for minute in minutes], []) for kind in kinds]
+        replies = run_scripts(self.client, calls)
+        return [{_text(flat[i]): int(flat[i + 1]) for i in range(0, len(flat), 2)} for flat in replies]
 
     def _tenant(self, tenant: str) -> str:
         if tenant in self._tenants:
