@@ -28,7 +28,7 @@ from starlette.testclient import TestClient
 from dramatiq_fairway.dashboard import create_app
 from dramatiq_fairway.settings import Settings
 from dramatiq_fairway.store import delete_namespace
-from dramatiq_fairway.store.history import BOUNDS_MS, KINDS, TOTALS, HistoryStore
+from dramatiq_fairway.store.history import BOUNDS_MS, KINDS, PER_QUEUE, TOTALS, HistoryStore
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
 QUEUES, ACTORS_PER_QUEUE, TENANTS, LEVELS = 100, 2, 1000, ("CRITICAL", "HIGH", "NORMAL", "LOW", "BATCH")
@@ -54,6 +54,7 @@ def fill(store: HistoryStore, minutes: int) -> int:
             for t in range(TENANTS // QUEUES):
                 buckets["t"][f"{queue}|tenant_{q * (TENANTS // QUEUES) + t:04d}"] = 10
         buckets[TOTALS] = _totals(buckets)
+        buckets[PER_QUEUE] = _per_queue(buckets)
         with store.client.pipeline(transaction=False) as pipe:
             for kind, fields in buckets.items():
                 pipe.hset(store.key(kind, minute), mapping=fields)  # type: ignore[arg-type]
@@ -71,6 +72,17 @@ def _totals(buckets: dict[str, dict[str, int]]) -> dict[str, int]:
             name = f"{kind}|{field.split('|', strip)[-1]}"
             totals[name] = totals.get(name, 0) + value
     return totals
+
+
+def _per_queue(buckets: dict[str, dict[str, int]]) -> dict[str, int]:
+    """The minute per queue over actors and levels, as ``HistoryStore`` writes it."""
+    per_queue: dict[str, int] = {}
+    for kind in ("o", "w"):
+        for field, value in buckets[kind].items():
+            queue, _, rest = field.partition("|")
+            name = f"{queue}|{kind}|{rest.rpartition('|')[2]}"
+            per_queue[name] = per_queue.get(name, 0) + value
+    return per_queue
 
 
 def _histogram(fields: dict[str, int], prefix: str, count: int, bucket: int) -> None:

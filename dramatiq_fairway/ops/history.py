@@ -20,7 +20,7 @@ from pydantic import BaseModel
 
 from ..connections import state_store_client
 from ..settings import Settings
-from ..store.history import BOUNDS_MS, KINDS, OUTCOMES, TOTALS, HistoryStore
+from ..store.history import BOUNDS_MS, KINDS, OUTCOMES, PER_QUEUE, TOTALS, HistoryStore
 
 Grouping = Literal["queue", "actor", "tenant", "level"]
 GROUPINGS: tuple[Grouping, ...] = ("queue", "actor", "tenant", "level")
@@ -190,24 +190,30 @@ class History:
 
     def throughput(self, minutes: int, *, queue: str | None = None) -> list[dict[str, object]]:
         """Per minute and queue: jobs by outcome and the wait p50/p95 (s); the ``/api/throughput`` rows."""
+        numbers = self._numbers(timedelta(minutes=minutes))
         result: list[dict[str, object]] = []
-        for minute in self.minutes(timedelta(minutes=minutes), kinds=("o", "w")):
+        for number, fields in zip(numbers, self.store.read(PER_QUEUE, numbers), strict=True):
             counts: dict[str, dict[str, int]] = {}
-            for (q, _actor, outcome), count in minute.outcomes.items():
-                row = counts.setdefault(q, dict.fromkeys(OUTCOMES, 0))
-                row[outcome] = row.get(outcome, 0) + count
             waits: dict[str, Histogram] = {}
-            for (q, _level), histogram in minute.waits.items():
-                waits.setdefault(q, Histogram()).merge(histogram)
-            for q in sorted(set(counts) | set(waits)):
+            for name, value in fields.items():
+                q, _, rest = name.partition("|")
                 if queue not in (None, q):
                     continue
+                kind, _, suffix = rest.partition("|")
+                if kind == "o":
+                    row = counts.setdefault(q, dict.fromkeys(OUTCOMES, 0))
+                    row[suffix] = row.get(suffix, 0) + value
+                else:
+                    waits.setdefault(q, Histogram()).add(suffix, value)
+            start = Minute(number).start.isoformat().replace("+00:00", "Z")
+            for q in sorted(set(counts) | set(waits)):
                 wait = waits.get(q, Histogram())
+                outcomes = counts.get(q, dict.fromkeys(OUTCOMES, 0))
                 result.append(
                     {
-                        "minute": minute.start.isoformat().replace("+00:00", "Z"),
+                        "minute": start,
                         "queue": q,
-                        **counts.get(q, dict.fromkeys(OUTCOMES, 0)),
+                        **outcomes,
                         "wait_p50": wait.quantile(0.5),
                         "wait_p95": wait.quantile(0.95),
                     }

@@ -18,6 +18,9 @@ shares the hash tag ``{<namespace>:hist}``, so one script call touches one hash 
     The same fields per ``queue|level`` for the wait from enqueue (or ``eta``) to start.
 ``{<namespace>:hist}:b:{minute}``
     Hash ``queue|level`` -> messages waiting, sampled once a minute by ``actors/maintenance.py``.
+``{<namespace>:hist}:q:{minute}``
+    The same minute per queue (over actors and levels), for ``/api/throughput``:
+    ``queue|o|<outcome>``, ``queue|w|n`` (and ``|s``, ``|h<i>``).
 ``{<namespace>:hist}:a:{minute}``
     The same minute summed over every queue, for the overview: ``o|<outcome>``,
     ``w|<level>|n`` (and ``|s``, ``|h<i>``), ``b|<level>``. A few dozen fields however many
@@ -47,6 +50,7 @@ TTL = 24 * 3600
 OUTCOMES = ("success", "retried", "dead_lettered", "failed")
 KINDS = ("o", "t", "r", "w", "b")
 TOTALS = "a"
+PER_QUEUE = "q"
 OTHER_TENANT = "other"
 # Upper bounds (ms) of the coarse histogram buckets; the last bucket holds everything above.
 # Coarse on purpose: a bucket is a hash field per minute, and p50/p95/p99 need only be close.
@@ -98,12 +102,14 @@ class HistoryStore:
             if job.outcome is not None:
                 buckets.add("o", minute, f"{job.queue}|{job.actor}|{job.outcome}")
                 buckets.add(TOTALS, minute, f"o|{job.outcome}")
+                buckets.add(PER_QUEUE, minute, f"{job.queue}|o|{job.outcome}")
             if job.runtime_ms is not None:
                 buckets.add("t", minute, f"{job.queue}|{self._tenant(job.tenant)}")
                 buckets.observe("r", minute, f"{job.queue}|{job.actor}", job.runtime_ms)
             if job.wait_ms is not None:
                 buckets.observe("w", minute, f"{job.queue}|{job.level}", job.wait_ms)
                 buckets.observe(TOTALS, minute, f"w|{job.level}", job.wait_ms)
+                buckets.observe(PER_QUEUE, minute, f"{job.queue}|w", job.wait_ms)
         if not buckets.fields:
             return None
         args: list[str | int] = [self.ttl]
