@@ -19,7 +19,7 @@ from ..store.history import OUTCOMES
 
 WIDTH = 640
 HEIGHT = 180
-PAD_LEFT, PAD_RIGHT, PAD_TOP, PAD_BOTTOM = 48, 110, 12, 26
+PAD_LEFT, PAD_RIGHT, PAD_TOP, PAD_BOTTOM = 62, 110, 12, 26
 # Outcome colours, each also named in the legend and in every mark's title.
 OUTCOME_FILLS = {"success": "#1f9d55", "retried": "#c77c02", "dead_lettered": "#d2333f", "failed": "#7a1f8f"}
 SERIES_FILLS = ("#2f6fde", "#c77c02", "#1f9d55", "#d2333f", "#7a1f8f", "#6b7385")
@@ -203,7 +203,7 @@ def _axes(minutes: Sequence[Minute], top: int, unit: str) -> list[str]:
         f'<line x1="{PAD_LEFT}" y1="{base}" x2="{WIDTH - PAD_RIGHT}" y2="{base}" stroke="#9aa3b5"/>',
         f'<text x="{PAD_LEFT - 4}" y="{PAD_TOP + 10}" text-anchor="end" class="axis">{top}</text>',
         f'<text x="{PAD_LEFT - 4}" y="{base}" text-anchor="end" class="axis">0</text>',
-        f'<text x="{PAD_LEFT - 4}" y="{PAD_TOP + plot_h / 2:.1f}" text-anchor="end" class="axis">{escape(unit)}</text>',
+        f'<text x="2" y="{PAD_TOP + plot_h / 2:.1f}" class="axis">{escape(unit)}</text>',
         f'<text x="{PAD_LEFT}" y="{HEIGHT - 6}" class="axis">{first:%H:%M} UTC</text>',
         f'<text x="{WIDTH - PAD_RIGHT}" y="{HEIGHT - 6}" text-anchor="end" class="axis">{last:%H:%M} UTC</text>',
     ]
