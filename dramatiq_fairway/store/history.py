@@ -38,12 +38,15 @@ from __future__ import annotations
 
 import bisect
 import threading
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, NamedTuple
 
 import redis
 
+from ..priority import Priority
+from ..tenants import tenant_of
 from .scripts import LuaScript, ScriptCall, run_scripts
 
 TTL = 24 * 3600
@@ -75,6 +78,19 @@ class Finished:
     runtime_ms: float | None
 
 
+class Attempt(NamedTuple):
+    """An attempt as a worker thread queues it: nothing derived yet, so the job's thread pays a
+    tuple; queue, tenant, level and times are worked out in the flush (:meth:`HistoryStore.attempts_call`)."""
+
+    ended_at: float  # Unix s
+    started_at: float | None  # Unix s; None: never ran
+    queue_name: str
+    actor: str
+    options: Mapping[str, Any]
+    enqueued_ms: int
+    outcome: str | None
+
+
 def bucket_of(ms: float) -> int:
     """The histogram bucket index of a duration in ms (``len(BOUNDS_MS)`` above the last bound)."""
     return bisect.bisect_left(BOUNDS_MS, ms)
@@ -96,28 +112,52 @@ class HistoryStore:
 
     def add_call(self, finished: Iterable[Finished]) -> ScriptCall | None:
         """One ``history.lua`` call adding ``finished`` to their minutes' buckets; None for nothing."""
-        buckets = _Increments()
+        increments = _Increments()
         for job in finished:
-            minute = int(job.at // 60)
-            if job.outcome is not None:
-                buckets.add("o", minute, f"{job.queue}|{job.actor}|{job.outcome}")
-                buckets.add(TOTALS, minute, f"o|{job.outcome}")
-                buckets.add(PER_QUEUE, minute, f"{job.queue}|o|{job.outcome}")
-            if job.runtime_ms is not None:
-                buckets.add("t", minute, f"{job.queue}|{self._tenant(job.tenant)}")
-                buckets.observe("r", minute, f"{job.queue}|{job.actor}", job.runtime_ms)
-            if job.wait_ms is not None:
-                buckets.observe("w", minute, f"{job.queue}|{job.level}", job.wait_ms)
-                buckets.observe(TOTALS, minute, f"w|{job.level}", job.wait_ms)
-                buckets.observe(PER_QUEUE, minute, f"{job.queue}|w", job.wait_ms)
-        if not buckets.fields:
+            increments.count(
+                int(job.at // 60),
+                job.queue,
+                job.actor,
+                tenant=job.tenant,
+                level=job.level,
+                outcome=job.outcome,
+                wait_ms=job.wait_ms,
+                runtime_ms=job.runtime_ms,
+            )
+        return self._call(increments)
+
+    def attempts_call(self, attempts: Iterable[Attempt]) -> ScriptCall | None:
+        """``add_call`` for attempts as a worker queued them (the status writer's flush)."""
+        increments = _Increments()
+        for ended, started, queue_name, actor, options, enqueued_ms, outcome in attempts:
+            wait_ms = runtime_ms = None
+            if started is not None:
+                since = max(int(enqueued_ms), int(options.get("eta", 0)))
+                wait_ms = max(0.0, started * 1000 - since)
+                runtime_ms = max(0.0, (ended - started) * 1000)
+            queue = queue_name[:-3] if queue_name.endswith((".DQ", ".XQ")) else queue_name
+            increments.count(
+                int(ended // 60),
+                queue,
+                actor,
+                tenant=tenant_of(options),
+                level=_level_name(options.get("priority_level")),
+                outcome=outcome,
+                wait_ms=wait_ms,
+                runtime_ms=runtime_ms,
+            )
+        return self._call(increments)
+
+    def _call(self, increments: _Increments) -> ScriptCall | None:
+        buckets = increments.fields(self._tenant)
+        if not buckets:
             return None
         args: list[str | int] = [self.ttl]
-        for fields in buckets.fields.values():
+        for fields in buckets.values():
             args.append(len(fields))
             for field, amount in fields.items():
                 args += [field, amount]
-        return ScriptCall(_SCRIPT, [self.key(kind, minute) for kind, minute in buckets.fields], args)
+        return ScriptCall(_SCRIPT, [self.key(kind, minute) for kind, minute in buckets], args)
 
     def add(self, finished: Iterable[Finished]) -> None:
         """``add_call`` run alone (one round trip), for callers without a pipeline of their own."""
@@ -165,19 +205,83 @@ class HistoryStore:
 
 
 class _Increments:
-    """One flush's increments per bucket (kind, minute): many jobs, one HINCRBY per field."""
+    """One flush's attempts grouped by everything a field depends on, so the fields (and their
+    f-strings) are made once per group, not once per job."""
 
     def __init__(self) -> None:
-        self.fields: dict[tuple[str, int], dict[str, int]] = {}
+        # (minute, queue, actor, tenant, level, outcome, wait bucket, run bucket) -> [count, wait ms, run ms]
+        self.groups: dict[tuple[int, str, str, str, str, str | None, int | None, int | None], list[float]] = {}
 
-    def add(self, kind: str, minute: int, field: str, amount: int = 1) -> None:
-        fields = self.fields.setdefault((kind, minute), {})
-        fields[field] = fields.get(field, 0) + amount
+    def count(
+        self,
+        minute: int,
+        queue: str,
+        actor: str,
+        *,
+        tenant: str,
+        level: str,
+        outcome: str | None,
+        wait_ms: float | None,
+        runtime_ms: float | None,
+    ) -> None:
+        wait_bucket = None if wait_ms is None else bisect.bisect_left(BOUNDS_MS, wait_ms)
+        run_bucket = None if runtime_ms is None else bisect.bisect_left(BOUNDS_MS, runtime_ms)
+        key = (minute, queue, actor, tenant, level, outcome, wait_bucket, run_bucket)
+        group = self.groups.get(key)
+        if group is None:
+            self.groups[key] = [1, wait_ms or 0.0, runtime_ms or 0.0]
+        else:
+            group[0] += 1
+            group[1] += wait_ms or 0.0
+            group[2] += runtime_ms or 0.0
 
-    def observe(self, kind: str, minute: int, prefix: str, ms: float) -> None:
-        self.add(kind, minute, f"{prefix}|n")
-        self.add(kind, minute, f"{prefix}|s", round(ms))
-        self.add(kind, minute, f"{prefix}|h{bucket_of(ms)}")
+    def fields(self, tenant_label: Callable[[str], str]) -> dict[tuple[str, int], dict[str, int]]:
+        """Increments per bucket (kind, minute) and field; sums of ms rounded once per field."""
+        buckets: dict[tuple[str, int], dict[str, float]] = {}
+
+        def add(kind: str, minute: int, field: str, amount: float) -> None:
+            fields = buckets.setdefault((kind, minute), {})
+            fields[field] = fields.get(field, 0) + amount
+
+        def observe(kind: str, minute: int, prefix: str, *, count: float, total: float, bucket: int) -> None:
+            add(kind, minute, f"{prefix}|n", count)
+            add(kind, minute, f"{prefix}|s", total)
+            add(kind, minute, f"{prefix}|h{bucket}", count)
+
+        for (minute, queue, actor, tenant, level, outcome, wait_bucket, run_bucket), group in self.groups.items():
+            count, wait_total, run_total = group
+            if outcome is not None:
+                add("o", minute, f"{queue}|{actor}|{outcome}", count)
+                add(TOTALS, minute, f"o|{outcome}", count)
+                add(PER_QUEUE, minute, f"{queue}|o|{outcome}", count)
+            if run_bucket is not None:
+                add("t", minute, f"{queue}|{tenant_label(tenant)}", count)
+                observe("r", minute, f"{queue}|{actor}", count=count, total=run_total, bucket=run_bucket)
+            if wait_bucket is not None:
+                for kind, prefix in (("w", f"{queue}|{level}"), (TOTALS, f"w|{level}"), (PER_QUEUE, f"{queue}|w")):
+                    observe(kind, minute, prefix, count=count, total=wait_total, bucket=wait_bucket)
+        return {
+            bucket: {field: round(amount) for field, amount in fields.items()} for bucket, fields in buckets.items()
+        }
+
+
+def _level_name(value: object) -> str:
+    """The level name of a message's ``priority_level`` option, remembered per spelling (a few)."""
+    try:
+        return _LEVEL_NAMES[value]
+    except (KeyError, TypeError):
+        pass
+    try:
+        name = Priority.NORMAL.name if value is None else Priority.parse(value).name
+    except ValueError:
+        return "UNKNOWN"
+    if isinstance(value, str | int) and len(_LEVEL_NAMES) < _LEVEL_SPELLINGS:
+        _LEVEL_NAMES[value] = name
+    return name
+
+
+_LEVEL_NAMES: dict[object, str] = {}
+_LEVEL_SPELLINGS = 64
 
 
 def _text(value: bytes | str) -> str:

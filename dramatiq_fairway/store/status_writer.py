@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 
 import redis
 
-from .history import Finished, HistoryStore
+from .history import Attempt, HistoryStore
 from .scripts import ScriptCall, run_scripts
 from .status_model import JobState, Move, iso_from_millis
 
@@ -55,7 +55,7 @@ class StatusWriter:
     ) -> None:
         self.store = store
         self.history = history
-        self._finished: deque[Finished] = deque()
+        self._finished: deque[Attempt] = deque()
         self.interval = interval
         self.on_error = on_error
         self._queue: deque[_Queued | ScriptCall] = deque()
@@ -82,10 +82,10 @@ class StatusWriter:
     def progress(self, message_id: str, percent: float, note: str | None = None) -> None:
         self._put(self.store.progress_call(message_id, percent, note))
 
-    def finished(self, job: Finished) -> None:
+    def finished(self, attempt: Attempt) -> None:
         """Queue a job's attempt for the history buckets (dropped without a ``history`` store)."""
         if self.history is not None:
-            self._finished.append(job)
+            self._finished.append(attempt)
             self._wake()
 
     def flush(self) -> None:
@@ -126,10 +126,10 @@ class StatusWriter:
     def _history_call(self) -> ScriptCall | None:
         if self.history is None or not self._finished:
             return None
-        jobs = []
+        attempts = []
         while self._finished:
-            jobs.append(self._finished.popleft())
-        return self.history.add_call(jobs)
+            attempts.append(self._finished.popleft())
+        return self.history.attempts_call(attempts)
 
     def _calls(self, changes: list[_Transition | ScriptCall]) -> list[ScriptCall]:
         """``changes`` in order, each run of transitions as script calls of up to MOVES_PER_CALL jobs."""

@@ -10,7 +10,8 @@ import redis
 from redis.cluster import key_slot
 
 from dramatiq_fairway.ops.history import Histogram, History
-from dramatiq_fairway.store.history import BOUNDS_MS, TTL, Finished, HistoryStore, bucket_of
+from dramatiq_fairway.store.history import BOUNDS_MS, TTL, Attempt, Finished, HistoryStore, bucket_of
+from dramatiq_fairway.store.scripts import run_scripts
 from dramatiq_fairway.store.status import JobState, JobStatusStore, StatusWriter
 
 NOW = 1_800_000_000.0  # the start of a minute
@@ -18,6 +19,26 @@ NOW = 1_800_000_000.0  # the start of a minute
 
 def job(at: float = NOW, *, outcome: str | None = "success", tenant: str = "acme", actor: str = "a|b") -> Finished:
     return Finished(at, "q", actor, tenant, "NORMAL", outcome, wait_ms=40.0, runtime_ms=800.0)
+
+
+def attempt(started: float | None = NOW - 0.5) -> Attempt:
+    """An attempt as a worker queues it: sent 2 s before it started, ran 500 ms."""
+    options = {"tenant": "acme", "priority_level": "high"}
+    return Attempt(NOW, started, "q.DQ", "a", options, int((NOW - 2.5) * 1000), "success")
+
+
+def test_an_attempt_is_derived_in_the_flush(state_client: redis.Redis, namespace: str) -> None:
+    store = HistoryStore(state_client, namespace)
+    store.add([])
+    assert attempt().ended_at == NOW
+    call = store.attempts_call([attempt(), attempt(started=None)])
+    assert call is not None
+    run_scripts(state_client, [call])
+    [minute] = History(store, clock=lambda: NOW).minutes(timedelta(minutes=1))
+    assert minute.outcomes == {("q", "a", "success"): 2}  # the queue's canonical name
+    assert minute.served == {("q", "acme"): 1}  # the one that never ran was not served
+    assert minute.waits[("q", "HIGH")].total_ms == 2000
+    assert minute.runtimes[("q", "a")].total_ms == 500
 
 
 def test_one_call_adds_a_flush_to_each_minute_in_one_hash_slot(state_client: redis.Redis, namespace: str) -> None:
@@ -85,11 +106,11 @@ def test_the_status_writer_adds_the_history_in_its_flush(state_client: redis.Red
     history = History(HistoryStore(state_client, namespace), clock=lambda: NOW)
     writer = StatusWriter(status, interval=3600, history=history.store)
     writer.transition("m1", JobState.SUCCESS, "a", "q")
-    writer.finished(job(NOW))
+    writer.finished(attempt())
     writer.flush()
     assert status.get("m1") is not None
     assert history.served(timedelta(minutes=1)) == {("q", "acme"): 1}
-    writer.finished(job(NOW))  # a flush with history alone
+    writer.finished(attempt())  # a flush with history alone
     writer.flush()
     assert history.served(timedelta(minutes=1)) == {("q", "acme"): 2}
     writer.close()
