@@ -26,6 +26,13 @@ Grouping = Literal["queue", "actor", "tenant", "level"]
 GROUPINGS: tuple[Grouping, ...] = ("queue", "actor", "tenant", "level")
 # The history is kept 24 h (store/history.TTL); a longer window would read only empty buckets.
 LONGEST = timedelta(hours=24)
+# The buckets each grouping reads: by actor there is no tenant or level to read.
+_KINDS_BY: dict[Grouping, tuple[str, ...]] = {
+    "queue": ("o", "t", "r", "w"),
+    "actor": ("o", "r"),
+    "tenant": ("t",),
+    "level": ("w",),
+}
 # The maintenance job samples the backlog once a minute: a sample older than this is no backlog now.
 SAMPLED_WITHIN = timedelta(minutes=3)
 
@@ -162,7 +169,7 @@ class History:
         """Throughput, failure ratio, wait and run-time percentiles over ``since``, one row per ``by`` value."""
         if by not in GROUPINGS:
             raise ValueError(f"by: {by!r} is not one of {', '.join(GROUPINGS)}")
-        window = self.window(since)
+        window = self.window(since, kinds=_KINDS_BY[by])
         rows: dict[str, _Totals] = {}
 
         def totals(key: str) -> _Totals:
@@ -180,12 +187,13 @@ class History:
         for (q, level), histogram in window.waits.items():
             if queue in (None, q) and by in ("queue", "level"):
                 totals(q if by == "queue" else level).wait.merge(histogram)
-        # The backlog is a gauge: the newest sample (taken once a minute), not a sum over the window.
-        recent = self.minutes(min(since, SAMPLED_WITHIN), kinds=("b",))
-        sampled = next((minute.backlog for minute in reversed(recent) if minute.backlog), {})
-        for (q, level), depth in sampled.items():
-            if queue in (None, q) and by in ("queue", "level"):
-                totals(q if by == "queue" else level).add_backlog(depth)
+        if by in ("queue", "level"):
+            # The backlog is a gauge: the newest sample (taken once a minute), not a sum over the window.
+            recent = self.minutes(min(since, SAMPLED_WITHIN), kinds=("b",))
+            sampled = next((minute.backlog for minute in reversed(recent) if minute.backlog), {})
+            for (q, level), depth in sampled.items():
+                if queue in (None, q):
+                    totals(q if by == "queue" else level).add_backlog(depth)
         return [rows[key].row(key, by, len(self._numbers(since))) for key in sorted(rows)]
 
     def throughput(self, minutes: int, *, queue: str | None = None) -> list[dict[str, object]]:
