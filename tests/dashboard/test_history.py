@@ -168,3 +168,11 @@ def test_a_worker_whose_heartbeat_stopped_is_marked_not_dropped(redis_settings: 
     text = client_for(redis_settings).get("/?fragment=live").text
     assert re.search(r'<tr class="stale"><td><code>silent:2</code> <span class="badge warn">heartbeat stopped', text)
     assert "<code>alive:1</code>" in text
+
+
+def test_the_json_twins_need_the_pages_credentials(namespace: str, short_tmp: Path, state_client: redis.Redis) -> None:
+    settings = dashboard_settings("redis", namespace, short_tmp, username="ops", password="pa55-w0rd!")
+    client = client_for(settings)
+    for path in ("/api/throughput", "/api/tenants", "/api/queues", "/api/stats", "/actors"):
+        assert client.get(path).status_code == 401, path
+        assert client.get(path, auth=("ops", "pa55-w0rd!")).status_code == 200, path
