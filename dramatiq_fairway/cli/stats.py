@@ -56,7 +56,7 @@ def _render(console: Console, rows: list[dict[str, Any]], args: argparse.Namespa
     columns = [
         ("finished", "finished", _count),
         ("per_minute", "per min", lambda v: "-" if v is None else f"{v:.1f}"),
-        ("failure_ratio", "failed", lambda v: "-" if v is None else f"{v * 100:.1f}%"),
+        ("failure_ratio", "failure ratio", lambda v: "-" if v is None else f"{v * 100:.1f}%"),
         ("served", "served", _count),
         ("wait_p50", "wait p50", _seconds),
         ("wait_p95", "wait p95", _seconds),
