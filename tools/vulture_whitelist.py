@@ -35,7 +35,7 @@ file_secret_settings
 
 # Fields read by serialisation (model_dump, --json output, Jinja templates), not by attribute access.
 global_loss  # actors/fl.py RoundReport, stored and shown by the federated round's report
-wait_p95  # dashboard/throughput.py, read by templates/overview_live.html
+wait_p95  # dashboard/history_view.py Figures, read by templates/overview_live.html
 wait_avg_s, wait_max_s, jobs_sent, jobs_finished, priority_levels  # demo/run.py --json summary
 fl_round, photos_exported, papers_fetched, notes_written  # demo/run.py --json summary
 in_flight_cap  # ops/queues.py, a column of `fairway queues --json`

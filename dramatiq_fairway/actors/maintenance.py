@@ -6,8 +6,8 @@ with SET NX in the state store; the second claimant does nothing.
 State-store keys:
 
     {namespace}:periodic:{job}:{tick}     claim of one tick of one job (``_CLAIM_TTL``)
-    {namespace}:metrics:depth:{minute}    hash "queue|level" -> messages waiting, sampled once a
-                                          minute for every queue of the namespace (``SAMPLE_TTL``)
+    {<namespace>:hist}:b:{minute}         the backlog per queue and level, sampled once a minute
+                                          into the history buckets (``store/history.py``, 24 h)
 """
 
 from __future__ import annotations
@@ -24,15 +24,14 @@ from ..middlewares.queue_depth import queue_depth_by_level
 from ..ops.diagnostics import check
 from ..settings import load_settings
 from ..store.dead_letters import purge_expired
-from ..store.keys import depth_sample_key, periodic_tick_key
+from ..store.history import HistoryStore
+from ..store.keys import periodic_tick_key
 
 logger = logging.getLogger(__name__)
 
 QUEUE = "fairway_maintenance"
 # A claimed tick is kept a little longer than the longest period, so late duplicates still see it.
 _CLAIM_TTL = 2 * 3600
-# Depth samples cover the last hour, with room for a reader that looks at the full hour late.
-SAMPLE_TTL = 2 * 3600
 
 
 def claim_tick(name: str, period: int, now: float | None = None) -> bool:
@@ -62,23 +61,19 @@ def health_check() -> None:
 
 @dramatiq.actor(queue_name=QUEUE, actor_name="maintenance.sample_queue_metrics", periodic=cron("* * * * *"))
 def sample_queue_metrics() -> dict[str, int] | None:
-    """Every minute: keep the depth of every queue per level, also of queues no worker serves now
-    (a worker's own sampler sees only its queues). None when another scheduler had this tick."""
+    """Every minute: keep the depth of every queue per level in the history buckets, also of queues
+    no worker serves now (a worker's own sampler sees only its queues). Returns the sample as
+    ``{"queue|level": depth}``; None when another scheduler had this tick."""
     now = time.time()
     if not claim_tick("sample_queue_metrics", 60, now):
         return None
     broker = dramatiq.get_broker()
     known = getattr(broker, "known_queues", broker.get_declared_queues)()
-    sample = {
-        f"{queue}|{level}": depth
+    depths = {
+        (queue, level): depth
         for queue in sorted(name for name in known if name == q_name(name))
         for level, depth in queue_depth_by_level(broker, queue)
     }
     settings = load_settings()
-    key = depth_sample_key(settings.namespace, int(now // 60))
-    if sample:
-        with state_store_client(settings).pipeline(transaction=True) as pipe:
-            pipe.hset(key, mapping=sample)  # type: ignore[arg-type]
-            pipe.expire(key, SAMPLE_TTL)
-            pipe.execute()
-    return sample
+    HistoryStore(state_store_client(settings), settings.namespace).sample_backlog(depths, int(now // 60))
+    return {f"{queue}|{level}": depth for (queue, level), depth in depths.items()}

@@ -16,7 +16,22 @@ import pika
 import redis
 
 from ..errors import FairwayError
-from . import audit, breakers, check, dashboard, demo, dlq, embedded, encryption, jobs, limits, migrate, queues, workers
+from . import (
+    audit,
+    breakers,
+    check,
+    dashboard,
+    demo,
+    dlq,
+    embedded,
+    encryption,
+    jobs,
+    limits,
+    migrate,
+    queues,
+    stats,
+    workers,
+)
 from .output import CommandError, UsageError, one_line
 
 VERB_MODULES = (
@@ -32,6 +47,7 @@ VERB_MODULES = (
     limits,
     migrate,
     queues,
+    stats,
     workers,
 )
 USAGE_EXIT = 2

@@ -4,10 +4,11 @@ It reads and acts only through the Python API the ``fairway`` verbs use (``DeadL
 ``RedisBreakerStore``, ``JobStatusStore``, ``controls``, the broker's depth counters), so a page
 and the matching verb always agree. Routes (operators bookmark them): ``/``, ``/tenants``,
 ``/dead-letters``, ``/dead-letters/{id}``, ``/breakers``, ``/jobs`` and ``/jobs/{id}``, ``/queues``,
-``/healthz``, ``/metrics``; actions POST to the page's route plus a verb. Every action needs a
-CSRF token and is refused (403) in read-only mode; the templates ask for confirmation first; each
-is recorded in the audit stream (``store/audit.py``) with the signed-in user. Bulk actions by
-filter and the audit page are ``dashboard/bulk.py``'s (``/bulk``, ``/audit``).
+``/healthz``, ``/metrics``, and those of ``dashboard/api.py`` (``/actors``, ``/api/...``: the
+history in Redis, ``ops/history.py``); actions POST to the page's route plus a verb. Every action
+needs a CSRF token and is refused (403) in read-only mode; the templates ask for confirmation
+first; each is recorded in the audit stream (``store/audit.py``) with the signed-in user. Bulk
+actions by filter and the audit page are ``dashboard/bulk.py``'s (``/bulk``, ``/audit``).
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ from ..errors import FairwayError
 from ..ops.broker import open_stacked_broker
 from ..ops.bulk_dead_letters import purge_dead_letters, requeue_dead_letters
 from ..ops.controls import UnknownQueue, pause_queue, resume_queue
+from ..ops.history import History
 from ..ops.summaries import live_workers, queue_summaries
 from ..priority import Priority
 from ..settings import Settings, load_settings, mask_url
@@ -48,11 +50,12 @@ from ..store.breakers import RedisBreakerStore
 from ..store.dead_letters import DeadLetter, DeadLetterStats, DeadLetterStore, Reason, RedactedRecords
 from ..store.status import JobStatusStore
 from ..store.workers import WorkerRegistry
+from .api import history_routes
 from .bulk import bulk_routes, who_of
 from .charts import Bar, trend_bars
 from .forms import FILTER_PARAMS, dead_letter_filter, limit_of, priority_of, selection_of_form
+from .history_view import overview_history, tenants_history
 from .security import CSRF_COOKIE, CSRF_FIELD, BasicAuth, Csrf, SecurityHeaders, has_credentials
-from .throughput import MetricsWindow
 
 TREND_SINCE = timedelta(hours=24)
 REFRESH_MS = 3000
@@ -106,8 +109,8 @@ class Dashboard:
         self.dead_letters = DeadLetterStore(settings)
         self.breakers = RedisBreakerStore.from_settings(settings)
         self.jobs = JobStatusStore.from_settings(settings)
-        self.metrics = MetricsWindow(settings)
         self.audit = AuditLog.from_settings(settings, client=self.jobs.client)
+        self.history = History.from_settings(settings)
         self.csrf = Csrf()
         self.templates = Jinja2Templates(env=_environment())
         self._broker = broker
@@ -132,6 +135,7 @@ class Dashboard:
             Route("/healthz", self.healthz),
             Route("/metrics", self.prometheus),
             *bulk_routes(self),
+            *history_routes(self),
             Mount("/static", StaticFiles(packages=[("dramatiq_fairway.dashboard", "static")]), name="static"),
         ]
 
@@ -160,9 +164,9 @@ class Dashboard:
             "delayed": sum(summary.delayed for summary in summaries),
             "in_flight": None if None in in_flight else sum(count or 0 for count in in_flight),
             "dead": self.dead_letters.count(),
-            "figures": self.metrics.figures(),
-            "metrics_error": self.metrics.error,
-            "workers": live_workers(WorkerRegistry.from_settings(self.settings)),
+            **overview_history(self.history),
+            "workers": live_workers(registry := WorkerRegistry.from_settings(self.settings)),
+            "stale_workers": live_workers(registry, stale=True),
             "open_breakers": [state for state in self.breakers.list() if state.state != "closed"],
             "refresh_ms": REFRESH_MS,
         }
@@ -170,30 +174,8 @@ class Dashboard:
         return self.render(request, "overview_live.html" if live else "overview.html", context)
 
     def tenants(self, request: Request) -> Response:
-        figures = self.metrics.figures()
-        served = figures.served if figures else {}
-        weights = self.settings.fairness.weights
-        queues = []
-        for summary in queue_summaries(self.broker, self.settings, self.dead_letters):
-            backlog: dict[str, int] = {}
-            for row in summary.rows:
-                backlog[row["tenant"]] = backlog.get(row["tenant"], 0) + int(row["ready"]) + int(row["delayed"])
-            names = sorted(set(backlog) | {tenant for queue, tenant in served if queue == summary.name})
-            total_served = sum(served.get((summary.name, tenant), 0.0) for tenant in names)
-            total_weight = sum(weights.get(tenant, 1.0) for tenant in names)
-            rows = [
-                {
-                    "tenant": tenant,
-                    "backlog": backlog.get(tenant, 0) if summary.per_tenant else None,
-                    "served": served.get((summary.name, tenant), 0.0) if figures else None,
-                    "share": served.get((summary.name, tenant), 0.0) / total_served if total_served else None,
-                    "weight": weights.get(tenant, 1.0),
-                    "weight_share": weights.get(tenant, 1.0) / total_weight if total_weight else None,
-                }
-                for tenant in names
-            ]
-            queues.append({"name": summary.name, "rows": rows})
-        context = {"queues": queues, "figures": figures, "metrics_error": self.metrics.error}
+        summaries = queue_summaries(self.broker, self.settings, self.dead_letters)
+        context = tenants_history(self.history, summaries, self.settings.fairness.weights)
         return self.render(request, "tenants.html", context)
 
     def dead_letter_list(self, request: Request) -> Response:

@@ -37,6 +37,9 @@ exception lands only when the thread runs Python again (a blocking C call finish
 raised only while the thread is still inside that job's actor call, so it never hits the next job
 or an idle worker thread. Code that catches ``BaseException`` can swallow it.
 
+Every attempt, tracked or not, is also added to the per-minute history buckets (outcome, tenant
+served, wait and run time: ``store/history.py``) through the same writer, in its flush's pipeline.
+
 When the state store is down, status and progress updates are dropped and counted
 (``dropped_updates``) with one warning per minute.
 """
@@ -60,8 +63,10 @@ from dramatiq.middleware import MiddlewareError, Shutdown, SkipMessage
 from ..errors import Cancelled
 from ..outage import OutageWarning
 from ..settings import Settings, load_settings
+from ..store.history import HistoryStore
 from ..store.send_writes import ride_along, rode_along
 from ..store.status import CancelledJobs, JobState, JobStatusStore, PendingJob, StatusWriter, iso_from_millis
+from .attempt_times import AttemptTimes
 from .consumer_hooks import UndecodableRecorder
 from .interrupts import CANCEL_POLL_INTERVAL, RunningJobs
 
@@ -110,6 +115,7 @@ class JobStatus(Middleware):
         self._cancelled: CancelledJobs | None = None
         self._running = RunningJobs(self.logger, lambda: self.cancelled, _StoreOutage.shared.dropped)
         self._own_skips: set[str] = set()
+        self._times = AttemptTimes()
 
     @property
     def actor_options(self) -> set[str]:
@@ -126,7 +132,10 @@ class JobStatus(Middleware):
     @property
     def writer(self) -> StatusWriter:
         if self._writer is None:
-            self._writer = StatusWriter(self.store, on_error=_StoreOutage.shared.dropped)
+            history = HistoryStore(
+                self.store.client, self.store.namespace, max_tenants=self.settings.metrics.max_tenants
+            )
+            self._writer = StatusWriter(self.store, on_error=_StoreOutage.shared.dropped, history=history)
         return self._writer
 
     @property
@@ -193,6 +202,7 @@ class JobStatus(Middleware):
             self._running.add(message.message_id if track else None, soft_limit)
         if track:
             _current_job.set((self.writer, message.message_id))
+        self._times.started(message)
 
     def after_process_message(
         self,
@@ -204,16 +214,21 @@ class JobStatus(Middleware):
     ) -> None:
         self._running.remove()
         _current_job.set(None)
+        state = self._outcome(broker, message, exception)
         if self._tracked(broker, message):
-            self._write(message, self._outcome(broker, message, exception))
+            self._write(message, state)
+        self.writer.finished(self._times.finished(message, state))
 
     def after_skip_message(self, broker: Broker, message: MessageProxy) -> None:
         self._running.remove()
         _current_job.set(None)
+        state = self._failed_state(broker) if message.failed else JobState.REJECTED
         if message.message_id in self._own_skips:
             self._own_skips.discard(message.message_id)
+            state = JobState.REVOKED  # cancelled or a duplicate: not an outcome the history counts
         elif self._tracked(broker, message):
-            self._write(message, self._failed_state(broker) if message.failed else JobState.REJECTED)
+            self._write(message, state)
+        self.writer.finished(self._times.finished(message, state, ran=False))
 
     def after_nack(self, broker: Broker, message: MessageProxy) -> None:
         # Messages for an unknown actor are failed in the consumer thread: only the nack hooks see

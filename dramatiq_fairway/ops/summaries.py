@@ -101,8 +101,9 @@ def queue_summaries(broker: Broker, settings: Settings, dead_letters: DeadLetter
     return summaries
 
 
-def live_workers(registry: WorkerRegistry) -> list[WorkerInfo]:
-    """Worker processes whose heartbeat is fresh (``fairway workers``), freshest first."""
+def live_workers(registry: WorkerRegistry, *, stale: bool = False) -> list[WorkerInfo]:
+    """Worker processes whose heartbeat is fresh (``fairway workers``), freshest first; with
+    ``stale``, those whose heartbeat stopped within the last hour instead (marked, not dropped)."""
     now = registry.clock()
     workers = [
         WorkerInfo(
@@ -111,7 +112,7 @@ def live_workers(registry: WorkerRegistry) -> list[WorkerInfo]:
             queues=info.queues,
             metrics=info.metrics,
         )
-        for info in registry.live()
+        for info in (registry.stale() if stale else registry.live())
     ]
     return sorted(workers, key=lambda worker: worker.heartbeat_age)
 

@@ -6,7 +6,6 @@ that every key of a namespace is spelled in ``store/``.
 
     {namespace}:fairness:queued:{queue}:{tenant}   middlewares/fairness.py (MAX_QUEUED_PER_TENANT)
     {namespace}:periodic:{job}:{tick}              actors/maintenance.py, one periodic tick claimed
-    {namespace}:metrics:depth:{minute}             actors/maintenance.py, queue depths of a minute
     {namespace}:rabbitmq:queues                    brokers/rabbitmq.py, every queue declared
     {namespace}:demo:finished, :demo:breakers      demo/ledger.py, what ``fairway demo`` summarises
     {namespace}:quickstart:{run_id}                demo/quickstart.py, one run's tally
@@ -30,10 +29,6 @@ def fairness_queued_key(namespace: str, queue_name: str, tenant: str) -> str:
 
 def periodic_tick_key(namespace: str, job: str, tick: int) -> str:
     return f"{namespace}:periodic:{job}:{tick}"
-
-
-def depth_sample_key(namespace: str, minute: int) -> str:
-    return f"{namespace}:metrics:depth:{minute}"
 
 
 def rabbitmq_queues_key(namespace: str) -> str:

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 
 import redis
 
+from .history import Attempt, HistoryStore
 from .scripts import ScriptCall, run_scripts
 from .status_model import JobState, Move, iso_from_millis
 
@@ -38,6 +39,10 @@ class StatusWriter:
     in every worker thread (bench/hotpath.py). Writes leave in the order they were made (one flush
     at a time). A failed flush drops its changes and reports them to ``on_error`` (status is best
     effort: docs/design.md, "When the state store is down").
+
+    With a ``history`` store, finished jobs queued by :meth:`finished` are added to the per-minute
+    history buckets by one more script call in the same pipeline (best effort: its error reply
+    never fails the status writes).
     """
 
     def __init__(
@@ -46,8 +51,11 @@ class StatusWriter:
         *,
         interval: float = 0.05,
         on_error: Callable[[redis.RedisError, int], None] | None = None,
+        history: HistoryStore | None = None,
     ) -> None:
         self.store = store
+        self.history = history
+        self._finished: deque[Attempt] = deque()
         self.interval = interval
         self.on_error = on_error
         self._queue: deque[_Queued | ScriptCall] = deque()
@@ -74,6 +82,12 @@ class StatusWriter:
     def progress(self, message_id: str, percent: float, note: str | None = None) -> None:
         self._put(self.store.progress_call(message_id, percent, note))
 
+    def finished(self, attempt: Attempt) -> None:
+        """Queue a job's attempt for the history buckets (dropped without a ``history`` store)."""
+        if self.history is not None:
+            self._finished.append(attempt)
+            self._wake()
+
     def flush(self) -> None:
         """Write every queued change now (returns at once when nothing waits)."""
         with self._flushing:
@@ -96,14 +110,26 @@ class StatusWriter:
                 changes.append(transition)
                 if change.mode == "record":
                     open_records[change.message_id] = transition
-            if not changes:
+            history = self._history_call()
+            if not changes and history is None:
                 return
             try:
-                run_scripts(self.store.client, self._calls(changes))
+                if history is None:
+                    run_scripts(self.store.client, self._calls(changes))
+                else:
+                    run_scripts(self.store.client, self._calls(changes), best_effort=[history])
             except redis.RedisError as error:
                 if self.on_error is None:
                     raise
                 self.on_error(error, len(changes))
+
+    def _history_call(self) -> ScriptCall | None:
+        if self.history is None or not self._finished:
+            return None
+        attempts = []
+        while self._finished:
+            attempts.append(self._finished.popleft())
+        return self.history.attempts_call(attempts)
 
     def _calls(self, changes: list[_Transition | ScriptCall]) -> list[ScriptCall]:
         """``changes`` in order, each run of transitions as script calls of up to MOVES_PER_CALL jobs."""
@@ -130,6 +156,9 @@ class StatusWriter:
 
     def _put(self, change: _Queued | ScriptCall) -> None:
         self._queue.append(change)
+        self._wake()
+
+    def _wake(self) -> None:
         if not self._running:
             self._start()
         # The flag is cleared by the thread before it takes the queue: a change queued after

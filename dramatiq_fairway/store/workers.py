@@ -6,7 +6,9 @@ Key (``{namespace}`` is ``FAIRWAY_NAMESPACE``):
     Hash: worker id → JSON :class:`WorkerInfo`, rewritten by each worker process every
     :data:`BEAT_INTERVAL` seconds and deleted when it stops. No TTL on the hash: an entry whose
     heartbeat is older than ``FAIRWAY_HEARTBEAT_TIMEOUT`` belongs to a process that died without
-    stopping and is dropped by the next :meth:`WorkerRegistry.live`.
+    stopping; it is no longer live, but kept :data:`STALE_KEPT` seconds more so the dashboard can
+    mark it (:meth:`WorkerRegistry.stale`) rather than silently drop it, then dropped by the next
+    read.
 
 Independent of the broker, so it lists RabbitMQ workers as well as Redis ones.
 """
@@ -23,6 +25,8 @@ from ..connections import state_store_client
 from ..settings import Settings
 
 BEAT_INTERVAL = 5.0
+# How long past the heartbeat timeout a silent worker is still listed as stale.
+STALE_KEPT = 3600.0
 
 
 class WorkerInfo(BaseModel):
@@ -77,19 +81,29 @@ class WorkerRegistry:
         self.client.hdel(self.key, worker_id)
 
     def live(self) -> list[WorkerInfo]:
-        """Workers whose heartbeat is fresh, oldest first; dead entries are dropped on the way."""
+        """Workers whose heartbeat is fresh, oldest first; long-dead entries are dropped on the way."""
+        return self._read()[0]
+
+    def stale(self) -> list[WorkerInfo]:
+        """Workers whose heartbeat stopped less than ``STALE_KEPT`` seconds past the timeout, oldest first."""
+        return self._read()[1]
+
+    def _read(self) -> tuple[list[WorkerInfo], list[WorkerInfo]]:
         now = self.clock()
-        live, dead = [], []
+        live, stale, dead = [], [], []
         for worker_id, raw in self.client.hgetall(self.key).items():
             try:
                 info = WorkerInfo.model_validate_json(raw)
             except ValidationError:
                 dead.append(worker_id)
                 continue
-            if (now - info.beat_at).total_seconds() > self.timeout:
+            silent = (now - info.beat_at).total_seconds()
+            if silent > self.timeout + STALE_KEPT:
                 dead.append(worker_id)
+            elif silent > self.timeout:
+                stale.append(info)
             else:
                 live.append(info)
         if dead:
             self.client.hdel(self.key, *dead)
-        return sorted(live, key=lambda info: info.started_at)
+        return sorted(live, key=lambda info: info.started_at), sorted(stale, key=lambda info: info.started_at)

@@ -22,6 +22,7 @@ from dramatiq_fairway import setup
 from dramatiq_fairway.actors import maintenance
 from dramatiq_fairway.actors.maintenance import QUEUE, claim_tick
 from dramatiq_fairway.settings import Settings
+from dramatiq_fairway.store import history
 
 from ..conftest import REDIS_URL
 from ..support.helpers import dramatiq_command, settings_env, wait_for
@@ -93,9 +94,10 @@ def test_two_schedulers_sample_a_tick_once(
     second = maintenance.sample_queue_metrics.fn()  # the same tick, sent by a second scheduler
     assert first is not None
     assert second is None
-    stored = state_client.hgetall(f"{namespace}:metrics:depth:{int(tick // 60)}")
+    key = f"{{{namespace}:hist}}:b:{int(tick // 60)}"
+    stored = state_client.hgetall(key)
     assert {key.decode(): int(value) for key, value in stored.items()} == first
-    assert 0 < state_client.ttl(f"{namespace}:metrics:depth:{int(tick // 60)}") <= maintenance.SAMPLE_TTL
+    assert 0 < state_client.ttl(key) <= history.TTL
     tick += 60  # the next minute is a new tick
     assert maintenance.sample_queue_metrics.fn() is not None
 

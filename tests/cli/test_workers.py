@@ -15,7 +15,7 @@ from dramatiq import Broker, Worker
 from dramatiq_fairway.cli import main
 from dramatiq_fairway.middlewares.workers import WorkerHeartbeats
 from dramatiq_fairway.settings import Settings
-from dramatiq_fairway.store.workers import WorkerInfo, WorkerRegistry
+from dramatiq_fairway.store.workers import STALE_KEPT, WorkerInfo, WorkerRegistry
 
 from ..support.helpers import settings_env, wait_for
 
@@ -34,13 +34,15 @@ def _info(worker_id: str, beat_at: dt.datetime) -> WorkerInfo:
     )
 
 
-def test_a_worker_silent_past_the_timeout_is_dropped(state_client: redis.Redis, namespace: str) -> None:
+def test_a_worker_silent_past_the_timeout_is_stale_then_dropped(state_client: redis.Redis, namespace: str) -> None:
     now = dt.datetime(2026, 11, 25, 12, tzinfo=dt.UTC)
     registry = WorkerRegistry(state_client, namespace, timeout=60, clock=lambda: now)
     registry.beat(_info("fresh", now - dt.timedelta(seconds=59)))
-    registry.beat(_info("dead", now - dt.timedelta(seconds=61)))
+    registry.beat(_info("silent", now - dt.timedelta(seconds=61)))
+    registry.beat(_info("dead", now - dt.timedelta(seconds=61 + STALE_KEPT)))
     assert [info.id for info in registry.live()] == ["fresh"]
-    assert state_client.hkeys(registry.key) == [b"fresh"]
+    assert [info.id for info in registry.stale()] == ["silent"]
+    assert sorted(state_client.hkeys(registry.key)) == [b"fresh", b"silent"]
 
 
 def test_workers_lists_a_running_worker_with_its_jobs(  # noqa: PLR0917 (fixtures)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 import uuid
 from collections.abc import Callable, Iterator
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -29,12 +30,11 @@ from dramatiq_fairway.cli import dlq as dlq_cli
 from dramatiq_fairway.cli import jobs as jobs_cli
 from dramatiq_fairway.cli import queues as queues_cli
 from dramatiq_fairway.cli.output import CommandError
-from dramatiq_fairway.dashboard import app as dashboard_app
 from dramatiq_fairway.dashboard.charts import trend_bars
 from dramatiq_fairway.dashboard.security import check_bind
-from dramatiq_fairway.dashboard.throughput import MetricsWindow, parse, quantile
 from dramatiq_fairway.errors import ConfigError, TransientError
 from dramatiq_fairway.ops.controls import paused_queues
+from dramatiq_fairway.ops.history import History
 from dramatiq_fairway.priority import Priority
 from dramatiq_fairway.settings import DashboardSettings, Settings
 from dramatiq_fairway.setup import install
@@ -57,6 +57,7 @@ from ..support.dashboard_support import (
 from ..support.helpers import free_port, settings_env, wait_for
 
 SCRIPT = "<script>alert('owned')</script>"
+HOUR = timedelta(hours=1)
 
 
 @pytest.fixture
@@ -131,6 +132,7 @@ def test_every_page_shows_what_real_jobs_left(
         (record,) = dead_letters_of(settings, 1, queue=queue_name, reason="permanent")
         wait_for(lambda: (b := RedisBreakerStore.from_settings(settings).get(dependency)) and b.state == "open")
         dead_letters_of(settings, 2, queue=queue_name)
+        wait_for(lambda: sum(row.finished or 0 for row in History.from_settings(settings).stats(HOUR)) == 8)
         # The dashboard as an application embedding it runs it: sharing its producer's broker.
         client = client_for(settings, producer)
 
@@ -140,7 +142,7 @@ def test_every_page_shows_what_real_jobs_left(
         dead = rf'data-queue="{queue_name}">.*?<a href="/dead-letters\?queue={queue_name}">2<'
         assert re.search(dead, overview.text, re.S)
         assert dependency in overview.text  # open breakers
-        assert "dead_lettered 2" in overview.text
+        assert "dead lettered 2" in overview.text
         assert "success 6" in overview.text
         if settings.broker == "redis":
             assert re.search(r"<td>NORMAL</td><td>initech</td>\s*<td class=\"num\">3</td>", overview.text)
@@ -429,21 +431,6 @@ def test_bind_rule() -> None:
 # -- the figures ---------------------------------------------------------------------------------
 
 
-def test_wait_percentiles_interpolate_like_prometheus() -> None:
-    buckets = {0.1: 50.0, 1.0: 90.0, 10.0: 100.0, float("inf"): 100.0}
-    assert quantile(0.5, buckets) == pytest.approx(0.1)
-    assert quantile(0.95, buckets) == pytest.approx(1.0 + 9.0 * 0.5)
-    assert quantile(0.5, {float("inf"): 0.0}) is None
-    text = (
-        'fairway_messages_total{queue="q",actor="a",outcome="success"} 7.0\n'
-        'fairway_messages_total{queue="r",actor="b",outcome="success"} 3.0\n'
-        'fairway_tenant_served_total{queue="q",tenant="acme"} 4.0\n'
-    )
-    sample = parse(text, at=0.0)
-    assert sample.outcomes == {"success": 10.0}
-    assert sample.served == {("q", "acme"): 4.0}
-
-
 def test_trend_has_one_bar_per_hour_scaled_to_the_busiest() -> None:
     from datetime import UTC, datetime, timedelta
 
@@ -455,59 +442,6 @@ def test_trend_has_one_bar_per_hour_scaled_to_the_busiest() -> None:
     assert bars[-3].height == 12
     assert bars[-2].height == 0
     assert bars[-1].title.endswith(": 4")
-
-
-def test_metrics_window_reports_the_difference_over_the_last_hour() -> None:
-    now = [0.0]
-    texts = iter(
-        [
-            _exposition(success=10, waits={1.0: 4, float("inf"): 10}),
-            _exposition(success=70, waits={1.0: 64, float("inf"): 70}),
-            _exposition(success=5, waits={1.0: 5, float("inf"): 5}),  # a worker restarted
-        ]
-    )
-    window = MetricsWindow(Settings(), clock=lambda: now[0], fetch=lambda: next(texts))
-    first = window.figures()
-    assert first is not None
-    assert (first.seconds, first.finished, first.per_minute) == (0.0, 10.0, None)  # totals since start
-    now[0] = 120.0
-    second = window.figures()
-    assert second is not None
-    assert (second.seconds, second.finished, second.per_minute) == (120.0, 60.0, 30.0)
-    assert second.wait_p50 == pytest.approx(0.5)  # the 60 new waits were all under a second
-    now[0] = 121.0
-    assert window.figures() == second  # sampled at most every few seconds
-    now[0] = 180.0
-    third = window.figures()
-    assert third is not None
-    assert third.outcomes == {"success": 5.0}  # a counter that went down restarted: its value is new
-    now[0] = 180.0 + 3601.0
-    window.fetch = _unreachable
-    assert window.figures() is None  # every sample aged out, and nothing answered
-    assert window.error is not None
-    assert "no metrics exporter answered" in window.error
-
-
-def test_pages_say_how_old_the_figures_are_and_which_metrics_they_cannot_read(
-    redis_settings: Settings, redis_broker: Broker, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    now = [1000.0]
-    answers: list[Callable[[], str]] = [lambda: _exposition(success=3, waits={float("inf"): 3})]
-
-    def window(settings: Settings) -> MetricsWindow:
-        return MetricsWindow(settings, clock=lambda: now[0], fetch=lambda: answers[0]())  # noqa: PLW0108 (swapped below)
-
-    monkeypatch.setattr(dashboard_app, "MetricsWindow", window)
-    client = client_for(redis_settings, redis_broker)
-    for page in ("/?fragment=live", "/tenants"):
-        assert "metrics-age" not in client.get(page).text, page  # fresh figures need no note
-    answers[0] = _unreachable
-    now[0] += 12.0
-    url = f"http://127.0.0.1:{redis_settings.metrics.port}/metrics"
-    for page in ("/?fragment=live", "/tenants"):
-        text = client.get(page).text
-        assert "Figures from 12 s ago: no metrics exporter answered at " + url in text, page
-        assert "unreadable" in text, page
 
 
 def test_overview_names_the_workers_whose_metrics_cannot_be_read(
@@ -528,15 +462,3 @@ def test_overview_names_the_workers_whose_metrics_cannot_be_read(
     assert "<code>host:2:x</code>" in note
     assert "FAIRWAY_METRICS__PORT=9464" in note
     assert "host:1:x" not in note
-
-
-def _exposition(success: int, waits: dict[float, int]) -> str:
-    lines = [f'fairway_messages_total{{queue="q",actor="a",outcome="success"}} {success}.0']
-    for bound, count in waits.items():
-        le = "+Inf" if bound == float("inf") else str(bound)
-        lines.append(f'fairway_message_wait_seconds_bucket{{queue="q",priority_level="NORMAL",le="{le}"}} {count}.0')
-    return "\n".join(lines) + "\n"
-
-
-def _unreachable() -> str:
-    raise ConnectionRefusedError("connection refused")

@@ -25,6 +25,7 @@ from dramatiq_fairway.dashboard import create_app
 from dramatiq_fairway.errors import PermanentError
 from dramatiq_fairway.settings import Settings
 from dramatiq_fairway.store.breakers import RedisBreakerStore
+from dramatiq_fairway.store.history import Finished, HistoryStore
 
 from ..support.dashboard_support import dashboard_settings, dead_letters_of, served, workers_exporter
 from ..support.helpers import ROOT, free_port, wait_for
@@ -112,9 +113,14 @@ def test_overview_follows_running_jobs_and_a_dead_letter_group_is_requeued(
         expect(backlog).to_have_text("0", timeout=60_000)
         assert page.evaluate("window.fairwayNoReload") is True
         page.screenshot(path=artifacts / "overview-drained.png", full_page=True)
+        expect(page.locator("#chart-throughput svg rect").first).to_be_visible()
         page.goto(url + "/tenants")
         expect(page.locator(f'table.tenants[data-queue="{queue_name}"] tbody tr')).to_have_count(3)
+        expect(page.locator(f'[id="chart-tenants-{queue_name}"] svg rect').first).to_be_visible()
         page.screenshot(path=artifacts / "tenants.png", full_page=True)
+        page.goto(url + "/actors")
+        expect(page.locator("#chart-actors svg rect").first).to_be_visible()
+        page.screenshot(path=artifacts / "actors.png", full_page=True)
 
         (disk_full, *_) = dead_letters_of(settings, 2, actor="import_file")
         dead_letters_of(settings, 1, actor="sync_account")
@@ -144,10 +150,55 @@ def test_overview_follows_running_jobs_and_a_dead_letter_group_is_requeued(
         page.screenshot(path=artifacts / "dead-letters-after.png", full_page=True)
 
 
+def test_charts_render_without_and_with_history_and_names_stay_text(
+    namespace: str, short_tmp: Path, state_client: redis.Redis, page: object, artifacts: Path
+) -> None:
+    from playwright.sync_api import Page, expect
+
+    assert isinstance(page, Page)
+    alerts: list[str] = []
+    page.on("dialog", lambda dialog: (alerts.append(dialog.message), dialog.dismiss()))
+    settings = dashboard_settings("redis", namespace, short_tmp)
+    with served(create_app(settings)) as url:
+        for path, name in (("/", "empty-overview"), ("/tenants", "empty-tenants"), ("/actors", "empty-actors")):
+            page.goto(url + path)
+            expect(page.locator("main")).to_contain_text("no queues yet" if path == "/tenants" else "in this window")
+            page.screenshot(path=artifacts / f"{name}.png", full_page=True)
+        expect(page.locator("#chart-actors")).to_contain_text("no job ran in this window")
+
+        store = HistoryStore(state_client, namespace)
+        now = time.time()
+        store.add(
+            Finished(now - 60 * age, "reports", INJECTED, INJECTED, "HIGH", outcome, 30.0 * age, 200.0 + age)
+            for age in range(30)
+            for outcome in ("success", "success", "retried", "dead_lettered")
+        )
+        store.sample_backlog({("reports", "HIGH"): 12, ("reports", "LOW"): 3}, int(now // 60))
+        for path, chart in (
+            ("/", "#chart-throughput"),
+            ("/tenants", "#chart-tenants-reports"),
+            ("/actors", "#chart-actors"),
+        ):
+            page.goto(url + path)
+            expect(page.locator(f"{chart} svg rect").first).to_be_visible()
+            page.screenshot(path=artifacts / f"history{path.replace('/', '-') or '-overview'}.png", full_page=True)
+            if path != "/":
+                expect(page.locator(chart)).to_contain_text(INJECTED[:20])  # shown as text, clipped
+        expect(page.locator("#chart-backlog svg polyline")).to_have_count(0)  # not on this page
+        page.goto(url + "/")
+        expect(page.locator("#chart-backlog svg polyline")).to_have_count(2)
+        expect(page.locator("#chart-wait")).to_contain_text("HIGH")
+        assert page.locator("script").count() == 1  # the dashboard's own; nothing injected ran
+    assert alerts == []
+
+
+INJECTED = "<script>alert('owned')</script>"
+
+
 def _until_rates_show(page: object, patience: float = 10.0) -> None:
-    """For a telling screenshot: give the dashboard time for a second metrics sample (no assertion)."""
+    """For a telling screenshot: give the dashboard time to count finished jobs (no assertion)."""
     deadline = time.monotonic() + patience
-    while time.monotonic() < deadline and page.locator("#throughput").inner_text() == "-":  # type: ignore[attr-defined]
+    while time.monotonic() < deadline and page.locator("#throughput").inner_text() == "0.0":  # type: ignore[attr-defined]
         if page.locator("#backlog-total").inner_text() == "0":  # type: ignore[attr-defined]
             return
         time.sleep(0.2)
