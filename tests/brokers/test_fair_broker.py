@@ -15,7 +15,6 @@ from typing import Any
 
 import dramatiq
 import pytest
-import redis
 from dramatiq import Message, Worker
 
 from dramatiq_fairway.brokers.fair_redis import FairRedisBroker
@@ -24,7 +23,7 @@ from dramatiq_fairway.middlewares.dead_letters import DeadLetters
 from dramatiq_fairway.priority import Priority
 from dramatiq_fairway.settings import FairnessSettings, Settings
 
-from ..conftest import REDIS_URL
+from ..conftest import REDIS_URL, redis_for_tests
 from ..support.fair_support import delete_namespace, fair_broker
 from ..support.helpers import dramatiq_command, settings_env, wait_for
 
@@ -53,7 +52,7 @@ def make_broker(namespace: str, short_tmp: Path) -> Iterator[BrokerFactory]:
     yield make
     for broker in brokers:
         broker.close()
-    client = redis.Redis.from_url(REDIS_URL)
+    client = redis_for_tests()
     delete_namespace(client, namespace)
     client.close()
 
