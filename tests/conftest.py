@@ -26,6 +26,7 @@ import redis
 from dramatiq import Broker, Worker
 from dramatiq.brokers.rabbitmq import RabbitmqBroker
 from dramatiq.brokers.stub import StubBroker
+from redis.cluster import RedisCluster
 
 from dramatiq_fairway import setup
 from dramatiq_fairway.brokers.rabbitmq import FairwayRabbitmqBroker
@@ -36,8 +37,10 @@ from dramatiq_fairway.store import delete_namespace
 from .support.one_slot import one_slot_per_script_call
 
 ON_CLUSTER = os.environ.get("FAIRWAY_TEST_REDIS", "single") == "cluster"
+# The shared one-server Redis, for the few tests that count one server's round trips.
+SINGLE_REDIS_URL = "redis://127.0.0.1:6379/0"
 CLUSTER_URL = "redis+cluster://127.0.0.1:17300,127.0.0.1:17301,127.0.0.1:17302"  # scripts/redis-cluster.sh
-REDIS_URL = os.environ.get("FAIRWAY_TEST_REDIS_URL", CLUSTER_URL) if ON_CLUSTER else "redis://127.0.0.1:6379/0"
+REDIS_URL = os.environ.get("FAIRWAY_TEST_REDIS_URL", CLUSTER_URL) if ON_CLUSTER else SINGLE_REDIS_URL
 if ON_CLUSTER:
     # Settings() made by a test (or a dramatiq process it starts) reads the broker's URL from here.
     os.environ["FAIRWAY_REDIS_URL"] = REDIS_URL
@@ -64,6 +67,14 @@ def pytest_runtest_makereport(
 def redis_for_tests() -> redis.Redis:
     """A client of the Redis the suite runs on (one server, or the cluster of FAIRWAY_TEST_REDIS)."""
     return redis_client(REDIS_URL, TlsSettings())
+
+
+def disconnect(client: redis.Redis) -> None:
+    """Close every connection of ``client`` (one server's pool, or each node's of a cluster)."""
+    if isinstance(client, RedisCluster):
+        client.disconnect_connection_pools()
+    else:
+        client.connection_pool.disconnect()
 
 
 @pytest.fixture(autouse=True)
