@@ -10,13 +10,14 @@ with ``WAIT`` (``store/scripts.py``), naming a client's connections (``connectio
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, cast
 
 import redis
 from redis.cluster import ClusterNode, RedisCluster
 from redis.crc import key_slot
 
-__all__ = ["ClusterClient", "cluster_client", "is_cluster", "key_slot", "slot_of"]
+__all__ = ["ClusterClient", "ClusterShape", "cluster_client", "cluster_shape", "is_cluster", "key_slot", "slot_of"]
 
 
 class ClusterClient(RedisCluster):
@@ -37,6 +38,29 @@ def cluster_client(nodes: list[tuple[str, int]], **options: Any) -> redis.Redis:
     """A cluster client started from ``nodes`` (it discovers the others), typed as the one-server
     client whose commands it takes."""
     return cast(redis.Redis, ClusterClient(nodes, **options))
+
+
+@dataclass(frozen=True)
+class ClusterShape:
+    """What a cluster's nodes say of it now (``fairway check``)."""
+
+    state: str
+    masters: int
+    replicas: int
+    slots_covered: int
+
+
+def cluster_shape(client: Any) -> ClusterShape:
+    """The masters and replicas that answer, and the slots served, as one node of ``client`` sees them."""
+    info = client.cluster_info()
+    nodes = client.cluster_nodes().values()
+    up = [node["flags"] for node in nodes if "fail" not in node["flags"] and node["connected"] is not False]
+    return ClusterShape(
+        state=str(info["cluster_state"]),
+        masters=sum("master" in flags for flags in up),
+        replicas=sum("slave" in flags for flags in up),
+        slots_covered=int(info["cluster_slots_ok"]),
+    )
 
 
 def is_cluster(client: Any) -> bool:
