@@ -17,7 +17,16 @@ import redis
 from redis.cluster import ClusterNode, RedisCluster
 from redis.crc import key_slot
 
-__all__ = ["ClusterClient", "ClusterShape", "cluster_client", "cluster_shape", "is_cluster", "key_slot", "slot_of"]
+__all__ = [
+    "ClusterClient",
+    "ClusterShape",
+    "clients_near",
+    "cluster_client",
+    "cluster_shape",
+    "is_cluster",
+    "key_slot",
+    "slot_of",
+]
 
 
 class ClusterClient(RedisCluster):
@@ -61,6 +70,13 @@ def cluster_shape(client: Any) -> ClusterShape:
         replicas=sum("slave" in flags for flags in up),
         slots_covered=int(info["cluster_slots_ok"]),
     )
+
+
+def clients_near(client: Any, key: str) -> list[dict[str, str]]:
+    """``CLIENT LIST`` of the server that holds ``key`` (on a cluster, the master of its slot)."""
+    if is_cluster(client):
+        return cast(list[dict[str, str]], client.client_list(target_nodes=client.get_node_from_key(key)))
+    return cast(list[dict[str, str]], client.client_list())
 
 
 def is_cluster(client: Any) -> bool:

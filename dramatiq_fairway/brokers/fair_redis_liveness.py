@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 
 import redis
 
-from ..redis_cluster import is_cluster
+from ..redis_cluster import clients_near
 from ..store.scripts import LuaScript, ScriptCall, run_scripts
 
 if TYPE_CHECKING:
@@ -120,15 +120,10 @@ class WorkerLiveness:
 
     def _connected_broker_ids(self) -> set[str] | None:
         """Broker ids with an open connection to Redis, or None when ``CLIENT LIST`` is refused."""
-        client = self.broker.client
         try:
-            if is_cluster(client):
-                # A live worker beats into the heartbeats key, so it holds a connection to that
-                # key's node: its CLIENT LIST is the one to read (the default node's may lack it).
-                node = client.get_node_from_key(self.broker._workers_key("heartbeats"))  # type: ignore[attr-defined]
-                clients = client.client_list(target_nodes=node)
-            else:
-                clients = client.client_list()
+            # A live worker beats into the heartbeats key, so it holds a connection to that key's
+            # server: on a cluster its master's CLIENT LIST is the one to read.
+            clients = clients_near(self.broker.client, self.broker._workers_key("heartbeats"))
         except redis.ResponseError:
             return None
         return {

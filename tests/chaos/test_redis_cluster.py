@@ -31,7 +31,6 @@ from ..support.redis_cluster import RedisClusterNodes, redis_cluster
 pytestmark = [pytest.mark.chaos, pytest.mark.cluster]
 
 QUEUES = 3
-JOBS_PER_QUEUE = 1000
 STREAMED_PER_QUEUE = 100
 THREADS = 4
 # Per queue: one tenant floods it (HIGH and NORMAL), two small tenants send after it.
@@ -72,6 +71,17 @@ def _queue_actor(broker: FairRedisBroker, queue_name: str, index: int, runs: Run
     return cluster_job
 
 
+def _one_queue_per_master(cluster: RedisClusterNodes, broker: FairRedisBroker, namespace: str) -> list[str]:
+    """QUEUES queue names whose slots are on different masters (names hash anywhere: pick them)."""
+    by_master: dict[int, str] = {}
+    for n in range(200):
+        name = f"cq{n}_{namespace[-6:]}"
+        by_master.setdefault(cluster.master_of(broker._queue_prefix(name)), name)
+        if len(by_master) == QUEUES:
+            return list(by_master.values())
+    raise AssertionError(f"no {QUEUES} queue names on {QUEUES} masters")
+
+
 def _jobs(index: int) -> list[tuple[int, str, Priority]]:
     """(job id, tenant, level) of queue ``index``'s upfront jobs, in the order they are sent."""
     base = index * 10_000
@@ -88,7 +98,7 @@ def test_master_sigkilled_mid_drain_loses_no_job_and_stays_fair_on_the_other_slo
 ) -> None:
     settings = _settings(cluster, namespace, short_tmp, wait_replicas=1)
     broker = fair_broker(settings)
-    queues = [f"cq{index}_{namespace[-6:]}" for index in range(QUEUES)]
+    queues = _one_queue_per_master(cluster, broker, namespace)
     # The victim is the master of the first queue's slot; queues of the others must keep their order.
     victim = cluster.master_of(broker._queue_prefix(queues[0]))
     surviving = [q for q in queues if cluster.master_of(broker._queue_prefix(q)) != victim]
