@@ -60,14 +60,15 @@ class ClusterShape:
 
 
 def cluster_shape(client: Any) -> ClusterShape:
-    """The masters and replicas that answer, and the slots served, as one node of ``client`` sees them."""
+    """The masters serving slots and the replicas that answer, and the slots served, as one node of
+    ``client`` sees them now."""
     info = client.cluster_info()
-    nodes = client.cluster_nodes().values()
-    up = [node["flags"] for node in nodes if "fail" not in node["flags"] and node["connected"] is not False]
+    up = [node for node in client.cluster_nodes().values() if "fail" not in node["flags"] and node["connected"]]
     return ClusterShape(
         state=str(info["cluster_state"]),
-        masters=sum("master" in flags for flags in up),
-        replicas=sum("slave" in flags for flags in up),
+        # A master with no slots serves nothing (a node whose role the others have not learnt yet).
+        masters=sum("master" in node["flags"] and bool(node["slots"]) for node in up),
+        replicas=sum("slave" in node["flags"] for node in up),
         slots_covered=int(info["cluster_slots_ok"]),
     )
 

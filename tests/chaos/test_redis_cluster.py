@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -25,7 +27,7 @@ from dramatiq_fairway.settings import Settings
 
 from ..support.chaos_support import RunLog, chaos_env, declare_actors, log_tail, send_jobs, worker_commands
 from ..support.fair_support import fair_broker
-from ..support.helpers import wait_for
+from ..support.helpers import settings_env, wait_for
 from ..support.redis_cluster import RedisClusterNodes, redis_cluster
 
 pytestmark = [pytest.mark.chaos, pytest.mark.cluster]
@@ -57,10 +59,28 @@ def _settings(cluster: RedisClusterNodes, namespace: str, data_dir: Path, wait_r
 
 
 def test_check_reports_the_cluster(cluster: RedisClusterNodes, namespace: str, short_tmp: Path) -> None:
-    report = check(_settings(cluster, namespace, short_tmp))
-    assert report.ok, report.failure()
-    for server in (report.broker, report.state_store):
-        assert (server.mode, server.masters, server.replicas, server.slots_covered) == ("cluster", 3, 3, 16384)
+    def shapes() -> set[tuple[str | None, int | None, int | None, int | None]]:
+        report = check(_settings(cluster, namespace, short_tmp))
+        assert report.ok, report.failure()
+        return {(s.mode, s.masters, s.replicas, s.slots_covered) for s in (report.broker, report.state_store)}
+
+    # A node that joined a moment ago may not know every other node's role yet: the gossip settles.
+    wait_for(lambda: shapes() == {("cluster", 3, 3, 16384)}, timeout=20, interval=0.5)
+
+
+def test_migrate_refuses_a_cluster_in_one_line(cluster: RedisClusterNodes, namespace: str, short_tmp: Path) -> None:
+    env = {**os.environ, **settings_env(_settings(cluster, namespace, short_tmp))}
+    result = subprocess.run(
+        [sys.executable, "-m", "dramatiq_fairway.cli", "migrate", "--json"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode != 0
+    [line] = result.stderr.strip().splitlines()
+    assert "needs one Redis server" in line
 
 
 def _queue_actor(broker: FairRedisBroker, queue_name: str, index: int, runs: RunLog) -> Actor[..., None]:
