@@ -282,6 +282,6 @@ def test_the_hot_path_costs_no_call_without_a_breaker_and_one_finish_call_with_a
     assert 1 <= admits <= 1 + elapsed / CACHE_TTL
     other = [args[0] for args in client.sent if args[0] != "EVALSHA"]
     assert set(other) <= {"SADD", "SCRIPT LOAD"}
-    state = RedisBreakerStore(state_client, settings.namespace).get("dep")
+    state = RedisBreakerStore(client, settings.namespace).get("dep")
     assert state is not None
     assert (state.state, state.calls) == ("closed", settings.breaker.window_size)

@@ -401,12 +401,13 @@ STATUS_APP = """
     import time
 
     import dramatiq
-    import redis
 
     from dramatiq_fairway import setup
+    from dramatiq_fairway.connections import state_store_client
+    from dramatiq_fairway.settings import load_settings
 
     broker = setup()
-    runs = redis.Redis.from_url(os.environ["FAIRWAY_STATE_URL"])
+    runs = state_store_client(load_settings())
 
     @dramatiq.actor(broker=broker, queue_name=os.environ["TEST_QUEUE"])
     def once(n):
