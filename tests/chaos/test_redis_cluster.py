@@ -190,13 +190,16 @@ def test_master_sigkilled_mid_drain_loses_no_job_and_stays_fair_on_the_other_slo
     assert sent_after_failover, "the producer finished before the failover: nothing shows it continued"
     assert surviving, "every queue hashed to the killed master: nothing to check fairness on"
     for queue in surviving:
-        _assert_fair(order, upfront[queue])
+        small, high = _assert_fair(order, upfront[queue])
+        with capsys.disabled():
+            print(f"  {queue}: last small-tenant job at {small:.0%}, last HIGH job at {high:.0%} of its order")
 
 
-def _assert_fair(order: list[int], jobs: list[tuple[int, str, Priority]]) -> None:
+def _assert_fair(order: list[int], jobs: list[tuple[int, str, Priority]]) -> tuple[float, float]:
     """The fairness rule on one queue's upfront jobs, in the order they first finished: HIGH ahead
     of NORMAL (3 picks of 4 while both wait), and the small tenants, sent after the flood, served
-    by round robin among the NORMAL picks instead of after it (FIFO would put them last)."""
+    by round robin among the NORMAL picks instead of after it (FIFO would put them last). Returns
+    where the last small-tenant job and the last HIGH job came, as fractions of the order."""
     tenant_of = {job_id: (tenant, level) for job_id, tenant, level in jobs}
     first: list[int] = []
     for job in order:
@@ -208,6 +211,7 @@ def _assert_fair(order: list[int], jobs: list[tuple[int, str, Priority]]) -> Non
     # Round robin: the 100 small jobs are done after ~150 NORMAL picks plus the HIGH ones, ~25 %.
     assert max(small) <= 0.4, f"a small tenant's job ran at {max(small):.0%} of the queue's order"
     assert max(high) <= 0.3, f"a HIGH job ran at {max(high):.0%} of the queue's order"
+    return max(small), max(high)
 
 
 def test_sigkilled_worker_has_its_messages_redelivered_within_10_s(  # noqa: PLR0917 (fixtures)
