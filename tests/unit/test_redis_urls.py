@@ -87,6 +87,18 @@ def test_a_malformed_sentinel_url_is_one_line_naming_the_variable_and_the_masked
     assert "hunter2" not in message
 
 
+def test_a_malformed_cluster_url_is_one_line_naming_the_variable_and_the_masked_value(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("FAIRWAY_REDIS_URL", "redis+cluster://:hunter2@a:1,b:x")
+    with pytest.raises(ConfigError) as caught:
+        load_settings()
+    message = str(caught.value)
+    assert message.startswith("FAIRWAY_REDIS_URL: 'redis+cluster://:****@a:1,b:x' has a node port")
+    assert "\n" not in message
+    assert "hunter2" not in message
+
+
 def test_settings_accept_sentinel_urls_and_wait_replicas(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("FAIRWAY_REDIS_URL", "redis+sentinel://a:1,b:2/svc")
     monkeypatch.setenv("FAIRWAY_STATE_URL", "rediss+sentinel://:pw@a:1/svc/2")
