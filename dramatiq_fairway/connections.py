@@ -3,7 +3,8 @@
 ``FAIRWAY_TLS__*`` goes into redis-py's ``ssl_*`` arguments and into pika's ``SSLOptions``; a URL
 alone would silently ignore them (the bug of the system fairway replaces). Every Redis client of
 fairway is made here, so a Sentinel URL (``redis_urls.py``) gives every one of them a client that
-follows the current master (docs/design.md, "Connections").
+follows the current master, and a cluster URL a Redis Cluster client (``redis_cluster.py``) for
+every one of them (docs/design.md, "Connections").
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from redis.sentinel import (
 )
 
 from .embedded import EmbeddedRedis
+from .redis_cluster import ClusterClient, cluster_client, is_cluster
 from .redis_urls import RedisUrl, parse_redis_url
 from .settings import Settings, TlsSettings
 
@@ -36,12 +38,15 @@ SENTINEL_TIMEOUT = 2.0
 
 
 def redis_client(url: str, tls: TlsSettings, **options: Any) -> redis.Redis:
-    """A redis-py client for ``url``: one server (``redis://``, ``rediss://``, ``unix://``) or the
-    current master of a Sentinel service (``redis+sentinel://``, ``rediss+sentinel://``)."""
+    """A redis-py client for ``url``: one server (``redis://``, ``rediss://``, ``unix://``), the
+    current master of a Sentinel service (``redis+sentinel://``, ``rediss+sentinel://``) or a
+    Redis Cluster (``redis+cluster://``, ``rediss+cluster://``)."""
     parsed = parse_redis_url(url)
     ssl_options = _ssl_options(tls) if parsed.tls else {}
     if parsed.mode == "sentinel":
         return _sentinel_master(parsed, ssl_options, options)
+    if parsed.mode == "cluster":
+        return _cluster(parsed, ssl_options, options)
     return redis.Redis.from_url(url, **ssl_options, **options)
 
 
@@ -99,6 +104,15 @@ def _sentinel_master(parsed: RedisUrl, ssl_options: dict[str, Any], options: dic
     )
 
 
+def _cluster(parsed: RedisUrl, ssl_options: dict[str, Any], options: dict[str, Any]) -> redis.Redis:
+    """A cluster client; a failover (about 4 s with cluster-node-timeout 2000) costs a caller
+    retries inside the call (the slot map is read again after a connection error), not an error."""
+    retry = Retry(ExponentialBackoff(cap=0.5, base=0.05), FAILOVER_RETRIES)
+    tls = {"ssl": True, **ssl_options} if parsed.tls else {}
+    credentials = {"username": parsed.username, "password": parsed.password}
+    return cluster_client(list(parsed.sentinels), **{"retry": retry, **credentials, **tls, **options})
+
+
 def named_client(client: redis.Redis, name: str) -> redis.Redis:
     """A client like ``client`` (same server or Sentinel service, credentials and TLS) whose
     connections carry ``name``.
@@ -106,6 +120,8 @@ def named_client(client: redis.Redis, name: str) -> redis.Redis:
     Its own pool, so naming never touches connections that other code shares with ``client``.
     Replies stay bytes: bodies are decoded by Dramatiq.
     """
+    if isinstance(client, ClusterClient):
+        return client.renamed(name)
     pool = client.connection_pool
     kwargs = {**pool.connection_kwargs, "client_name": name, "decode_responses": False}
     if isinstance(pool, SentinelConnectionPool):
@@ -127,7 +143,9 @@ def named_client(client: redis.Redis, name: str) -> redis.Redis:
 
 
 def master_address(client: redis.Redis) -> tuple[str, int] | None:
-    """The address Sentinel gives for ``client``'s master now, or None for a one-server client."""
+    """The address Sentinel gives for ``client``'s master now, or None for a one-server client or a cluster."""
+    if is_cluster(client):
+        return None
     pool = client.connection_pool
     if isinstance(pool, SentinelConnectionPool):
         host, port = pool.get_master_address()

@@ -3,6 +3,7 @@
 # drive (Redis, RabbitMQ, Chromium for the dashboard's browser test, promtool for the Prometheus
 # rules, npm for the Lua formatter), Redis and RabbitMQ started when they do not answer, the venv, then lint and pytest.
 # Arguments go to pytest: `bash scripts/test-all.sh -m "not chaos and not browser and not cluster"`.
+# `FAIRWAY_TEST_REDIS=cluster bash scripts/test-all.sh -k "not rabbitmq"`: the Redis half on a cluster.
 # Nothing is ever skipped for a missing tool: it is installed here, or the run fails.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -51,6 +52,12 @@ done
 redis_up || { echo "scripts/test-all.sh: Redis does not answer on 127.0.0.1:6379" >&2; exit 1; }
 rabbitmq_up || { echo "scripts/test-all.sh: RabbitMQ does not answer on 127.0.0.1:5672" >&2; exit 1; }
 as_root rabbitmqctl await_startup >/dev/null 2>&1 || true
+
+# FAIRWAY_TEST_REDIS=cluster runs the Redis half on a local 3 + 3 Redis Cluster (tests/conftest.py):
+# start it here, on scripts/redis-cluster.sh's ports, unless FAIRWAY_TEST_REDIS_URL names one.
+if [ "${FAIRWAY_TEST_REDIS:-}" = cluster ] && [ -z "${FAIRWAY_TEST_REDIS_URL:-}" ]; then
+    bash scripts/redis-cluster.sh start
+fi
 
 [ -x .venv/bin/python ] || python3 -m venv .venv
 .venv/bin/pip install -q -e ".[all]"

@@ -4,6 +4,11 @@ Isolation: each test gets its own fairway namespace and queue names, and everyth
 is deleted afterwards. A server that is down makes the tests that need it fail, never skip.
 ``Settings`` reads ``FAIRWAY_*`` too, so ``FAIRWAY_RABBITMQ__QUEUE_TYPE=quorum`` in the environment
 runs the RabbitMQ half of the suite on quorum queues (docs/operations.md).
+
+``FAIRWAY_TEST_REDIS=cluster`` runs the Redis half on a Redis Cluster: the one
+``scripts/redis-cluster.sh start`` makes, or the one ``FAIRWAY_TEST_REDIS_URL`` names. On every
+Redis, each script call is checked to touch one hash slot (``support/one_slot.py``), so a call a
+cluster would refuse fails on one server too.
 """
 
 from __future__ import annotations
@@ -21,14 +26,24 @@ import redis
 from dramatiq import Broker, Worker
 from dramatiq.brokers.rabbitmq import RabbitmqBroker
 from dramatiq.brokers.stub import StubBroker
+from redis.cluster import RedisCluster
 
 from dramatiq_fairway import setup
 from dramatiq_fairway.brokers.rabbitmq import FairwayRabbitmqBroker
-from dramatiq_fairway.connections import rabbitmq_parameters
-from dramatiq_fairway.settings import Settings
+from dramatiq_fairway.connections import rabbitmq_parameters, redis_client
+from dramatiq_fairway.settings import Settings, TlsSettings
 from dramatiq_fairway.store import delete_namespace
 
-REDIS_URL = "redis://127.0.0.1:6379/0"
+from .support.one_slot import one_slot_per_script_call
+
+ON_CLUSTER = os.environ.get("FAIRWAY_TEST_REDIS", "single") == "cluster"
+# The shared one-server Redis, for the few tests that count one server's round trips.
+SINGLE_REDIS_URL = "redis://127.0.0.1:6379/0"
+CLUSTER_URL = "redis+cluster://127.0.0.1:17300,127.0.0.1:17301,127.0.0.1:17302"  # scripts/redis-cluster.sh
+REDIS_URL = os.environ.get("FAIRWAY_TEST_REDIS_URL", CLUSTER_URL) if ON_CLUSTER else SINGLE_REDIS_URL
+if ON_CLUSTER:
+    # Settings() made by a test (or a dramatiq process it starts) reads the broker's URL from here.
+    os.environ["FAIRWAY_REDIS_URL"] = REDIS_URL
 BROKER_KINDS = ["redis", "rabbitmq"]
 
 # Importing dramatiq_fairway.actors binds its actors to the global broker, set up from FAIRWAY_*
@@ -47,6 +62,27 @@ def pytest_runtest_makereport(
         report.outcome = "failed"
         report.longrepr = f"skipped in CI ({call.excinfo.value if call.excinfo else 'no reason'}); CI runs every test"
     return report
+
+
+def redis_for_tests() -> redis.Redis:
+    """A client of the Redis the suite runs on (one server, or the cluster of FAIRWAY_TEST_REDIS)."""
+    return redis_client(REDIS_URL, TlsSettings())
+
+
+def disconnect(client: redis.Redis) -> None:
+    """Close every connection of ``client`` (one server's pool, or each node's of a cluster)."""
+    if isinstance(client, RedisCluster):
+        client.disconnect_connection_pools()
+    else:
+        client.connection_pool.disconnect()
+
+
+@pytest.fixture(autouse=True)
+def one_slot_per_call(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Refuse, and fail the test on, any script call whose keys are in several hash slots."""
+    with one_slot_per_script_call(monkeypatch) as refused:
+        yield
+    assert not refused, "script calls across hash slots (a cluster refuses them):\n" + "\n".join(refused)
 
 
 @pytest.fixture
@@ -69,7 +105,7 @@ def short_tmp() -> Iterator[Path]:
 @pytest.fixture
 def state_client(namespace: str) -> Iterator[redis.Redis]:
     """The shared Redis as the state store; every key of the test's namespace (queues too) is deleted after."""
-    client = redis.Redis.from_url(REDIS_URL)
+    client = redis_for_tests()
     client.ping()
     yield client
     delete_namespace(client, namespace)
@@ -83,7 +119,13 @@ def broker_kind(request: pytest.FixtureRequest) -> str:
 
 @pytest.fixture
 def settings(broker_kind: str, namespace: str, short_tmp: Path, state_client: redis.Redis) -> Settings:
-    return Settings(broker=broker_kind, namespace=namespace, state_url=REDIS_URL, data_dir=short_tmp)  # type: ignore[arg-type]
+    return Settings(
+        broker=broker_kind,  # type: ignore[arg-type]
+        namespace=namespace,
+        redis_url=REDIS_URL,
+        state_url=REDIS_URL,
+        data_dir=short_tmp,
+    )
 
 
 @pytest.fixture

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 
 import redis
 
+from ..redis_cluster import clients_near
 from ..store.scripts import LuaScript, ScriptCall, run_scripts
 
 if TYPE_CHECKING:
@@ -120,7 +121,9 @@ class WorkerLiveness:
     def _connected_broker_ids(self) -> set[str] | None:
         """Broker ids with an open connection to Redis, or None when ``CLIENT LIST`` is refused."""
         try:
-            clients = self.broker.client.client_list()
+            # A live worker beats into the heartbeats key, so it holds a connection to that key's
+            # server: on a cluster its master's CLIENT LIST is the one to read.
+            clients = clients_near(self.broker.client, self.broker._workers_key("heartbeats"))
         except redis.ResponseError:
             return None
         return {

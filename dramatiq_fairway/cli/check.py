@@ -32,7 +32,7 @@ def run(args: argparse.Namespace) -> None:
 
 def _render(console: Console, report: CheckReport) -> None:
     servers = Table(title="servers")
-    for column in ("role", "kind", "url", "answers", "version", "mode", "master", "replicas"):
+    for column in ("role", "kind", "url", "answers", "version", "mode", "master", "replicas", "masters", "slots"):
         servers.add_column(column)
     for server in (report.broker, report.state_store):
         answers = "[green]yes[/]" if server.reachable else f"[red]no[/] {server.error}"
@@ -46,6 +46,8 @@ def _render(console: Console, report: CheckReport) -> None:
             server.mode or "-",
             server.master or "-",
             replicas,
+            "-" if server.masters is None else str(server.masters),
+            "-" if server.slots_covered is None else f"{server.slots_covered}/16384",
         )
     console.print(servers)
     settings = Table(title="effective settings (secrets masked)")

@@ -18,6 +18,7 @@ from ..connections import (
     state_url,
     uses_embedded,
 )
+from ..redis_cluster import cluster_shape, is_cluster
 from ..redis_urls import parse_redis_url
 from ..settings import Settings, mask_url
 
@@ -43,10 +44,14 @@ class ServerCheck(BaseModel):
     reachable: bool
     version: str | None = None
     error: str | None = None
-    # Redis only: "single" or "sentinel"; the master Sentinel named; replicas the master has.
+    # Redis only: "single", "sentinel" or "cluster"; the master Sentinel named; replicas the master
+    # has (on a cluster: every replica that answers).
     mode: str | None = None
     master: str | None = None
     replicas: int | None = None
+    # Redis Cluster only: masters that answer and hash slots served (of 16384).
+    masters: int | None = None
+    slots_covered: int | None = None
 
 
 class CheckReport(BaseModel):
@@ -101,6 +106,7 @@ def _check_redis(role: str, kind: str, url_of: Any, settings: Settings) -> Serve
         )
         master = master_address(client)
         info = client.info()
+        shape = cluster_shape(client) if is_cluster(client) else None
         client.close()
     except (redis.RedisError, OSError, RuntimeError) as error:
         return ServerCheck(
@@ -114,7 +120,9 @@ def _check_redis(role: str, kind: str, url_of: Any, settings: Settings) -> Serve
         version=str(info["redis_version"]),
         mode=mode,
         master=f"{master[0]}:{master[1]}" if master else None,
-        replicas=int(info.get("connected_slaves", 0)),
+        replicas=shape.replicas if shape else int(info.get("connected_slaves", 0)),
+        masters=shape.masters if shape else None,
+        slots_covered=shape.slots_covered if shape else None,
     )
 
 
@@ -162,6 +170,6 @@ def _redis_password(url: str) -> str | None:
         parsed = parse_redis_url(url)
     except ValueError:
         return None
-    if parsed.mode == "sentinel":
+    if parsed.mode != "single":
         return parsed.password
     return redis.connection.parse_url(url).get("password")

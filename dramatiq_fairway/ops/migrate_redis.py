@@ -19,7 +19,9 @@ from dramatiq import Message
 from dramatiq.common import dq_name, q_name, xq_name
 
 from ..brokers.fair_redis import FairRedisBroker
+from ..errors import FairwayError
 from ..priority import Priority, level_of
+from ..redis_cluster import is_cluster
 from ..store.keys import (
     stock_acks_key,
     stock_bodies_key,
@@ -46,6 +48,12 @@ def migrate_redis(
     dry_run: bool,
     stock_namespace: str = DEFAULT_STOCK_NAMESPACE,
 ) -> list[Migrated]:
+    if is_cluster(broker.client):
+        # Each adopt call reads the stock keys and writes the queue's in one script: one slot.
+        raise FairwayError(
+            "fairway migrate needs one Redis server: stock Dramatiq does not run on Redis Cluster, "
+            "so its queues are never there (FAIRWAY_REDIS_URL is a redis+cluster:// URL)"
+        )
     if queue_names:
         wanted = sorted({q_name(name) for name in queue_names})
         known = known_queues(broker)

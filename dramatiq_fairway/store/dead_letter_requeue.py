@@ -14,6 +14,7 @@ from pydantic import BaseModel
 from ..encryption.keyring import Keyring, Undecryptable
 from ..errors import FairwayError
 from ..priority import Priority
+from ..redis_cluster import is_cluster
 from .dead_letter_model import DeadLetter
 from .dead_letter_sealing import open_record
 
@@ -168,7 +169,9 @@ def _requeued_message(record: DeadLetter, level: Priority) -> dramatiq.Message:
 def _drop_from_redis_xq(broker: dramatiq.Broker, record: DeadLetter) -> None:
     """On a stock RedisBroker a nacked message also sits in ``q.XQ``; requeue must take it out."""
     redis_id = record.raw.get("options", {}).get("redis_message_id")
-    if not isinstance(broker, RedisBroker) or not redis_id:
+    # A stock RedisBroker never runs on a cluster, and fairway's broker keeps no dead letter in
+    # q.XQ: on a cluster there is nothing to drop (and the two keys are in different slots).
+    if not isinstance(broker, RedisBroker) or not redis_id or is_cluster(broker.client):
         return
     dead = f"{broker.namespace}:{xq_name(q_name(record.queue))}"
     pipe = broker.client.pipeline(transaction=True)

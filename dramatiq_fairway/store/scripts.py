@@ -6,28 +6,42 @@ lost (a restart, ``SCRIPT FLUSH``) is loaded and its calls rerun. Every script o
 runs through here, batched or alone (``LuaScript.run``, or ``LuaScript.call`` on a send path).
 
 A caller that must not lose a write to a failover asks for ``replicas``: the pipeline ends with
-``WAIT replicas timeout`` on the same connection (docs/operations.md, "Redis Sentinel").
+``WAIT replicas timeout`` on the same connection (docs/operations.md, "Redis Sentinel"). On a
+Redis Cluster the calls go to each node in a pipeline of their own that ends with ``WAIT``
+(``WAIT`` only counts the writes of its own connection), and a node lost to a failover is found
+again in the slot map (docs/design.md, "Redis Cluster").
+
+Every call touches one hash slot: its keys share a ``{hash tag}``, and a key a script builds from
+a prefix it is given carries the prefix's tag.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import redis
-from redis.exceptions import NoScriptError
+from redis.exceptions import AskError, ClusterDownError, NoScriptError, TryAgainError
 
 from ..outage import OutageWarning
+from ..redis_cluster import is_cluster
 
 logger = logging.getLogger(__name__)
 
 # How long WAIT may hold a write's caller when replicas lag or are gone: the write is done by
 # then, so this bounds the slowdown, not the data.
 WAIT_TIMEOUT_MS = 1000
+# How long a cluster's script calls with WAIT keep being retried while a replica takes over a
+# lost master's slots (measured: writable again 4-5 s after the kill, cluster-node-timeout 2000).
+CLUSTER_FAILOVER_SECONDS = 20.0
+# Replies that say a call did not run on this node: the slot moved, or the cluster is failing over.
+_NOT_HERE = (AskError, ClusterDownError, TryAgainError)
 _under_replicated = OutageWarning(logger)
 
 
@@ -87,6 +101,8 @@ def _run(client: redis.Redis, calls: list[ScriptCall], replicas: int) -> list[An
     """The replies of ``calls`` in one pipeline, error replies included; lost scripts loaded and rerun."""
     if not calls:
         return []
+    if replicas and is_cluster(client):
+        return _run_per_node(client, calls, replicas)
     pipe = client.pipeline(transaction=False)
     for call in calls:
         pipe.evalsha(call.script.sha, len(call.keys), *call.keys, *call.args)
@@ -102,6 +118,43 @@ def _run(client: redis.Redis, calls: list[ScriptCall], replicas: int) -> list[An
         for i, reply in zip(lost, _run(client, [calls[i] for i in lost], replicas), strict=True):
             replies[i] = reply
     return replies
+
+
+def _run_per_node(client: Any, calls: list[ScriptCall], replicas: int) -> list[Any]:
+    """``_run`` on a cluster with ``WAIT``: each node's calls in one pipeline on that node's client.
+
+    A node that cannot be reached, or replies that a slot is not its own, has those calls sent
+    again after the slot map is read again (a call that failed on a lost connection may have run:
+    at least once, as redis-py's own retry of a pipeline)."""
+    replies: list[Any] = [None] * len(calls)
+    pending = list(range(len(calls)))
+    deadline = time.monotonic() + CLUSTER_FAILOVER_SECONDS
+    pause = 0.05
+    while True:
+        by_node: dict[str, tuple[Any, list[int]]] = {}
+        for i in pending:
+            node = client.get_node_from_key(calls[i].keys[0])
+            by_node.setdefault(node.name, (node, []))[1].append(i)
+        again: list[int] = []
+        for node, indexes in by_node.values():
+            try:
+                node_replies = _run(node.redis_connection, [calls[i] for i in indexes], replicas)
+            except (redis.ConnectionError, redis.TimeoutError):
+                if time.monotonic() > deadline:
+                    raise
+                again += indexes
+                continue
+            for i, reply in zip(indexes, node_replies, strict=True):
+                replies[i] = reply
+                if isinstance(reply, _NOT_HERE):
+                    again.append(i)
+        if not again or time.monotonic() > deadline:
+            return replies
+        pending = again
+        time.sleep(pause)
+        pause = min(pause * 2, 0.5)
+        with contextlib.suppress(redis.RedisError):  # no node answers yet: the next round tries again
+            client.nodes_manager.initialize()
 
 
 def _check_replicas(acknowledged: Any, wanted: int) -> None:

@@ -20,6 +20,7 @@ from typing import Any
 
 import redis
 
+from ..redis_cluster import ClusterClient
 from .scripts import ScriptCall
 
 _open: contextvars.ContextVar[SendWrites | None] = contextvars.ContextVar("fairway_send_writes", default=None)
@@ -76,7 +77,10 @@ def rode_along(message_id: str) -> bool:
 
 
 def server_of(client: redis.Redis) -> tuple[Any, ...]:
-    """(host, port, unix path, db) of ``client``'s server; empty when the pool cannot say (Sentinel)."""
+    """(host, port, unix path, db) of ``client``'s server; empty when the pool cannot say (Sentinel);
+    for a cluster, the nodes it was started from (a pipeline reaches every node of it)."""
+    if isinstance(client, ClusterClient):
+        return ("cluster", *sorted(client.nodes))
     kwargs = client.connection_pool.connection_kwargs
     if kwargs.get("host") is None and kwargs.get("path") is None:
         return ()

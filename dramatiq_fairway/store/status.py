@@ -37,6 +37,7 @@ from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
 from ..connections import state_store_client
+from ..redis_cluster import slot_of
 from ..settings import Settings
 from .scripts import LuaScript, ScriptCall, run_scripts
 from .status_model import (
@@ -145,9 +146,7 @@ class JobStatusStore:
             Move("enqueue", job, [(JobState.PENDING, now)], actor, queue, "", tenant, level)
             for job, actor, queue, tenant, level in jobs
         ]
-        run_scripts(
-            self.client, [self.moves_call(moves[i : i + MOVES_PER_CALL]) for i in range(0, len(moves), MOVES_PER_CALL)]
-        )
+        run_scripts(self.client, self.moves_calls(moves))
 
     def start(
         self,
@@ -269,6 +268,18 @@ class JobStatusStore:
             for state, at in move.states:
                 args += [state.value, at]
         return ScriptCall(self._transition, [self.job_key(move.message_id) for move in moves], args)
+
+    def moves_calls(self, moves: list[Move]) -> list[ScriptCall]:
+        """Script calls making ``moves``: one per hash slot of the jobs' keys (a call touches one
+        slot, for Redis Cluster) and at most MOVES_PER_CALL jobs each; a job's moves keep their order."""
+        by_slot: dict[int, list[Move]] = {}
+        for move in moves:
+            by_slot.setdefault(slot_of(self.job_key(move.message_id)), []).append(move)
+        return [
+            self.moves_call(group[i : i + MOVES_PER_CALL])
+            for group in by_slot.values()
+            for i in range(0, len(group), MOVES_PER_CALL)
+        ]
 
     def progress_call(self, message_id: str, percent: float, note: str | None) -> ScriptCall:
         return ScriptCall(self._progress, [self.job_key(message_id)], [percent, note or ""])

@@ -25,7 +25,9 @@ if TYPE_CHECKING:
     from .status import JobStatusStore
 
 # Jobs per status_transition.lua call: a flush of thousands runs as calls of about a millisecond
-# each, so Redis (often the broker too) is never blocked for long.
+# each, so Redis (often the broker too) is never blocked for long. A call holds only jobs whose
+# keys share a hash slot (JobStatusStore.moves_calls), so with random message ids most calls
+# hold one job: the flush is still one round trip.
 MOVES_PER_CALL = 100
 
 
@@ -146,7 +148,7 @@ class StatusWriter:
         return calls
 
     def _moves_calls(self, moves: list[Move]) -> list[ScriptCall]:
-        return [self.store.moves_call(moves[i : i + MOVES_PER_CALL]) for i in range(0, len(moves), MOVES_PER_CALL)]
+        return self.store.moves_calls(moves)
 
     def close(self) -> None:
         """Write what waits and stop the background thread."""

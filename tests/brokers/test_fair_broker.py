@@ -15,7 +15,6 @@ from typing import Any
 
 import dramatiq
 import pytest
-import redis
 from dramatiq import Message, Worker
 
 from dramatiq_fairway.brokers.fair_redis import FairRedisBroker
@@ -24,7 +23,7 @@ from dramatiq_fairway.middlewares.dead_letters import DeadLetters
 from dramatiq_fairway.priority import Priority
 from dramatiq_fairway.settings import FairnessSettings, Settings
 
-from ..conftest import REDIS_URL
+from ..conftest import REDIS_URL, disconnect, redis_for_tests
 from ..support.fair_support import delete_namespace, fair_broker
 from ..support.helpers import dramatiq_command, settings_env, wait_for
 
@@ -53,7 +52,7 @@ def make_broker(namespace: str, short_tmp: Path) -> Iterator[BrokerFactory]:
     yield make
     for broker in brokers:
         broker.close()
-    client = redis.Redis.from_url(REDIS_URL)
+    client = redis_for_tests()
     delete_namespace(client, namespace)
     client.close()
 
@@ -347,15 +346,16 @@ def test_silent_worker_is_recovered_only_once_its_connections_are_gone(
     # Stale heartbeat, connection open: a busy worker (a C extension holding the GIL), not dead.
     assert live.recover_dead_workers() == 0
     # Connections gone for less than GONE_GRACE (a Redis restart): reconnecting keeps it alive.
-    silent.client.connection_pool.disconnect()
+    disconnect(silent.client)
     assert live.recover_dead_workers() == 0
     now[0] += GONE_GRACE - 0.1
     assert live.recover_dead_workers() == 0
-    silent.client.ping()
+    # A live worker's next heartbeat reconnects (on a cluster, to the heartbeats key's node).
+    silent.client.zscore(silent._workers_key("heartbeats"), silent.broker_id)
     now[0] += GONE_GRACE
     assert live.recover_dead_workers() == 0
     # Gone for good: recovered once GONE_GRACE has passed, not before.
-    silent.client.connection_pool.disconnect()
+    disconnect(silent.client)
     assert live.recover_dead_workers() == 0
     now[0] += GONE_GRACE - 0.1
     assert live.recover_dead_workers() == 0

@@ -8,6 +8,7 @@ import pytest
 import redis
 import redis.connection
 from dramatiq import Broker
+from redis.cluster import RedisCluster
 
 from dramatiq_fairway.brokers.fair_redis import FairRedisBroker
 from dramatiq_fairway.middlewares.status import JobStatus
@@ -44,10 +45,16 @@ def test_a_send_is_one_round_trip_with_its_pending_status(
     message = job.send(1)
     monkeypatch.undo()
 
-    assert len(sent) == 1
+    # One pipeline; a cluster sends it to each node holding one of its keys, at once.
+    keys = [broker._queue_prefix(queue_name), _status(broker).store.job_key(message.message_id)]
+    assert len(sent) == len({_node(broker.client, key) for key in keys})
     record = _status(broker).store.get(message.message_id)
     assert record is not None
     assert record.state is JobState.PENDING
+
+
+def _node(client: redis.Redis, key: str) -> str:
+    return client.get_node_from_key(key).name if isinstance(client, RedisCluster) else "the server"
 
 
 def test_a_failed_status_write_is_dropped_and_the_send_still_succeeds(

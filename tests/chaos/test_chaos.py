@@ -28,7 +28,7 @@ from dramatiq_fairway.settings import Settings
 from dramatiq_fairway.store.dead_letters import DeadLetterStore
 from dramatiq_fairway.store.scripts import ScriptCall, run_scripts
 
-from ..conftest import REDIS_URL
+from ..conftest import REDIS_URL, redis_for_tests
 from ..support.chaos_support import (
     RunLog,
     WorkerCommand,
@@ -64,7 +64,7 @@ def runs(namespace: str) -> Iterator[RunLog]:
 def cleanup_namespace(namespace: str) -> Iterator[None]:
     """Delete the namespace's keys in the shared Redis, the broker's hash-tagged ones included."""
     yield
-    client = redis.Redis.from_url(REDIS_URL)
+    client = redis_for_tests()
     delete_namespace(client, namespace)
     client.close()
 

@@ -18,7 +18,6 @@ from pathlib import Path
 import dramatiq
 import pika
 import pytest
-import redis
 from dramatiq import Worker
 from dramatiq.common import current_millis, dq_name
 from dramatiq.errors import Retry
@@ -28,7 +27,7 @@ from dramatiq_fairway.brokers.rabbitmq import FairRabbitmqBroker
 from dramatiq_fairway.brokers.rabbitmq_delay import ParkQueues, park_queue_name
 from dramatiq_fairway.settings import Settings
 
-from ..conftest import REDIS_URL
+from ..conftest import REDIS_URL, redis_for_tests
 from ..support.chaos_support import READY_LINE, RunLog, chaos_env, declare_actors, log_tail
 from ..support.fair_support import delete_namespace
 from ..support.helpers import dramatiq_command, wait_for
@@ -58,7 +57,7 @@ def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RabbitmqNode]:
 @pytest.fixture
 def cleanup_namespace(namespace: str) -> Iterator[None]:
     yield
-    client = redis.Redis.from_url(REDIS_URL)
+    client = redis_for_tests()
     delete_namespace(client, namespace)
     client.close()
 

@@ -18,7 +18,6 @@ from typing import Any
 
 import dramatiq
 import pytest
-import redis
 from dramatiq import Actor, Broker
 
 from dramatiq_fairway.brokers.fair_redis import FairRedisBroker
@@ -26,7 +25,7 @@ from dramatiq_fairway.errors import ConfigError, FairwayError
 from dramatiq_fairway.priority import Priority
 from dramatiq_fairway.settings import Settings, load_settings
 
-from ..conftest import REDIS_URL
+from ..conftest import redis_for_tests
 from ..support.fair_support import delete_namespace
 from ..support.helpers import ROOT, settings_env
 
@@ -212,7 +211,7 @@ BAD_WORKER_LINE = "FAIRWAY_BREAKER__MINIMUM_CALLS: '0'"
 def bad_worker(namespace: str, short_tmp: Path) -> Iterator[tuple[FairRedisBroker, subprocess.CompletedProcess[str]]]:
     """Run ``dramatiq dramatiq_fairway.actors`` with a bad setting, a message waiting on its queue."""
     settings = Settings(broker="redis", namespace=namespace, data_dir=short_tmp)
-    client = redis.Redis.from_url(REDIS_URL)
+    client = redis_for_tests()
     producer = FairRedisBroker(client=client, namespace=namespace, settings=settings)
     waiting: dramatiq.Message[Any] = dramatiq.Message(
         queue_name="papers", actor_name="fetch_paper_metadata", args=(), kwargs={}, options={}

@@ -12,7 +12,7 @@ import redis
 
 from dramatiq_fairway.cli import main
 
-from ..conftest import REDIS_URL
+from ..conftest import ON_CLUSTER, REDIS_URL
 from ..support.helpers import free_port
 
 USAGE, FAILED = 2, 1
@@ -87,7 +87,8 @@ BAD_INVOCATIONS: list[tuple[list[str], int, str]] = [
     (["migrate", "--dryrun"], USAGE, "--dryrun"),
     (["migrate", "--stock-namespace", ""], USAGE, "--stock-namespace: ''"),
     (["migrate", "--stock-namespace", "dram*"], USAGE, "--stock-namespace: 'dram*'"),
-    (["migrate", "no_such_queue"], FAILED, "'no_such_queue'"),
+    # On a cluster, migrate refuses before it looks for the queue (stock Dramatiq is never there).
+    (["migrate", "no_such_queue"], FAILED, "needs one Redis server" if ON_CLUSTER else "'no_such_queue'"),
 ]
 
 

@@ -16,10 +16,17 @@ from dramatiq_fairway.priority import Priority
 from dramatiq_fairway.settings import Settings
 
 from ..brokers.test_rabbitmq_fair import delete_level_queues
+from ..conftest import SINGLE_REDIS_URL
 from ..support.helpers import free_port, settings_env
 from ..support.stock_queues import URGENT, delete_stock_queues, fill_stock_queue, stock_counts, stock_namespace
 
 FAILED = 1
+
+
+@pytest.fixture
+def settings(settings: Settings) -> Settings:
+    """Stock Dramatiq runs on one Redis only: migrations run there, in a cluster run of the suite too."""
+    return settings.model_copy(update={"redis_url": SINGLE_REDIS_URL})
 
 
 @pytest.fixture

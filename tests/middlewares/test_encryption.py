@@ -30,6 +30,7 @@ from dramatiq_fairway.store.dead_letter_sealing import key_id_of
 from dramatiq_fairway.store.dead_letters import DeadLetterStore
 from dramatiq_fairway.store.status import JobState, JobStatusStore
 
+from ..conftest import REDIS_URL
 from ..core.test_redaction_e2e import every_key_and_value
 from ..support.helpers import settings_env, wait_for
 
@@ -55,7 +56,8 @@ def settings(broker_kind: str, namespace: str, short_tmp: Path, state_client: re
     return Settings(
         broker=broker_kind,  # type: ignore[arg-type]
         namespace=namespace,
-        state_url="redis://127.0.0.1:6379/0",
+        redis_url=REDIS_URL,
+        state_url=REDIS_URL,
         data_dir=short_tmp,
         encryption={"keys": {"k1": KEYS["k1"], "k2": KEYS["k2"]}, "active": "k1"},  # type: ignore[arg-type]
     )

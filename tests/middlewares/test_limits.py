@@ -27,7 +27,7 @@ from dramatiq_fairway.settings import FairnessSettings, LimitSettings, Settings,
 from dramatiq_fairway.store.limits import LEASE_MS, TenantLimits
 
 from ..brokers.test_fair_broker import push
-from ..conftest import REDIS_URL
+from ..conftest import REDIS_URL, redis_for_tests
 from ..support.fair_support import delete_namespace, fair_broker
 from ..support.helpers import wait_for
 
@@ -48,7 +48,7 @@ class Clock:
 def cleanup(namespace: str) -> Iterator[None]:
     """Delete every key of the test's namespace, the hash-tagged broker and limits keys included."""
     yield
-    client = redis.Redis.from_url(REDIS_URL)
+    client = redis_for_tests()
     delete_namespace(client, namespace)
     client.close()
 

@@ -25,7 +25,7 @@ from dramatiq_fairway.middlewares.metrics_families import PendingSamples
 from dramatiq_fairway.settings import Settings
 from dramatiq_fairway.store.workers import WorkerRegistry
 
-from ..conftest import REDIS_URL
+from ..conftest import redis_for_tests
 from ..support.fair_support import delete_namespace, fair_broker
 from ..support.helpers import dramatiq_command, free_port, settings_env, wait_for
 
@@ -251,7 +251,7 @@ def test_queue_depth_per_level_on_fair_redis(settings: Settings, queue_name: str
     finally:
         fair.flush_all()
         fair.close()
-        client = redis.Redis.from_url(REDIS_URL)
+        client = redis_for_tests()
         delete_namespace(client, settings.namespace)
         client.close()
 

@@ -27,6 +27,7 @@ from dramatiq_fairway.cli.output import CommandError
 from dramatiq_fairway.errors import PermanentError, SoftTimeLimitExceeded, TransientError
 from dramatiq_fairway.middlewares.dead_letters import DeadLetters
 from dramatiq_fairway.middlewares.status import JobStatus, UniqueKeyUnavailable, progress
+from dramatiq_fairway.redis_cluster import slot_of
 from dramatiq_fairway.settings import Settings
 from dramatiq_fairway.store import status_writer
 from dramatiq_fairway.store.dead_letters import DeadLetterStore
@@ -79,7 +80,13 @@ def test_a_flush_of_many_jobs_writes_each_job_with_a_few_script_calls(
     writer.transition(jobs[-1], S.REJECTED, "work", "q", mode="reject")
     writer.flush()
 
-    assert [len(call.keys) for call in sent[0]] == [MOVES_PER_CALL, MOVES_PER_CALL, 50, 1, 1]
+    # One call per hash slot of the jobs' keys (a cluster refuses a call across slots), then the
+    # progress and the reject, in the order they were made.
+    *moves, progress, reject = sent[0]
+    assert sorted(key for call in moves for key in call.keys) == sorted(store.job_key(job) for job in jobs)
+    assert all(len({slot_of(key) for key in call.keys}) == 1 for call in sent[0])
+    assert len(moves) == len({slot_of(store.job_key(job)) for job in jobs})
+    assert (progress.keys, reject.keys) == ([store.job_key(jobs[0])], [store.job_key(jobs[-1])])
     for job in jobs[:-1]:
         assert states(store, job) == [S.PENDING, S.STARTED, S.SUCCESS]
     assert states(store, jobs[-1]) == [S.PENDING, S.STARTED]  # reject leaves a started job alone
@@ -394,12 +401,13 @@ STATUS_APP = """
     import time
 
     import dramatiq
-    import redis
 
     from dramatiq_fairway import setup
+    from dramatiq_fairway.connections import state_store_client
+    from dramatiq_fairway.settings import load_settings
 
     broker = setup()
-    runs = redis.Redis.from_url(os.environ["FAIRWAY_STATE_URL"])
+    runs = state_store_client(load_settings())
 
     @dramatiq.actor(broker=broker, queue_name=os.environ["TEST_QUEUE"])
     def once(n):

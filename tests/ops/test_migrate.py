@@ -26,6 +26,7 @@ from dramatiq_fairway.priority import Priority
 from dramatiq_fairway.settings import Settings
 from dramatiq_fairway.store.keys import stock_heartbeats_key
 
+from ..conftest import SINGLE_REDIS_URL
 from ..support.helpers import wait_for
 from ..support.stock_queues import (
     URGENT,
@@ -37,6 +38,12 @@ from ..support.stock_queues import (
     stock_counts,
     stock_namespace,
 )
+
+
+@pytest.fixture
+def settings(settings: Settings) -> Settings:
+    """Stock Dramatiq runs on one Redis only: migrations run there, in a cluster run of the suite too."""
+    return settings.model_copy(update={"redis_url": SINGLE_REDIS_URL})
 
 
 @pytest.fixture(autouse=True)

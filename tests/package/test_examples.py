@@ -10,9 +10,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import redis
 
-from ..conftest import REDIS_URL
+from ..conftest import REDIS_URL, redis_for_tests
 from ..support.helpers import ROOT, dramatiq_command
 
 # The real dramatiq command end to end: slow, so with the chaos tests outside the quick subset.
@@ -50,7 +49,7 @@ def example_env(namespace: str, short_tmp: Path) -> Iterator[dict[str, str]]:
         "FAIRWAY_DATA_DIR": str(short_tmp),
         "FAIRWAY_METRICS__PORT": "0",
     }
-    client = redis.Redis.from_url(REDIS_URL)
+    client = redis_for_tests()
     keys = [
         *client.scan_iter(match=f"{namespace}:*", count=1000),
         *client.scan_iter(match=f"{{{namespace}:*", count=1000),

@@ -33,6 +33,7 @@ LAYERS: dict[str, set[str]] = {
         "settings",
         "connections",
         "redis_urls",
+        "redis_cluster",
         "embedded",
         "encryption",
         "failures",

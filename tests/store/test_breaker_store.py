@@ -23,7 +23,7 @@ from dramatiq_fairway.store.breakers import (
     RedisBreakerStore,
 )
 
-from ..conftest import REDIS_URL
+from ..conftest import redis_for_tests
 
 T0 = 1_700_000_000.0
 POLICY = BreakerPolicy(
@@ -465,7 +465,7 @@ def test_a_window_of_the_other_type_starts_afresh_when_the_policy_changes(store:
 def test_half_open_trials_are_limited_across_workers(state_client: redis.Redis, namespace: str, key: str) -> None:
     # Two workers: each its own connection to the shared store.
     first = RedisBreakerStore(state_client, namespace)
-    second = RedisBreakerStore(redis.Redis.from_url(REDIS_URL), namespace)
+    second = RedisBreakerStore(redis_for_tests(), namespace)
     open_breaker(first, key)
     later = T0 + POLICY.open_duration
     assert first.admit(key, POLICY, permit="a1", now=later).allowed

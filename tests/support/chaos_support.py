@@ -33,7 +33,7 @@ from dramatiq_fairway.errors import PermanentError
 from dramatiq_fairway.priority import Priority
 from dramatiq_fairway.settings import Settings, load_settings
 
-from ..conftest import REDIS_URL
+from ..conftest import redis_for_tests
 from .helpers import dramatiq_command, free_port, settings_env, wait_for
 from .tls import SYSTEM_REDIS
 
@@ -72,7 +72,7 @@ class RunLog:
 
     def __init__(self, namespace: str) -> None:
         self.key = f"{namespace}:chaos:runs"
-        self.client = redis.Redis.from_url(REDIS_URL)
+        self.client = redis_for_tests()
 
     def record(self, job_id: int) -> None:
         self.client.rpush(self.key, f"{os.getpid()}:{job_id}")

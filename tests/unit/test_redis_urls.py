@@ -39,6 +39,17 @@ def test_sentinel_url_defaults_db_0_port_26379_and_reads_a_username() -> None:
     assert (parsed.service, parsed.db, parsed.username, parsed.password) == ("mymaster", 0, "app", "pw")
 
 
+def test_a_cluster_url_names_its_startup_nodes_and_credentials() -> None:
+    parsed = parse_redis_url("redis+cluster://:s%3Acret@10.0.0.1:7000,node-b:7001,[::1],node-c/0")
+    assert parsed == RedisUrl(
+        mode="cluster",
+        tls=False,
+        sentinels=(("10.0.0.1", 7000), ("node-b", 7001), ("::1", 6379), ("node-c", 6379)),
+        password="s:cret",
+    )
+    assert parse_redis_url("rediss+cluster://app:pw@h:7000").tls
+
+
 @pytest.mark.parametrize(
     ("url", "reason"),
     [
@@ -50,8 +61,11 @@ def test_sentinel_url_defaults_db_0_port_26379_and_reads_a_username() -> None:
         ("redis+sentinel://:pw@h:abc/svc", "not a number from 1 to 65535 ('h:abc')"),
         ("redis+sentinel://h:70000/svc", "not a number from 1 to 65535"),
         ("redis+sentinel://h:1/svc?ssl=1", "no ?query"),
-        ("redis+cluster://:pw@h:7000,h:7001", "Redis Cluster is not supported yet"),
-        ("rediss+cluster://h:7000", "Redis Cluster is not supported yet"),
+        ("redis+cluster://", "names no node"),
+        ("redis+cluster://h:7000,", "a node without a host"),
+        ("redis+cluster://h:x", "a node port that is not a number from 1 to 65535 ('h:x')"),
+        ("redis+cluster://h:7000/3", "only db 0"),
+        ("rediss+cluster://h:7000?ssl=1", "no ?query"),
         ("http://h", "must start with redis://"),
     ],
 )
@@ -69,6 +83,18 @@ def test_a_malformed_sentinel_url_is_one_line_naming_the_variable_and_the_masked
         load_settings()
     message = str(caught.value)
     assert message.startswith(f"{variable}: 'redis+sentinel://:****@a:1,b:2' names no service")
+    assert "\n" not in message
+    assert "hunter2" not in message
+
+
+def test_a_malformed_cluster_url_is_one_line_naming_the_variable_and_the_masked_value(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("FAIRWAY_REDIS_URL", "redis+cluster://:hunter2@a:1,b:x")
+    with pytest.raises(ConfigError) as caught:
+        load_settings()
+    message = str(caught.value)
+    assert message.startswith("FAIRWAY_REDIS_URL: 'redis+cluster://:****@a:1,b:x' has a node port")
     assert "\n" not in message
     assert "hunter2" not in message
 
