@@ -1,8 +1,11 @@
 """Lua scripts called by SHA, several in one pipeline: how the hot paths talk to Redis.
 
 redis-py's own ``Script`` objects cost one more round trip per pipeline (``SCRIPT EXISTS`` before
-every ``execute``); here a pipeline of script calls is one round trip, and a script the server
-lost (a restart, ``SCRIPT FLUSH``) is loaded and its calls rerun. Every script of the package
+every ``execute``); here a pipeline of script calls is one round trip. A script is loaded once per
+client before its first pipeline, so the calls of a pipeline run in their order (a call whose
+script the server lacked would otherwise run after the calls that followed it: a job's progress
+written before its status exists). A script the server lost later (a restart, ``SCRIPT FLUSH``,
+a promoted replica) is loaded and its calls rerun, after the rest of that one pipeline. Every script of the package
 runs through here, batched or alone (``LuaScript.run``, or ``LuaScript.call`` on a send path).
 
 A caller that must not lose a write to a failover asks for ``replicas``: the pipeline ends with
@@ -21,6 +24,7 @@ import contextlib
 import hashlib
 import logging
 import time
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,6 +47,8 @@ CLUSTER_FAILOVER_SECONDS = 20.0
 # Replies that say a call did not run on this node: the slot moved, or the cluster is failing over.
 _NOT_HERE = (AskError, ClusterDownError, TryAgainError)
 _under_replicated = OutageWarning(logger)
+# The scripts each server is known to hold, per connection pool (per client on a cluster).
+_loaded: weakref.WeakKeyDictionary[Any, set[str]] = weakref.WeakKeyDictionary()
 
 
 @dataclass(frozen=True)
@@ -103,6 +109,7 @@ def _run(client: redis.Redis, calls: list[ScriptCall], replicas: int) -> list[An
         return []
     if replicas and is_cluster(client):
         return _run_per_node(client, calls, replicas)
+    _load_once(client, calls)
     pipe = client.pipeline(transaction=False)
     for call in calls:
         pipe.evalsha(call.script.sha, len(call.keys), *call.keys, *call.args)
@@ -118,6 +125,14 @@ def _run(client: redis.Redis, calls: list[ScriptCall], replicas: int) -> list[An
         for i, reply in zip(lost, _run(client, [calls[i] for i in lost], replicas), strict=True):
             replies[i] = reply
     return replies
+
+
+def _load_once(client: redis.Redis, calls: list[ScriptCall]) -> None:
+    owner = getattr(client, "connection_pool", client)
+    known = _loaded.setdefault(owner, set())
+    for script in {call.script for call in calls if call.script.sha not in known}:
+        client.script_load(script.text)
+        known.add(script.sha)
 
 
 def _run_per_node(client: Any, calls: list[ScriptCall], replicas: int) -> list[Any]:

@@ -1,0 +1,25 @@
+"""``run_scripts``: a pipeline's calls take effect in the order given, even when the server has
+not loaded some of their scripts yet (a new process, a changed script, a restarted Redis)."""
+
+from __future__ import annotations
+
+import uuid
+
+import redis
+
+from dramatiq_fairway.store.scripts import LuaScript, ScriptCall, run_scripts
+
+
+def _push(tag: str) -> LuaScript:
+    # A comment unique to this run: the server cannot have this script cached already.
+    return LuaScript.from_text(f"-- {uuid.uuid4()}\nreturn redis.call('RPUSH', KEYS[1], '{tag}')")
+
+
+def test_calls_run_in_order_when_the_first_script_is_not_loaded_yet(state_client: redis.Redis, namespace: str) -> None:
+    first, second = _push("first"), _push("second")
+    key = f"{namespace}:order"
+    second.run(state_client, [f"{namespace}:warm"])  # only the second script is on the server
+
+    run_scripts(state_client, [ScriptCall(first, [key], []), ScriptCall(second, [key], [])])
+
+    assert state_client.lrange(key, 0, -1) == [b"first", b"second"]
