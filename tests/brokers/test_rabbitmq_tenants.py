@@ -124,7 +124,7 @@ def test_small_tenants_run_within_the_first_fifth_behind_a_flood(
     small = flood_then_small_tenants(job, flood=FLOOD, small_tenants=small_tenants)
     # One thread: the order jobs start in is the order they were handed out (FIFO is checked exactly).
     start_worker(threads=1)
-    assert_small_tenants_ran_first(order, small, flood=FLOOD, label="shared node")
+    assert_small_tenants_ran_first(order, small, flood=FLOOD, label="single node")
     counts_settle_to_zero(rabbit, queue_name)
 
 
