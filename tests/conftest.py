@@ -52,6 +52,12 @@ BROKER_KINDS = ["redis", "rabbitmq"]
 dramatiq.set_broker(StubBroker())
 
 
+def pytest_report_header() -> str:
+    """Which RabbitMQ queue type the RabbitMQ half runs on, so a log says which mode passed."""
+    queue_type = os.environ.get("FAIRWAY_RABBITMQ__QUEUE_TYPE", "classic")
+    return f"fairway: RabbitMQ queue type {queue_type} (FAIRWAY_RABBITMQ__QUEUE_TYPE)"
+
+
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(
     item: pytest.Item, call: pytest.CallInfo[None]

@@ -17,6 +17,10 @@ Per queue:
 4. level queues of lanes beyond the broker's lane count (an older, larger
    ``FAIRWAY_FAIRNESS__RABBITMQ_LANES``), which no consumer reads, are moved as in step 1 and deleted.
 
+With ``FAIRWAY_RABBITMQ__QUEUE_TYPE=quorum`` fairway's ``q.XQ`` is a quorum queue too, so a stock
+(classic) ``q.XQ`` is refused and rehomed like ``q.DQ``; quorum queues refuse ``if_empty``, see
+``_delete_if_empty`` for how they are deleted.
+
 Every move is get (manual ack), publish with publisher confirms, then ack: a crash leaves a
 message in its old place, its new place or both (then it runs twice), never in neither. A parking
 queue left by a crash is emptied by the next run.
@@ -46,6 +50,7 @@ PARKING_SUFFIX = ".adopting"
 # Attempts at deleting a stock queue that producers keep refilling before giving up.
 DELETE_ATTEMPTS = 10
 NOT_FOUND = 404
+NOT_IMPLEMENTED = 540
 
 # (routing key, body, properties) a message moves to, from its (properties, body).
 Target = Callable[[pika.BasicProperties, bytes], tuple[str, bytes, pika.BasicProperties]]
@@ -83,7 +88,7 @@ def _migrate_queue(broker: FairRabbitmqBroker, queue: str, dry_run: bool) -> Mig
     for name in _older_lanes(broker, queue):
         report.ready += _drain(broker, name, partial(_to_level_queue, broker, queue))
         # Left if a worker with the older lane count still publishes there: the next run moves it.
-        _delete_if_empty(broker, name)
+        _delete_if_empty(broker, name, quorum=broker.layout.queue_type == "quorum")
     for column, name, declare in _side_queues(broker, queue):
         setattr(report, column, _rehome(broker, name, declare, report))
     return report
@@ -145,7 +150,7 @@ def _rehome(broker: FairRabbitmqBroker, name: str, declare: Callable[[], Any], r
     if _ready_count(broker, parking) is not None:
         declare()
         moved = _drain(broker, parking, _same_message(name))
-        broker.channel.queue_delete(parking, if_empty=True)
+        _delete_if_empty(broker, parking)
     return moved
 
 
@@ -200,11 +205,18 @@ def _same_message(routing_key: str) -> Target:
 
 
 def _ready_count(broker: FairRabbitmqBroker, name: str) -> int | None:
-    """Ready messages of ``name``; None when there is no such queue (a passive declare, on a
-    channel of its own because a 404 closes it)."""
+    """Ready messages of ``name``; None when there is no such queue."""
+    counts = _counts(broker, name)
+    return None if counts is None else counts[0]
+
+
+def _counts(broker: FairRabbitmqBroker, name: str) -> tuple[int, int] | None:
+    """(ready messages, consumers) of ``name``; None when there is no such queue (a passive
+    declare, on a channel of its own because a 404 closes it)."""
     channel = broker.connection.channel()
     try:
-        return int(channel.queue_declare(name, passive=True).method.message_count)
+        method = channel.queue_declare(name, passive=True).method
+        return int(method.message_count), int(method.consumer_count)
     except pika.exceptions.ChannelClosedByBroker as error:
         if error.reply_code == NOT_FOUND:
             return None
@@ -226,12 +238,35 @@ def _refused(broker: FairRabbitmqBroker, declare: Callable[[], Any]) -> bool:
     return False
 
 
-def _delete_if_empty(broker: FairRabbitmqBroker, name: str) -> bool:
-    try:
-        broker.channel.queue_delete(name, if_empty=True)
-    except pika.exceptions.ChannelClosedByBroker as error:
-        del broker.channel
-        if error.reply_code == PRECONDITION_FAILED:
-            return False
-        raise
+def _delete_if_empty(broker: FairRabbitmqBroker, name: str, *, quorum: bool = False) -> bool:
+    """Delete ``name`` if it holds no message; whether it did.
+
+    A classic queue is deleted with ``if_empty``: RabbitMQ checks and deletes in one step. Quorum
+    queues refuse that flag with 540 NOT_IMPLEMENTED, which closes the whole connection, so a queue
+    known to be quorum (``quorum``), or one whose ``if_empty`` delete got the 540 (a queue some
+    earlier deployment declared as quorum), is counted by a passive declare, then deleted without
+    the flag. The race that leaves: a message published to it between the count and the delete is
+    deleted with it. Only queues no current process publishes to get there (a stock queue whose
+    producers were stopped, a lane beyond the configured count), and one held by a consumer
+    (unacked messages, which the count does not see) is never deleted."""
+    if not quorum:
+        try:
+            broker.channel.queue_delete(name, if_empty=True)
+        except pika.exceptions.ChannelClosedByBroker as error:
+            del broker.channel
+            if error.reply_code == PRECONDITION_FAILED:
+                return False
+            raise
+        except pika.exceptions.ConnectionClosedByBroker as error:
+            if error.reply_code != NOT_IMPLEMENTED:
+                raise
+            del broker.connection  # the broker opens a new one on its next use
+        else:
+            return True
+    counts = _counts(broker, name)
+    if counts is None:
+        return True
+    if counts != (0, 0):
+        return False
+    broker.channel.queue_delete(name)
     return True

@@ -7,8 +7,6 @@ in-process Worker. Positions in the processing order are printed (``-s`` shows t
 from __future__ import annotations
 
 import logging
-import threading
-import time
 import uuid
 from collections.abc import Callable, Iterator
 
@@ -30,6 +28,12 @@ from dramatiq_fairway.store.scripts import LuaScript
 from dramatiq_fairway.store.tenant_counts import LANE, OWN, Slot, TenantCounts
 
 from ..support.helpers import wait_for
+from ..support.tenant_flood import (
+    RunOrder,
+    assert_small_tenants_ran_first,
+    flood_then_small_tenants,
+    ordered_tenant_job,
+)
 from .test_rabbitmq_fair import declare, delete_level_queues
 
 N = Priority.NORMAL
@@ -103,22 +107,8 @@ def counts_settle_to_zero(rabbit: FairwayRabbitmqBroker, queue_name: str) -> Non
 
 
 @pytest.fixture
-def ordered_job(
-    rabbit: FairwayRabbitmqBroker, queue_name: str
-) -> tuple[dramatiq.Actor[..., None], list[tuple[str, int]]]:
-    order: list[tuple[str, int]] = []
-    lock = threading.Lock()
-    rabbit.add_middleware(dramatiq.middleware.CurrentMessage())
-
-    @dramatiq.actor(broker=rabbit, queue_name=queue_name, actor_name=f"job_{queue_name}")
-    def job(n: int) -> None:
-        message = dramatiq.middleware.CurrentMessage.get_current_message()
-        assert message is not None
-        with lock:
-            order.append((str(message.options["tenant"]), n))
-        time.sleep(0.0005)  # a short real job
-
-    return job, order
+def ordered_job(rabbit: FairwayRabbitmqBroker, queue_name: str) -> tuple[dramatiq.Actor[..., None], RunOrder]:
+    return ordered_tenant_job(rabbit, queue_name)
 
 
 @pytest.mark.parametrize("broker_kind", ["rabbitmq"], indirect=True)
@@ -126,26 +116,15 @@ def ordered_job(
 def test_small_tenants_run_within_the_first_fifth_behind_a_flood(
     rabbit: FairwayRabbitmqBroker,
     queue_name: str,
-    ordered_job: tuple[dramatiq.Actor[..., None], list[tuple[str, int]]],
+    ordered_job: tuple[dramatiq.Actor[..., None], RunOrder],
     start_worker: Callable[..., Worker],
     small_tenants: int,
 ) -> None:
     job, order = ordered_job
-    for n in range(FLOOD):
-        job.send_with_options(args=(n,), tenant="noisy")
-    small = [f"small{i}" for i in range(small_tenants)]
-    for tenant in small:
-        for n in range(5):
-            job.send_with_options(args=(n,), tenant=tenant)
-    total = FLOOD + 5 * small_tenants
+    small = flood_then_small_tenants(job, flood=FLOOD, small_tenants=small_tenants)
     # One thread: the order jobs start in is the order they were handed out (FIFO is checked exactly).
     start_worker(threads=1)
-    wait_for(lambda: len(order) >= total, timeout=120)
-    last = max(position for position, (tenant, _n) in enumerate(order) if tenant != "noisy")
-    print(f"\n{small_tenants} small tenants: last small-tenant job at position {last + 1} of {total}")
-    assert last + 1 <= 0.2 * total
-    for tenant in ["noisy", *small]:
-        assert [n for t, n in order if t == tenant] == list(range(FLOOD if tenant == "noisy" else 5)), tenant
+    assert_small_tenants_ran_first(order, small, flood=FLOOD, label="single node")
     counts_settle_to_zero(rabbit, queue_name)
 
 
@@ -153,7 +132,7 @@ def test_small_tenants_run_within_the_first_fifth_behind_a_flood(
 def test_fifo_per_level_and_tenant_across_the_switch_to_its_own_queue_and_back(
     rabbit: FairwayRabbitmqBroker,
     queue_name: str,
-    ordered_job: tuple[dramatiq.Actor[..., None], list[tuple[str, int]]],
+    ordered_job: tuple[dramatiq.Actor[..., None], RunOrder],
     start_worker: Callable[..., Worker],
 ) -> None:
     job, order = ordered_job
@@ -210,7 +189,7 @@ def test_without_the_state_store_messages_go_to_their_lanes_with_one_warning(
 def test_counts_left_by_a_lost_decrement_heal_and_never_wedge_a_tenant(
     rabbit: FairwayRabbitmqBroker,
     queue_name: str,
-    ordered_job: tuple[dramatiq.Actor[..., None], list[tuple[str, int]]],
+    ordered_job: tuple[dramatiq.Actor[..., None], RunOrder],
     start_worker: Callable[..., Worker],
 ) -> None:
     job, order = ordered_job

@@ -1,6 +1,10 @@
-"""Chaos on a throwaway 3-node RabbitMQ cluster in quorum mode (docs/operations.md): one node is
-SIGKILLed while a producer sends and two worker processes drain; nothing a send returned for is
-lost. Publishers and workers get every node's URL (``FAIRWAY_RABBITMQ_URL``, comma-separated) and
+"""A throwaway 3-node RabbitMQ cluster in quorum mode (docs/operations.md).
+
+Fairness: behind one tenant's flood, small tenants' jobs run within the first 20 % of the
+processing order, as on the shared node (tests/support/tenant_flood.py).
+
+Chaos: one node is SIGKILLed while a producer sends and two worker processes drain; nothing a
+send returned for is lost. Publishers and workers get every node's URL (``FAIRWAY_RABBITMQ_URL``, comma-separated) and
 connect to the first that answers, so the node killed is the first one: the one every client and
 every queue's leader is on. Duplicates (at least once: a job run whose ack died with the node runs
 again) are counted and printed, not asserted."""
@@ -14,14 +18,17 @@ from pathlib import Path
 
 import pytest
 import redis
+from dramatiq import Worker
 
 from dramatiq_fairway import setup
+from dramatiq_fairway.brokers.rabbitmq import FairwayRabbitmqBroker
 from dramatiq_fairway.settings import RabbitmqSettings, Settings
 
-from ..conftest import REDIS_URL
+from ..conftest import REDIS_URL, _delete_queues
 from ..support.chaos_support import WORKER_APP, RunLog, chaos_env, declare_actors, log_tail
 from ..support.helpers import dramatiq_command, wait_for
 from ..support.rabbitmq_cluster import RabbitmqCluster, rabbitmq_cluster
+from ..support.tenant_flood import assert_small_tenants_ran_first, flood_then_small_tenants, ordered_tenant_job
 
 pytestmark = [pytest.mark.chaos, pytest.mark.cluster]
 
@@ -29,6 +36,7 @@ JOBS = range(2000)
 THREADS = 4
 # Between two sends: spreads the 2,000 sends over the drain, so the kill lands mid-send.
 SEND_PAUSE = 0.002
+FLOOD = 2000
 
 
 @pytest.fixture(scope="session")
@@ -44,10 +52,10 @@ def runs(namespace: str, state_client: redis.Redis) -> Iterator[RunLog]:
     log.delete()
 
 
-def test_sigkill_of_a_node_mid_drain_loses_no_job(
-    cluster: RabbitmqCluster, namespace: str, queue_name: str, runs: RunLog, short_tmp: Path
-) -> None:
-    settings = Settings(
+@pytest.fixture
+def quorum_settings(cluster: RabbitmqCluster, namespace: str, short_tmp: Path, state_client: redis.Redis) -> Settings:
+    """Every node's URL, quorum queues; the state store's keys of the namespace are deleted after."""
+    return Settings(
         broker="rabbitmq",
         rabbitmq_url=cluster.urls,
         state_url=REDIS_URL,
@@ -55,8 +63,34 @@ def test_sigkill_of_a_node_mid_drain_loses_no_job(
         data_dir=short_tmp,
         rabbitmq=RabbitmqSettings(queue_type="quorum"),
     )
+
+
+@pytest.mark.parametrize("small_tenants", [3, 30])
+def test_small_tenants_run_within_the_first_fifth_behind_a_flood_on_quorum_queues(
+    quorum_settings: Settings, queue_name: str, small_tenants: int
+) -> None:
+    settings = quorum_settings
+    broker = setup(settings)
+    assert isinstance(broker, FairwayRabbitmqBroker)
+    job, order = ordered_tenant_job(broker, queue_name)
+    worker = Worker(broker, worker_threads=1, worker_timeout=50)
+    try:
+        small = flood_then_small_tenants(job, flood=FLOOD, small_tenants=small_tenants)
+        # One thread: the order jobs start in is the order they were handed out (FIFO is checked exactly).
+        worker.start()
+        assert_small_tenants_ran_first(order, small, flood=FLOOD, label="3-node cluster, quorum queues")
+    finally:
+        worker.stop(timeout=10_000)
+        _delete_queues(broker, settings)
+        broker.close()
+
+
+def test_sigkill_of_a_node_mid_drain_loses_no_job(
+    cluster: RabbitmqCluster, quorum_settings: Settings, queue_name: str, runs: RunLog, short_tmp: Path
+) -> None:
+    settings = quorum_settings
     producer = setup(settings)
-    job, _fail = declare_actors(producer, queue_name, namespace)
+    job, _fail = declare_actors(producer, queue_name, settings.namespace)
     producer.declare_queue(queue_name, ensure=True)
     sent: list[int] = []
     failed: list[tuple[int, str]] = []

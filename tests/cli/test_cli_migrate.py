@@ -9,7 +9,6 @@ from typing import Any
 import dramatiq
 import pytest
 from dramatiq import Broker
-from dramatiq.common import dq_name
 
 from dramatiq_fairway.cli import main
 from dramatiq_fairway.priority import Priority
@@ -18,7 +17,15 @@ from dramatiq_fairway.settings import Settings
 from ..brokers.test_rabbitmq_fair import delete_level_queues
 from ..conftest import SINGLE_REDIS_URL
 from ..support.helpers import free_port, settings_env
-from ..support.stock_queues import URGENT, delete_stock_queues, fill_stock_queue, stock_counts, stock_namespace
+from ..support.stock_queues import (
+    URGENT,
+    dead_moved_by_migrate,
+    delete_stock_queues,
+    fill_stock_queue,
+    redeclared_by_migrate,
+    stock_counts,
+    stock_namespace,
+)
 
 FAILED = 1
 
@@ -67,14 +74,13 @@ def test_migrate_json_reports_what_moved_per_queue_in_a_stable_shape(
 
     rows = migrate_json(fairway, settings, queue_name)
 
-    rabbit = settings.broker == "rabbitmq"
     assert rows == [
         {
             "queue": queue_name,
             "ready": 30,
             "delayed": 4,
-            "dead": 0 if rabbit else 2,
-            "redeclared": [queue_name, dq_name(queue_name)] if rabbit else [],
+            "dead": dead_moved_by_migrate(settings, queue_name, 2),
+            "redeclared": redeclared_by_migrate(settings, queue_name),
         }
     ]
     assert broker.ready_by_level(queue_name) == {URGENT: len(fill.urgent), Priority.NORMAL: 30 - len(fill.urgent)}

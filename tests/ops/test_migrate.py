@@ -21,7 +21,7 @@ from dramatiq_fairway.brokers.rabbitmq_tenants import lane_of, level_queue
 from dramatiq_fairway.connections import rabbitmq_parameters
 from dramatiq_fairway.ops.controls import UnknownQueue
 from dramatiq_fairway.ops.migrate import Migrated, migrate
-from dramatiq_fairway.ops.migrate_rabbitmq import PARKING_SUFFIX
+from dramatiq_fairway.ops.migrate_rabbitmq import PARKING_SUFFIX, _delete_if_empty
 from dramatiq_fairway.priority import Priority
 from dramatiq_fairway.settings import Settings
 from dramatiq_fairway.store.keys import stock_heartbeats_key
@@ -31,9 +31,11 @@ from ..support.helpers import wait_for
 from ..support.stock_queues import (
     URGENT,
     amqp_count,
+    dead_moved_by_migrate,
     delete_stock_queues,
     fill_stock_queue,
     note_of,
+    redeclared_by_migrate,
     stock_broker,
     stock_counts,
     stock_namespace,
@@ -86,10 +88,10 @@ def test_a_stock_queue_of_500_is_moved_and_each_job_runs_once_with_its_args(
     report = run_migrate(broker, settings, queue_name)
 
     rabbit = settings.broker == "rabbitmq"
-    # On RabbitMQ, .XQ is declared alike by both, so its messages are fairway's where they are.
-    dead_moved = 0 if rabbit else len(fill.dead)
+    # On classic RabbitMQ, .XQ is declared alike by both, so its messages are fairway's where they are.
+    dead_moved = dead_moved_by_migrate(settings, queue_name, len(fill.dead))
     assert (report.ready, report.delayed, report.dead) == (len(fill.ready), len(fill.delayed), dead_moved)
-    assert report.redeclared == ([queue_name, dq_name(queue_name)] if rabbit else [])
+    assert report.redeclared == redeclared_by_migrate(settings, queue_name)
     # On RabbitMQ fairway's .DQ and .XQ have the stock names: what is left there is fairway's now.
     left = (
         {"ready": 0, "delayed": len(fill.delayed), "dead": len(fill.dead)}
@@ -117,8 +119,8 @@ def test_dry_run_counts_and_moves_nothing(broker: Broker, settings: Settings, qu
     report = run_migrate(broker, settings, queue_name, dry_run=True)
 
     rabbit = settings.broker == "rabbitmq"
-    assert (report.ready, report.delayed, report.dead) == (20, 5, 0 if rabbit else 3)
-    assert report.redeclared == ([queue_name, dq_name(queue_name)] if rabbit else [])
+    assert (report.ready, report.delayed, report.dead) == (20, 5, dead_moved_by_migrate(settings, queue_name, 3))
+    assert report.redeclared == redeclared_by_migrate(settings, queue_name)
     assert stock_counts(settings, queue_name) == before == {"ready": 20, "delayed": 5, "dead": len(fill.dead)}
     if rabbit:
         assert amqp_count(settings, level_queue(queue_name, Priority.NORMAL, 0)) is None  # nothing declared either
@@ -244,3 +246,29 @@ def test_messages_on_lanes_of_an_older_larger_lane_count_are_moved(
         for level in Priority:
             older.channel.queue_delete(level_queue(queue_name, level, lane))
     older.close()
+
+
+@pytest.mark.parametrize("broker_kind", ["rabbitmq"])
+@pytest.mark.parametrize("known_quorum", [True, False])
+def test_a_quorum_queue_is_deleted_only_when_empty(
+    broker: Broker, settings: Settings, queue_name: str, known_quorum: bool
+) -> None:
+    """Quorum queues refuse ``queue.delete`` with ``if_empty`` (540, closing the connection): one
+    known to be quorum is counted first; one that is not known is tried with ``if_empty``, and the
+    540 falls back to the count. Either way a queue holding a message stays, and the broker's
+    connection serves on."""
+    assert isinstance(broker, FairRabbitmqBroker)
+    full, empty = f"{queue_name}.quorum.full", f"{queue_name}.quorum.empty"
+    channel = broker.connection.channel()
+    for name in (full, empty):
+        channel.queue_declare(name, durable=True, arguments={"x-queue-type": "quorum"})
+    channel.confirm_delivery()
+    channel.basic_publish("", full, b"kept")
+    channel.close()
+
+    assert _delete_if_empty(broker, full, quorum=known_quorum) is False
+    assert _delete_if_empty(broker, empty, quorum=known_quorum) is True
+
+    assert amqp_count(settings, full) == 1
+    assert amqp_count(settings, empty) is None
+    broker.channel.queue_delete(full)

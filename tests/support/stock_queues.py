@@ -60,6 +60,23 @@ def stock_broker(settings: Settings) -> Broker:
     return RedisBroker(url=REDIS_URL, namespace=stock_namespace(settings))
 
 
+def redeclared_by_migrate(settings: Settings, queue_name: str) -> list[str]:
+    """The AMQP queues ``fairway migrate`` must delete and declare again for a stock queue: ``q``
+    and ``q.DQ``, whose stock arguments differ from fairway's, and in quorum mode ``q.XQ`` too
+    (declared alike by both in classic mode). None on Redis."""
+    if settings.broker != "rabbitmq":
+        return []
+    names = [queue_name, dq_name(queue_name)]
+    return [*names, xq_name(queue_name)] if settings.rabbitmq.queue_type == "quorum" else names
+
+
+def dead_moved_by_migrate(settings: Settings, queue_name: str, dead: int) -> int:
+    """Dead messages ``fairway migrate`` reports as moved: all of them on Redis and when ``q.XQ`` is
+    redeclared; none on classic RabbitMQ, where stock's ``q.XQ`` already is fairway's."""
+    moved = settings.broker == "redis" or xq_name(queue_name) in redeclared_by_migrate(settings, queue_name)
+    return dead if moved else 0
+
+
 def fill_stock_queue(
     settings: Settings, queue_name: str, *, ready: int = 400, delayed: int = 60, dead: int = 40, delay_ms: int = 2000
 ) -> StockFill:
