@@ -1,0 +1,102 @@
+"""Partitions of a queue on Redis: ``FAIRWAY_FAIRNESS__PARTITIONS`` (docs/design.md, "Partitions").
+
+A queue split into N partitions keeps N complete copies of its layout (``fair_redis.lua``'s keys),
+each under its own hash tag, so that on Redis Cluster they land on different slots and can spread
+over the masters. Partition 0 is the queue's own prefix ``{ns:q}``: with N = 1 nothing changes.
+Partition i > 0 is ``{ns:q#i.k}``, with the smallest k whose slot falls in the i-th N-th of the
+slot space after partition 0's (``--cluster create`` gives each master an equal, contiguous range,
+so N partitions on N masters land one per master). ``#`` cannot appear in a Dramatiq queue name,
+so no queue's prefix is another's partition.
+
+A tenant lives in one partition (``partition_of``, a stable hash): its FIFO, its in-flight count
+and its limits are whole there. A broker id (``redis_message_id``) of partition i > 0 starts with
+``i:`` (a uuid has no colon), so settling a message needs no lookup.
+
+The prefixes of each queue's partitions are kept in ``{ns:workers}:partitions`` (``PartitionTags``):
+readers (``fairway queues``, limits, recovery) see every partition even when their own settings
+say fewer, and workers keep draining partitions a smaller N left. Changing N moves tenants to
+other partitions: a tenant's messages queued before the change may then run out of order.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from functools import lru_cache
+
+import redis
+from dramatiq.common import q_name
+from redis.crc import REDIS_CLUSTER_HASH_SLOTS, key_slot
+
+# Seconds a process trusts its copy of a queue's stored partition count.
+COUNT_TTL = 5.0
+
+
+def partition_of(tenant: str, count: int) -> int:
+    """The partition of ``tenant``: stable across processes and restarts (not Python's salted ``hash``)."""
+    if count <= 1:
+        return 0
+    return int.from_bytes(hashlib.blake2b(tenant.encode(), digest_size=8).digest(), "big") % count
+
+
+def preferred_partition(worker: str, count: int) -> int:
+    """Where ``worker`` starts its turn over the partitions, so that workers start apart."""
+    return partition_of("worker:" + worker, count)
+
+
+@lru_cache(maxsize=4096)
+def partition_prefix(namespace: str, queue_name: str, index: int, count: int) -> str:
+    """The hash-tagged key prefix of partition ``index`` of ``count`` of ``queue_name``."""
+    base = f"{namespace}:{q_name(queue_name)}"
+    if index == 0:
+        return "{" + base + "}"
+    target = (_range_of(base, count) + index) % count
+    k = 0
+    while _range_of(f"{base}#{index}.{k}", count) != target:
+        k += 1
+    return "{" + f"{base}#{index}.{k}" + "}"
+
+
+def _range_of(tag: str, count: int) -> int:
+    return key_slot(("{" + tag + "}").encode()) * count // REDIS_CLUSTER_HASH_SLOTS
+
+
+def rid_in_partition(index: int, rid: str) -> str:
+    return rid if index == 0 else f"{index}:{rid}"
+
+
+def partition_of_rid(rid: str) -> int:
+    head, sep, _rest = rid.partition(":")
+    return int(head) if sep else 0
+
+
+class PartitionTags:
+    """The partition prefixes of each queue of a namespace, as stored in ``{ns:workers}:partitions``.
+
+    The hash maps a queue to its prefixes, space-separated, partition 0 first. Raising the count
+    appends prefixes (each computed for the count it was created under, so earlier partitions keep
+    their keys); lowering it keeps them, so workers drain what is left there.
+    """
+
+    def __init__(self, client: redis.Redis, namespace: str) -> None:
+        self.client = client
+        self.namespace = namespace
+        self.key = "{" + f"{namespace}:workers" + "}:partitions"
+        self._cache: dict[str, tuple[list[str], float]] = {}
+
+    def prefixes(self, queue_name: str, configured: int = 1) -> list[str]:
+        """Every partition prefix of ``queue_name``: at least ``configured`` of them (stored if new)."""
+        queue = q_name(queue_name)
+        cached = self._cache.get(queue)
+        if cached is None or time.monotonic() - cached[1] > COUNT_TTL or len(cached[0]) < configured:
+            raw = self.client.hget(self.key, queue)
+            stored = raw.decode().split() if raw else [partition_prefix(self.namespace, queue, 0, 1)]
+            if len(stored) < configured:
+                stored += [
+                    partition_prefix(self.namespace, queue, index, configured)
+                    for index in range(len(stored), configured)
+                ]
+                self.client.hset(self.key, queue, " ".join(stored))
+            cached = (stored, time.monotonic())
+            self._cache[queue] = cached
+        return cached[0]
