@@ -1,0 +1,207 @@
+"""``FAIRWAY_FAIRNESS__PARTITIONS`` on the real Redis: a queue split over hash-tagged partitions
+(docs/design.md, "Partitions"): FIFO per tenant, the level rule per partition, a flood tenant
+against small ones, recovery of a dead worker's messages, delayed messages, and the readers."""
+
+from __future__ import annotations
+
+import json
+import random
+from collections import defaultdict
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+from dramatiq import Message
+from dramatiq.common import dq_name
+from redis.crc import key_slot
+
+from dramatiq_fairway.brokers.fair_redis import FairRedisBroker
+from dramatiq_fairway.cli import main
+from dramatiq_fairway.ops.queues import queue_depths
+from dramatiq_fairway.priority import Priority
+from dramatiq_fairway.settings import FairnessSettings, Settings
+from dramatiq_fairway.store.partitions import partition_of, partition_of_rid, partition_prefix
+
+from ..conftest import REDIS_URL
+from ..support.fair_support import delete_namespace, fair_broker
+from ..support.helpers import settings_env
+
+BrokerFactory = Callable[..., FairRedisBroker]
+Job = tuple[str, str, int]
+
+
+@pytest.fixture
+def make_broker(namespace: str, short_tmp: Path) -> Iterator[BrokerFactory]:
+    brokers: list[FairRedisBroker] = []
+
+    def make(partitions: int = 3) -> FairRedisBroker:
+        settings = Settings(
+            broker="redis",
+            redis_url=REDIS_URL,
+            namespace=namespace,
+            state_url=REDIS_URL,
+            data_dir=short_tmp,
+            fairness=FairnessSettings(partitions=partitions),
+        )
+        broker = fair_broker(settings)
+        brokers.append(broker)
+        return broker
+
+    yield make
+    for broker in brokers:
+        broker.close()
+    client = redis.Redis.from_url(REDIS_URL)
+    delete_namespace(client, namespace)
+    client.close()
+
+
+def push(broker: FairRedisBroker, queue: str, level: Priority, tenant: str, n: int, *, start: int = 0) -> None:
+    for i in range(start, start + n):
+        options = {"priority_level": int(level), "tenant": tenant}
+        broker.enqueue(
+            Message(queue_name=queue, actor_name="job", args=(level.name, tenant, i), kwargs={}, options=options)
+        )
+
+
+def take(broker: FairRedisBroker, queue: str, batch: int = 1) -> list[Job]:
+    """Fetch until the queue is empty, ``batch`` at a time, acking each batch; (level, tenant, index)."""
+    got: list[Job] = []
+    while pairs := broker.fetch(queue, batch):
+        broker.settle(queue, "ack", [rid for rid, _ in pairs])
+        got += [tuple(Message.decode(body).args) for _, body in pairs]  # type: ignore[misc]
+    return got
+
+
+def test_one_partition_keeps_the_queue_prefix_and_more_spread_over_the_slot_space() -> None:
+    assert partition_prefix("ns", "q", 0, 1) == "{ns:q}"
+    prefixes = [partition_prefix("ns", "q", index, 3) for index in range(3)]
+    assert prefixes[0] == "{ns:q}"
+    # One per third of the slots: one per master of a 3-master cluster as `--cluster create` lays it out.
+    thirds = {key_slot(prefix.encode()) * 3 // 16384 for prefix in prefixes}
+    assert thirds == {0, 1, 2}
+    assert partition_of_rid("2:abc") == 2
+    assert partition_of_rid("abc") == 0
+
+
+def test_each_tenant_keeps_its_fifo_across_partitions(make_broker: BrokerFactory, queue_name: str) -> None:
+    broker = make_broker()
+    tenants = [f"t{i}" for i in range(12)]
+    assert len({partition_of(tenant, 3) for tenant in tenants}) == 3
+    for i in range(240):
+        push(broker, queue_name, random.choice(list(Priority)), random.choice(tenants), 1, start=i)
+    got = take(broker, queue_name, batch=4)
+    assert len(got) == 240
+    by_key: dict[tuple[str, str], list[int]] = defaultdict(list)
+    for level, tenant, index in got:
+        by_key[(level, tenant)].append(index)
+    assert all(indices == sorted(indices) for indices in by_key.values())
+    for index, prefix in enumerate(broker._prefixes(queue_name)):
+        assert broker.client.exists(prefix + ":seq"), f"partition {index} got no message"
+
+
+def test_the_level_rule_is_exact_inside_each_partition(make_broker: BrokerFactory, queue_name: str) -> None:
+    """Each partition hands out its messages in exactly the order one partition alone would."""
+    split, single = make_broker(3), make_broker(1)
+    plan = [(random.choice(list(Priority)), f"t{random.randrange(9)}") for _ in range(200)]
+    for i, (level, tenant) in enumerate(plan):
+        push(split, queue_name, level, tenant, 1, start=i)
+    got = take(split, queue_name, batch=3)
+    for index in range(3):
+        alone = f"{queue_name}_p{index}"
+        for i, (level, tenant) in enumerate(plan):
+            if partition_of(tenant, 3) == index:
+                push(single, alone, level, tenant, 1, start=i)
+        expected = take(single, alone, batch=1)
+        assert [job for job in got if partition_of(job[1], 3) == index] == expected
+
+
+def test_a_flood_tenant_does_not_hold_back_small_tenants(make_broker: BrokerFactory, queue_name: str) -> None:
+    broker = make_broker(3)
+    push(broker, queue_name, Priority.NORMAL, "flood", 1000)
+    for small in range(10):
+        push(broker, queue_name, Priority.NORMAL, f"small{small}", 5)
+    got = take(broker, queue_name, batch=4)
+    assert len(got) == 1050
+    last_small = max(position for position, job in enumerate(got) if job[1] != "flood")
+    assert last_small < 0.2 * len(got), last_small
+
+
+def test_a_dead_workers_messages_come_back_from_every_partition(make_broker: BrokerFactory, queue_name: str) -> None:
+    dead, alive = make_broker(), make_broker()
+    for tenant in range(9):
+        push(dead, queue_name, Priority.NORMAL, f"t{tenant}", 4)
+    dead.client.sadd(dead._workers_key(f"queues:{dead.broker_id}"), queue_name)
+    held: list[str] = []
+    while pairs := dead.fetch(queue_name, 3):
+        held += [rid for rid, _body in pairs]
+    assert len(held) == 36
+    assert {partition_of_rid(rid) for rid in held} == {0, 1, 2}
+    assert sum(row["in_flight"] for row in alive.queue_depths(queue_name)) == 36
+    assert alive.liveness.recover(dead.broker_id) == 36
+    got = take(alive, queue_name, batch=5)
+    assert sorted(got) == sorted(("NORMAL", f"t{tenant}", i) for tenant in range(9) for i in range(4))
+
+
+def test_delayed_and_held_messages_stay_in_their_tenants_partition(make_broker: BrokerFactory, queue_name: str) -> None:
+    broker = make_broker()
+    for tenant in range(6):
+        options = {"tenant": f"t{tenant}"}
+        broker.enqueue(Message(queue_name=queue_name, actor_name="job", args=(), kwargs={}, options=options), delay=1)
+    assert broker.join_size(dq_name(queue_name)) == 6
+    assert sum(row["delayed"] for row in broker.queue_depths(queue_name)) == 6
+    fetched: list[tuple[str, bytes]] = []
+    while pairs := broker.fetch(dq_name(queue_name), 2):
+        fetched += pairs
+    assert len(fetched) == 6
+    for rid, body in fetched:
+        tenant = Message.decode(body).options["tenant"]
+        assert partition_of_rid(rid) == partition_of(tenant, 3)
+    broker.settle(dq_name(queue_name), "ack", [rid for rid, _ in fetched])
+    assert broker.join_size(dq_name(queue_name)) == 0
+    # A message held back at the start goes to the delay queue of its own partition.
+    push(broker, queue_name, Priority.NORMAL, "t1", 1)
+    [(rid, body)] = broker.fetch(queue_name, 1)
+    message = Message.decode(body).copy(options={"redis_message_id": rid})
+    broker.hold_back(message, 60_000)
+    [(copy_rid, _)] = broker.fetch(dq_name(queue_name), 1)
+    assert partition_of_rid(copy_rid) == partition_of_rid(rid)
+    assert partition_of_rid(rid) == partition_of("t1", 3)
+
+
+def test_pause_depths_and_flush_see_every_partition(make_broker: BrokerFactory, queue_name: str) -> None:
+    broker = make_broker()
+    for tenant in range(9):
+        push(broker, queue_name, Priority.HIGH, f"t{tenant}", 2)
+    assert broker.ready_by_level(queue_name) == {Priority.HIGH: 18}
+    broker.pause(queue_name)
+    assert broker.fetch(queue_name, 5) == []
+    assert queue_name in broker.paused_queues()
+    broker.resume(queue_name)
+    assert len(broker.fetch(queue_name, 1)) == 1
+    broker.flush(queue_name)
+    assert broker.join_size(queue_name) == 0
+    assert broker.queue_depths(queue_name) == []
+
+
+def test_fairway_queues_totals_every_partition_without_the_setting(
+    make_broker: BrokerFactory,
+    queue_name: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    broker = make_broker()
+    sent = {f"t{tenant}": tenant + 1 for tenant in range(9)}
+    for tenant, count in sent.items():
+        push(broker, queue_name, Priority.NORMAL, tenant, count)
+    rows = queue_depths(broker, broker.settings, [queue_name])
+    assert {row.tenant: row.ready for row in rows} == sent
+    # The operator's shell has no FAIRWAY_FAIRNESS__PARTITIONS: the stored partitions are read.
+    for name, value in settings_env(broker.settings).items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv("FAIRWAY_FAIRNESS__PARTITIONS", raising=False)
+    capsys.readouterr()
+    assert main(["queues", "--json", queue_name]) == 0
+    listed: list[dict[str, Any]] = json.loads(capsys.readouterr().out)
+    assert {row["tenant"]: row["ready"] for row in listed} == sent
