@@ -1,0 +1,280 @@
+"""10,000 tenants on the real dispatch script: picks/s, latency, Redis CPU per pick and fairness.
+
+    python bench/scale.py                                   # the matrix on FAIRWAY_REDIS_URL
+    python bench/scale.py --cluster 127.0.0.1:17400         # ... and on that cluster, 1 and 3 partitions
+    python bench/scale.py --tenants 100 --clients 4 --seconds 1 --json   # one configuration
+    python bench/scale.py --cluster 127.0.0.1:17400 --partitions 3 --tenants 100 --clients 4  # one, on a cluster
+    python bench/scale.py --memory                          # bytes per tenant and per message
+
+The queue is filled with ``--jobs`` messages (default 100,000) over ``--tenants`` tenants: one
+tenant holds half, the others a Zipf (s = 1.1) share of the rest, at least one each. Then
+``--clients`` threads call ``fair_redis.lua``'s ``fetch`` (``--batch`` messages a call, with the
+acks of the previous batch in the same pipeline, as a worker's consumer does) for ``--seconds``,
+on the partitions in turn (store/partitions.py, as ``FairRedisBroker`` does), jobs doing nothing.
+
+Printed per configuration: picks/s; the client-timed p50/p99 of one fetch round trip; the Redis
+servers' CPU (``INFO cpu``, user + sys, all masters) per pick; and Jain's index of the tenants'
+served shares per 1-second window. A window counts the tenants that still had a backlog at its
+end (so their demand did not limit them); since a window of W picks over n such tenants cannot
+give everyone the same integer count when n does not divide W, the index is divided by the best
+integer split's (1.0 = as equal as possible; ``jain_raw`` is the plain index).
+The cluster runs use redis-py's ``RedisCluster`` directly (one-slot script calls), since fairway's
+own clients take no cluster URL yet.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import threading
+import time
+import uuid
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import redis
+from redis.cluster import ClusterNode, RedisCluster
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from dramatiq_fairway.brokers.fair_redis import SCRIPT
+from dramatiq_fairway.store.partitions import partition_of, partition_prefix, preferred_partition
+from dramatiq_fairway.store.scripts import LuaScript
+
+LUA = LuaScript.from_text(SCRIPT)
+BODY = json.dumps({"queue_name": "scale", "actor_name": "noop", "args": [], "kwargs": {}, "options": {}})
+Client = redis.Redis | RedisCluster
+
+
+def backlogs(tenants: int, jobs: int) -> list[int]:
+    """Jobs per tenant: tenant 0 half of them, the rest Zipf(1.1) over the others, at least 1 each."""
+    if tenants == 1:
+        return [jobs]
+    rest = jobs - jobs // 2
+    weights = [1 / k**1.1 for k in range(1, tenants)]
+    total = sum(weights)
+    return [jobs // 2, *(max(1, round(rest * w / total)) for w in weights)]
+
+
+def args_of(command: str, *rest: Any) -> list[Any]:
+    # ARGV as FairRedisBroker sends them: command, now ("" = server TIME), broker id, max wait, part.
+    return [command, "", "bench", 300_000, "q", *rest]
+
+
+def fill(client: Client, prefixes: Sequence[str], counts: Sequence[int]) -> None:
+    client.script_load(LUA.text)
+    calls: list[tuple[str, list[Any]]] = []
+    # Interleaved, as many producers would send: round k sends the k-th job of every tenant left.
+    for k in range(max(counts)):
+        for tenant, count in enumerate(counts):
+            if k < count:
+                index = partition_of(f"t{tenant}", len(prefixes))
+                rid = f"{index}:{tenant}.{k}"
+                calls.append((prefixes[index], args_of("enqueue", rid, BODY, 3, f"t{tenant}")))
+    for first in range(0, len(calls), 2000):
+        pipe = client.pipeline(transaction=False)
+        for key, args in calls[first : first + 2000]:
+            pipe.evalsha(LUA.sha, 1, key, *args)
+        pipe.execute()
+
+
+def cpu_seconds(nodes: Sequence[redis.Redis]) -> float:
+    return sum(float(n.info("cpu")["used_cpu_user"]) + float(n.info("cpu")["used_cpu_sys"]) for n in nodes)
+
+
+class Fetcher(threading.Thread):
+    def __init__(self, client: Client, prefixes: Sequence[str], name: str, batch: int, stop: threading.Event) -> None:
+        super().__init__(daemon=True)
+        self.client, self.prefixes, self.batch, self.stop = client, prefixes, batch, stop
+        self.turn = preferred_partition(name, len(prefixes))
+        self.picks: list[tuple[float, int]] = []
+        self.latencies: list[float] = []
+
+    def run(self) -> None:
+        held: list[str] = []
+        while not self.stop.is_set():
+            n = len(self.prefixes)
+            for step in range(n):
+                index = (self.turn + step) % n
+                pipe = self.client.pipeline(transaction=False)
+                by_partition: dict[int, list[str]] = {}
+                for rid in held:
+                    by_partition.setdefault(int(rid.split(":", 1)[0]), []).append(rid)
+                for part, rids in by_partition.items():
+                    pipe.evalsha(LUA.sha, 1, self.prefixes[part], *args_of("ack", *rids))
+                held = []
+                pipe.evalsha(LUA.sha, 1, self.prefixes[index], *args_of("fetch", self.batch, 1.0, 1))
+                started = time.perf_counter()
+                flat, _throttled = pipe.execute()[-1]
+                done = time.perf_counter()
+                self.latencies.append(done - started)
+                if flat:
+                    held = [rid.decode() for rid in flat[::2]]
+                    self.picks += [(done, int(rid.split(".")[0].split(":")[1])) for rid in held]
+                    self.turn = (index + 1) % n
+                    break
+            else:
+                self.turn = (self.turn + 1) % n
+
+
+def jain(served: Sequence[int]) -> float:
+    total, squares = sum(served), sum(x * x for x in served)
+    return total * total / (len(served) * squares) if squares else 1.0
+
+
+def best_jain(picks: int, tenants: int) -> float:
+    whole, extra = divmod(picks, tenants)
+    return jain([whole + 1] * extra + [whole] * (tenants - extra))
+
+
+def fairness(picks: list[tuple[float, int]], counts: Sequence[int], start: float) -> tuple[float, float]:
+    """(normalised, raw) minimum Jain's index over the complete 1-second windows."""
+    remaining = list(counts)
+    picks.sort()
+    normalised, raw = [], []
+    window, i = start, 0
+    while True:
+        end = window + 1.0
+        if not picks or end > picks[-1][0]:
+            break
+        served: Counter[int] = Counter()
+        while i < len(picks) and picks[i][0] < end:
+            served[picks[i][1]] += 1
+            remaining[picks[i][1]] -= 1
+            i += 1
+        backlogged = [served[t] for t, left in enumerate(remaining) if left > 0]
+        if backlogged and sum(backlogged):
+            raw.append(jain(backlogged))
+            normalised.append(raw[-1] / best_jain(sum(backlogged), len(backlogged)))
+        window = end
+    return (min(normalised), min(raw)) if raw else (1.0, 1.0)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """One configuration: where (a client, the masters whose CPU counts), and how many of what."""
+
+    client: Client
+    nodes: list[redis.Redis]
+    redis_kind: str
+    partitions: int
+    tenants: int
+    clients: int
+
+
+def run_one(plan: Plan, args: Any) -> dict[str, Any]:
+    client, nodes, partitions, tenants, clients = plan.client, plan.nodes, plan.partitions, plan.tenants, plan.clients
+    namespace = f"fwbench-scale-{uuid.uuid4().hex[:8]}"
+    prefixes = [partition_prefix(namespace, "scale", i, partitions) for i in range(partitions)]
+    counts = backlogs(tenants, args.jobs)
+    try:
+        fill(client, prefixes, counts)
+        stop = threading.Event()
+        fetchers = [Fetcher(client, prefixes, f"client{i}", args.batch, stop) for i in range(clients)]
+        cpu_before, started = cpu_seconds(nodes), time.perf_counter()
+        for fetcher in fetchers:
+            fetcher.start()
+        time.sleep(args.seconds)
+        stop.set()
+        for fetcher in fetchers:
+            fetcher.join()
+        elapsed, cpu = time.perf_counter() - started, cpu_seconds(nodes) - cpu_before
+    finally:
+        for node in nodes:
+            for pattern in ("{" + namespace + ":*",):
+                keys = list(node.scan_iter(match=pattern, count=1000))
+                for key in keys:
+                    node.unlink(key)
+    picks = [pick for fetcher in fetchers for pick in fetcher.picks]
+    latencies = sorted(x for fetcher in fetchers for x in fetcher.latencies)
+    jain_min, jain_raw = fairness(picks, counts, started)
+    return {
+        "tenants": tenants,
+        "clients": clients,
+        "redis": plan.redis_kind,
+        "partitions": partitions,
+        "jobs": sum(counts),
+        "batch": args.batch,
+        "picks_per_s": round(len(picks) / elapsed),
+        "p50_ms": round(latencies[len(latencies) // 2] * 1000, 2) if latencies else None,
+        "p99_ms": round(latencies[int(len(latencies) * 0.99)] * 1000, 2) if latencies else None,
+        "redis_cpu_us_per_pick": round(cpu / len(picks) * 1e6, 1) if picks else None,
+        "jain_min": round(jain_min, 3),
+        "jain_raw": round(jain_raw, 3),
+    }
+
+
+def memory(client: redis.Redis, tenants: int) -> dict[str, Any]:
+    """Bytes per tenant (one message each) beyond those of the same messages from one tenant."""
+    used = []
+    for spread in (1, tenants):
+        namespace = f"fwbench-mem-{uuid.uuid4().hex[:8]}"
+        prefix = partition_prefix(namespace, "scale", 0, 1)
+        counts = [1] * tenants if spread > 1 else [tenants]
+        before = int(client.info("memory")["used_memory"])
+        fill(client, [prefix], counts)
+        used.append(int(client.info("memory")["used_memory"]) - before)
+        for key in list(client.scan_iter(match="{" + namespace + ":*", count=1000)):
+            client.unlink(key)
+    return {
+        "tenants": tenants,
+        "bytes_per_message": round(used[0] / tenants),
+        "bytes_per_tenant": round((used[1] - used[0]) / tenants),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--tenants", type=int)
+    parser.add_argument("--clients", type=int)
+    parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument("--jobs", type=int, default=100_000)
+    parser.add_argument("--batch", type=int, default=8, help="messages per fetch call")
+    parser.add_argument("--partitions", type=int, default=1, help="for a single configuration")
+    parser.add_argument("--cluster", help="host:port of a Redis Cluster node: also run there")
+    parser.add_argument("--memory", action="store_true", help="measure bytes per tenant and exit")
+    parser.add_argument("--json", action="store_true", help="one JSON object per configuration")
+    args = parser.parse_args()
+    url = os.environ.get("FAIRWAY_REDIS_URL", "redis://127.0.0.1:6379/0")
+    single = redis.Redis.from_url(url)
+    if args.memory:
+        print(json.dumps(memory(single, args.tenants or 10_000)))
+        return
+    plans: list[Plan] = []
+    one = args.tenants is not None or args.clients is not None
+    if one and not args.cluster:
+        plans.append(Plan(single, [single], "single", args.partitions, args.tenants or 10_000, args.clients or 1))
+    elif not one:
+        plans += [Plan(single, [single], "single", 1, 10_000, c) for c in (1, 10, 50, 100)]
+    if args.cluster:
+        host, port = args.cluster.rsplit(":", 1)
+        cluster = RedisCluster(startup_nodes=[ClusterNode(host, int(port))], max_connections=256)
+        masters = [redis.Redis(host=n.host, port=n.port) for n in cluster.get_primaries()]
+        kind = f"cluster{len(masters)}"
+        if one:
+            plans.append(Plan(cluster, masters, kind, args.partitions, args.tenants or 10_000, args.clients or 1))
+        else:
+            plans += [Plan(cluster, masters, kind, p, 10_000, c) for p in (1, 3) for c in (1, 10, 50, 100)]
+    if not args.json:
+        print("| Redis | partitions | tenants | clients | picks/s | p50 ms | p99 ms | CPU µs/pick | Jain min (raw) |")
+        print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for plan in plans:
+        row = run_one(plan, args)
+        if args.json:
+            print(json.dumps(row), flush=True)
+        else:
+            print(
+                f"| {plan.redis_kind} | {plan.partitions} | {plan.tenants:,} | {plan.clients} "
+                f"| {row['picks_per_s']:,} | {row['p50_ms']} | {row['p99_ms']} | {row['redis_cpu_us_per_pick']} "
+                f"| {row['jain_min']} ({row['jain_raw']}) |",
+                flush=True,
+            )
+
+
+if __name__ == "__main__":
+    main()
