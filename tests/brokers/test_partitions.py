@@ -14,11 +14,13 @@ from typing import Any
 import pytest
 import redis
 from dramatiq import Message
+from dramatiq.brokers.redis import RedisBroker
 from dramatiq.common import dq_name
 from redis.crc import key_slot
 
 from dramatiq_fairway.brokers.fair_redis import FairRedisBroker
 from dramatiq_fairway.cli import main
+from dramatiq_fairway.ops.migrate import migrate
 from dramatiq_fairway.ops.queues import queue_depths
 from dramatiq_fairway.priority import Priority
 from dramatiq_fairway.settings import FairnessSettings, Settings
@@ -205,3 +207,24 @@ def test_fairway_queues_totals_every_partition_without_the_setting(
     assert main(["queues", "--json", queue_name]) == 0
     listed: list[dict[str, Any]] = json.loads(capsys.readouterr().out)
     assert {row["tenant"]: row["ready"] for row in listed} == sent
+
+
+def test_migrate_puts_each_stock_message_in_its_tenants_partition(
+    make_broker: BrokerFactory, queue_name: str, namespace: str
+) -> None:
+    broker = make_broker()
+    stock = RedisBroker(url=REDIS_URL, namespace=f"{namespace}:stock")
+    try:
+        for i in range(18):
+            options = {"tenant": f"t{i % 6}"}
+            stock.enqueue(Message(queue_name=queue_name, actor_name="job", args=(i,), kwargs={}, options=options))
+    finally:
+        stock.close()
+    [report] = migrate(broker, [queue_name], stock_namespace=f"{namespace}:stock")
+    assert report.ready == 18
+    fetched: list[tuple[str, bytes]] = []
+    while pairs := broker.fetch(queue_name, 4):
+        fetched += pairs
+    assert len(fetched) == 18
+    for rid, body in fetched:
+        assert partition_of_rid(rid) == partition_of(Message.decode(body).options["tenant"], 3)
