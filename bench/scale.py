@@ -10,10 +10,11 @@ The queue is filled with ``--jobs`` messages (default 100,000) over ``--tenants`
 tenant holds half, the others a Zipf (s = 1.1) share of the rest, at least one each. Then
 ``--clients`` threads call ``fair_redis.lua``'s ``fetch`` (``--batch`` messages a call, with the
 acks of the previous batch in the same pipeline, as a worker's consumer does) for ``--seconds``,
-on the partitions in turn (store/partitions.py, as ``FairRedisBroker`` does), jobs doing nothing.
+on the partitions in turn (``PartitionTurns``, as ``FairRedisBroker`` does), jobs doing nothing.
 
 Printed per configuration: picks/s; the client-timed p50/p99 of one fetch round trip; the Redis
-servers' CPU (``INFO cpu``, user + sys, all masters) per pick; and Jain's index of the tenants'
+servers' CPU (``INFO cpu``, user + sys, all masters) per pick (fetch and ack; ``--json`` adds the
+CPU per enqueue of the fill, pipelined 2,000 a round trip); and Jain's index of the tenants'
 served shares per 1-second window. A window counts the tenants that still had a backlog at its
 end (so their demand did not limit them); since a window of W picks over n such tenants cannot
 give everyone the same integer count when n does not divide W, the index is divided by the best
@@ -43,7 +44,7 @@ from redis.cluster import ClusterNode, RedisCluster
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from dramatiq_fairway.brokers.fair_redis import SCRIPT
-from dramatiq_fairway.store.partitions import partition_of, partition_prefix, preferred_partition
+from dramatiq_fairway.store.partitions import PartitionTurns, partition_of, partition_prefix
 from dramatiq_fairway.store.scripts import LuaScript
 
 LUA = LuaScript.from_text(SCRIPT)
@@ -91,16 +92,14 @@ class Fetcher(threading.Thread):
     def __init__(self, client: Client, prefixes: Sequence[str], name: str, batch: int, stop: threading.Event) -> None:
         super().__init__(daemon=True)
         self.client, self.prefixes, self.batch, self.stop = client, prefixes, batch, stop
-        self.turn = preferred_partition(name, len(prefixes))
+        self.turns = PartitionTurns(name)
         self.picks: list[tuple[float, int]] = []
         self.latencies: list[float] = []
 
     def run(self) -> None:
         held: list[str] = []
         while not self.stop.is_set():
-            n = len(self.prefixes)
-            for step in range(n):
-                index = (self.turn + step) % n
+            for index in self.turns.order(len(self.prefixes)):
                 pipe = self.client.pipeline(transaction=False)
                 by_partition: dict[int, list[str]] = {}
                 for rid in held:
@@ -110,16 +109,14 @@ class Fetcher(threading.Thread):
                 held = []
                 pipe.evalsha(LUA.sha, 1, self.prefixes[index], *args_of("fetch", self.batch, 1.0, 1))
                 started = time.perf_counter()
-                flat, _throttled = pipe.execute()[-1]
+                flat, _throttled, active = pipe.execute()[-1]
                 done = time.perf_counter()
                 self.latencies.append(done - started)
+                self.turns.served(index, len(flat) // 2, int(active))
                 if flat:
                     held = [rid.decode() for rid in flat[::2]]
                     self.picks += [(done, int(rid.split(".")[0].split(":")[1])) for rid in held]
-                    self.turn = (index + 1) % n
                     break
-            else:
-                self.turn = (self.turn + 1) % n
 
 
 def jain(served: Sequence[int]) -> float:
@@ -173,7 +170,9 @@ def run_one(plan: Plan, args: Any) -> dict[str, Any]:
     prefixes = [partition_prefix(namespace, "scale", i, partitions) for i in range(partitions)]
     counts = backlogs(tenants, args.jobs)
     try:
+        cpu_before = cpu_seconds(nodes)
         fill(client, prefixes, counts)
+        enqueue_cpu = cpu_seconds(nodes) - cpu_before
         stop = threading.Event()
         fetchers = [Fetcher(client, prefixes, f"client{i}", args.batch, stop) for i in range(clients)]
         cpu_before, started = cpu_seconds(nodes), time.perf_counter()
@@ -204,6 +203,7 @@ def run_one(plan: Plan, args: Any) -> dict[str, Any]:
         "p50_ms": round(latencies[len(latencies) // 2] * 1000, 2) if latencies else None,
         "p99_ms": round(latencies[int(len(latencies) * 0.99)] * 1000, 2) if latencies else None,
         "redis_cpu_us_per_pick": round(cpu / len(picks) * 1e6, 1) if picks else None,
+        "redis_cpu_us_per_enqueue": round(enqueue_cpu / sum(counts) * 1e6, 1),
         "jain_min": round(jain_min, 3),
         "jain_raw": round(jain_raw, 3),
     }

@@ -42,7 +42,7 @@ from ..connections import named_client
 from ..priority import Priority, level_of
 from ..settings import Settings, load_settings
 from ..store import limits, send_writes
-from ..store.partitions import PartitionTags, partition_of, partition_of_rid, preferred_partition, rid_in_partition
+from ..store.partitions import PartitionTags, PartitionTurns, partition_of, partition_of_rid, rid_in_partition
 from ..store.scripts import LuaScript, ScriptCall, run_scripts
 from ..tenants import tenant_of
 from .delivery import HoldsAtStart, held_copy
@@ -106,8 +106,8 @@ class FairRedisBroker(QueueOperations, HoldsAtStart, OverriddenHooks, RedisBroke
         self._registered_queues: set[str] = set()
         self._consumed: set[str] = set()
         self.partitions = PartitionTags(self.client, self.namespace)
-        # Where each queue's next fetch starts its turn over the partitions.
-        self._turn: dict[str, int] = {}
+        # Which partition each queue's next fetch goes to.
+        self._turns: dict[str, PartitionTurns] = {}
 
     def __getattr__(self, name: str) -> Any:
         # RedisBroker routes every ``do_*`` attribute to Dramatiq's own script, whose keys are not
@@ -302,36 +302,28 @@ class FairRedisBroker(QueueOperations, HoldsAtStart, OverriddenHooks, RedisBroke
     def _fetch_in_turn(self, queue_name: str, count: int, settles: list[ScriptCall]) -> list[tuple[str, bytes]]:
         """Fetch from the partition whose turn it is, moving on while they are empty (docs/design.md,
         "Partitions"); ``settles`` go in the first round trip."""
-        partitions = len(self._prefixes(queue_name))
-        start = self._turn.get(queue_name)
-        if start is None or start >= partitions:
-            start = preferred_partition(self.broker_id, partitions)
+        turns = self._turns.setdefault(queue_name, PartitionTurns(self.broker_id))
         exempt = int(self.settings.limits.exempt_critical)
         fetched: list[tuple[str, bytes]] = []
-        for step in range(partitions):
-            index = (start + step) % partitions
+        for index in turns.order(len(self._prefixes(queue_name))):
             calls = [*settles, self._script_call(queue_name, "fetch", count, self.drr_scale, exempt, partition=index)]
             try:
                 replies = run_scripts(self.client, calls, replicas=self._replicas() if settles else 0)
-            except redis.RedisError as error:
-                if isinstance(error, redis.ConnectionError | redis.TimeoutError):
-                    # Redis may have run the fetch (and kept its effect in the AOF) with the reply lost:
-                    # those messages sit in our ack set, and no one recovers a live worker's ack set.
-                    self._unsure.add(queue_name)
-                self._turn[queue_name] = (index + 1) % partitions
+            except (redis.ConnectionError, redis.TimeoutError):
+                # Redis may have run the fetch (and kept its effect in the AOF) with the reply lost:
+                # those messages sit in our ack set, and no one recovers a live worker's ack set.
+                self._unsure.add(queue_name)
                 raise
             settles = []
-            flat, throttled = replies[-1]
+            flat, throttled, active = replies[-1]
             if throttled:
                 with self._lock:
                     for tenant, reason in zip(throttled[::2], throttled[1::2], strict=True):
                         self._throttled[(queue_name, tenant.decode(), THROTTLE_REASONS[reason])] += 1
             fetched = [(rid.decode(), body) for rid, body in zip(flat[::2], flat[1::2], strict=True)]
+            turns.served(index, len(fetched), int(active))
             if fetched:
-                self._turn[queue_name] = (index + 1) % partitions
                 break
-        else:
-            self._turn[queue_name] = (start + 1) % partitions
         with self._lock:
             self._held.setdefault(queue_name, set()).update(rid for rid, _body in fetched)
         return fetched

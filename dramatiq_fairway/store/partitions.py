@@ -100,3 +100,33 @@ class PartitionTags:
             cached = (stored, time.monotonic())
             self._cache[queue] = cached
         return cached[0]
+
+
+class PartitionTurns:
+    """Which partition a worker fetches from next: stride scheduling weighted by active tenants.
+
+    Each partition has a pass; a fetch goes to the lowest, then to the next lowest while one
+    returns nothing (stealing). Serving ``taken`` messages from a partition with ``active`` tenants
+    in its rounds adds ``taken / active`` to its pass, so over time each partition gets picks in
+    proportion to its active tenants: every tenant the same share, whichever partition it hashed to.
+    An empty partition's pass moves as if it had one tenant and one pick, so it is probed about as
+    often as a single tenant of the others is served. Passes start apart, the worker's preferred
+    partition (``preferred_partition``) first, so that workers do not all start on the same one.
+    """
+
+    def __init__(self, worker: str) -> None:
+        self.worker = worker
+        self.passes: list[float] = []
+
+    def order(self, count: int) -> list[int]:
+        """The partitions to try, best first."""
+        if len(self.passes) != count:
+            first = preferred_partition(self.worker, count)
+            self.passes = [((index - first) % count) * 1e-9 for index in range(count)]
+        return sorted(range(count), key=self.passes.__getitem__)
+
+    def served(self, index: int, taken: int, active: int) -> None:
+        self.passes[index] += max(taken, 1) / max(active, 1)
+        low = min(self.passes)
+        if low > 1e6:  # keep the floats small; only differences matter
+            self.passes = [value - low for value in self.passes]
