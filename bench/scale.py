@@ -7,7 +7,8 @@
     python bench/scale.py --memory                          # bytes per queued message and tenant
 
 The queue is filled with ``--jobs`` messages (default 100,000) over ``--tenants`` tenants: one
-tenant holds half, the others a Zipf (s = 1.1) share of the rest, at least one each. Then
+tenant holds half, the others a Zipf (s = 1.1) share of the rest, at least one each; the big
+tenant's jobs are sent first, so FIFO order would serve them first. Then
 ``--clients`` threads call ``fair_redis.lua``'s ``fetch`` (``--batch`` messages a call, with the
 acks of the previous batch in the same pipeline, as a worker's consumer does) for ``--seconds``,
 on the partitions in turn (``PartitionTurns``, as ``FairRedisBroker`` does), jobs doing nothing.
@@ -19,6 +20,8 @@ served shares per 1-second window. A window counts the tenants that still had a 
 end (so their demand did not limit them); since a window of W picks over n such tenants cannot
 give everyone the same integer count when n does not divide W, the index is divided by the best
 integer split's (1.0 = as equal as possible; ``jain_raw`` is the plain index).
+The matrix also runs stock Dramatiq's ``RedisBroker`` script on the single Redis (``dispatch``
+``dramatiq``: FIFO fetch of 8, one ack call per job as its consumer does), for the ratio.
 The cluster runs use redis-py's ``RedisCluster`` directly (one-slot script calls), since fairway's
 own clients take no cluster URL yet.
 """
@@ -39,6 +42,7 @@ from pathlib import Path
 from typing import Any
 
 import redis
+from dramatiq.brokers.redis import RedisBroker
 from redis.cluster import ClusterNode, RedisCluster
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -67,16 +71,22 @@ def args_of(command: str, *rest: Any) -> list[Any]:
     return [command, "", "bench", 300_000, "q", *rest]
 
 
+def arrivals(counts: Sequence[int]) -> list[tuple[int, int]]:
+    """(tenant, k) in sending order: the big tenant's flood first, then the others interleaved
+    (round k sends the k-th job of every tenant left), so that FIFO order would serve the flood first."""
+    order = [(0, k) for k in range(counts[0])]
+    for k in range(max(counts[1:], default=0)):
+        order += [(tenant, k) for tenant in range(1, len(counts)) if k < counts[tenant]]
+    return order
+
+
 def fill(client: Client, prefixes: Sequence[str], counts: Sequence[int]) -> None:
     client.script_load(LUA.text)
     calls: list[tuple[str, list[Any]]] = []
-    # Interleaved, as many producers would send: round k sends the k-th job of every tenant left.
-    for k in range(max(counts)):
-        for tenant, count in enumerate(counts):
-            if k < count:
-                index = partition_of(f"t{tenant}", len(prefixes))
-                rid = f"{index}:{tenant}.{k}"
-                calls.append((prefixes[index], args_of("enqueue", rid, BODY, 3, f"t{tenant}")))
+    for tenant, k in arrivals(counts):
+        index = partition_of(f"t{tenant}", len(prefixes))
+        rid = f"{index}:{tenant}.{k}"
+        calls.append((prefixes[index], args_of("enqueue", rid, BODY, 3, f"t{tenant}")))
     for first in range(0, len(calls), 2000):
         pipe = client.pipeline(transaction=False)
         for key, args in calls[first : first + 2000]:
@@ -117,6 +127,39 @@ class Fetcher(threading.Thread):
                     held = [rid.decode() for rid in flat[::2]]
                     self.picks += [(done, int(rid.split(".")[0].split(":")[1])) for rid in held]
                     break
+
+
+class PlainFetcher(Fetcher):
+    """Stock Dramatiq's ``RedisBroker`` path: its dispatch script fetches (FIFO), one ack call per job."""
+
+    def __init__(self, broker: RedisBroker, name: str, batch: int, stop: threading.Event) -> None:
+        super().__init__(broker.client, [], name, batch, stop)
+        self.broker = broker
+
+    def run(self) -> None:
+        while not self.stop.is_set():
+            started = time.perf_counter()
+            bodies = self.broker.do_fetch("scale", self.batch)
+            done = time.perf_counter()
+            self.latencies.append(done - started)
+            for body in bodies:
+                rid = json.loads(body)["options"]["redis_message_id"]
+                self.picks.append((done, int(rid.split(".")[0])))
+                self.broker.do_ack("scale", rid)
+
+
+def plain_fill(broker: RedisBroker, counts: Sequence[int]) -> None:
+    dispatch = broker.scripts["dispatch"]
+    pipe = broker.client.pipeline(transaction=False)
+    for tenant, k in arrivals(counts):
+        rid = f"{tenant}.{k}"
+        body = BODY.replace('"options": {}', '"options": {"redis_message_id": "' + rid + '"}')
+        # ARGV as RedisBroker._dispatch sends them (no maintenance, a 1,000-id unpack limit).
+        args = ["enqueue", int(time.time() * 1000), "scale", broker.broker_id, 60_000, 604_800_000, 0, 1000, rid, body]
+        dispatch(keys=[broker.namespace], args=args, client=pipe)
+        if len(pipe) >= 2000:
+            pipe.execute()
+    pipe.execute()
 
 
 def jain(served: Sequence[int]) -> float:
@@ -162,6 +205,7 @@ class Plan:
     partitions: int
     tenants: int
     clients: int
+    dispatch: str = "fairway"  # or "dramatiq": stock RedisBroker's script, for the ratio
 
 
 def run_one(plan: Plan, args: Any) -> dict[str, Any]:
@@ -169,12 +213,21 @@ def run_one(plan: Plan, args: Any) -> dict[str, Any]:
     namespace = f"fwbench-scale-{uuid.uuid4().hex[:8]}"
     prefixes = [partition_prefix(namespace, "scale", i, partitions) for i in range(partitions)]
     counts = backlogs(tenants, args.jobs)
+    plain = RedisBroker(client=client, namespace=namespace) if plan.dispatch == "dramatiq" else None
     try:
         cpu_before = cpu_seconds(nodes)
-        fill(client, prefixes, counts)
+        if plain is None:
+            fill(client, prefixes, counts)
+        else:
+            plain_fill(plain, counts)
         enqueue_cpu = cpu_seconds(nodes) - cpu_before
         stop = threading.Event()
-        fetchers = [Fetcher(client, prefixes, f"client{i}", args.batch, stop) for i in range(clients)]
+        fetchers = [
+            Fetcher(client, prefixes, f"client{i}", args.batch, stop)
+            if plain is None
+            else PlainFetcher(plain, f"client{i}", args.batch, stop)
+            for i in range(clients)
+        ]
         cpu_before, started = cpu_seconds(nodes), time.perf_counter()
         for fetcher in fetchers:
             fetcher.start()
@@ -185,7 +238,7 @@ def run_one(plan: Plan, args: Any) -> dict[str, Any]:
         elapsed, cpu = time.perf_counter() - started, cpu_seconds(nodes) - cpu_before
     finally:
         for node in nodes:
-            for pattern in ("{" + namespace + ":*",):
+            for pattern in ("{" + namespace + ":*", namespace + ":*"):
                 keys = list(node.scan_iter(match=pattern, count=1000))
                 for key in keys:
                     node.unlink(key)
@@ -196,6 +249,7 @@ def run_one(plan: Plan, args: Any) -> dict[str, Any]:
         "tenants": tenants,
         "clients": clients,
         "redis": plan.redis_kind,
+        "dispatch": plan.dispatch,
         "partitions": partitions,
         "jobs": sum(counts),
         "batch": args.batch,
@@ -241,6 +295,7 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=100_000)
     parser.add_argument("--batch", type=int, default=8, help="messages per fetch call")
     parser.add_argument("--partitions", type=int, default=1, help="for a single configuration")
+    parser.add_argument("--plain", action="store_true", help="one configuration on stock Dramatiq's script")
     parser.add_argument("--cluster", help="host:port of a Redis Cluster node: also run there")
     parser.add_argument("--memory", action="store_true", help="measure bytes per tenant and exit")
     parser.add_argument("--json", action="store_true", help="one JSON object per configuration")
@@ -253,9 +308,13 @@ def main() -> None:
     plans: list[Plan] = []
     one = args.tenants is not None or args.clients is not None
     if one and not args.cluster:
-        plans.append(Plan(single, [single], "single", args.partitions, args.tenants or 10_000, args.clients or 1))
+        dispatch = "dramatiq" if args.plain else "fairway"
+        plans.append(
+            Plan(single, [single], "single", args.partitions, args.tenants or 10_000, args.clients or 1, dispatch)
+        )
     elif not one:
         plans += [Plan(single, [single], "single", 1, 10_000, c) for c in (1, 10, 50, 100)]
+        plans += [Plan(single, [single], "single", 1, 10_000, c, "dramatiq") for c in (1, 10, 50, 100)]
     if args.cluster:
         host, port = args.cluster.rsplit(":", 1)
         cluster = RedisCluster(startup_nodes=[ClusterNode(host, int(port))], max_connections=256)
@@ -266,15 +325,15 @@ def main() -> None:
         else:
             plans += [Plan(cluster, masters, kind, p, 10_000, c) for p in (1, 3) for c in (1, 10, 50, 100)]
     if not args.json:
-        print("| Redis | partitions | tenants | clients | picks/s | p50 ms | p99 ms | CPU µs/pick | Jain min (raw) |")
-        print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+        print("| dispatch | Redis | partitions | clients | picks/s | p50 ms | p99 ms | CPU µs/pick | Jain min (raw) |")
+        print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
     for plan in plans:
         row = run_one(plan, args)
         if args.json:
             print(json.dumps(row), flush=True)
         else:
             print(
-                f"| {plan.redis_kind} | {plan.partitions} | {plan.tenants:,} | {plan.clients} "
+                f"| {plan.dispatch} | {plan.redis_kind} | {plan.partitions} | {plan.clients} "
                 f"| {row['picks_per_s']:,} | {row['p50_ms']} | {row['p99_ms']} | {row['redis_cpu_us_per_pick']} "
                 f"| {row['jain_min']} ({row['jain_raw']}) |",
                 flush=True,
