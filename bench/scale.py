@@ -228,6 +228,7 @@ def run_one(plan: Plan, args: Any) -> dict[str, Any]:
             else PlainFetcher(plain, f"client{i}", args.batch, stop)
             for i in range(clients)
         ]
+        per_node = [cpu_seconds([node]) for node in nodes]
         cpu_before, started = cpu_seconds(nodes), time.perf_counter()
         for fetcher in fetchers:
             fetcher.start()
@@ -236,6 +237,7 @@ def run_one(plan: Plan, args: Any) -> dict[str, Any]:
         for fetcher in fetchers:
             fetcher.join()
         elapsed, cpu = time.perf_counter() - started, cpu_seconds(nodes) - cpu_before
+        per_node = [cpu_seconds([node]) - before for node, before in zip(nodes, per_node, strict=True)]
     finally:
         for node in nodes:
             for pattern in ("{" + namespace + ":*", namespace + ":*"):
@@ -258,6 +260,7 @@ def run_one(plan: Plan, args: Any) -> dict[str, Any]:
         "p99_ms": round(latencies[int(len(latencies) * 0.99)] * 1000, 2) if latencies else None,
         "redis_cpu_us_per_pick": round(cpu / len(picks) * 1e6, 1) if picks else None,
         "redis_cpu_us_per_enqueue": round(enqueue_cpu / sum(counts) * 1e6, 1),
+        "cpu_share_by_master": [round(used / cpu, 2) for used in per_node] if cpu > 0 else [],
         "jain_min": round(jain_min, 3),
         "jain_raw": round(jain_raw, 3),
     }
