@@ -6,14 +6,16 @@ from __future__ import annotations
 
 import json
 import random
+import threading
 from collections import defaultdict
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import dramatiq
 import pytest
 import redis
-from dramatiq import Message
+from dramatiq import Message, Worker
 from dramatiq.brokers.redis import RedisBroker
 from dramatiq.common import dq_name
 from redis.crc import key_slot
@@ -28,7 +30,7 @@ from dramatiq_fairway.store.partitions import partition_of, partition_of_rid, pa
 
 from ..conftest import REDIS_URL
 from ..support.fair_support import delete_namespace, fair_broker
-from ..support.helpers import settings_env
+from ..support.helpers import settings_env, wait_for
 
 BrokerFactory = Callable[..., FairRedisBroker]
 Job = tuple[str, str, int]
@@ -228,3 +230,27 @@ def test_migrate_puts_each_stock_message_in_its_tenants_partition(
     assert len(fetched) == 18
     for rid, body in fetched:
         assert partition_of_rid(rid) == partition_of(Message.decode(body).options["tenant"], 3)
+
+
+def test_a_worker_runs_every_job_of_every_partition_once(make_broker: BrokerFactory, queue_name: str) -> None:
+    broker = make_broker()
+    ran: list[tuple[str, int]] = []
+    lock = threading.Lock()
+
+    @dramatiq.actor(broker=broker, queue_name=queue_name, tenant_from="tenant")
+    def job(tenant: str, i: int) -> None:
+        with lock:
+            ran.append((tenant, i))
+
+    sent = [(f"t{i % 9}", i) for i in range(90)]
+    for tenant, i in sent:
+        job.send_with_options(args=(tenant, i), delay=50 if i % 10 == 0 else None)
+    worker = Worker(broker, worker_threads=4, worker_timeout=50)
+    worker.start()
+    try:
+        broker.join(queue_name, timeout=30_000)
+        wait_for(lambda: len(ran) >= len(sent), timeout=30)
+    finally:
+        worker.stop(timeout=10_000)
+    assert sorted(ran) == sorted(sent)
+    assert broker.queue_depths(queue_name) == []
