@@ -5,8 +5,11 @@ against small ones, recovery of a dead worker's messages, delayed messages, and 
 from __future__ import annotations
 
 import json
+import os
 import random
+import signal
 import threading
+import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -30,7 +33,7 @@ from dramatiq_fairway.store.partitions import partition_of, partition_of_rid, pa
 
 from ..conftest import REDIS_URL
 from ..support.fair_support import delete_namespace, fair_broker
-from ..support.helpers import settings_env, wait_for
+from ..support.helpers import dramatiq_command, settings_env, wait_for
 
 BrokerFactory = Callable[..., FairRedisBroker]
 Job = tuple[str, str, int]
@@ -254,3 +257,33 @@ def test_a_worker_runs_every_job_of_every_partition_once(make_broker: BrokerFact
         worker.stop(timeout=10_000)
     assert sorted(ran) == sorted(sent)
     assert broker.queue_depths(queue_name) == []
+
+
+@pytest.mark.chaos
+def test_a_sigkilled_workers_messages_come_back_to_their_partitions(
+    make_broker: BrokerFactory, queue_name: str, namespace: str, short_tmp: Path
+) -> None:
+    broker = make_broker(3)
+    tenants = ["t0", "t1", "t4", "t5"]
+    assert {partition_of(tenant, 3) for tenant in tenants} == {0, 1, 2}
+    env = {**settings_env(broker.settings), "FAIRWAY_TEST_QUEUE": queue_name, "FAIRWAY_FAIRNESS__PARTITIONS": "3"}
+
+    @dramatiq.actor(broker=broker, queue_name=queue_name, actor_name="record")
+    def record(value: int, seconds: float = 0.0) -> None:
+        raise AssertionError("runs in the dramatiq command only")
+
+    for value, tenant in enumerate(tenants):
+        record.send_with_options(args=(value, 60.0), tenant=tenant)
+    with dramatiq_command("tests.support.fair_app", env, threads=2, log_file=short_tmp / "worker.log"):
+        first = wait_for(lambda: broker.client.lindex(f"{namespace}:test:ran", 0), timeout=20)
+        pid = json.loads(first)[0]
+        wait_for(lambda: sum(r["in_flight"] for r in broker.queue_depths(queue_name)) == 4)
+        os.kill(pid, signal.SIGKILL)
+        killed_at = time.monotonic()
+        wait_for(lambda: broker.recover_dead_workers() or sum(r["ready"] for r in broker.queue_depths(queue_name)) == 4)
+        assert time.monotonic() - killed_at < 10
+    rows = broker.queue_depths(queue_name)
+    assert {row["tenant"]: (row["ready"], row["in_flight"]) for row in rows} == dict.fromkeys(tenants, (1, 0))
+    for tenant in tenants:
+        prefix = broker._prefixes(queue_name)[partition_of(tenant, 3)]
+        assert broker.client.exists(f"{prefix}:fifo:3:{tenant}")
