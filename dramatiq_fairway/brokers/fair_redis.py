@@ -14,7 +14,8 @@ Dead workers are found by heartbeat plus ``CLIENT LIST`` (``fair_redis_liveness.
 fetches through :class:`~dramatiq_fairway.brokers.fair_redis_consumer.FairRedisConsumer`.
 
 Keys (``ns`` is the broker namespace): everything of queue ``q`` under ``{ns:q}:*`` (listed in the
-script's header; the limits' keys in ``store/limits.py``), worker heartbeats
+script's header; the limits' keys in ``store/limits.py``; one such prefix per partition with
+``FAIRWAY_FAIRNESS__PARTITIONS``, ``store/partitions.py``), worker heartbeats
 ``{ns:workers}:heartbeats`` (zset id -> ms), the queues each worker consumes
 ``{ns:workers}:queues:<id>`` and the queues ever used ``{ns:workers}:known``.
 Nothing expires by TTL: a dead worker's keys are deleted when it is recovered.
@@ -41,8 +42,7 @@ from dramatiq.errors import QueueJoinTimeout
 from ..connections import named_client
 from ..priority import Priority, level_of
 from ..settings import Settings, load_settings
-from ..store import limits, send_writes
-from ..store.partitions import PartitionTags, PartitionTurns, partition_of, partition_of_rid, rid_in_partition
+from ..store import limits, partitions, send_writes
 from ..store.scripts import LuaScript, ScriptCall, run_scripts
 from ..tenants import tenant_of
 from .delivery import HoldsAtStart, held_copy
@@ -105,9 +105,8 @@ class FairRedisBroker(QueueOperations, HoldsAtStart, OverriddenHooks, RedisBroke
         self._throttled: Counter[tuple[str, str, str]] = Counter()
         self._registered_queues: set[str] = set()
         self._consumed: set[str] = set()
-        self.partitions = PartitionTags(self.client, self.namespace)
-        # Which partition each queue's next fetch goes to.
-        self._turns: dict[str, PartitionTurns] = {}
+        self.partition_tags = partitions.PartitionTags(self.client, self.namespace)
+        self._turns: dict[str, partitions.PartitionTurns] = {}
 
     def __getattr__(self, name: str) -> Any:
         # RedisBroker routes every ``do_*`` attribute to Dramatiq's own script, whose keys are not
@@ -163,7 +162,7 @@ class FairRedisBroker(QueueOperations, HoldsAtStart, OverriddenHooks, RedisBroke
         For moving bodies kept elsewhere (stock Dramatiq's keys) into the fair queues.
         """
         index = self._partition_of_tenant(tenant)
-        rid = rid_in_partition(index, str(uuid4()))
+        rid = partitions.rid_in_partition(index, str(uuid4()))
         self._call(queue_name, "enqueue", rid, body, int(level), tenant, partition=index)
         return rid
 
@@ -181,9 +180,9 @@ class FairRedisBroker(QueueOperations, HoldsAtStart, OverriddenHooks, RedisBroke
         placed: dict[int, list[tuple[str, Priority, str]]] = {}
         for entry in entries:
             placed.setdefault(self._partition_of_tenant(entry[2]), []).append(entry)
-        calls = []
+        calls, head = [], ["adopt", self._clock_arg(), self.broker_id, self._max_wait_ms(), part]
         for index, batch in sorted(placed.items()):
-            args = ["adopt", self._clock_arg(), self.broker_id, self._max_wait_ms(), part, rid_in_partition(index, "")]
+            args = [*head, partitions.rid_in_partition(index, "")]
             args += [value for rid, level, tenant in batch for value in (rid, int(level), tenant)]
             calls.append(ScriptCall(_LUA, [prefixes[index], *stock_keys], args))
         return sum(int(moved) for moved in run_scripts(self.client, calls))
@@ -192,9 +191,10 @@ class FairRedisBroker(QueueOperations, HoldsAtStart, OverriddenHooks, RedisBroke
         """Move ``message`` (held by this worker) to its delay queue for ``delay`` ms, firing no hook."""
         canonical = q_name(message.queue_name)
         rid = message.options["redis_message_id"]
-        index = partition_of_rid(rid)
+        index = partitions.partition_of_rid(rid)
         waiting = held_copy(message, delay).copy(
-            queue_name=dq_name(canonical), options={"redis_message_id": rid_in_partition(index, str(uuid4()))}
+            queue_name=dq_name(canonical),
+            options={"redis_message_id": partitions.rid_in_partition(index, str(uuid4()))},
         )
         self._call(canonical, "hold", rid, waiting.options["redis_message_id"], waiting.encode(), partition=index)
         with self._lock:
@@ -219,7 +219,10 @@ class FairRedisBroker(QueueOperations, HoldsAtStart, OverriddenHooks, RedisBroke
     def _script_call(self, queue_name: str, command: str, *args: Any, partition: int = 0) -> ScriptCall:
         part = "dq" if queue_name != q_name(queue_name) else "q"
         args = (command, self._clock_arg(), self.broker_id, self._max_wait_ms(), part, *args)
-        return ScriptCall(_LUA, [self._prefixes(queue_name)[partition]], list(args))
+        # Partition 0 is the queue's own prefix: no need to read the stored partitions for it, so
+        # with one partition a send or a settle makes no round trip more than before.
+        prefix = self._queue_prefix(queue_name) if partition == 0 else self._prefixes(queue_name)[partition]
+        return ScriptCall(_LUA, [prefix], list(args))
 
     def _call(self, queue_name: str, command: str, *args: Any, partition: int = 0) -> Any:
         [reply] = run_scripts(self.client, [self._script_call(queue_name, command, *args, partition=partition)])
@@ -243,8 +246,8 @@ class FairRedisBroker(QueueOperations, HoldsAtStart, OverriddenHooks, RedisBroke
         level, tenant = level_of(message.options), tenant_of(message.options)
         index = self._partition_of_tenant(tenant)
         rid = message.options["redis_message_id"]
-        if partition_of_rid(rid) != index:
-            rid = message.options["redis_message_id"] = rid_in_partition(index, rid)
+        if partitions.partition_of_rid(rid) != index:
+            rid = message.options["redis_message_id"] = partitions.rid_in_partition(index, rid)
         return self._script_call(message.queue_name, "enqueue", rid, body, int(level), tenant, partition=index)
 
     def settle_later(self, queue_name: str, command: str, rid: str) -> None:
@@ -302,7 +305,7 @@ class FairRedisBroker(QueueOperations, HoldsAtStart, OverriddenHooks, RedisBroke
     def _fetch_in_turn(self, queue_name: str, count: int, settles: list[ScriptCall]) -> list[tuple[str, bytes]]:
         """Fetch from the partition whose turn it is, moving on while they are empty (docs/design.md,
         "Partitions"); ``settles`` go in the first round trip."""
-        turns = self._turns.setdefault(queue_name, PartitionTurns(self.broker_id))
+        turns = self._turns.setdefault(queue_name, partitions.PartitionTurns(self.broker_id))
         exempt = int(self.settings.limits.exempt_critical)
         fetched: list[tuple[str, bytes]] = []
         for index in turns.order(len(self._prefixes(queue_name))):
@@ -365,7 +368,7 @@ class FairRedisBroker(QueueOperations, HoldsAtStart, OverriddenHooks, RedisBroke
         """One call per partition the ``rids`` are in (each rid names its own)."""
         placed: dict[int, list[str]] = {}
         for rid in rids:
-            placed.setdefault(partition_of_rid(rid), []).append(rid)
+            placed.setdefault(partitions.partition_of_rid(rid), []).append(rid)
         first = [self.dead_message_ttl] if command == "nack" else []
         return [
             self._script_call(queue_name, command, *first, *batch, partition=index)
@@ -417,15 +420,15 @@ class FairRedisBroker(QueueOperations, HoldsAtStart, OverriddenHooks, RedisBroke
 
     def _prefixes(self, queue_name: str) -> list[str]:
         """The key prefix of each partition of ``queue_name`` (store/partitions.py)."""
-        return self.partitions.prefixes(queue_name, self.settings.fairness.partitions)
+        return self.partition_tags.prefixes(queue_name, self.settings.fairness.partitions)
 
     def _queue_prefix(self, queue_name: str) -> str:
         """Partition 0's prefix: the queue's own ``{ns:q}``, all of it with one partition."""
-        return self._prefixes(queue_name)[0]
+        return partitions.partition_prefix(self.namespace, queue_name, 0, 1)
 
     def _partition_of_tenant(self, tenant: str) -> int:
         """Where producers put ``tenant``'s messages: over the configured partitions only."""
-        return partition_of(tenant, self.settings.fairness.partitions)
+        return partitions.partition_of(tenant, self.settings.fairness.partitions)
 
     def _workers_prefix(self) -> str:
         return "{" + f"{self.namespace}:workers" + "}"

@@ -24,6 +24,8 @@ class QueueOperations:
 
         def _prefixes(self, queue_name: str) -> list[str]: ...
 
+        def _queue_prefix(self, queue_name: str) -> str: ...
+
         def _on_every_partition(self, queue_name: str, command: str, *args: Any) -> list[Any]: ...
 
         def _register(self, queue_name: str) -> None: ...
@@ -52,7 +54,7 @@ class QueueOperations:
         queues = self.known_queues()
         with self.client.pipeline(transaction=False) as pipe:
             for queue in queues:
-                pipe.exists(self._prefixes(queue)[0] + ":paused")
+                pipe.exists(self._queue_prefix(queue) + ":paused")
             flags = pipe.execute()
         return [queue for queue, paused in zip(queues, flags, strict=True) if paused]
 
