@@ -81,7 +81,6 @@ def arrivals(counts: Sequence[int]) -> list[tuple[int, int]]:
 
 
 def fill(client: Client, prefixes: Sequence[str], counts: Sequence[int]) -> None:
-    client.script_load(LUA.text)
     calls: list[tuple[str, list[Any]]] = []
     for tenant, k in arrivals(counts):
         index = partition_of(f"t{tenant}", len(prefixes))
@@ -215,6 +214,8 @@ def run_one(plan: Plan, args: Any) -> dict[str, Any]:
     counts = backlogs(tenants, args.jobs)
     plain = RedisBroker(client=client, namespace=namespace) if plan.dispatch == "dramatiq" else None
     try:
+        for node in nodes:
+            node.script_load(LUA.text)
         cpu_before = cpu_seconds(nodes)
         if plain is None:
             fill(client, prefixes, counts)
@@ -277,6 +278,7 @@ def memory(client: redis.Redis, tenants: int) -> dict[str, Any]:
         namespace = f"fwbench-mem-{uuid.uuid4().hex[:8]}"
         prefix = partition_prefix(namespace, "scale", 0, 1)
         counts = [1] * tenants if spread > 1 else [tenants]
+        client.script_load(LUA.text)
         before = int(client.info("memory")["used_memory"])
         fill(client, [prefix], counts)
         used.append(int(client.info("memory")["used_memory"]) - before)
@@ -320,7 +322,7 @@ def main() -> None:
         plans += [Plan(single, [single], "single", 1, 10_000, c, "dramatiq") for c in (1, 10, 50, 100)]
     if args.cluster:
         host, port = args.cluster.rsplit(":", 1)
-        cluster = RedisCluster(startup_nodes=[ClusterNode(host, int(port))], max_connections=256)
+        cluster: RedisCluster = RedisCluster(startup_nodes=[ClusterNode(host, int(port))], max_connections=256)
         masters = [redis.Redis(host=n.host, port=n.port) for n in cluster.get_primaries()]
         kind = f"cluster{len(masters)}"
         if one:

@@ -23,6 +23,7 @@ from dramatiq.brokers.redis import RedisBroker
 from dramatiq.common import dq_name
 from redis.crc import key_slot
 
+from dramatiq_fairway.brokers import fair_redis
 from dramatiq_fairway.brokers.fair_redis import FairRedisBroker
 from dramatiq_fairway.cli import main
 from dramatiq_fairway.ops.migrate import migrate
@@ -30,6 +31,7 @@ from dramatiq_fairway.ops.queues import queue_depths
 from dramatiq_fairway.priority import Priority
 from dramatiq_fairway.settings import FairnessSettings, Settings
 from dramatiq_fairway.store.partitions import partition_of, partition_of_rid, partition_prefix
+from dramatiq_fairway.store.scripts import ScriptCall, run_scripts
 
 from ..conftest import REDIS_URL
 from ..support.fair_support import delete_namespace, fair_broker
@@ -77,7 +79,7 @@ def take(broker: FairRedisBroker, queue: str, batch: int = 1) -> list[Job]:
     got: list[Job] = []
     while pairs := broker.fetch(queue, batch):
         broker.settle(queue, "ack", [rid for rid, _ in pairs])
-        got += [tuple(Message.decode(body).args) for _, body in pairs]  # type: ignore[misc]
+        got += [tuple(Message.decode(body).args) for _, body in pairs]
     return got
 
 
@@ -287,3 +289,37 @@ def test_a_sigkilled_workers_messages_come_back_to_their_partitions(
     for tenant in tenants:
         prefix = broker._prefixes(queue_name)[partition_of(tenant, 3)]
         assert broker.client.exists(f"{prefix}:fifo:3:{tenant}")
+
+
+def test_a_fetch_reply_lost_on_another_partition_loses_no_message(
+    make_broker: BrokerFactory, queue_name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    broker = make_broker(3)
+    ran: list[int] = []
+    lost: list[object] = []
+
+    @dramatiq.actor(broker=broker, queue_name=queue_name, tenant_from="tenant")
+    def job(tenant: str, i: int) -> None:
+        ran.append(i)
+
+    for i in range(12):
+        job.send(f"t{i % 6}", i)
+
+    def reply_lost_once(client: redis.Redis, calls: list[ScriptCall], **options: Any) -> list[Any]:
+        # Redis ran the fetch (its messages now in our ack set of a partition > 0), the reply is lost.
+        replies = run_scripts(client, calls, **options)
+        fetch = calls and calls[-1].args[0] == "fetch" and calls[-1].keys[0] != broker._queue_prefix(queue_name)
+        if fetch and replies[-1][0] and not lost:
+            lost.append(replies[-1])
+            raise redis.ConnectionError("Connection closed by server.")
+        return replies
+
+    monkeypatch.setattr(fair_redis, "run_scripts", reply_lost_once)
+    worker = Worker(broker, worker_threads=2, worker_timeout=50)
+    worker.start()
+    try:
+        wait_for(lambda: len(set(ran)) == 12, timeout=20)
+    finally:
+        worker.stop(timeout=10_000)
+    assert lost
+    assert sorted(set(ran)) == list(range(12))
