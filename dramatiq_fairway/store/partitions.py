@@ -23,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import time
 from functools import lru_cache
+from typing import cast
 
 import redis
 from dramatiq.common import q_name
@@ -90,16 +91,31 @@ class PartitionTags:
         cached = self._cache.get(queue)
         if cached is None or time.monotonic() - cached[1] > COUNT_TTL or len(cached[0]) < configured:
             raw = self.client.hget(self.key, queue)
-            stored = raw.decode().split() if raw else [partition_prefix(self.namespace, queue, 0, 1)]
+            stored = self._decoded(queue, raw)
             if len(stored) < configured:
-                stored += [
-                    partition_prefix(self.namespace, queue, index, configured)
-                    for index in range(len(stored), configured)
-                ]
-                self.client.hset(self.key, queue, " ".join(stored))
+                stored = self._extend(queue, configured)
             cached = (stored, time.monotonic())
             self._cache[queue] = cached
         return cached[0]
+
+    def _extend(self, queue: str, configured: int) -> list[str]:
+        """Append prefixes up to ``configured``, atomically (WATCH): two processes raising the count
+        at once must not each write a list the other's messages are missing from."""
+
+        def append(pipe: redis.client.Pipeline) -> list[str]:
+            # Watching, the pipeline runs commands at once and returns their replies.
+            stored = self._decoded(queue, cast(bytes | None, pipe.hget(self.key, queue)))
+            added = [partition_prefix(self.namespace, queue, i, configured) for i in range(len(stored), configured)]
+            if added:
+                pipe.multi()
+                pipe.hset(self.key, queue, " ".join(stored + added))
+            return stored + added
+
+        extended: list[str] = self.client.transaction(append, self.key, value_from_callable=True)
+        return extended
+
+    def _decoded(self, queue: str, raw: bytes | None) -> list[str]:
+        return raw.decode().split() if raw else [partition_prefix(self.namespace, queue, 0, 1)]
 
 
 class PartitionTurns:

@@ -323,3 +323,21 @@ def test_a_fetch_reply_lost_on_another_partition_loses_no_message(
         worker.stop(timeout=10_000)
     assert lost
     assert sorted(set(ran)) == list(range(12))
+
+
+def test_raising_the_count_keeps_the_earlier_partitions_and_drains_them(
+    make_broker: BrokerFactory, queue_name: str
+) -> None:
+    before, after, reader = make_broker(2), make_broker(4), make_broker(1)
+    for tenant in range(8):
+        push(before, queue_name, Priority.NORMAL, f"t{tenant}", 2)
+    two = before._prefixes(queue_name)
+    four = after._prefixes(queue_name)
+    assert four[:2] == two
+    assert len(set(four)) == 4
+    assert reader._prefixes(queue_name) == four
+    for tenant in range(8):
+        push(after, queue_name, Priority.NORMAL, f"t{tenant}", 1, start=2)
+    assert sum(row["ready"] for row in reader.queue_depths(queue_name)) == 24
+    got = take(after, queue_name, batch=3)
+    assert sorted(got) == sorted(("NORMAL", f"t{t}", i) for t in range(8) for i in range(3))
