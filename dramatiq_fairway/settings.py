@@ -64,6 +64,8 @@ class FairnessSettings(_Section):
     prefetch: int | None = Field(None, ge=0)
     rabbitmq_lanes: int = Field(4, ge=1, le=64)
     rabbitmq_isolate_at: int = Field(50, ge=1)
+    # Redis: hash-tagged partitions one queue is split over (docs/design.md, "Partitions").
+    partitions: int = Field(1, ge=1, le=64)
 
     @field_validator("weights")
     @classmethod

@@ -371,8 +371,10 @@ if command == "enqueue" then
     return 1
 
 -- fetch: ARGV[6] how many, ARGV[7] DRR scale (quantum = weight * scale >= 1), ARGV[8] "1" when
--- CRITICAL is exempt from limits. Returns {{rid1, body1, rid2, body2, ...}, {tenant, reason, ...}}
--- (the tenants skipped for a limit, reason "c" or "r") and moves the rids to this worker's ack set.
+-- CRITICAL is exempt from limits. Returns {{rid1, body1, rid2, body2, ...}, {tenant, reason, ...},
+-- active} (the tenants skipped for a limit, reason "c" or "r"; the tenants left in the rounds, or
+-- for the delay queue its length: how workers weigh this partition, store/partitions.py) and
+-- moves the rids to this worker's ack set.
 elseif command == "fetch" then
     local wanted = tonumber(ARGV[6])
     local out = {}
@@ -389,10 +391,10 @@ elseif command == "fetch" then
                 out[#out + 1] = body
             end
         end
-        return { out, {} }
+        return { out, {}, redis.call("LLEN", P .. ":dq") }
     end
     if redis.call("EXISTS", P .. ":paused") == 1 then
-        return { out, {} }
+        return { out, {}, 0 }
     end
     local scale = tonumber(ARGV[7])
     age(wanted + 32)
@@ -433,8 +435,12 @@ elseif command == "fetch" then
         rids[#rids + 1] = rid
     end
     redis.call("HSET", P .. ":passed", 3, passed[3], 4, passed[4], 5, passed[5])
+    local active = 0
+    for level = CRITICAL, BATCH do
+        active = active + redis.call("LLEN", P .. ":ring:" .. level)
+    end
     if #rids == 0 then
-        return { out, limits.throttled }
+        return { out, limits.throttled, active }
     end
     for level = CRITICAL, BATCH do
         if taken[level] > 0 then
@@ -455,7 +461,7 @@ elseif command == "fetch" then
             out[#out + 1] = bodies[i - first + 1]
         end
     end
-    return { out, limits.throttled }
+    return { out, limits.throttled, active }
 
 -- ack: ARGV[6…] rids (also removes undecodable bodies). Only rids this worker holds count:
 -- a rid recovered from this worker meanwhile belongs to the queue again.

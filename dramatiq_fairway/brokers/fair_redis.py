@@ -14,7 +14,8 @@ Dead workers are found by heartbeat plus ``CLIENT LIST`` (``fair_redis_liveness.
 fetches through :class:`~dramatiq_fairway.brokers.fair_redis_consumer.FairRedisConsumer`.
 
 Keys (``ns`` is the broker namespace): everything of queue ``q`` under ``{ns:q}:*`` (listed in the
-script's header; the limits' keys in ``store/limits.py``), worker heartbeats
+script's header; the limits' keys in ``store/limits.py``; one such prefix per partition with
+``FAIRWAY_FAIRNESS__PARTITIONS``, ``store/partitions.py``), worker heartbeats
 ``{ns:workers}:heartbeats`` (zset id -> ms), the queues each worker consumes
 ``{ns:workers}:queues:<id>`` and the queues ever used ``{ns:workers}:known``.
 Nothing expires by TTL: a dead worker's keys are deleted when it is recovered.
@@ -41,7 +42,7 @@ from dramatiq.errors import QueueJoinTimeout
 from ..connections import named_client
 from ..priority import Priority, level_of
 from ..settings import Settings, load_settings
-from ..store import limits, send_writes
+from ..store import limits, partitions, send_writes
 from ..store.scripts import LuaScript, ScriptCall, run_scripts
 from ..tenants import tenant_of
 from .delivery import HoldsAtStart, held_copy
@@ -53,6 +54,7 @@ from .fair_redis_liveness import (  # noqa: F401 (the liveness constants' old im
     STALE_AFTER,
     WorkerLiveness,
 )
+from .fair_redis_operations import QueueOperations
 from .hooks import OverriddenHooks
 
 logger = logging.getLogger(__name__)
@@ -65,7 +67,7 @@ _LUA = LuaScript.from_text(SCRIPT)
 THROTTLE_REASONS = {b"c": "concurrency", b"r": "rate"}
 
 
-class FairRedisBroker(HoldsAtStart, OverriddenHooks, RedisBroker):
+class FairRedisBroker(QueueOperations, HoldsAtStart, OverriddenHooks, RedisBroker):
     """A RedisBroker with fair dispatch across priority levels and tenants.
 
     Parameters (besides RedisBroker's ``client``, ``url``, ``namespace``, ``middleware``,
@@ -103,6 +105,8 @@ class FairRedisBroker(HoldsAtStart, OverriddenHooks, RedisBroker):
         self._throttled: Counter[tuple[str, str, str]] = Counter()
         self._registered_queues: set[str] = set()
         self._consumed: set[str] = set()
+        self.partition_tags = partitions.PartitionTags(self.client, self.namespace)
+        self._turns: dict[str, partitions.PartitionTurns] = {}
 
     def __getattr__(self, name: str) -> Any:
         # RedisBroker routes every ``do_*`` attribute to Dramatiq's own script, whose keys are not
@@ -157,8 +161,9 @@ class FairRedisBroker(HoldsAtStart, OverriddenHooks, RedisBroker):
 
         For moving bodies kept elsewhere (stock Dramatiq's keys) into the fair queues.
         """
-        rid = str(uuid4())
-        self._call(queue_name, "enqueue", rid, body, int(level), tenant)
+        index = self._partition_of_tenant(tenant)
+        rid = partitions.rid_in_partition(index, str(uuid4()))
+        self._call(queue_name, "enqueue", rid, body, int(level), tenant, partition=index)
         return rid
 
     def adopt(
@@ -171,30 +176,32 @@ class FairRedisBroker(HoldsAtStart, OverriddenHooks, RedisBroker):
         how many moved: an id no longer waiting in the stock keys is left alone.
         """
         self._register(q_name(queue_name))
-        args = ["adopt", self._clock_arg(), self.broker_id, self._max_wait_ms(), part]
-        args += [value for rid, level, tenant in entries for value in (rid, int(level), tenant)]
-        call = ScriptCall(_LUA, [self._queue_prefix(queue_name), *stock_keys], args)
-        [moved] = run_scripts(self.client, [call])
-        return int(moved)
+        prefixes = self._prefixes(queue_name)
+        placed: dict[int, list[tuple[str, Priority, str]]] = {}
+        for entry in entries:
+            placed.setdefault(self._partition_of_tenant(entry[2]), []).append(entry)
+        calls, head = [], ["adopt", self._clock_arg(), self.broker_id, self._max_wait_ms(), part]
+        for index, batch in sorted(placed.items()):
+            args = [*head, partitions.rid_in_partition(index, "")]
+            args += [value for rid, level, tenant in batch for value in (rid, int(level), tenant)]
+            calls.append(ScriptCall(_LUA, [prefixes[index], *stock_keys], args))
+        return sum(int(moved) for moved in run_scripts(self.client, calls))
 
     def hold_back(self, message: Message, delay: int) -> None:
         """Move ``message`` (held by this worker) to its delay queue for ``delay`` ms, firing no hook."""
         canonical = q_name(message.queue_name)
+        rid = message.options["redis_message_id"]
+        index = partitions.partition_of_rid(rid)
         waiting = held_copy(message, delay).copy(
-            queue_name=dq_name(canonical), options={"redis_message_id": str(uuid4())}
+            queue_name=dq_name(canonical),
+            options={"redis_message_id": partitions.rid_in_partition(index, str(uuid4()))},
         )
-        self._call(
-            canonical,
-            "hold",
-            message.options["redis_message_id"],
-            waiting.options["redis_message_id"],
-            waiting.encode(),
-        )
+        self._call(canonical, "hold", rid, waiting.options["redis_message_id"], waiting.encode(), partition=index)
         with self._lock:
             self._held.get(canonical, set()).discard(message.options["redis_message_id"])
 
     def flush(self, queue_name: str) -> None:
-        self._call(q_name(queue_name), "purge")
+        self._on_every_partition(q_name(queue_name), "purge")
 
     def join(self, queue_name: str, *, interval: int = 100, timeout: int | None = None) -> None:
         deadline = timeout and time.monotonic() + timeout / 1000
@@ -207,76 +214,41 @@ class FairRedisBroker(HoldsAtStart, OverriddenHooks, RedisBroker):
         self.liveness.stop()
         super().close()
 
-    # Operator API (``fairway pause|resume|queues``).
+    # Script calls (docs/design.md, "Partitions": each call touches one partition's slot).
 
-    def pause(self, queue_name: str) -> None:
-        """Stop handing out messages of ``queue_name`` (its delay queue keeps feeding it)."""
-        self._register(q_name(queue_name))
-        self.client.set(self._queue_prefix(queue_name) + ":paused", 1)
-
-    def resume(self, queue_name: str) -> None:
-        self.client.delete(self._queue_prefix(queue_name) + ":paused")
-
-    def known_queues(self) -> list[str]:
-        """Every queue declared on this namespace by any process, sorted."""
-        return sorted(name.decode() for name in self.client.smembers(self._workers_key("known")))
-
-    def paused_queues(self) -> list[str]:
-        queues = self.known_queues()
-        with self.client.pipeline(transaction=False) as pipe:
-            for queue in queues:
-                pipe.exists(self._queue_prefix(queue) + ":paused")
-            flags = pipe.execute()
-        return [queue for queue, paused in zip(queues, flags, strict=True) if paused]
-
-    def queue_depths(self, queue_name: str) -> list[dict[str, Any]]:
-        """Rows ``{"queue", "priority_level", "tenant", "ready", "delayed", "in_flight"}`` from counters."""
-        canonical = q_name(queue_name)
-        ready, delayed, in_flight = self._call(canonical, "depths")
-        rows: dict[tuple[int, str], dict[str, Any]] = {}
-        for column, flat in (("ready", ready), ("delayed", delayed), ("in_flight", in_flight)):
-            for field, count in zip(flat[::2], flat[1::2], strict=True):
-                level, tenant = field.decode().split("|", 1)
-                row = rows.setdefault(
-                    (int(level), tenant),
-                    {
-                        "queue": canonical,
-                        "priority_level": Priority(int(level)).name,
-                        "tenant": tenant,
-                        "ready": 0,
-                        "delayed": 0,
-                        "in_flight": 0,
-                    },
-                )
-                row[column] = int(count)
-        return [rows[key] for key in sorted(rows)]
-
-    def ready_by_level(self, queue_name: str) -> dict[Priority, int]:
-        """Messages waiting per level as the scheduler sees them (after aging), without empty levels."""
-        counts = self.client.hgetall(self._queue_prefix(queue_name) + ":levels")
-        return {Priority(int(level)): int(count) for level, count in sorted(counts.items()) if int(count) > 0}
-
-    def join_size(self, queue_name: str) -> int:
-        """Messages of ``queue_name`` (or of its delay queue) not acked yet: what ``join`` waits on."""
-        return int(self._call(queue_name, "qsize"))
-
-    # Script calls.
-
-    def _script_call(self, queue_name: str, command: str, *args: Any) -> ScriptCall:
+    def _script_call(self, queue_name: str, command: str, *args: Any, partition: int = 0) -> ScriptCall:
         part = "dq" if queue_name != q_name(queue_name) else "q"
         args = (command, self._clock_arg(), self.broker_id, self._max_wait_ms(), part, *args)
-        return ScriptCall(_LUA, [self._queue_prefix(queue_name)], list(args))
+        # Partition 0 is the queue's own prefix: no need to read the stored partitions for it, so
+        # with one partition a send or a settle makes no round trip more than before.
+        prefix = self._queue_prefix(queue_name) if partition == 0 else self._prefixes(queue_name)[partition]
+        return ScriptCall(_LUA, [prefix], list(args))
 
-    def _call(self, queue_name: str, command: str, *args: Any) -> Any:
-        [reply] = run_scripts(self.client, [self._script_call(queue_name, command, *args)])
+    def _call(self, queue_name: str, command: str, *args: Any, partition: int = 0) -> Any:
+        [reply] = run_scripts(self.client, [self._script_call(queue_name, command, *args, partition=partition)])
         return reply
 
+    def _on_every_partition(self, queue_name: str, command: str, *args: Any) -> list[Any]:
+        """The replies of ``command`` run on each partition of ``queue_name`` (one pipeline)."""
+        calls = [
+            self._script_call(queue_name, command, *args, partition=index)
+            for index in range(len(self._prefixes(queue_name)))
+        ]
+        return run_scripts(self.client, calls)
+
     def enqueue_call(self, message: Message, body: bytes) -> ScriptCall:
-        """The script call storing ``message`` (named after its queue, with its ``redis_message_id``)."""
+        """The script call storing ``message`` (named after its queue, with its ``redis_message_id``).
+
+        The message goes to its tenant's partition, whose number its ``redis_message_id`` now starts
+        with (changed in place: the body keeps the id it was encoded with, which no one reads).
+        """
         self._register(q_name(message.queue_name))
         level, tenant = level_of(message.options), tenant_of(message.options)
+        index = self._partition_of_tenant(tenant)
         rid = message.options["redis_message_id"]
-        return self._script_call(message.queue_name, "enqueue", rid, body, int(level), tenant)
+        if partitions.partition_of_rid(rid) != index:
+            rid = message.options["redis_message_id"] = partitions.rid_in_partition(index, rid)
+        return self._script_call(message.queue_name, "enqueue", rid, body, int(level), tenant, partition=index)
 
     def settle_later(self, queue_name: str, command: str, rid: str) -> None:
         """Queue an ``ack`` or ``nack`` of ``rid`` for the next :meth:`fetch` of ``queue_name``.
@@ -311,42 +283,63 @@ class FairRedisBroker(HoldsAtStart, OverriddenHooks, RedisBroker):
             self._store_weights(queue_name)
             self.tenant_limits.install(queue_name, self.settings.limits)
             self._weighted_queues.add(queue_name)
-        exempt = int(self.settings.limits.exempt_critical)
         with self._lock:
             settle = self._settling.pop(queue_name, {})
-        calls = [self._settle_call(queue_name, command, rids) for command, rids in settle.items()]
-        if count is not None:
-            calls.append(self._script_call(queue_name, "fetch", count, self.drr_scale, exempt))
+        calls = [call for command, rids in settle.items() for call in self._settle_call(queue_name, command, rids)]
         try:
-            replies = run_scripts(self.client, calls, replicas=self._replicas() if settle else 0)
-        except redis.RedisError as error:
+            if count is None:
+                run_scripts(self.client, calls, replicas=self._replicas())
+                fetched = []
+            else:
+                fetched = self._fetch_in_turn(queue_name, count, calls)
+        except redis.RedisError:
+            # Queued again (settling is idempotent, so settles a later round trip's failure
+            # follows are harmless to send twice).
             with self._lock:
                 for command, rids in settle.items():
                     self._settling.setdefault(queue_name, {}).setdefault(command, [])[:0] = rids
-            if count is not None and isinstance(error, redis.ConnectionError | redis.TimeoutError):
+            raise
+        self._forget(queue_name, [rid for rids in settle.values() for rid in rids])
+        return fetched
+
+    def _fetch_in_turn(self, queue_name: str, count: int, settles: list[ScriptCall]) -> list[tuple[str, bytes]]:
+        """Fetch from the partition whose turn it is, moving on while they are empty (docs/design.md,
+        "Partitions"); ``settles`` go in the first round trip."""
+        turns = self._turns.setdefault(queue_name, partitions.PartitionTurns(self.broker_id))
+        exempt = int(self.settings.limits.exempt_critical)
+        fetched: list[tuple[str, bytes]] = []
+        for index in turns.order(len(self._prefixes(queue_name))):
+            calls = [*settles, self._script_call(queue_name, "fetch", count, self.drr_scale, exempt, partition=index)]
+            try:
+                replies = run_scripts(self.client, calls, replicas=self._replicas() if settles else 0)
+            except (redis.ConnectionError, redis.TimeoutError):
                 # Redis may have run the fetch (and kept its effect in the AOF) with the reply lost:
                 # those messages sit in our ack set, and no one recovers a live worker's ack set.
                 self._unsure.add(queue_name)
-            raise
-        self._forget(queue_name, [rid for rids in settle.values() for rid in rids])
-        if count is None:
-            return []
-        flat, throttled = replies[-1]
-        if throttled:
-            with self._lock:
-                for tenant, reason in zip(throttled[::2], throttled[1::2], strict=True):
-                    self._throttled[(queue_name, tenant.decode(), THROTTLE_REASONS[reason])] += 1
-        fetched = [(rid.decode(), body) for rid, body in zip(flat[::2], flat[1::2], strict=True)]
+                raise
+            settles = []
+            flat, throttled, active = replies[-1]
+            if throttled:
+                with self._lock:
+                    for tenant, reason in zip(throttled[::2], throttled[1::2], strict=True):
+                        self._throttled[(queue_name, tenant.decode(), THROTTLE_REASONS[reason])] += 1
+            fetched = [(rid.decode(), body) for rid, body in zip(flat[::2], flat[1::2], strict=True)]
+            turns.served(index, len(fetched), int(active))
+            if fetched:
+                break
         with self._lock:
             self._held.setdefault(queue_name, set()).update(rid for rid, _body in fetched)
         return fetched
 
     def _reclaim(self, queue_name: str) -> None:
-        """Requeue what our ack set holds of ``queue_name`` that this process never received."""
+        """Requeue what our ack sets hold of ``queue_name`` that this process never received."""
         part = "acks" if queue_name == q_name(queue_name) else "dacks"
-        members = self.client.smembers(f"{self._queue_prefix(queue_name)}:{part}:{self.broker_id}")
+        with self.client.pipeline(transaction=False) as pipe:
+            for prefix in self._prefixes(queue_name):
+                pipe.smembers(f"{prefix}:{part}:{self.broker_id}")
+            members = {rid.decode() for found in pipe.execute() for rid in found}
         with self._lock:
-            lost = sorted({rid.decode() for rid in members} - self._held.get(queue_name, set()))
+            lost = sorted(members - self._held.get(queue_name, set()))
         self.settle(queue_name, "requeue", lost)
         self._unsure.discard(queue_name)
         if lost:
@@ -368,13 +361,19 @@ class FairRedisBroker(HoldsAtStart, OverriddenHooks, RedisBroker):
         """``ack``, ``nack`` or ``requeue`` the broker ids ``rids`` held by this worker."""
         if not rids:
             return
-        run_scripts(self.client, [self._settle_call(queue_name, command, rids)], replicas=self._replicas())
+        run_scripts(self.client, self._settle_call(queue_name, command, rids), replicas=self._replicas())
         self._forget(queue_name, rids)
 
-    def _settle_call(self, queue_name: str, command: str, rids: Sequence[str]) -> ScriptCall:
-        if command == "nack":
-            return self._script_call(queue_name, command, self.dead_message_ttl, *rids)
-        return self._script_call(queue_name, command, *rids)
+    def _settle_call(self, queue_name: str, command: str, rids: Sequence[str]) -> list[ScriptCall]:
+        """One call per partition the ``rids`` are in (each rid names its own)."""
+        placed: dict[int, list[str]] = {}
+        for rid in rids:
+            placed.setdefault(partitions.partition_of_rid(rid), []).append(rid)
+        first = [self.dead_message_ttl] if command == "nack" else []
+        return [
+            self._script_call(queue_name, command, *first, *batch, partition=index)
+            for index, batch in sorted(placed.items())
+        ]
 
     def _forget(self, queue_name: str, rids: Iterable[str]) -> None:
         with self._lock:
@@ -403,12 +402,13 @@ class FairRedisBroker(HoldsAtStart, OverriddenHooks, RedisBroker):
             self._registered_queues.add(queue_name)
 
     def _store_weights(self, queue_name: str) -> None:
-        key = self._queue_prefix(queue_name) + ":weights"
-        with self.client.pipeline() as pipe:
-            pipe.delete(key)
-            for tenant, weight in self.settings.fairness.weights.items():
-                pipe.hset(key, tenant, weight)
-            pipe.execute()
+        for prefix in self._prefixes(queue_name):
+            key = prefix + ":weights"
+            with self.client.pipeline() as pipe:
+                pipe.delete(key)
+                for tenant, weight in self.settings.fairness.weights.items():
+                    pipe.hset(key, tenant, weight)
+                pipe.execute()
 
     def beat(self) -> list[tuple[str, float]]:
         """Refresh this worker's heartbeat; return the other workers' stale heartbeats as (id, age s)."""
@@ -418,8 +418,17 @@ class FairRedisBroker(HoldsAtStart, OverriddenHooks, RedisBroker):
         """Give back the messages of workers found dead (``fair_redis_liveness.py``); return how many."""
         return self.liveness.recover_dead_workers()
 
+    def _prefixes(self, queue_name: str) -> list[str]:
+        """The key prefix of each partition of ``queue_name`` (store/partitions.py)."""
+        return self.partition_tags.prefixes(queue_name, self.settings.fairness.partitions)
+
     def _queue_prefix(self, queue_name: str) -> str:
-        return limits.queue_prefix(self.namespace, queue_name)
+        """Partition 0's prefix: the queue's own ``{ns:q}``, all of it with one partition."""
+        return partitions.partition_prefix(self.namespace, queue_name, 0, 1)
+
+    def _partition_of_tenant(self, tenant: str) -> int:
+        """Where producers put ``tenant``'s messages: over the configured partitions only."""
+        return partitions.partition_of(tenant, self.settings.fairness.partitions)
 
     def _workers_prefix(self) -> str:
         return "{" + f"{self.namespace}:workers" + "}"

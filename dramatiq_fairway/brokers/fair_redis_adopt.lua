@@ -7,7 +7,9 @@
 -- KEYS[3]  the stock bodies of those ids: "<ns>:<q>.msgs", "<ns>:<q>.DQ.msgs" or "<ns>:<q>.XQ.msgs"
 --          (hash id -> body)
 -- ARGV[5]  where the messages go: "q" ready, "dq" delayed, "xq" dead
--- ARGV[6…] triples: stock id (kept as the rid), level, tenant
+-- ARGV[6]  what the rids of P start with: "" (partition 0), or "<i>:" for partition i
+--          (store/partitions.py; every tenant of the triples lives in P's partition)
+-- ARGV[7…] triples: stock id (ARGV[6] .. stock id is the rid), level, tenant
 -- Returns how many messages moved.
 --
 -- KEYS[2] and KEYS[3] have no hash tag, as stock Dramatiq names them, so this call spans three
@@ -22,20 +24,21 @@ if command == "adopt" then
     local source, bodies = KEYS[2], KEYS[3]
     local kind = redis.call("TYPE", source).ok
     local moved = 0
-    for i = 6, #ARGV, 3 do
-        local rid, level, tenant = ARGV[i], tonumber(ARGV[i + 1]), ARGV[i + 2]
+    for i = 7, #ARGV, 3 do
+        local stock_id, level, tenant = ARGV[i], tonumber(ARGV[i + 1]), ARGV[i + 2]
+        local rid = ARGV[6] .. stock_id
         local removed, died
         if kind == "zset" then
-            died = redis.call("ZSCORE", source, rid)
-            removed = redis.call("ZREM", source, rid)
+            died = redis.call("ZSCORE", source, stock_id)
+            removed = redis.call("ZREM", source, stock_id)
         elseif kind == "set" then
-            removed = redis.call("SREM", source, rid)
+            removed = redis.call("SREM", source, stock_id)
         else
-            removed = redis.call("LREM", source, 1, rid)
+            removed = redis.call("LREM", source, 1, stock_id)
         end
-        local body = redis.call("HGET", bodies, rid)
+        local body = redis.call("HGET", bodies, stock_id)
         if removed == 1 and body then
-            redis.call("HDEL", bodies, rid)
+            redis.call("HDEL", bodies, stock_id)
             if part == "xq" then
                 -- Its time of death is kept, so fairway's dead-message TTL counts from it.
                 redis.call("ZADD", P .. ":xq", died or int(now), rid)

@@ -106,7 +106,7 @@ class WorkerLiveness:
         """Requeue every message ``worker`` holds, then delete its keys; return how many."""
         broker = self.broker
         queues = broker.client.smembers(broker._workers_key(f"queues:{worker}"))
-        count = sum(int(broker._call(queue.decode(), "recover", worker)) for queue in queues)
+        count = sum(broker.recover_worker(queue.decode(), worker) for queue in queues)
         self._forget(worker)
         if count:
             logger.warning("Recovered %d message(s) held by dead worker %s.", count, worker)

@@ -51,6 +51,7 @@ from pydantic import ValidationError
 from ..connections import broker_redis_url, redis_client, state_store_client
 from ..errors import ConfigError
 from ..settings import LimitSettings, Settings, TenantLimit
+from .partitions import PartitionTags
 from .scripts import LuaScript
 
 LIB = (Path(__file__).parent / "limits_lib.lua").read_text()
@@ -134,6 +135,8 @@ class TenantLimits:
         self.operator_key = "{" + f"{namespace}:limits" + "}"
         self.queues_key = self.operator_key + ":queues"
         self.generation_key = self.operator_key + ":generation"
+        # On Redis the dispatch script reads a queue's limits in each of its partitions.
+        self.partitions = PartitionTags(client, namespace)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> TenantLimits:
@@ -202,9 +205,13 @@ class TenantLimits:
             flat = self._call(queue_name, "in_flight", now=now)
             pairs = zip(flat[::2], flat[1::2], strict=True)
             return {tenant.decode(): int(count) for tenant, count in pairs}
-        for field, count in self.client.hgetall(queue_prefix(self.namespace, queue_name) + ":inflight").items():
-            tenant = field.decode().split("|", 1)[1]
-            counts[tenant] = counts.get(tenant, 0) + int(count)
+        with self.client.pipeline(transaction=False) as pipe:
+            for prefix in self.partitions.prefixes(queue_name):
+                pipe.hgetall(prefix + ":inflight")
+            for found in pipe.execute():
+                for field, count in found.items():
+                    tenant = field.decode().split("|", 1)[1]
+                    counts[tenant] = counts.get(tenant, 0) + int(count)
         return {tenant: count for tenant, count in counts.items() if count > 0}
 
     def list(self) -> list[dict[str, Any]]:
@@ -270,9 +277,11 @@ class TenantLimits:
 
     # Internals.
 
-    def _call(self, queue_name: str, command: str, *args: Any, now: int | None = None) -> Any:
+    def _call(self, queue_name: str, command: str, *args: Any, now: int | None = None, prefix: str = "") -> Any:
         return _LUA.run(
-            self.client, [queue_prefix(self.namespace, queue_name)], [command, "" if now is None else now, *args]
+            self.client,
+            [prefix or queue_prefix(self.namespace, queue_name)],
+            [command, "" if now is None else now, *args],
         )
 
     def _operator_field(self, queue_name: str | None, tenant: str) -> str:
@@ -320,8 +329,10 @@ class TenantLimits:
     def _write(
         self, queue_name: str, name: Literal["base", "ops"], layer: Mapping[str, str], generation: int = 0
     ) -> None:
-        pairs = (part for item in sorted(layer.items()) for part in item)
-        self._call(queue_name, "replace", name, generation, *pairs)
+        pairs = [part for item in sorted(layer.items()) for part in item]
+        prefixes = self.partitions.prefixes(queue_name) if self.kind == "redis" else [""]
+        for prefix in prefixes:
+            self._call(queue_name, "replace", name, generation, *pairs, prefix=prefix)
 
 
 def _split(field: bytes) -> tuple[str, str]:
