@@ -5,14 +5,12 @@ from __future__ import annotations
 
 import base64
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
-import pytest
 import redis
 from dramatiq import Broker, Worker
 
-from dramatiq_fairway.brokers import build_broker
 from dramatiq_fairway.dashboard.bulk import BULK_REQUESTS_PER_MINUTE, BulkRateLimit
 from dramatiq_fairway.settings import Settings
 from dramatiq_fairway.store.audit import AuditLog
@@ -30,23 +28,6 @@ from ..support.dashboard_support import (
 
 SCRIPT = "<script>alert('owned')</script>"
 BASIC_OPS = {"Authorization": "Basic " + base64.b64encode(b"ops:pa55-w0rd!").decode()}
-
-
-@pytest.fixture
-def settings(broker_kind: str, namespace: str, short_tmp: Path, state_client: redis.Redis) -> Settings:
-    return dashboard_settings(broker_kind, namespace, short_tmp)
-
-
-@pytest.fixture
-def redis_settings(namespace: str, short_tmp: Path, state_client: redis.Redis) -> Settings:
-    return dashboard_settings("redis", namespace, short_tmp)
-
-
-@pytest.fixture
-def redis_broker(redis_settings: Settings) -> Iterator[Broker]:
-    broker = build_broker(redis_settings)
-    yield broker
-    broker.close()
 
 
 def queued(settings: Settings, tenant: str, count: int) -> list[str]:

@@ -81,18 +81,6 @@ def producer(settings: Settings) -> Iterator[Broker]:
     broker.close()
 
 
-@pytest.fixture
-def redis_settings(namespace: str, short_tmp: Path, state_client: redis.Redis) -> Settings:
-    return dashboard_settings("redis", namespace, short_tmp)
-
-
-@pytest.fixture
-def redis_broker(redis_settings: Settings) -> Iterator[Broker]:
-    broker = build_broker(redis_settings)
-    yield broker
-    broker.close()
-
-
 # -- pages ---------------------------------------------------------------------------------------
 
 

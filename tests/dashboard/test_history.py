@@ -32,16 +32,6 @@ SCRIPT = "<script>alert('owned')</script>"
 HOUR = timedelta(hours=1)
 
 
-@pytest.fixture
-def settings(broker_kind: str, namespace: str, short_tmp: Path, state_client: redis.Redis) -> Settings:
-    return dashboard_settings(broker_kind, namespace, short_tmp)
-
-
-@pytest.fixture
-def redis_settings(namespace: str, short_tmp: Path, state_client: redis.Redis) -> Settings:
-    return dashboard_settings("redis", namespace, short_tmp)
-
-
 def test_jobs_run_by_a_worker_appear_in_stats_and_in_a_dashboard_started_afterwards(  # noqa: PLR0917 (fixtures)
     broker: Broker,
     settings: Settings,
