@@ -104,6 +104,46 @@ def _run(client: redis.Redis, calls: list[ScriptCall], replicas: int) -> list[An
     return replies
 
 
+class ScriptsInFlight:
+    """Script calls written to the server now, their replies read later (``replies``), so that the
+    caller overlaps the round trip with other work (``FairRabbitmqBroker`` publishes meanwhile).
+    One connection of the client's pool is held in between; ``replies`` must be called once."""
+
+    def __init__(self, client: redis.Redis, calls: list[ScriptCall]) -> None:
+        self._client = client
+        self._calls = calls
+        self._connection = client.connection_pool.get_connection()
+        commands = [("EVALSHA", call.script.sha, len(call.keys), *call.keys, *call.args) for call in calls]
+        try:
+            self._connection.send_packed_command(self._connection.pack_commands(commands))
+        except BaseException:
+            self._connection.disconnect()
+            client.connection_pool.release(self._connection)
+            raise
+
+    def replies(self) -> list[Any]:
+        """The replies of the calls, error replies included (lost scripts loaded and their calls rerun)."""
+        replies: list[Any] = []
+        try:
+            for _ in self._calls:
+                try:
+                    replies.append(self._connection.read_response())
+                except redis.ResponseError as error:
+                    replies.append(error)
+        except BaseException:
+            self._connection.disconnect()  # replies may be left unread on it
+            raise
+        finally:
+            self._client.connection_pool.release(self._connection)
+        lost = [i for i, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
+        if lost:
+            for script in {self._calls[i].script for i in lost}:
+                self._client.script_load(script.text)
+            for i, reply in zip(lost, _run(self._client, [self._calls[i] for i in lost], 0), strict=True):
+                replies[i] = reply
+        return replies
+
+
 def _check_replicas(acknowledged: Any, wanted: int) -> None:
     if isinstance(acknowledged, Exception):
         raise acknowledged

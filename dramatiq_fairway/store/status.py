@@ -93,6 +93,7 @@ class JobStatusStore:
         self._progress = LuaScript.load(_SCRIPTS / "status_progress.lua")
         self._cancel = LuaScript.load(_SCRIPTS / "status_cancel.lua")
         self._claim = LuaScript.load(_SCRIPTS / "unique_claim.lua")
+        self._unsend = LuaScript.load(_SCRIPTS / "status_unsend.lua")
 
     @classmethod
     def from_settings(cls, settings: Settings, client: redis.Redis | None = None) -> JobStatusStore:
@@ -121,9 +122,16 @@ class JobStatusStore:
         """PENDING, unless the job is already known (a retry or a move out of the delay queue)."""
         self._record("enqueue", message_id, JobState.PENDING, actor, queue)
 
-    def enqueued_call(self, message_id: str, actor: str, queue: str) -> ScriptCall:
-        """The script call of ``enqueued``, for a pipeline of the caller's."""
-        return self.transition_call("enqueue", message_id, [(JobState.PENDING, self.now())], actor=actor, queue=queue)
+    def enqueued_call(self, message_id: str, actor: str, queue: str, *, at: str | None = None) -> ScriptCall:
+        """The script call of ``enqueued`` (at ``at``, default now), for a pipeline of the caller's."""
+        return self.transition_call(
+            "enqueue", message_id, [(JobState.PENDING, at or self.now())], actor=actor, queue=queue
+        )
+
+    def unsent_call(self, message_id: str, at: str) -> ScriptCall:
+        """The call that takes back the PENDING an ``enqueued_call`` at ``at`` created, when the
+        message was never queued after all (``status_unsend.lua``; a job known before stays)."""
+        return ScriptCall(self._unsend, [self.job_key(message_id)], [at])
 
     def enqueued_many(self, jobs: list[tuple[str, str, str]]) -> None:
         """``enqueued`` for each (message id, actor, queue), in one round trip."""
