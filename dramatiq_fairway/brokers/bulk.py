@@ -26,11 +26,16 @@ from dramatiq.errors import ActorNotFound, DramatiqError
 from dramatiq.middleware import MiddlewareError
 
 from ..middlewares.fairness import FairPriority
+from ..middlewares.message_size import encoded
 from ..middlewares.status import JobStatus
 from ..store.scripts import run_scripts
 from .fair_redis import FairRedisBroker
 from .rabbitmq import FairRabbitmqBroker
 from .rabbitmq_confirms import publish_confirmed
+
+# Messages of one queue stored by one script call (a batch's calls all go in one pipeline): few
+# enough that Redis is not held long by one call.
+ENQUEUES_PER_CALL = 100
 
 # What became of one message of a batch: the message as enqueued, or the error that refused it.
 Outcome = Message[Any] | Exception
@@ -76,25 +81,34 @@ def _enqueue_one(broker: Broker, message: Message[Any]) -> Outcome:
 
 def _on_fair_redis(broker: FairRedisBroker, messages: Sequence[Message[Any]]) -> list[Outcome]:
     outcomes: list[Outcome] = []
-    accepted = []
+    accepted: dict[str, list[tuple[int, Message[Any], bytes]]] = {}
     for original in messages:
         message = original.copy(queue_name=q_name(original.queue_name), options={"redis_message_id": str(uuid4())})
         refusal = check(broker, message)
         if refusal is None:
             try:
-                accepted.append((len(outcomes), message, broker.enqueue_call(message, message.encode())))
+                accepted.setdefault(message.queue_name, []).append((len(outcomes), message, encoded(message)))
             except (TypeError, ValueError) as error:  # not JSON, on a broker without MessageSize
                 give_back(broker, message)
                 refusal = error
         outcomes.append(refusal or message)
+    # A queue's messages go ENQUEUES_PER_CALL to a script call, all the calls in one pipeline.
+    chunks = [
+        group[start : start + ENQUEUES_PER_CALL]
+        for group in accepted.values()
+        for start in range(0, len(group), ENQUEUES_PER_CALL)
+    ]
+    calls = [broker.enqueue_call(chunk[0][1], chunk[0][2], *[(m, b) for _, m, b in chunk[1:]]) for chunk in chunks]
     try:
-        run_scripts(broker.client, [call for _, _, call in accepted], replicas=broker.settings.redis_wait_replicas)
+        replies = run_scripts(broker.client, [], replicas=broker.settings.redis_wait_replicas, best_effort=calls)
     except redis.RedisError as error:
         # Which calls of the pipeline ran is unknown: each is reported failed (a resend is at least once).
-        for index, message, _ in accepted:
-            give_back(broker, message)
-            outcomes[index] = error
-        return outcomes
-    for _, message, _ in accepted:
-        broker.emit_after("enqueue", message, None)
+        replies = [error] * len(calls)
+    for chunk, reply in zip(chunks, replies, strict=True):
+        for index, message, _ in chunk:
+            if isinstance(reply, redis.RedisError):
+                give_back(broker, message)
+                outcomes[index] = reply
+            else:
+                broker.emit_after("enqueue", message, None)
     return outcomes

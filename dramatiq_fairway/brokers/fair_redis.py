@@ -39,6 +39,7 @@ from dramatiq.common import dq_name, q_name
 from dramatiq.errors import QueueJoinTimeout
 
 from ..connections import named_client
+from ..middlewares.message_size import encoded
 from ..priority import Priority, level_of
 from ..settings import Settings, load_settings
 from ..store import limits, send_writes
@@ -133,7 +134,7 @@ class FairRedisBroker(HoldsAtStart, OverriddenHooks, RedisBroker):
         message = message.copy(queue_name=queue_name, options=options)
         with send_writes.collecting(self.client) as writes:
             self.emit_before("enqueue", message, delay)
-            call = self.enqueue_call(message, message.encode())
+            call = self.enqueue_call(message, encoded(message))
             replies = run_scripts(self.client, [call], replicas=self._replicas(), best_effort=writes.calls)
             writes.report(replies[1:])
             self.emit_after("enqueue", message, delay)
@@ -271,12 +272,15 @@ class FairRedisBroker(HoldsAtStart, OverriddenHooks, RedisBroker):
         [reply] = run_scripts(self.client, [self._script_call(queue_name, command, *args)])
         return reply
 
-    def enqueue_call(self, message: Message, body: bytes) -> ScriptCall:
-        """The script call storing ``message`` (named after its queue, with its ``redis_message_id``)."""
+    def enqueue_call(self, message: Message, body: bytes, *more: tuple[Message, bytes]) -> ScriptCall:
+        """The script call storing ``message`` (named after its queue, with its ``redis_message_id``)
+        and the (message, body) pairs of ``more``, named after the same queue, in order."""
         self._register(q_name(message.queue_name))
-        level, tenant = level_of(message.options), tenant_of(message.options)
-        rid = message.options["redis_message_id"]
-        return self._script_call(message.queue_name, "enqueue", rid, body, int(level), tenant)
+        args: list[Any] = []
+        for each, each_body in ((message, body), *more):
+            level, tenant = level_of(each.options), tenant_of(each.options)
+            args += [each.options["redis_message_id"], each_body, int(level), tenant]
+        return self._script_call(message.queue_name, "enqueue", *args)
 
     def settle_later(self, queue_name: str, command: str, rid: str) -> None:
         """Queue an ``ack`` or ``nack`` of ``rid`` for the next :meth:`fetch` of ``queue_name``.

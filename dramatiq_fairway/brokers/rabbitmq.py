@@ -59,6 +59,7 @@ from dramatiq.common import current_millis, dq_name, q_name, xq_name
 from dramatiq.errors import ConnectionClosed, QueueJoinTimeout
 
 from ..connections import state_store_client
+from ..middlewares.message_size import encoded
 from ..middlewares.queue_depth import passive_ready_count
 from ..priority import Priority
 from ..settings import Settings, load_settings
@@ -339,7 +340,7 @@ class FairRabbitmqBroker(HoldsAtStart, OverriddenHooks, RabbitmqBroker):
         self.channel.basic_publish(
             exchange="",
             routing_key=routing_key,
-            body=message.encode(),
+            body=encoded(message),
             properties=pika.BasicProperties(
                 delivery_mode=2,
                 priority=message.options.get("broker_priority"),

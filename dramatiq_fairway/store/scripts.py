@@ -84,15 +84,23 @@ def run_scripts(
 
 
 def _run(client: redis.Redis, calls: list[ScriptCall], replicas: int) -> list[Any]:
-    """The replies of ``calls`` in one pipeline, error replies included; lost scripts loaded and rerun."""
+    """The replies of ``calls`` in one pipeline, error replies included; lost scripts loaded and rerun.
+
+    The pipeline is packed here (``_pack``) and sent on a connection of the pool as redis-py's
+    non-transactional pipeline does, retried by the connection's ``Retry`` the same way: redis-py
+    encodes each argument on its own, which cost more than the round trip for a batch."""
     if not calls:
         return []
-    pipe = client.pipeline(transaction=False)
-    for call in calls:
-        pipe.evalsha(call.script.sha, len(call.keys), *call.keys, *call.args)
-    if replicas:
-        pipe.execute_command("WAIT", replicas, WAIT_TIMEOUT_MS)
-    replies: list[Any] = pipe.execute(raise_on_error=False)
+    expected = len(calls) + (1 if replicas else 0)
+    packed = _pack(calls, replicas)
+    pool = client.connection_pool
+    connection = pool.get_connection()
+    try:
+        replies: list[Any] = connection.retry.call_with_retry(
+            lambda: _exchange(connection, packed, expected), lambda _error: connection.disconnect()
+        )
+    finally:
+        pool.release(connection)
     if replicas:
         _check_replicas(replies.pop(), replicas)
     lost = [i for i, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
@@ -104,6 +112,39 @@ def _run(client: redis.Redis, calls: list[ScriptCall], replicas: int) -> list[An
     return replies
 
 
+def _exchange(connection: Any, packed: bytes, expected: int) -> list[Any]:
+    """Send ``packed`` and read its ``expected`` replies (an error reply is returned, not raised)."""
+    try:
+        connection.send_packed_command([packed])
+        replies: list[Any] = []
+        for _ in range(expected):
+            try:
+                replies.append(connection.read_response())
+            except redis.ResponseError as error:
+                replies.append(error)
+    except BaseException:
+        connection.disconnect()  # replies may be left unread on it
+        raise
+    return replies
+
+
+def _pack(calls: Sequence[ScriptCall], replicas: int = 0) -> bytes:
+    """``calls`` as RESP ``EVALSHA`` commands (then ``WAIT`` when ``replicas``), ready to send."""
+    out: list[bytes] = []
+    for call in calls:
+        items = [call.script.sha, len(call.keys), *call.keys, *call.args]
+        out.append(b"*%d\r\n$7\r\nEVALSHA\r\n" % (len(items) + 1))
+        for item in items:
+            data = item if isinstance(item, bytes) else str(item).encode()
+            out.append(b"$%d\r\n%s\r\n" % (len(data), data))
+    if replicas:
+        out.append(
+            b"*3\r\n$4\r\nWAIT\r\n$%d\r\n%d\r\n$%d\r\n%d\r\n"
+            % (len(str(replicas)), replicas, len(str(WAIT_TIMEOUT_MS)), WAIT_TIMEOUT_MS)
+        )
+    return b"".join(out)
+
+
 class ScriptsInFlight:
     """Script calls written to the server now, their replies read later (``replies``), so that the
     caller overlaps the round trip with other work (``FairRabbitmqBroker`` publishes meanwhile).
@@ -113,9 +154,8 @@ class ScriptsInFlight:
         self._client = client
         self._calls = calls
         self._connection = client.connection_pool.get_connection()
-        commands = [("EVALSHA", call.script.sha, len(call.keys), *call.keys, *call.args) for call in calls]
         try:
-            self._connection.send_packed_command(self._connection.pack_commands(commands))
+            self._connection.send_packed_command([_pack(calls)])
         except BaseException:
             self._connection.disconnect()
             client.connection_pool.release(self._connection)
