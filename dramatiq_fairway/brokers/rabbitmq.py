@@ -279,9 +279,8 @@ class FairRabbitmqBroker(HoldsAtStart, OverriddenHooks, RabbitmqBroker):
         if delay is not None:
             message = message.copy(queue_name=dq_name(message.queue_name), options={"eta": current_millis() + delay})
         pauses = iter(PUBLISH_PAUSES)
-        # Counted once: a retry of the publish goes where the first attempt was counted. The
-        # state-store writes of the hooks (JobStatus's PENDING) ride in the counting round trip
-        # (store/send_writes.py); ``counted`` keeps them, to be taken back if no publish succeeds.
+        # Counted once: a retry goes where the first attempt was counted. The hooks' state-store writes
+        # ride with the count (store/send_writes.py); ``counted`` keeps them, taken back if all fail.
         target: str | None = None
         counted: send_writes.SendWrites | None = None
         while True:
@@ -291,10 +290,8 @@ class FairRabbitmqBroker(HoldsAtStart, OverriddenHooks, RabbitmqBroker):
                     self.emit_before("enqueue", message, delay)
                     in_flight = None
                     if target is None:
-                        target, in_flight = (
-                            (self.route(message), None) if delay else self.tenant_routes.dispatch(message, writes)
-                        )
-                        counted = writes
+                        routed = (self.route(message), None) if delay else self.tenant_routes.dispatch(message, writes)
+                        (target, in_flight), counted = routed, writes
                     try:
                         if delay is None and target != self.route(message):
                             self.tenant_routes.ensure(self.channel, message.queue_name, target)
