@@ -5,8 +5,10 @@
 
 For each broker, one process sends no-op messages (no worker runs) with:
 plain Dramatiq's broker and default middleware (on RabbitMQ with publisher confirms and without),
-then the fairway stack (``setup()``; publisher confirms on). Single ``send`` runs ``--sends``
-messages; ``enqueue_many`` runs ``--batched`` messages in batches of 100 and of 1,000 (fairway
+and the fairway stack (``setup()``; publisher confirms on), every row once per round, in turn, so
+that a load that comes and goes on the machine lands on all of them; medians over ``--rounds``.
+Single ``send`` runs ``--sends`` messages; ``enqueue_many`` runs ``--batched`` messages in batches
+of 100 and of 1,000 (fairway
 only: plain Dramatiq has no bulk send). Tenants are spread over 100 names. The table is markdown;
 ratios are against plain Dramatiq with confirms (RabbitMQ) and against fairway's own ``send``.
 Everything the run created (namespaces, queues) is deleted at the end.
@@ -15,6 +17,7 @@ Everything the run created (namespaces, queues) is deleted at the end.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import platform
 import tempfile
@@ -23,6 +26,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from statistics import median
 
 import dramatiq
 import pika
@@ -48,26 +52,44 @@ def main() -> None:
     parser.add_argument("--brokers", nargs="+", default=["redis", "rabbitmq"], choices=["redis", "rabbitmq"])
     parser.add_argument("--sends", type=int, default=2000, help="messages sent one by one per row")
     parser.add_argument("--batched", type=int, default=10_000, help="messages sent with enqueue_many per batch size")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds, each measuring every row in turn")
     args = parser.parse_args()
     print(f"machine: {platform.node()}, {os.cpu_count()} cores, Python {platform.python_version()}")
+    print(f"medians of {args.rounds} rounds (each row measured once per round, in turn); [min-max] of the ratios")
     print()
     print("| broker | producer | `send` /s | `enqueue_many` x100 /s | `enqueue_many` x1000 /s | vs plain `send` |")
     print("|---|---|---:|---:|---:|---:|")
     for kind in args.brokers:
-        plain_rows = [("plain Dramatiq", True)]
-        if kind == "rabbitmq":
-            plain_rows = [("plain, confirms", True), ("plain, no confirms", False)]
-        baseline = 0.0
-        for label, confirms in plain_rows:
-            with plain_broker(kind, confirms=confirms) as broker:
-                rate = send_rate(broker, args.sends)
-            baseline = baseline or rate
-            print(f"| {kind} | {label} | {rate:,.0f} | - | - | {rate / baseline:.2f}x |")
-        with fairway_broker(kind) as broker:
-            single = send_rate(broker, args.sends)
-            batched = [batch_rate(broker, args.batched, size) for size in BATCHES]
-        cells = " | ".join(f"{rate:,.0f} ({rate / single:.1f}x `send`)" for rate in batched)
-        print(f"| {kind} | fairway | {single:,.0f} | {cells} | {single / baseline:.2f}x |", flush=True)
+        labels = (
+            [("plain Dramatiq", True)]
+            if kind == "redis"
+            else [("plain, confirms", True), ("plain, no confirms", False)]
+        )
+        with contextlib.ExitStack() as stack:
+            plains = [(label, stack.enter_context(plain_broker(kind, confirms=confirms))) for label, confirms in labels]
+            fairway = stack.enter_context(fairway_broker(kind))
+            plain_rates: dict[str, list[float]] = {label: [] for label, _ in plains}
+            singles: list[float] = []
+            batched: dict[int, list[float]] = {size: [] for size in BATCHES}
+            for _ in range(args.rounds):
+                for label, broker in plains:
+                    plain_rates[label].append(send_rate(broker, args.sends))
+                singles.append(send_rate(fairway, args.sends))
+                for size in BATCHES:
+                    batched[size].append(batch_rate(fairway, args.batched, size))
+        baselines = plain_rates[labels[0][0]]
+        for label, rates in plain_rates.items():
+            print(f"| {kind} | {label} | {median(rates):,.0f} | - | - | {_ratio(rates, baselines)} |")
+        cells = " | ".join(f"{median(rates):,.0f} ({_ratio(rates, singles)} `send`)" for rates in batched.values())
+        print(f"| {kind} | fairway | {median(singles):,.0f} | {cells} | {_ratio(singles, baselines)} |", flush=True)
+
+
+def _ratio(rates: list[float], baselines: list[float]) -> str:
+    """Median and range of the ratios of ``rates`` to ``baselines`` measured in the same round."""
+    ratios = [rate / base for rate, base in zip(rates, baselines, strict=True)]
+    if len(ratios) == 1:
+        return f"{ratios[0]:.2f}x"
+    return f"{median(ratios):.2f}x [{min(ratios):.2f}-{max(ratios):.2f}]"
 
 
 def send_rate(broker: Broker, count: int) -> float:

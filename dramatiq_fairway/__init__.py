@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from importlib.metadata import PackageNotFoundError, version
 
-from .bulk import enqueue_many
+from .bulk import enqueue_many, group
 from .connections import state_store_client
 from .errors import (
     BreakerOpen,
@@ -58,6 +58,7 @@ __all__ = [
     "TransientError",
     "__version__",
     "enqueue_many",
+    "group",
     "install",
     "load_settings",
     "pause_queue",

@@ -26,11 +26,16 @@ from dramatiq.errors import ActorNotFound, DramatiqError
 from dramatiq.middleware import MiddlewareError
 
 from ..middlewares.fairness import FairPriority
+from ..middlewares.message_size import encoded
 from ..middlewares.status import JobStatus
-from ..store.scripts import run_scripts
+from ..store.scripts import ScriptCall, ScriptsInFlight, run_scripts
 from .fair_redis import FairRedisBroker
 from .rabbitmq import FairRabbitmqBroker
 from .rabbitmq_confirms import publish_confirmed
+
+# Messages of one queue stored by one script call (a batch's calls all go in one pipeline): few
+# enough that Redis is not held long by one call.
+ENQUEUES_PER_CALL = 100
 
 # What became of one message of a batch: the message as enqueued, or the error that refused it.
 Outcome = Message[Any] | Exception
@@ -76,25 +81,81 @@ def _enqueue_one(broker: Broker, message: Message[Any]) -> Outcome:
 
 def _on_fair_redis(broker: FairRedisBroker, messages: Sequence[Message[Any]]) -> list[Outcome]:
     outcomes: list[Outcome] = []
-    accepted = []
+    writes = _RedisWrites(broker, outcomes)
+    groups: dict[tuple[str, int], list[_Accepted]] = {}  # by queue and partition: one call each
     for original in messages:
         message = original.copy(queue_name=q_name(original.queue_name), options={"redis_message_id": str(uuid4())})
         refusal = check(broker, message)
         if refusal is None:
             try:
-                accepted.append((len(outcomes), message, broker.enqueue_call(message, message.encode())))
+                key = (message.queue_name, broker.partition_of(message))
+                group = groups.setdefault(key, [])
+                group.append((len(outcomes), message, encoded(message)))
             except (TypeError, ValueError) as error:  # not JSON, on a broker without MessageSize
                 give_back(broker, message)
                 refusal = error
         outcomes.append(refusal or message)
-    try:
-        run_scripts(broker.client, [call for _, _, call in accepted], replicas=broker.settings.redis_wait_replicas)
-    except redis.RedisError as error:
-        # Which calls of the pipeline ran is unknown: each is reported failed (a resend is at least once).
-        for index, message, _ in accepted:
-            give_back(broker, message)
-            outcomes[index] = error
-        return outcomes
-    for _, message, _ in accepted:
-        broker.emit_after("enqueue", message, None)
+        if refusal is None and len(group) == ENQUEUES_PER_CALL:
+            writes.send(groups.pop(key))
+    for group in groups.values():
+        writes.send(group)
+    writes.land()
     return outcomes
+
+
+# (position in the batch, message, body) of a message that passed the checks.
+_Accepted = tuple[int, Message[Any], bytes]
+
+
+class _RedisWrites:
+    """The enqueue calls of a batch on FairRedisBroker, ``ENQUEUES_PER_CALL`` messages of one queue
+    each. A call is written without waiting for its reply, which is read when the next call is
+    ready: Redis runs one while Python checks and encodes the messages of the next, and one call at
+    a time keeps the batch's order. With ``FAIRWAY_REDIS_WAIT_REPLICAS`` the calls go in one
+    pipeline at the end, ``WAIT`` after them. A call that fails refuses its own messages only."""
+
+    def __init__(self, broker: FairRedisBroker, outcomes: list[Outcome]) -> None:
+        self.broker = broker
+        self.outcomes = outcomes
+        self.replicas = broker.settings.redis_wait_replicas
+        self.waiting: list[tuple[list[_Accepted], ScriptCall]] = []
+        self.flight: tuple[list[_Accepted], ScriptsInFlight] | None = None
+
+    def send(self, chunk: list[_Accepted]) -> None:
+        call = self.broker.enqueue_call(chunk[0][1], chunk[0][2], *[(m, b) for _, m, b in chunk[1:]])
+        if self.replicas:
+            self.waiting.append((chunk, call))
+            return
+        self.land()
+        try:
+            self.flight = (chunk, ScriptsInFlight(self.broker.client, [call]))
+        except redis.RedisError as error:
+            self._settle(chunk, error)
+
+    def land(self) -> None:
+        """Read the reply of the call in flight; send the calls waiting for ``WAIT``."""
+        if self.flight is not None:
+            chunk, flight = self.flight
+            self.flight = None
+            try:
+                [reply] = flight.replies()
+            except redis.RedisError as error:  # whether it ran is unknown: failed (a resend is at least once)
+                reply = error
+            self._settle(chunk, reply)
+        if self.waiting:
+            calls = [call for _, call in self.waiting]
+            try:
+                replies = run_scripts(self.broker.client, [], replicas=self.replicas, best_effort=calls)
+            except redis.RedisError as error:
+                replies = [error] * len(calls)
+            for (chunk, _), reply in zip(self.waiting, replies, strict=True):
+                self._settle(chunk, reply)
+            self.waiting = []
+
+    def _settle(self, chunk: list[_Accepted], reply: Any) -> None:
+        for index, message, _ in chunk:
+            if isinstance(reply, redis.RedisError):
+                give_back(self.broker, message)
+                self.outcomes[index] = reply
+            else:
+                self.broker.emit_after("enqueue", message, None)

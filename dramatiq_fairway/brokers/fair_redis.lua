@@ -365,10 +365,16 @@ local function store_message(rid, body, level, tenant)
     end
 end
 
--- enqueue: ARGV[6] rid, ARGV[7] body, ARGV[8] level, ARGV[9] tenant. Returns 1.
+-- enqueue: ARGV[6] rid, ARGV[7] body, ARGV[8] level, ARGV[9] tenant, then as many more groups of
+-- these four as the caller sends (enqueue_many: a batch's messages of one queue in few calls).
+-- Returns how many were stored.
 if command == "enqueue" then
-    store_message(ARGV[6], ARGV[7], tonumber(ARGV[8]), ARGV[9])
-    return 1
+    local stored = 0
+    for i = 6, #ARGV, 4 do
+        store_message(ARGV[i], ARGV[i + 1], tonumber(ARGV[i + 2]), ARGV[i + 3])
+        stored = stored + 1
+    end
+    return stored
 
 -- fetch: ARGV[6] how many, ARGV[7] DRR scale (quantum = weight * scale >= 1), ARGV[8] "1" when
 -- CRITICAL is exempt from limits. Returns {{rid1, body1, rid2, body2, ...}, {tenant, reason, ...},

@@ -40,6 +40,7 @@ from dramatiq.common import dq_name, q_name
 from dramatiq.errors import QueueJoinTimeout
 
 from ..connections import named_client
+from ..middlewares.message_size import encoded
 from ..priority import Priority, level_of
 from ..settings import Settings, load_settings
 from ..store import limits, partitions, send_writes
@@ -137,7 +138,7 @@ class FairRedisBroker(QueueOperations, HoldsAtStart, OverriddenHooks, RedisBroke
         message = message.copy(queue_name=queue_name, options=options)
         with send_writes.collecting(self.client) as writes:
             self.emit_before("enqueue", message, delay)
-            call = self.enqueue_call(message, message.encode())
+            call = self.enqueue_call(message, encoded(message))
             replies = run_scripts(self.client, [call], replicas=self._replicas(), best_effort=writes.calls)
             writes.report(replies[1:])
             self.emit_after("enqueue", message, delay)
@@ -236,19 +237,26 @@ class FairRedisBroker(QueueOperations, HoldsAtStart, OverriddenHooks, RedisBroke
         ]
         return run_scripts(self.client, calls)
 
-    def enqueue_call(self, message: Message, body: bytes) -> ScriptCall:
-        """The script call storing ``message`` (named after its queue, with its ``redis_message_id``).
+    def partition_of(self, message: Message) -> int:
+        """The partition of its queue ``message`` goes to: its tenant's."""
+        return self._partition_of_tenant(tenant_of(message.options))
 
-        The message goes to its tenant's partition, whose number its ``redis_message_id`` now starts
-        with (changed in place: the body keeps the id it was encoded with, which no one reads).
+    def enqueue_call(self, message: Message, body: bytes, *more: tuple[Message, bytes]) -> ScriptCall:
+        """The script call storing ``message`` (named after its queue, with its ``redis_message_id``)
+        and the (message, body) pairs of ``more``, of the same queue and partition, in order.
+
+        Each message goes to its tenant's partition, whose number its ``redis_message_id`` now
+        starts with (changed in place: the body keeps the id it was encoded with, which no one reads).
         """
         self._register(q_name(message.queue_name))
-        level, tenant = level_of(message.options), tenant_of(message.options)
-        index = self._partition_of_tenant(tenant)
-        rid = message.options["redis_message_id"]
-        if partitions.partition_of_rid(rid) != index:
-            rid = message.options["redis_message_id"] = partitions.rid_in_partition(index, rid)
-        return self._script_call(message.queue_name, "enqueue", rid, body, int(level), tenant, partition=index)
+        index = self.partition_of(message)
+        args: list[Any] = []
+        for each, each_body in ((message, body), *more):
+            rid = each.options["redis_message_id"]
+            if partitions.partition_of_rid(rid) != index:
+                rid = each.options["redis_message_id"] = partitions.rid_in_partition(index, rid)
+            args += [rid, each_body, int(level_of(each.options)), tenant_of(each.options)]
+        return self._script_call(message.queue_name, "enqueue", *args, partition=index)
 
     def settle_later(self, queue_name: str, command: str, rid: str) -> None:
         """Queue an ``ack`` or ``nack`` of ``rid`` for the next :meth:`fetch` of ``queue_name``.

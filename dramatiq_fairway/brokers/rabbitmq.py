@@ -59,9 +59,11 @@ from dramatiq.common import current_millis, dq_name, q_name, xq_name
 from dramatiq.errors import ConnectionClosed, QueueJoinTimeout
 
 from ..connections import state_store_client
+from ..middlewares.message_size import encoded
 from ..middlewares.queue_depth import passive_ready_count
 from ..priority import Priority
 from ..settings import Settings, load_settings
+from ..store import send_writes
 from ..store.keys import rabbitmq_park_queues_key, rabbitmq_queues_key
 from ..store.tenant_counts import OWN, TenantCounts
 from .delivery import HoldsAtStart, held_copy
@@ -277,18 +279,28 @@ class FairRabbitmqBroker(HoldsAtStart, OverriddenHooks, RabbitmqBroker):
         if delay is not None:
             message = message.copy(queue_name=dq_name(message.queue_name), options={"eta": current_millis() + delay})
         pauses = iter(PUBLISH_PAUSES)
-        # Counted once: a retry of the publish goes where the first attempt was counted.
+        # Counted once: a retry goes where the first attempt was counted. The hooks' state-store writes
+        # ride with the count (store/send_writes.py); ``counted`` keeps them, taken back if all fail.
         target: str | None = None
+        counted: send_writes.SendWrites | None = None
         while True:
             try:
                 self.declare_queue(q_name(message.queue_name), ensure=True)
-                self.emit_before("enqueue", message, delay)
-                if target is None:
-                    target = self.route(message) if delay is not None else self.tenant_routes.destination(message)
-                if delay is None and target != self.route(message):
-                    self.tenant_routes.ensure(self.channel, message.queue_name, target)
-                self._publish(target, message)
-                self.emit_after("enqueue", message, delay)
+                with send_writes.collecting(self.state_store if self.tenant_counts else None) as writes:
+                    self.emit_before("enqueue", message, delay)
+                    in_flight = None
+                    if target is None:
+                        routed = (self.route(message), None) if delay else self.tenant_routes.dispatch(message, writes)
+                        (target, in_flight), counted = routed, writes
+                    try:
+                        if delay is None and target != self.route(message):
+                            self.tenant_routes.ensure(self.channel, message.queue_name, target)
+                        self._publish(target, message)
+                    finally:
+                        self.tenant_routes.landed(message, in_flight, writes)
+                    if not writes.sent:
+                        writes.decline()  # the hooks write on their own, after the publish
+                    self.emit_after("enqueue", message, delay)
                 return message
             except (pika.exceptions.AMQPConnectionError, pika.exceptions.AMQPChannelError, ConnectionClosed) as error:
                 del self.connection
@@ -299,6 +311,8 @@ class FairRabbitmqBroker(HoldsAtStart, OverriddenHooks, RabbitmqBroker):
                         self.tenant_routes.forget(target)
                 pause = next(pauses, None)
                 if pause is None:
+                    if counted is not None and counted.sent and target is not None:
+                        self.tenant_routes.take_back(message, target, counted.undos)
                     raise error if isinstance(error, ConnectionClosed) else ConnectionClosed(error) from None
                 logger.debug(
                     "Publish of %r lost its connection (%s); retrying in %.2f s.", message.message_id, error, pause
@@ -323,7 +337,7 @@ class FairRabbitmqBroker(HoldsAtStart, OverriddenHooks, RabbitmqBroker):
         self.channel.basic_publish(
             exchange="",
             routing_key=routing_key,
-            body=message.encode(),
+            body=encoded(message),
             properties=pika.BasicProperties(
                 delivery_mode=2,
                 priority=message.options.get("broker_priority"),

@@ -12,6 +12,7 @@ docs/design.md, "Tenant queues on RabbitMQ", has the whole picture.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import threading
@@ -25,7 +26,9 @@ from dramatiq.common import q_name
 
 from ..outage import OutageWarning
 from ..priority import Priority, level_of
-from ..store.tenant_counts import TenantCounts
+from ..store.scripts import ScriptCall, ScriptsInFlight, run_scripts
+from ..store.send_writes import SendWrites
+from ..store.tenant_counts import NEXT_OWN, THIS_OWN, TenantCounts
 from ..tenants import tenant_of
 from .rabbitmq_layout import QueueLayout, QueueRole
 
@@ -40,8 +43,19 @@ REDECLARE_AFTER = TENANT_QUEUE_EXPIRES_MS / 2000
 # After a failed call, sends leave the state store alone this long (seconds): redis-py's retries
 # make each failed call take seconds, which every send would pay while the store is down.
 STORE_RETRY_AFTER = 5.0
+# ``dispatch`` reuses the routing a reply gave for this long (seconds): a send then costs no state-store
+# round trip before its publish. What can change meanwhile is what other processes did: their sends
+# to the tenant (this process may send one more message to the lane before it follows them to the
+# tenant's own queue) and the consumers (an own queue that emptied gets the tenant's messages a
+# little longer, still in FIFO order). Every reply renews it, so a tenant that sends more often
+# than this is routed from the counts as its previous message left them.
+ROUTE_REUSE_SECONDS = 10.0
+# Tenants whose routing is remembered, per broker, before the memory is cleared.
+ROUTES_KEPT = 50_000
 
 
+# Cached: every send asks, a digest each time (a few microseconds) for the same few tenants.
+@functools.lru_cache(maxsize=65536)
 def lane_of(tenant: str, lanes: int) -> int:
     """The lane of ``tenant``: stable across processes and restarts (not Python's salted ``hash``)."""
     return int.from_bytes(hashlib.blake2b(tenant.encode(), digest_size=8).digest(), "big") % lanes
@@ -51,6 +65,7 @@ def level_queue(queue_name: str, level: Priority, lane: int) -> str:
     return f"{q_name(queue_name)}.fair.{int(level)}.{lane}"
 
 
+@functools.lru_cache(maxsize=65536)
 def tenant_queue(queue_name: str, level: Priority, tenant: str) -> str:
     """The own queue of ``tenant`` at ``level``: a digest, since a tenant may be 128 characters of anything."""
     digest = hashlib.blake2b(tenant.encode(), digest_size=8).hexdigest()
@@ -79,6 +94,8 @@ class TenantRoutes:
         self._lock = threading.Lock()
         self._outage = OutageWarning(logger)
         self._store_down_until = float("-inf")
+        # (queue, level, tenant) -> (its next message goes to its own queue, until when that holds).
+        self._next: dict[tuple[str, Priority, str], tuple[bool, float]] = {}
 
     def lane(self, message: Message) -> str:
         """The lane queue of ``message`` (its queue name itself for a delay or dead queue)."""
@@ -87,19 +104,85 @@ class TenantRoutes:
         level, tenant = level_of(message.options), tenant_of(message.options)
         return level_queue(message.queue_name, level, lane_of(tenant, self.lanes))
 
-    def destination(self, message: Message) -> str:
-        """Count ``message`` and name the queue it must be published to (an own queue: ``ensure`` it)."""
+    def destination(self, message: Message, writes: SendWrites | None = None) -> str:
+        """Count ``message`` and name the queue it must be published to (an own queue: ``ensure`` it).
+
+        ``writes`` (the state-store calls of this send, ``store/send_writes.py``) go in the count's
+        round trip when the count goes to the store; ``writes.sent`` then says that it was counted
+        and they were sent."""
         lane = self.lane(message)
         counts = self.counts()
         if counts is None or lane == message.queue_name or time.monotonic() < self._store_down_until:
             return lane
         level, tenant = level_of(message.options), tenant_of(message.options)
         try:
-            own = counts.route(message.queue_name, level, tenant, self.isolate_at)
+            reply, replies = counts.route_with(
+                message.queue_name, level, tenant, self.isolate_at, writes.calls if writes is not None else []
+            )
         except redis.RedisError as error:
             self._store_failed(error)
             return lane
-        return tenant_queue(message.queue_name, level, tenant) if own else lane
+        if writes is not None:
+            writes.sent = True
+            writes.report(replies)
+        self._remember(message.queue_name, level, tenant, reply)
+        return tenant_queue(message.queue_name, level, tenant) if reply & THIS_OWN else lane
+
+    def dispatch(self, message: Message, writes: SendWrites) -> tuple[str, ScriptsInFlight | None]:
+        """``destination`` for a send, without its round trip before the publish where it can: when
+        the reply to this process's last message of the tenant (same queue and level) is less than
+        ``ROUTE_REUSE_SECONDS`` old, its ``NEXT_OWN`` bit names the queue, and the count (with
+        ``writes``) is sent now and its replies read by ``landed`` once the publish is done."""
+        lane = self.lane(message)
+        counts = self.counts()
+        if counts is None or lane == message.queue_name or time.monotonic() < self._store_down_until:
+            return lane, None
+        level, tenant = level_of(message.options), tenant_of(message.options)
+        known = self._next.get((message.queue_name, level, tenant))
+        if known is None or known[1] < time.monotonic():
+            return self.destination(message, writes), None
+        own = known[0]
+        try:
+            in_flight = counts.count_sending(message.queue_name, level, tenant, self.isolate_at, writes.calls, own=own)
+        except redis.RedisError as error:
+            self._store_failed(error)
+            return lane, None
+        writes.sent = True
+        return (tenant_queue(message.queue_name, level, tenant) if own else lane), in_flight
+
+    def landed(self, message: Message, in_flight: ScriptsInFlight | None, writes: SendWrites) -> None:
+        """Read the replies of ``dispatch``'s count and writes (the publish is done or failed); a
+        count that failed leaves ``writes.sent`` false (nothing to take back, the hooks write alone)."""
+        if in_flight is None:
+            return
+        try:
+            reply, *replies = in_flight.replies()
+            if isinstance(reply, redis.RedisError):
+                raise reply
+        except redis.RedisError as error:
+            writes.sent = False
+            self._store_failed(error)
+            return
+        writes.report(replies)
+        self._remember(message.queue_name, level_of(message.options), tenant_of(message.options), int(reply))
+
+    def _remember(self, queue_name: str, level: Priority, tenant: str, reply: int) -> None:
+        if len(self._next) >= ROUTES_KEPT:
+            self._next.clear()
+        self._next[(queue_name, level, tenant)] = (bool(reply & NEXT_OWN), time.monotonic() + ROUTE_REUSE_SECONDS)
+
+    def take_back(self, message: Message, target: str, undos: Sequence[Callable[[], ScriptCall]]) -> None:
+        """``message``, counted for ``target`` by ``destination``, was never published: take back its
+        count and the writes that rode with it (``undos``), in one round trip, best effort."""
+        counts = self.counts()
+        if counts is None:
+            return
+        level, tenant = level_of(message.options), tenant_of(message.options)
+        calls = [counts.unroute_call(message.queue_name, level, tenant, own=target != self.lane(message))]
+        try:
+            run_scripts(counts.client, [], best_effort=[*calls, *(undo() for undo in undos)])
+        except redis.RedisError as error:
+            logger.warning("Could not take back the writes of unsent message %s: %s", message.message_id, error)
 
     def destinations(self, messages: Sequence[Message]) -> list[str]:
         """``destination`` of each of ``messages`` (not delayed), counted in one round trip per queue."""

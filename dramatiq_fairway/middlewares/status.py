@@ -64,6 +64,7 @@ from ..errors import Cancelled
 from ..outage import OutageWarning
 from ..settings import Settings, load_settings
 from ..store.history import HistoryStore
+from ..store.scripts import ScriptCall
 from ..store.send_writes import ride_along, rode_along
 from ..store.status import CancelledJobs, JobState, JobStatusStore, PendingJob, StatusWriter, iso_from_millis
 from .attempt_times import AttemptTimes
@@ -157,12 +158,20 @@ class JobStatus(Middleware):
         # swallows a before_process_message error) and the job would run unchecked.
         _check_options(message.options, f"message {message.message_id}")
         if self._tracked(broker, message):
-            # On FairRedisBroker with the state store on its Redis: PENDING in the enqueue's round trip.
+            # On FairRedisBroker with the state store on its Redis: PENDING in the enqueue's round
+            # trip; on FairRabbitmqBroker: in its tenant-routing call's, taken back if the publish fails.
+            at: list[str] = []
+
+            def pending() -> ScriptCall:
+                at.append(self.store.now())
+                return self.store.enqueued_call(*_pending(message), at=at[0])
+
             ride_along(
                 lambda: self.store.client,
                 message.message_id,
-                lambda: self.store.enqueued_call(*_pending(message)),
+                pending,
                 _StoreOutage.shared.dropped,
+                undo=lambda: self.store.unsent_call(message.message_id, at[0]),
             )
 
     def after_enqueue(self, broker: Broker, message: Message[Any], delay: int | None) -> None:

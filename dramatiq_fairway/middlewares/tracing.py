@@ -25,6 +25,7 @@ other middleware's hooks and ends after ``Retries`` and ``Pipelines`` decided wh
 
 from __future__ import annotations
 
+import re
 import threading
 from typing import Any
 
@@ -32,7 +33,18 @@ from dramatiq import Broker, Message, Middleware
 from dramatiq.broker import MessageProxy
 from opentelemetry import context as otel_context
 from opentelemetry import trace
-from opentelemetry.trace import Link, Span, SpanKind, Status, StatusCode, TracerProvider
+from opentelemetry.trace import (
+    Link,
+    NonRecordingSpan,
+    Span,
+    SpanContext,
+    SpanKind,
+    Status,
+    StatusCode,
+    TraceFlags,
+    TracerProvider,
+    TraceState,
+)
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from ..priority import level_of
@@ -44,6 +56,8 @@ TRACE_OPTIONS = ("traceparent", "tracestate")
 TRACE_LINK = "trace_link"
 
 _PROPAGATOR = TraceContextTextMapPropagator()
+# A W3C traceparent of version 00 (lowercase hex), the form ``_parent_of`` reads without the propagator.
+_TRACEPARENT = re.compile(r"00-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}")
 
 
 class Tracing(Middleware):
@@ -87,10 +101,10 @@ class Tracing(Middleware):
     # Consumer side.
 
     def before_process_message(self, broker: Broker, message: MessageProxy) -> None:
-        parent = _PROPAGATOR.extract(message.options)
-        parent_span = trace.get_current_span(parent).get_span_context()
+        options = message.options
+        parent, parent_span = _parent_of(options)
         attributes = self._attributes(broker, message, "process")
-        attributes["fairway.attempt"] = int(message.options.get("retries", 0)) + 1
+        attributes["fairway.attempt"] = int(options.get("retries", 0)) + 1
         span = self.tracer.start_span(
             f"process {message.queue_name}",
             context=parent,
@@ -182,6 +196,28 @@ def _level_name(broker: Broker, message: Message[Any] | MessageProxy) -> str:
         return level_of(options).name
     except ValueError:  # FairPriority refuses the send, with the field named
         return str(options.get("priority_level"))
+
+
+def _parent_of(options: dict[str, Any]) -> tuple[otel_context.Context, SpanContext]:
+    """The context ``options`` carry (``traceparent``, ``tracestate``) and its span context.
+
+    A version-00 ``traceparent`` as this middleware writes it is read here directly: the
+    propagator's regular expressions and context copies were a fifth of an attempt's tracing cost."""
+    header = options.get("traceparent")
+    if isinstance(header, str) and _TRACEPARENT.fullmatch(header):
+        trace_id, span_id, flags = int(header[3:35], 16), int(header[36:52], 16), int(header[53:55], 16)
+        if trace_id and span_id:
+            state = options.get("tracestate")
+            span_context = SpanContext(
+                trace_id,
+                span_id,
+                is_remote=True,
+                trace_flags=TraceFlags(flags),
+                trace_state=TraceState.from_header([state]) if isinstance(state, str) and state else None,
+            )
+            return trace.set_span_in_context(NonRecordingSpan(span_context)), span_context
+    parent = _PROPAGATOR.extract(options)
+    return parent, trace.get_current_span(parent).get_span_context()
 
 
 def _links_to(carrier: Any) -> list[Link]:

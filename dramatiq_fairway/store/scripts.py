@@ -104,18 +104,28 @@ def run_scripts(
 
 
 def _run(client: redis.Redis, calls: list[ScriptCall], replicas: int) -> list[Any]:
-    """The replies of ``calls`` in one pipeline, error replies included; lost scripts loaded and rerun."""
+    """The replies of ``calls`` in one pipeline, error replies included; lost scripts loaded and rerun.
+
+    On one server the commands are packed in one go by the connection (``pack_commands``: hiredis's
+    packer when it is installed, as the ``redis[hiredis]`` dependency makes it) and sent on a
+    connection of the pool, retried by its ``Retry`` as redis-py's non-transactional pipeline is:
+    the pipeline object's bookkeeping per command cost more than the round trip for a batch."""
     if not calls:
         return []
-    if replicas and is_cluster(client):
-        return _run_per_node(client, calls, replicas)
+    if is_cluster(client):
+        return _run_on_cluster(client, calls, replicas)
     _load_once(client, calls)
-    pipe = client.pipeline(transaction=False)
-    for call in calls:
-        pipe.evalsha(call.script.sha, len(call.keys), *call.keys, *call.args)
+    commands = [("EVALSHA", call.script.sha, len(call.keys), *call.keys, *call.args) for call in calls]
     if replicas:
-        pipe.execute_command("WAIT", replicas, WAIT_TIMEOUT_MS)
-    replies: list[Any] = pipe.execute(raise_on_error=False)
+        commands.append(("WAIT", replicas, WAIT_TIMEOUT_MS))
+    pool = client.connection_pool
+    connection = pool.get_connection()
+    try:
+        replies: list[Any] = connection.retry.call_with_retry(
+            lambda: _exchange(connection, commands), lambda _error: connection.disconnect()
+        )
+    finally:
+        pool.release(connection)
     if replicas:
         _check_replicas(replies.pop(), replicas)
     lost = [i for i, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
@@ -133,6 +143,17 @@ def _load_once(client: redis.Redis, calls: list[ScriptCall]) -> None:
     for script in {call.script for call in calls if call.script.sha not in known}:
         client.script_load(script.text)
         known.add(script.sha)
+
+
+def _run_on_cluster(client: Any, calls: list[ScriptCall], replicas: int) -> list[Any]:
+    """``_run`` on a Redis Cluster: redis-py's cluster pipeline, which sends each node its calls."""
+    if replicas:
+        return _run_per_node(client, calls, replicas)
+    pipe = client.pipeline(transaction=False)
+    for call in calls:
+        pipe.evalsha(call.script.sha, len(call.keys), *call.keys, *call.args)
+    replies: list[Any] = pipe.execute(raise_on_error=False)
+    return replies
 
 
 def _run_per_node(client: Any, calls: list[ScriptCall], replicas: int) -> list[Any]:
@@ -170,6 +191,70 @@ def _run_per_node(client: Any, calls: list[ScriptCall], replicas: int) -> list[A
         pause = min(pause * 2, 0.5)
         with contextlib.suppress(redis.RedisError):  # no node answers yet: the next round tries again
             client.nodes_manager.initialize()
+
+
+def _exchange(connection: Any, commands: list[tuple[Any, ...]]) -> list[Any]:
+    """Send ``commands`` in one write and read their replies (an error reply is returned, not raised)."""
+    try:
+        connection.send_packed_command(connection.pack_commands(commands))
+        replies: list[Any] = []
+        for _ in commands:
+            try:
+                replies.append(connection.read_response())
+            except redis.ResponseError as error:
+                replies.append(error)
+    except BaseException:
+        connection.disconnect()  # replies may be left unread on it
+        raise
+    return replies
+
+
+class ScriptsInFlight:
+    """Script calls written to the server now, their replies read later (``replies``), so that the
+    caller overlaps the round trip with other work (``FairRabbitmqBroker`` publishes meanwhile).
+    One connection of the client's pool is held in between; ``replies`` must be called once. On a
+    Redis Cluster, whose calls may go to several nodes, the calls run at once instead."""
+
+    def __init__(self, client: redis.Redis, calls: list[ScriptCall]) -> None:
+        self._client = client
+        self._calls = calls
+        self._done: list[Any] | None = None
+        if is_cluster(client):
+            self._done = _run(client, calls, 0)
+            return
+        _load_once(client, calls)
+        self._connection = client.connection_pool.get_connection()
+        commands = [("EVALSHA", call.script.sha, len(call.keys), *call.keys, *call.args) for call in calls]
+        try:
+            self._connection.send_packed_command(self._connection.pack_commands(commands))
+        except BaseException:
+            self._connection.disconnect()
+            client.connection_pool.release(self._connection)
+            raise
+
+    def replies(self) -> list[Any]:
+        """The replies of the calls, error replies included (lost scripts loaded and their calls rerun)."""
+        if self._done is not None:
+            return self._done
+        replies: list[Any] = []
+        try:
+            for _ in self._calls:
+                try:
+                    replies.append(self._connection.read_response())
+                except redis.ResponseError as error:
+                    replies.append(error)
+        except BaseException:
+            self._connection.disconnect()  # replies may be left unread on it
+            raise
+        finally:
+            self._client.connection_pool.release(self._connection)
+        lost = [i for i, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
+        if lost:
+            for script in {self._calls[i].script for i in lost}:
+                self._client.script_load(script.text)
+            for i, reply in zip(lost, _run(self._client, [self._calls[i] for i in lost], 0), strict=True):
+                replies[i] = reply
+        return replies
 
 
 def _check_replicas(acknowledged: Any, wanted: int) -> None:

@@ -6,8 +6,13 @@ script call to :func:`ride_along` instead of making a round trip of its own in `
 when its client talks to the broker's own Redis server. The broker sends those calls right after
 its enqueue call, in the same pipeline, and only once every hook accepted the message; an error
 reply of one of them is handed to its ``on_error`` (the send still succeeds). Where no SendWrites is
-open (the stock brokers, RabbitMQ, ``enqueue_many``), or the state store is another server,
-``ride_along`` declines and the middleware writes as before.
+open (the stock brokers, ``enqueue_many``), or the state store is another server, ``ride_along``
+declines and the middleware writes as before.
+
+``FairRabbitmqBroker`` opens one on its state-store client around the same hooks: the calls go in
+the pipeline of its tenant-routing call, before the publish (the route decides where the message
+is published). A publish that fails for good then runs each call's ``undo`` (JobStatus: drop the
+PENDING status it wrote), so no status outlives a message that was never queued.
 """
 
 from __future__ import annotations
@@ -34,6 +39,16 @@ class SendWrites:
     calls: list[ScriptCall] = field(default_factory=list)
     on_errors: list[Callable[[redis.RedisError], None]] = field(default_factory=list)
     carried: set[str] = field(default_factory=set)
+    undos: list[Callable[[], ScriptCall]] = field(default_factory=list)
+
+    sent: bool = False
+
+    def decline(self) -> None:
+        """The calls were not sent: each middleware writes on its own, as where no SendWrites is open."""
+        self.calls.clear()
+        self.on_errors.clear()
+        self.carried.clear()
+        self.undos.clear()
 
     def report(self, replies: Sequence[Any]) -> None:
         """Hand each error reply of ``calls`` (in order) to its ``on_error``."""
@@ -43,9 +58,10 @@ class SendWrites:
 
 
 @contextmanager
-def collecting(client: redis.Redis) -> Iterator[SendWrites]:
-    """Open a :class:`SendWrites` for a send through ``client`` in this context."""
-    writes = SendWrites(server_of(client))
+def collecting(client: redis.Redis | None) -> Iterator[SendWrites]:
+    """Open a :class:`SendWrites` for a send through ``client`` in this context (None: no server, so
+    every ``ride_along`` declines)."""
+    writes = SendWrites(server_of(client) if client is not None else ())
     token = _open.set(writes)
     try:
         yield writes
@@ -58,15 +74,19 @@ def ride_along(
     message_id: str,
     call: Callable[[], ScriptCall],
     on_error: Callable[[redis.RedisError], None],
+    undo: Callable[[], ScriptCall] | None = None,
 ) -> bool:
     """Add ``call()`` to the open send's pipeline if ``client()`` talks to the broker's server; whether
-    it did (both are asked only while a send is open, so a middleware on another broker builds nothing)."""
+    it did (both are asked only while a send is open, so a middleware on another broker builds nothing).
+    ``undo()`` is the call that takes the write back if the message is never queued after all."""
     writes = _open.get()
     if writes is None or not writes.server or server_of(client()) != writes.server:
         return False
     writes.calls.append(call())
     writes.on_errors.append(on_error)
     writes.carried.add(message_id)
+    if undo is not None:
+        writes.undos.append(undo)
     return True
 
 

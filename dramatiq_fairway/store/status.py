@@ -99,6 +99,7 @@ class JobStatusStore:
         self._progress = LuaScript.load(_SCRIPTS / "status_progress.lua")
         self._cancel = LuaScript.load(_SCRIPTS / "status_cancel.lua")
         self._claim = LuaScript.load(_SCRIPTS / "unique_claim.lua")
+        self._unsend = LuaScript.load(_SCRIPTS / "status_unsend.lua")
 
     @classmethod
     def from_settings(cls, settings: Settings, client: redis.Redis | None = None) -> JobStatusStore:
@@ -131,13 +132,25 @@ class JobStatusStore:
         """
         [[_]] = run_scripts(self.client, [self.enqueued_call(message_id, actor, queue, tenant, level)])
 
-    def enqueued_call(
-        self, message_id: str, actor: str, queue: str, tenant: str = "", level: int | None = None
+    def enqueued_call(  # noqa: PLR0913 (the job's fields)
+        self,
+        message_id: str,
+        actor: str,
+        queue: str,
+        tenant: str = "",
+        level: int | None = None,
+        *,
+        at: str | None = None,
     ) -> ScriptCall:
-        """The script call of ``enqueued``, for a pipeline of the caller's."""
+        """The script call of ``enqueued`` (at ``at``, default now), for a pipeline of the caller's."""
         return self.moves_call(
-            [Move("enqueue", message_id, [(JobState.PENDING, self.now())], actor, queue, "", tenant, level)]
+            [Move("enqueue", message_id, [(JobState.PENDING, at or self.now())], actor, queue, "", tenant, level)]
         )
+
+    def unsent_call(self, message_id: str, at: str) -> ScriptCall:
+        """The call that takes back the PENDING an ``enqueued_call`` at ``at`` created, when the
+        message was never queued after all (``status_unsend.lua``; a job known before stays)."""
+        return ScriptCall(self._unsend, [self.job_key(message_id)], [at])
 
     def enqueued_many(self, jobs: list[PendingJob]) -> None:
         """``enqueued`` for each (message id, actor, queue, tenant, level), in one round trip."""

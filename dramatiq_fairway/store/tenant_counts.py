@@ -12,17 +12,21 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import redis
 
 from ..priority import Priority
 from .limits import queue_prefix
-from .scripts import LuaScript, ScriptCall, run_scripts
+from .scripts import LuaScript, ScriptCall, ScriptsInFlight, run_scripts
 
 _LUA = LuaScript.load(Path(__file__).with_name("tenant_counts.lua"))
 
 LANE = "l"
 OWN = "o"
+# Bits of the reply of a route or count call: this message goes to the tenant's own queue; its next one would.
+THIS_OWN = 1
+NEXT_OWN = 2
 
 
 def tenant_counts_key(namespace: str, queue_name: str) -> str:
@@ -58,13 +62,40 @@ class TenantCounts:
     def route(self, queue_name: str, level: Priority, tenant: str, isolate_at: int) -> bool:
         """Count one message of ``tenant``; whether it goes to the tenant's own queue."""
         key = tenant_counts_key(self.namespace, queue_name)
-        return bool(_LUA.call(self.client, [key], ["route", int(level), tenant, isolate_at]))
+        return bool(int(_LUA.call(self.client, [key], ["route", int(level), tenant, isolate_at])) & THIS_OWN)
+
+    def route_with(
+        self, queue_name: str, level: Priority, tenant: str, isolate_at: int, riders: Sequence[ScriptCall]
+    ) -> tuple[int, list[Any]]:
+        """``route``, with ``riders`` (script calls on this server) sent after it in the same
+        pipeline: one round trip. The script's reply (bits ``THIS_OWN``, ``NEXT_OWN``) and the
+        riders' replies, error replies returned."""
+        call = ScriptCall(
+            _LUA, [tenant_counts_key(self.namespace, queue_name)], ["route", int(level), tenant, isolate_at]
+        )
+        reply, *replies = run_scripts(self.client, [call], best_effort=riders)
+        return int(reply), replies
+
+    def count_sending(
+        self, queue_name: str, level: Priority, tenant: str, isolate_at: int, riders: Sequence[ScriptCall], *, own: bool
+    ) -> ScriptsInFlight:
+        """Count one message of ``tenant`` being published to its own queue (``own``) or its lane,
+        as the ``NEXT_OWN`` bit of an earlier reply said, with ``riders``, without waiting for the
+        replies: the first says (``NEXT_OWN``) where the tenant's next message goes."""
+        key = tenant_counts_key(self.namespace, queue_name)
+        args = ["count", int(level), tenant, isolate_at, OWN if own else LANE]
+        return ScriptsInFlight(self.client, [ScriptCall(_LUA, [key], args), *riders])
+
+    def unroute_call(self, queue_name: str, level: Priority, tenant: str, *, own: bool) -> ScriptCall:
+        """The call that takes back a ``route`` whose message was never published."""
+        field = Slot(OWN if own else LANE, level, tenant).field
+        return ScriptCall(_LUA, [tenant_counts_key(self.namespace, queue_name)], ["settle", field, 1])
 
     def route_many(self, queue_name: str, slots: Sequence[tuple[Priority, str]], isolate_at: int) -> list[bool]:
         """``route`` for each (level, tenant) of ``slots``, in order, in one round trip."""
         key = tenant_counts_key(self.namespace, queue_name)
         calls = [ScriptCall(_LUA, [key], ["route", int(level), tenant, isolate_at]) for level, tenant in slots]
-        return [bool(own) for own in run_scripts(self.client, calls)]
+        return [bool(int(reply) & THIS_OWN) for reply in run_scripts(self.client, calls)]
 
     def settle(self, queue_name: str, settled: Mapping[Slot, int]) -> None:
         """``settled[slot]`` messages of each slot left their queue for good."""

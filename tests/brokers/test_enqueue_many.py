@@ -13,7 +13,9 @@ from dramatiq.brokers.stub import StubBroker
 from dramatiq.common import q_name
 from dramatiq.errors import ActorNotFound
 
-from dramatiq_fairway import MessagesRefused, enqueue_many
+from dramatiq_fairway import MessagesRefused, bulk, enqueue_many, group
+from dramatiq_fairway.brokers import bulk as brokers_bulk
+from dramatiq_fairway.brokers.fair_redis import FairRedisBroker
 from dramatiq_fairway.brokers.rabbitmq import FairRabbitmqBroker
 from dramatiq_fairway.brokers.rabbitmq_tenants import tenant_queue
 from dramatiq_fairway.connections import rabbitmq_parameters
@@ -22,6 +24,7 @@ from dramatiq_fairway.middlewares.fairness import FairPriority, InvalidOption
 from dramatiq_fairway.priority import Priority
 from dramatiq_fairway.settings import FairnessSettings, Settings
 from dramatiq_fairway.store.keys import fairness_queued_key
+from dramatiq_fairway.store.scripts import LuaScript, ScriptCall
 from dramatiq_fairway.store.status import JobState, JobStatusStore
 from dramatiq_fairway.store.tenant_counts import LANE, OWN, Slot, TenantCounts
 
@@ -180,3 +183,84 @@ def test_routing_a_batch_counts_as_routing_each_message_in_turn(state_client: re
         Slot(LANE, Priority.HIGH, "a"): 1,
         Slot(LANE, Priority.NORMAL, "b"): 1,
     }
+
+
+def test_a_fairway_group_runs_its_messages_as_one_batch(
+    broker: Broker,
+    queue_name: str,
+    store: JobStatusStore,
+    start_worker: Callable[..., Worker],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    ran: list[int] = []
+
+    @dramatiq.actor(broker=broker, queue_name=queue_name)
+    def job(n: int) -> None:
+        ran.append(n)
+
+    batches: list[int] = []
+    enqueue_batch = bulk.enqueue_batch
+    monkeypatch.setattr(bulk, "enqueue_batch", lambda b, m: (batches.append(len(m)), enqueue_batch(b, m))[1])
+    monkeypatch.setattr(broker, "enqueue", lambda *_, **__: pytest.fail("enqueued one by one"))
+    jobs = group(job.message_with_options(args=(n,), tenant=f"t{n % 2}") for n in range(20))
+    assert jobs.run() is jobs
+    monkeypatch.undo()
+
+    assert batches == [20]
+    assert {_state(store, m.message_id) for m in jobs.children} == {JobState.PENDING}
+    start_worker()
+    wait_for(lambda: len(ran) == 20, timeout=30)
+    assert sorted(ran) == list(range(20))
+
+
+def test_a_group_with_a_delay_runs_as_dramatiqs(
+    broker: Broker, queue_name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    @dramatiq.actor(broker=broker, queue_name=queue_name)
+    def job(n: int) -> None: ...
+
+    monkeypatch.setattr(bulk, "enqueue_batch", lambda *_: pytest.fail("sent as a batch"))
+    enqueued: list[int | None] = []
+    enqueue = broker.enqueue
+    monkeypatch.setattr(broker, "enqueue", lambda m, delay=None: (enqueued.append(delay), enqueue(m, delay=delay))[1])
+    group([job.message(1), job.message(2)]).run(delay=60_000)
+    assert enqueued == [60_000, 60_000]
+
+
+@pytest.mark.parametrize("broker_kind", ["redis"], indirect=True)
+def test_a_failed_script_call_refuses_its_messages_only_with_nothing_half_written(
+    broker: Broker,
+    settings: Settings,
+    queue_name: str,
+    store: JobStatusStore,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    assert isinstance(broker, FairRedisBroker)
+    capped = settings.model_copy(update={"fairness": FairnessSettings(max_queued_per_tenant=10)})
+    broker.middleware = [m for m in broker.middleware if not isinstance(m, FairPriority)]
+    broker.add_middleware(FairPriority(settings=capped), after=broker.middleware[0].__class__)
+
+    @dramatiq.actor(broker=broker, queue_name=queue_name)
+    def job(name: str) -> None: ...
+
+    monkeypatch.setattr(brokers_bulk, "ENQUEUES_PER_CALL", 2)
+    enqueue_call = broker.enqueue_call
+
+    def failing_for_b(message: Message, body: bytes, *more: tuple[Message, bytes]) -> ScriptCall:
+        call = enqueue_call(message, body, *more)
+        if any(m.args == ("b",) for m in [message, *[m for m, _ in more]]):
+            return ScriptCall(LuaScript.from_text("return redis.error_reply('refused')"), call.keys, call.args)
+        return call
+
+    monkeypatch.setattr(broker, "enqueue_call", failing_for_b)
+    batch = [job.message_with_options(args=(name,), tenant="a") for name in ["a", "b", "c", "d", "e"]]
+    with pytest.raises(MessagesRefused) as refused:
+        enqueue_many(batch, broker=broker)
+
+    # The first of the three calls held "a" and "b": only its messages failed.
+    assert sorted(index for index, _, _ in refused.value.refused) == [0, 1]
+    assert [m.args[0] for m in refused.value.enqueued] == ["c", "d", "e"]
+    assert [_state(store, m.message_id) for m in batch] == [None, None] + [JobState.PENDING] * 3
+    assert broker.join_size(queue_name) == 3
+    queued = store.client.zrange(fairness_queued_key(settings.namespace, q_name(queue_name), "a"), 0, -1)
+    assert sorted(member.decode() for member in queued) == sorted(m.message_id for m in batch[2:])

@@ -64,7 +64,7 @@ def test_a_failed_status_write_is_dropped_and_the_send_still_succeeds(
     def job(n: int) -> None: ...
 
     status = _status(broker)
-    monkeypatch.setattr(JobStatusStore, "enqueued_call", lambda *_: ScriptCall(FAILING, ["k"], []))
+    monkeypatch.setattr(JobStatusStore, "enqueued_call", lambda *_, **__: ScriptCall(FAILING, ["k"], []))
     before = status.dropped_updates
     message = job.send(1)
 

@@ -31,8 +31,10 @@ from dramatiq_fairway.middlewares.breaker import (
 )
 from dramatiq_fairway.middlewares.consumer_hooks import HELD_SINCE
 from dramatiq_fairway.settings import BreakerSettings, Settings
+from dramatiq_fairway.store import scripts
 from dramatiq_fairway.store.breakers import RedisBreakerStore
 from dramatiq_fairway.store.dead_letters import DeadLetterStore
+from dramatiq_fairway.store.scripts import ScriptCall
 
 from ..conftest import REDIS_URL, SINGLE_REDIS_URL
 from ..support.helpers import settings_env, wait_for
@@ -226,18 +228,6 @@ class CountingRedis(redis.Redis):
         self.sent.append(args)
         return super().execute_command(*args, **options)
 
-    def pipeline(self, transaction: bool = True, shard_hint: Any = None) -> Any:
-        # Script calls go in pipelines (store/scripts.py): keep each command queued there too.
-        pipe = super().pipeline(transaction, shard_hint)
-        queue = pipe.pipeline_execute_command
-
-        def keep(*args: Any, **options: Any) -> Any:
-            self.sent.append(args)
-            return queue(*args, **options)
-
-        pipe.pipeline_execute_command = keep  # type: ignore[method-assign]
-        return pipe
-
 
 def test_the_hot_path_costs_no_call_without_a_breaker_and_one_finish_call_with_a_closed_one(  # noqa: PLR0917 (fixtures)
     broker: Broker,
@@ -250,6 +240,15 @@ def test_the_hot_path_costs_no_call_without_a_breaker_and_one_finish_call_with_a
     # One server's round trips are counted (the state store may be another server than the broker).
     client = CountingRedis(connection_pool=redis.ConnectionPool.from_url(SINGLE_REDIS_URL))
     monkeypatch.setattr(RedisBreakerStore, "from_settings", lambda s: RedisBreakerStore(client, s.namespace))
+    # Script calls go in pipelines packed by store/scripts.py: keep each call of the client's too.
+    run = scripts._run
+
+    def counted(to: redis.Redis, calls: list[ScriptCall], replicas: int) -> list[Any]:
+        if to is client:
+            client.sent += [("EVALSHA", c.script.sha, len(c.keys), *c.keys, *c.args) for c in calls]
+        return run(to, calls, replicas)
+
+    monkeypatch.setattr(scripts, "_run", counted)
     ran: list[str] = []
 
     @dramatiq.actor(broker=broker, queue_name=queue_name)

@@ -11,13 +11,14 @@ import dramatiq
 import pytest
 from dramatiq import Broker, Worker
 from dramatiq.middleware import CurrentMessage
+from opentelemetry import trace
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
 
 from dramatiq_fairway.errors import PermanentError, TransientError
-from dramatiq_fairway.middlewares.tracing import Tracing
+from dramatiq_fairway.middlewares.tracing import _PROPAGATOR, Tracing, _parent_of
 from dramatiq_fairway.settings import Settings
 from dramatiq_fairway.store.breakers import RedisBreakerStore
 from dramatiq_fairway.store.dead_letter_model import DeadLetterFilter
@@ -225,3 +226,23 @@ def test_a_pipeline_is_one_trace(
     wait_for(lambda: len(spans(exporter, f"process {queue_name}")) == 2)
     traces = {span.context.trace_id for span in exporter.get_finished_spans()}
     assert len(traces) == 1
+
+
+@pytest.mark.parametrize(
+    ("options", "read"),
+    [
+        ({"traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01", "tracestate": "k=v"}, True),
+        ({"traceparent": "00-0AF7651916CD43DD8448EB211C80319C-B7AD6B7169203331-01"}, False),
+        ({"traceparent": "01-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01-extra"}, True),
+        ({"traceparent": "00-00000000000000000000000000000000-b7ad6b7169203331-01"}, False),
+        ({}, False),
+    ],
+)
+def test_the_parent_read_directly_is_the_one_the_propagator_reads(options: dict[str, Any], read: bool) -> None:
+    parent, span_context = _parent_of(options)
+    expected = trace.get_current_span(_PROPAGATOR.extract(options)).get_span_context()
+    assert span_context == expected
+    assert trace.get_current_span(parent).get_span_context() == expected
+    assert span_context.is_valid is read
+    if "tracestate" in options:
+        assert span_context.trace_state.get("k") == "v"
