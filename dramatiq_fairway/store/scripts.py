@@ -112,20 +112,13 @@ def _run(client: redis.Redis, calls: list[ScriptCall], replicas: int) -> list[An
     the pipeline object's bookkeeping per command cost more than the round trip for a batch."""
     if not calls:
         return []
-    if is_cluster(client):
-        return _run_on_cluster(client, calls, replicas)
+    if replicas and is_cluster(client):
+        return _run_per_node(client, calls, replicas)
     _load_once(client, calls)
     commands = [("EVALSHA", call.script.sha, len(call.keys), *call.keys, *call.args) for call in calls]
     if replicas:
         commands.append(("WAIT", replicas, WAIT_TIMEOUT_MS))
-    pool = client.connection_pool
-    connection = pool.get_connection()
-    try:
-        replies: list[Any] = connection.retry.call_with_retry(
-            lambda: _exchange(connection, commands), lambda _error: connection.disconnect()
-        )
-    finally:
-        pool.release(connection)
+    replies = _cluster_pipeline(client, commands) if is_cluster(client) else _one_write(client, commands)
     if replicas:
         _check_replicas(replies.pop(), replicas)
     lost = [i for i, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
@@ -145,13 +138,22 @@ def _load_once(client: redis.Redis, calls: list[ScriptCall]) -> None:
         known.add(script.sha)
 
 
-def _run_on_cluster(client: Any, calls: list[ScriptCall], replicas: int) -> list[Any]:
-    """``_run`` on a Redis Cluster: redis-py's cluster pipeline, which sends each node its calls."""
-    if replicas:
-        return _run_per_node(client, calls, replicas)
+def _one_write(client: redis.Redis, commands: list[tuple[Any, ...]]) -> list[Any]:
+    connection = client.connection_pool.get_connection()
+    try:
+        replies: list[Any] = connection.retry.call_with_retry(
+            lambda: _exchange(connection, commands), lambda _error: connection.disconnect()
+        )
+    finally:
+        client.connection_pool.release(connection)
+    return replies
+
+
+def _cluster_pipeline(client: Any, commands: list[tuple[Any, ...]]) -> list[Any]:
+    """redis-py's cluster pipeline, which sends each node its commands."""
     pipe = client.pipeline(transaction=False)
-    for call in calls:
-        pipe.evalsha(call.script.sha, len(call.keys), *call.keys, *call.args)
+    for command in commands:
+        pipe.execute_command(*command)
     replies: list[Any] = pipe.execute(raise_on_error=False)
     return replies
 

@@ -132,7 +132,7 @@ class JobStatusStore:
         """
         [[_]] = run_scripts(self.client, [self.enqueued_call(message_id, actor, queue, tenant, level)])
 
-    def enqueued_call(  # noqa: PLR0913 (the job's fields)
+    def enqueued_call(
         self,
         message_id: str,
         actor: str,

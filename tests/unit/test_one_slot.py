@@ -26,8 +26,11 @@ def test_a_script_call_across_slots_is_refused_before_it_is_sent() -> None:
             client.evalsha(SHA, 2, "fw:job:a", "fw:job:b", "arg")
         with pytest.raises(RedisClusterException, match="CROSSSLOT"):
             client.pipeline(transaction=False).evalsha(SHA, 2, "{fw:q}:x", "{fw:other}:x")
+        # store/scripts.py's one-write batches are packed by the connection.
+        with pytest.raises(RedisClusterException, match="CROSSSLOT"):
+            client.connection_pool.make_connection().pack_commands([("EVALSHA", SHA, 2, "fw:job:a", "fw:job:b")])
         # One slot passes the check and goes on to the (absent) server.
         with pytest.raises(redis.ConnectionError):
             client.evalsha(SHA, 2, "{fw:q}:x", "{fw:q}:y")
-    assert len(refused) == 2
+    assert len(refused) == 3
     assert "2 slots" in refused[0]
