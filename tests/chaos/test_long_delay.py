@@ -66,6 +66,8 @@ def test_the_node_closes_a_channel_holding_a_delivery_beyond_its_timeout(
     node: RabbitmqNode, caplog: pytest.LogCaptureFixture
 ) -> None:
     """The premise: on this node, stock Dramatiq's way of holding a delayed message fails."""
+    # `fairway` quiets pika for its users; a CLI test run in this process before may have done so.
+    caplog.set_level(logging.WARNING, logger="pika")
     connection = pika.BlockingConnection(pika.URLParameters(f"amqp://guest:guest@127.0.0.1:{node.port}/%2F"))
     channel = connection.channel()
     channel.queue_declare("held", auto_delete=True)
