@@ -6,6 +6,8 @@
     python bench/scale.py --cluster 127.0.0.1:17400 --partitions 3 --tenants 100 --clients 4  # one, on a cluster
     python bench/scale.py --memory                          # bytes per queued message and tenant
 
+FAIRWAY_REDIS_URL may name a cluster (redis+cluster://): one configuration then runs there.
+
 The queue is filled with ``--jobs`` messages (default 100,000) over ``--tenants`` tenants: one
 tenant holds half, the others a Zipf (s = 1.1) share of the rest, at least one each; the big
 tenant's jobs are sent first, so FIFO order would serve them first. Then
@@ -48,6 +50,7 @@ from redis.cluster import ClusterNode, RedisCluster
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from dramatiq_fairway.brokers.fair_redis import SCRIPT
+from dramatiq_fairway.redis_urls import parse_redis_url
 from dramatiq_fairway.store.partitions import PartitionTurns, partition_of, partition_prefix
 from dramatiq_fairway.store.scripts import LuaScript
 
@@ -306,18 +309,24 @@ def main() -> None:
     parser.add_argument("--json", action="store_true", help="one JSON object per configuration")
     args = parser.parse_args()
     url = os.environ.get("FAIRWAY_REDIS_URL", "redis://127.0.0.1:6379/0")
-    single = redis.Redis.from_url(url)
-    if args.memory:
+    named = parse_redis_url(url)
+    if named.mode == "cluster":  # a redis+cluster:// URL: its configurations run on that cluster
+        host, port = named.sentinels[0]
+        args.cluster = args.cluster or f"{host}:{port}"
+        if args.memory or (args.tenants is None and args.clients is None):
+            sys.exit("bench/scale.py: --memory and the full table need a single Redis in FAIRWAY_REDIS_URL")
+    single = redis.Redis.from_url(url) if named.mode != "cluster" else None
+    if args.memory and single is not None:
         print(json.dumps(memory(single, args.tenants or 10_000)))
         return
     plans: list[Plan] = []
     one = args.tenants is not None or args.clients is not None
-    if one and not args.cluster:
+    if one and single is not None and not args.cluster:
         dispatch = "dramatiq" if args.plain else "fairway"
         plans.append(
             Plan(single, [single], "single", args.partitions, args.tenants or 10_000, args.clients or 1, dispatch)
         )
-    elif not one:
+    elif not one and single is not None:
         plans += [Plan(single, [single], "single", 1, 10_000, c) for c in (1, 10, 50, 100)]
         plans += [Plan(single, [single], "single", 1, 10_000, c, "dramatiq") for c in (1, 10, 50, 100)]
     if args.cluster:
