@@ -48,6 +48,8 @@ from redis.cluster import ClusterNode, RedisCluster
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from dramatiq_fairway.brokers.fair_redis import SCRIPT
+from dramatiq_fairway.connections import redis_client
+from dramatiq_fairway.settings import TlsSettings
 from dramatiq_fairway.store.partitions import PartitionTurns, partition_of, partition_prefix
 from dramatiq_fairway.store.scripts import LuaScript
 
@@ -306,7 +308,8 @@ def main() -> None:
     parser.add_argument("--json", action="store_true", help="one JSON object per configuration")
     args = parser.parse_args()
     url = os.environ.get("FAIRWAY_REDIS_URL", "redis://127.0.0.1:6379/0")
-    single = redis.Redis.from_url(url)
+    # fairway's own factory: a redis+sentinel:// URL gives a client of the service's current master.
+    single = redis_client(url, TlsSettings())
     if args.memory:
         print(json.dumps(memory(single, args.tenants or 10_000)))
         return

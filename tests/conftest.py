@@ -6,9 +6,12 @@ is deleted afterwards. A server that is down makes the tests that need it fail, 
 runs the RabbitMQ half of the suite on quorum queues (docs/operations.md).
 
 ``FAIRWAY_TEST_REDIS=cluster`` runs the Redis half on a Redis Cluster: the one
-``scripts/redis-cluster.sh start`` makes, or the one ``FAIRWAY_TEST_REDIS_URL`` names. On every
-Redis, each script call is checked to touch one hash slot (``support/one_slot.py``), so a call a
-cluster would refuse fails on one server too.
+``scripts/redis-cluster.sh start`` makes, or the one ``FAIRWAY_TEST_REDIS_URL`` names.
+``FAIRWAY_TEST_REDIS=sentinel`` runs it on a Sentinel-watched master: the one
+``scripts/redis-sentinel.sh start`` makes, or the ``redis+sentinel://`` URL ``FAIRWAY_TEST_REDIS_URL``
+names. Either way the tests that need one plain server (stock Dramatiq, ``migrate``, counting one
+server's round trips) use ``SINGLE_REDIS_URL``. On every Redis, each script call is checked to
+touch one hash slot (``support/one_slot.py``), so a call a cluster would refuse fails on one server too.
 """
 
 from __future__ import annotations
@@ -31,17 +34,30 @@ from redis.cluster import RedisCluster
 from dramatiq_fairway import setup
 from dramatiq_fairway.brokers.rabbitmq import FairwayRabbitmqBroker
 from dramatiq_fairway.connections import rabbitmq_parameters, redis_client
-from dramatiq_fairway.settings import Settings, TlsSettings
+from dramatiq_fairway.settings import Settings, TlsSettings, mask_url
 from dramatiq_fairway.store import delete_namespace
 
 from .support.one_slot import one_slot_per_script_call
 
-ON_CLUSTER = os.environ.get("FAIRWAY_TEST_REDIS", "single") == "cluster"
-# The shared one-server Redis, for the few tests that count one server's round trips.
+# Which Redis the Redis half runs on: "single" (the shared server), "cluster" or "sentinel".
+REDIS_MODE = os.environ.get("FAIRWAY_TEST_REDIS", "single")
+ON_CLUSTER = REDIS_MODE == "cluster"
+ON_SENTINEL = REDIS_MODE == "sentinel"
+# The shared one-server Redis, for the few tests that need one plain server.
 SINGLE_REDIS_URL = "redis://127.0.0.1:6379/0"
-CLUSTER_URL = "redis+cluster://127.0.0.1:17300,127.0.0.1:17301,127.0.0.1:17302"  # scripts/redis-cluster.sh
-REDIS_URL = os.environ.get("FAIRWAY_TEST_REDIS_URL", CLUSTER_URL) if ON_CLUSTER else SINGLE_REDIS_URL
-if ON_CLUSTER:
+# The servers the scripts start on their default ports.
+DEFAULT_URLS = {
+    "single": SINGLE_REDIS_URL,
+    "cluster": "redis+cluster://127.0.0.1:17300,127.0.0.1:17301,127.0.0.1:17302",  # scripts/redis-cluster.sh
+    # scripts/redis-sentinel.sh
+    "sentinel": "redis+sentinel://127.0.0.1:17502,127.0.0.1:17503,127.0.0.1:17504/fairway-suite/0",
+}
+if REDIS_MODE not in DEFAULT_URLS:
+    raise pytest.UsageError(f"FAIRWAY_TEST_REDIS={REDIS_MODE!r}: must be one of {', '.join(DEFAULT_URLS)}")
+REDIS_URL = (
+    os.environ.get("FAIRWAY_TEST_REDIS_URL", DEFAULT_URLS[REDIS_MODE]) if REDIS_MODE != "single" else SINGLE_REDIS_URL
+)
+if REDIS_MODE != "single":
     # Settings() made by a test (or a dramatiq process it starts) reads the broker's URL from here.
     os.environ["FAIRWAY_REDIS_URL"] = REDIS_URL
 BROKER_KINDS = ["redis", "rabbitmq"]
@@ -52,10 +68,13 @@ BROKER_KINDS = ["redis", "rabbitmq"]
 dramatiq.set_broker(StubBroker())
 
 
-def pytest_report_header() -> str:
-    """Which RabbitMQ queue type the RabbitMQ half runs on, so a log says which mode passed."""
+def pytest_report_header() -> list[str]:
+    """Which Redis and which RabbitMQ queue type the suite runs on, so a log says which mode passed."""
     queue_type = os.environ.get("FAIRWAY_RABBITMQ__QUEUE_TYPE", "classic")
-    return f"fairway: RabbitMQ queue type {queue_type} (FAIRWAY_RABBITMQ__QUEUE_TYPE)"
+    return [
+        f"fairway: Redis {REDIS_MODE} {mask_url(REDIS_URL)} (FAIRWAY_TEST_REDIS)",
+        f"fairway: RabbitMQ queue type {queue_type} (FAIRWAY_RABBITMQ__QUEUE_TYPE)",
+    ]
 
 
 @pytest.hookimpl(wrapper=True)
@@ -71,7 +90,8 @@ def pytest_runtest_makereport(
 
 
 def redis_for_tests() -> redis.Redis:
-    """A client of the Redis the suite runs on (one server, or the cluster of FAIRWAY_TEST_REDIS)."""
+    """A client of the Redis the suite runs on (one server, the cluster, or the current master of
+    the Sentinel service of FAIRWAY_TEST_REDIS), made by the product's own factory."""
     return redis_client(REDIS_URL, TlsSettings())
 
 
