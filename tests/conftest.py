@@ -34,6 +34,7 @@ from redis.cluster import RedisCluster
 from dramatiq_fairway import setup
 from dramatiq_fairway.brokers.rabbitmq import FairwayRabbitmqBroker
 from dramatiq_fairway.connections import rabbitmq_parameters, redis_client
+from dramatiq_fairway.redis_urls import parse_redis_url
 from dramatiq_fairway.settings import Settings, TlsSettings, mask_url
 from dramatiq_fairway.store import delete_namespace
 
@@ -42,7 +43,6 @@ from .support.one_slot import one_slot_per_script_call
 # Which Redis the Redis half runs on: "single" (the shared server), "cluster" or "sentinel".
 REDIS_MODE = os.environ.get("FAIRWAY_TEST_REDIS", "single")
 ON_CLUSTER = REDIS_MODE == "cluster"
-ON_SENTINEL = REDIS_MODE == "sentinel"
 # The shared one-server Redis, for the few tests that need one plain server.
 SINGLE_REDIS_URL = "redis://127.0.0.1:6379/0"
 # The servers the scripts start on their default ports.
@@ -52,10 +52,10 @@ DEFAULT_URLS = {
     # scripts/redis-sentinel.sh
     "sentinel": "redis+sentinel://127.0.0.1:17502,127.0.0.1:17503,127.0.0.1:17504/fairway-suite/0",
 }
-if REDIS_MODE not in DEFAULT_URLS:
-    raise pytest.UsageError(f"FAIRWAY_TEST_REDIS={REDIS_MODE!r}: must be one of {', '.join(DEFAULT_URLS)}")
 REDIS_URL = (
-    os.environ.get("FAIRWAY_TEST_REDIS_URL", DEFAULT_URLS[REDIS_MODE]) if REDIS_MODE != "single" else SINGLE_REDIS_URL
+    os.environ.get("FAIRWAY_TEST_REDIS_URL", DEFAULT_URLS.get(REDIS_MODE, SINGLE_REDIS_URL))
+    if REDIS_MODE != "single"
+    else SINGLE_REDIS_URL
 )
 if REDIS_MODE != "single":
     # Settings() made by a test (or a dramatiq process it starts) reads the broker's URL from here.
@@ -66,6 +66,16 @@ BROKER_KINDS = ["redis", "rabbitmq"]
 # when there is none. In tests that broker is a StubBroker: collecting the actor tests must not
 # start the embedded Redis in the user's data dir. Tests that need a real broker make their own.
 dramatiq.set_broker(StubBroker())
+
+
+def pytest_configure() -> None:
+    """Refuse a FAIRWAY_TEST_REDIS we do not know, or a FAIRWAY_TEST_REDIS_URL of another mode."""
+    if REDIS_MODE not in DEFAULT_URLS:
+        raise pytest.UsageError(f"FAIRWAY_TEST_REDIS: {REDIS_MODE!r} is not one of {', '.join(DEFAULT_URLS)}")
+    if parse_redis_url(REDIS_URL).mode != REDIS_MODE:
+        raise pytest.UsageError(
+            f"FAIRWAY_TEST_REDIS_URL: {mask_url(REDIS_URL)!r} is not a {REDIS_MODE} URL (as FAIRWAY_TEST_REDIS says)"
+        )
 
 
 def pytest_report_header() -> list[str]:
