@@ -22,8 +22,9 @@ give everyone the same integer count when n does not divide W, the index is divi
 integer split's (1.0 = as equal as possible; ``jain_raw`` is the plain index).
 The matrix also runs stock Dramatiq's ``RedisBroker`` script on the single Redis (``dispatch``
 ``dramatiq``: FIFO fetch of 8, one ack call per job as its consumer does), for the ratio.
-The cluster runs use redis-py's ``RedisCluster`` directly (one-slot script calls), since fairway's
-own clients take no cluster URL yet.
+The cluster runs use redis-py's ``RedisCluster`` directly (one-slot script calls). When
+``FAIRWAY_REDIS_URL`` names a cluster, the one configuration asked for runs on it (as ``--cluster``
+with its first node); a ``redis+sentinel://`` URL runs on the service's current master.
 """
 
 from __future__ import annotations
@@ -49,6 +50,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from dramatiq_fairway.brokers.fair_redis import SCRIPT
 from dramatiq_fairway.connections import redis_client
+from dramatiq_fairway.redis_urls import parse_redis_url
 from dramatiq_fairway.settings import TlsSettings
 from dramatiq_fairway.store.partitions import PartitionTurns, partition_of, partition_prefix
 from dramatiq_fairway.store.scripts import LuaScript
@@ -308,13 +310,18 @@ def main() -> None:
     parser.add_argument("--json", action="store_true", help="one JSON object per configuration")
     args = parser.parse_args()
     url = os.environ.get("FAIRWAY_REDIS_URL", "redis://127.0.0.1:6379/0")
+    named = parse_redis_url(url)
+    one = args.tenants is not None or args.clients is not None
+    if named.mode == "cluster":
+        if args.memory or not one:
+            sys.exit("FAIRWAY_REDIS_URL names a cluster: give one configuration, or --cluster host:port")
+        args.cluster = args.cluster or "{}:{}".format(*named.sentinels[0])  # its one configuration runs there
     # fairway's own factory: a redis+sentinel:// URL gives a client of the service's current master.
     single = redis_client(url, TlsSettings())
     if args.memory:
         print(json.dumps(memory(single, args.tenants or 10_000)))
         return
     plans: list[Plan] = []
-    one = args.tenants is not None or args.clients is not None
     if one and not args.cluster:
         dispatch = "dramatiq" if args.plain else "fairway"
         plans.append(
