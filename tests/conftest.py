@@ -57,8 +57,11 @@ REDIS_URL = (
     if REDIS_MODE != "single"
     else SINGLE_REDIS_URL
 )
-if REDIS_MODE != "single":
+if REDIS_MODE != "single" and "PYTEST_CURRENT_TEST" not in os.environ:
     # Settings() made by a test (or a dramatiq process it starts) reads the broker's URL from here.
+    # Only in pytest's own process (it imports this before any test runs): a worker process a test
+    # starts imports this too (tests/support modules read REDIS_URL), and must keep the
+    # FAIRWAY_REDIS_URL the test gave it (a throwaway Redis, say).
     os.environ["FAIRWAY_REDIS_URL"] = REDIS_URL
 BROKER_KINDS = ["redis", "rabbitmq"]
 
