@@ -6,8 +6,6 @@
     python bench/scale.py --cluster 127.0.0.1:17400 --partitions 3 --tenants 100 --clients 4  # one, on a cluster
     python bench/scale.py --memory                          # bytes per queued message and tenant
 
-FAIRWAY_REDIS_URL may name a cluster (redis+cluster://): one configuration then runs there.
-
 The queue is filled with ``--jobs`` messages (default 100,000) over ``--tenants`` tenants: one
 tenant holds half, the others a Zipf (s = 1.1) share of the rest, at least one each; the big
 tenant's jobs are sent first, so FIFO order would serve them first. Then
@@ -24,8 +22,9 @@ give everyone the same integer count when n does not divide W, the index is divi
 integer split's (1.0 = as equal as possible; ``jain_raw`` is the plain index).
 The matrix also runs stock Dramatiq's ``RedisBroker`` script on the single Redis (``dispatch``
 ``dramatiq``: FIFO fetch of 8, one ack call per job as its consumer does), for the ratio.
-The cluster runs use redis-py's ``RedisCluster`` directly (one-slot script calls), since fairway's
-own clients take no cluster URL yet.
+The cluster runs use redis-py's ``RedisCluster`` directly (one-slot script calls). When
+``FAIRWAY_REDIS_URL`` names a cluster, the one configuration asked for runs on it (as ``--cluster``
+with its first node); a ``redis+sentinel://`` URL runs on the service's current master.
 """
 
 from __future__ import annotations
@@ -50,7 +49,9 @@ from redis.cluster import ClusterNode, RedisCluster
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from dramatiq_fairway.brokers.fair_redis import SCRIPT
+from dramatiq_fairway.connections import redis_client
 from dramatiq_fairway.redis_urls import parse_redis_url
+from dramatiq_fairway.settings import TlsSettings
 from dramatiq_fairway.store.partitions import PartitionTurns, partition_of, partition_prefix
 from dramatiq_fairway.store.scripts import LuaScript
 
@@ -310,23 +311,23 @@ def main() -> None:
     args = parser.parse_args()
     url = os.environ.get("FAIRWAY_REDIS_URL", "redis://127.0.0.1:6379/0")
     named = parse_redis_url(url)
-    if named.mode == "cluster":  # a redis+cluster:// URL: its configurations run on that cluster
-        host, port = named.sentinels[0]
-        args.cluster = args.cluster or f"{host}:{port}"
-        if args.memory or (args.tenants is None and args.clients is None):
-            sys.exit("bench/scale.py: --memory and the full table need a single Redis in FAIRWAY_REDIS_URL")
-    single = redis.Redis.from_url(url) if named.mode != "cluster" else None
-    if args.memory and single is not None:
+    one = args.tenants is not None or args.clients is not None
+    if named.mode == "cluster":
+        if args.memory or not one:
+            sys.exit("FAIRWAY_REDIS_URL names a cluster: give one configuration, or --cluster host:port")
+        args.cluster = args.cluster or "{}:{}".format(*named.sentinels[0])  # its one configuration runs there
+    # fairway's own factory: a redis+sentinel:// URL gives a client of the service's current master.
+    single = redis_client(url, TlsSettings())
+    if args.memory:
         print(json.dumps(memory(single, args.tenants or 10_000)))
         return
     plans: list[Plan] = []
-    one = args.tenants is not None or args.clients is not None
-    if one and single is not None and not args.cluster:
+    if one and not args.cluster:
         dispatch = "dramatiq" if args.plain else "fairway"
         plans.append(
             Plan(single, [single], "single", args.partitions, args.tenants or 10_000, args.clients or 1, dispatch)
         )
-    elif not one and single is not None:
+    elif not one:
         plans += [Plan(single, [single], "single", 1, 10_000, c) for c in (1, 10, 50, 100)]
         plans += [Plan(single, [single], "single", 1, 10_000, c, "dramatiq") for c in (1, 10, 50, 100)]
     if args.cluster:

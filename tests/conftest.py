@@ -6,9 +6,12 @@ is deleted afterwards. A server that is down makes the tests that need it fail, 
 runs the RabbitMQ half of the suite on quorum queues (docs/operations.md).
 
 ``FAIRWAY_TEST_REDIS=cluster`` runs the Redis half on a Redis Cluster: the one
-``scripts/redis-cluster.sh start`` makes, or the one ``FAIRWAY_TEST_REDIS_URL`` names. On every
-Redis, each script call is checked to touch one hash slot (``support/one_slot.py``), so a call a
-cluster would refuse fails on one server too.
+``scripts/redis-cluster.sh start`` makes, or the one ``FAIRWAY_TEST_REDIS_URL`` names.
+``FAIRWAY_TEST_REDIS=sentinel`` runs it on a Sentinel-watched master: the one
+``scripts/redis-sentinel.sh start`` makes, or the ``redis+sentinel://`` URL ``FAIRWAY_TEST_REDIS_URL``
+names. Either way the tests that need one plain server (stock Dramatiq, ``migrate``, counting one
+server's round trips) use ``SINGLE_REDIS_URL``. On every Redis, each script call is checked to
+touch one hash slot (``support/one_slot.py``), so a call a cluster would refuse fails on one server too.
 """
 
 from __future__ import annotations
@@ -31,18 +34,34 @@ from redis.cluster import RedisCluster
 from dramatiq_fairway import setup
 from dramatiq_fairway.brokers.rabbitmq import FairwayRabbitmqBroker
 from dramatiq_fairway.connections import rabbitmq_parameters, redis_client
-from dramatiq_fairway.settings import Settings, TlsSettings
+from dramatiq_fairway.redis_urls import parse_redis_url
+from dramatiq_fairway.settings import Settings, TlsSettings, mask_url
 from dramatiq_fairway.store import delete_namespace
 
 from .support.one_slot import one_slot_per_script_call
 
-ON_CLUSTER = os.environ.get("FAIRWAY_TEST_REDIS", "single") == "cluster"
-# The shared one-server Redis, for the few tests that count one server's round trips.
+# Which Redis the Redis half runs on: "single" (the shared server), "cluster" or "sentinel".
+REDIS_MODE = os.environ.get("FAIRWAY_TEST_REDIS", "single")
+ON_CLUSTER = REDIS_MODE == "cluster"
+# The shared one-server Redis, for the few tests that need one plain server.
 SINGLE_REDIS_URL = "redis://127.0.0.1:6379/0"
-CLUSTER_URL = "redis+cluster://127.0.0.1:17300,127.0.0.1:17301,127.0.0.1:17302"  # scripts/redis-cluster.sh
-REDIS_URL = os.environ.get("FAIRWAY_TEST_REDIS_URL", CLUSTER_URL) if ON_CLUSTER else SINGLE_REDIS_URL
-if ON_CLUSTER:
+# The servers the scripts start on their default ports.
+DEFAULT_URLS = {
+    "single": SINGLE_REDIS_URL,
+    "cluster": "redis+cluster://127.0.0.1:17300,127.0.0.1:17301,127.0.0.1:17302",  # scripts/redis-cluster.sh
+    # scripts/redis-sentinel.sh
+    "sentinel": "redis+sentinel://127.0.0.1:17502,127.0.0.1:17503,127.0.0.1:17504/fairway-suite/0",
+}
+REDIS_URL = (
+    os.environ.get("FAIRWAY_TEST_REDIS_URL", DEFAULT_URLS.get(REDIS_MODE, SINGLE_REDIS_URL))
+    if REDIS_MODE != "single"
+    else SINGLE_REDIS_URL
+)
+if REDIS_MODE != "single" and "PYTEST_CURRENT_TEST" not in os.environ:
     # Settings() made by a test (or a dramatiq process it starts) reads the broker's URL from here.
+    # Only in pytest's own process (it imports this before any test runs): a worker process a test
+    # starts imports this too (tests/support modules read REDIS_URL), and must keep the
+    # FAIRWAY_REDIS_URL the test gave it (a throwaway Redis, say).
     os.environ["FAIRWAY_REDIS_URL"] = REDIS_URL
 BROKER_KINDS = ["redis", "rabbitmq"]
 
@@ -52,10 +71,23 @@ BROKER_KINDS = ["redis", "rabbitmq"]
 dramatiq.set_broker(StubBroker())
 
 
-def pytest_report_header() -> str:
-    """Which RabbitMQ queue type the RabbitMQ half runs on, so a log says which mode passed."""
+def pytest_configure() -> None:
+    """Refuse a FAIRWAY_TEST_REDIS we do not know, or a FAIRWAY_TEST_REDIS_URL of another mode."""
+    if REDIS_MODE not in DEFAULT_URLS:
+        raise pytest.UsageError(f"FAIRWAY_TEST_REDIS: {REDIS_MODE!r} is not one of {', '.join(DEFAULT_URLS)}")
+    if parse_redis_url(REDIS_URL).mode != REDIS_MODE:
+        raise pytest.UsageError(
+            f"FAIRWAY_TEST_REDIS_URL: {mask_url(REDIS_URL)!r} is not a {REDIS_MODE} URL (as FAIRWAY_TEST_REDIS says)"
+        )
+
+
+def pytest_report_header() -> list[str]:
+    """Which Redis and which RabbitMQ queue type the suite runs on, so a log says which mode passed."""
     queue_type = os.environ.get("FAIRWAY_RABBITMQ__QUEUE_TYPE", "classic")
-    return f"fairway: RabbitMQ queue type {queue_type} (FAIRWAY_RABBITMQ__QUEUE_TYPE)"
+    return [
+        f"fairway: Redis {REDIS_MODE} {mask_url(REDIS_URL)} (FAIRWAY_TEST_REDIS)",
+        f"fairway: RabbitMQ queue type {queue_type} (FAIRWAY_RABBITMQ__QUEUE_TYPE)",
+    ]
 
 
 @pytest.hookimpl(wrapper=True)
@@ -71,7 +103,8 @@ def pytest_runtest_makereport(
 
 
 def redis_for_tests() -> redis.Redis:
-    """A client of the Redis the suite runs on (one server, or the cluster of FAIRWAY_TEST_REDIS)."""
+    """A client of the Redis the suite runs on (one server, the cluster, or the current master of
+    the Sentinel service of FAIRWAY_TEST_REDIS), made by the product's own factory."""
     return redis_client(REDIS_URL, TlsSettings())
 
 

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import redis
+from redis.sentinel import SentinelConnectionPool
 
 from ..redis_cluster import ClusterClient
 from .scripts import ScriptCall
@@ -97,11 +98,25 @@ def rode_along(message_id: str) -> bool:
 
 
 def server_of(client: redis.Redis) -> tuple[Any, ...]:
-    """(host, port, unix path, db) of ``client``'s server; empty when the pool cannot say (Sentinel);
-    for a cluster, the nodes it was started from (a pipeline reaches every node of it)."""
+    """(host, port, unix path, db) of ``client``'s server; for a cluster, the nodes it was started
+    from (a pipeline reaches every node of it); for a Sentinel master, the sentinels, the service
+    and the db (both clients reach whichever master the sentinels name); empty when the pool
+    cannot say."""
     if isinstance(client, ClusterClient):
         return ("cluster", *sorted(client.nodes))
-    kwargs = client.connection_pool.connection_kwargs
+    pool = client.connection_pool
+    kwargs = pool.connection_kwargs
+    if isinstance(pool, SentinelConnectionPool):
+        if not pool.is_master:
+            return ()
+        sentinels = sorted(
+            (
+                str(sentinel.connection_pool.connection_kwargs.get("host")),
+                sentinel.connection_pool.connection_kwargs.get("port"),
+            )
+            for sentinel in pool.sentinel_manager.sentinels
+        )
+        return ("sentinel", pool.service_name, *sentinels, kwargs.get("db", 0))
     if kwargs.get("host") is None and kwargs.get("path") is None:
         return ()
     return (kwargs.get("host"), kwargs.get("port"), kwargs.get("path"), kwargs.get("db", 0))

@@ -11,7 +11,7 @@ import pytest
 
 from dramatiq_fairway.cli import main
 
-from ..conftest import ON_CLUSTER
+from ..conftest import REDIS_MODE
 from ..support.helpers import free_port
 
 
@@ -40,7 +40,7 @@ def test_check_json_reports_both_servers_reachable(kind: str) -> None:
     assert report["state_store"]["reachable"] is True
     assert report["state_store"]["mode"] == "single"
     assert isinstance(report["state_store"]["replicas"], int)
-    assert report["broker"]["mode"] == (("cluster" if ON_CLUSTER else "single") if kind == "redis" else None)
+    assert report["broker"]["mode"] == (REDIS_MODE if kind == "redis" else None)
     assert report["settings"]["broker"] == kind
     assert "guest:guest" not in result.stdout
 

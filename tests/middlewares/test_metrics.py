@@ -153,13 +153,14 @@ METRICS_APP = """
 
     import dramatiq
     import prometheus_client
-    import redis
 
     from dramatiq_fairway import setup
+    from dramatiq_fairway.connections import redis_client
     from dramatiq_fairway.errors import PermanentError, TransientError
+    from dramatiq_fairway.settings import TlsSettings
 
     broker = setup()
-    state = redis.Redis.from_url(os.environ["FAIRWAY_STATE_URL"])
+    state = redis_client(os.environ["FAIRWAY_STATE_URL"], TlsSettings())  # a Sentinel or cluster URL too
     prefix = os.environ["FAIRWAY_NAMESPACE"]
 
     @dramatiq.actor(broker=broker, queue_name=os.environ["TEST_QUEUE"], max_retries=2, min_backoff=10, max_backoff=20)

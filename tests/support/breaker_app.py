@@ -17,15 +17,15 @@ import urllib.request
 from typing import Any
 
 import dramatiq
-import redis
 
 from dramatiq_fairway import setup
+from dramatiq_fairway.connections import state_store_client
 from dramatiq_fairway.errors import RateLimited, TransientError
 from dramatiq_fairway.settings import load_settings
 
 settings = load_settings()
 broker = setup(settings)
-state = redis.Redis.from_url(settings.state_url or settings.redis_url)
+state = state_store_client(settings)  # a Sentinel or cluster URL too (FAIRWAY_TEST_REDIS)
 DONE_KEY = f"{settings.namespace}:test:done"
 SUCCEEDED_KEY = f"{settings.namespace}:test:succeeded"
 FAILED_KEY = f"{settings.namespace}:test:failed"

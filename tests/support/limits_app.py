@@ -13,9 +13,9 @@ import os
 import time
 
 import dramatiq
-import redis
 
 from dramatiq_fairway import setup
+from dramatiq_fairway.connections import state_store_client
 from dramatiq_fairway.middlewares.limits import TenantLimiter
 from dramatiq_fairway.settings import load_settings
 
@@ -23,7 +23,7 @@ settings = load_settings()
 broker = setup(settings)
 if not any(isinstance(middleware, TenantLimiter) for middleware in broker.middleware):
     broker.add_middleware(TenantLimiter(settings=settings))
-state = redis.Redis.from_url(settings.state_url or settings.redis_url)
+state = state_store_client(settings)  # a Sentinel or cluster URL too (FAIRWAY_TEST_REDIS)
 PREFIX = f"{settings.namespace}:test:"
 
 # Count the tenant's running jobs and record the start, atomically, on the server's clock.

@@ -12,16 +12,16 @@ import os
 import time
 
 import dramatiq
-import redis
 from dramatiq.middleware import CurrentMessage
 
 from dramatiq_fairway import setup
+from dramatiq_fairway.connections import state_store_client
 from dramatiq_fairway.settings import load_settings
 
 settings = load_settings()
 broker = setup(settings)
 broker.add_middleware(CurrentMessage())
-state = redis.Redis.from_url(settings.state_url or settings.redis_url)
+state = state_store_client(settings)  # a Sentinel or cluster URL too (FAIRWAY_TEST_REDIS)
 RUNS = f"{settings.namespace}:test:runs"
 _kept: list[bytearray] = []
 
