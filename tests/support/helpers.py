@@ -9,7 +9,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
@@ -40,6 +40,27 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def free_port_block(ports: range, offsets: Iterable[int]) -> int:
+    """The first port of a block of 10 in ``ports`` whose ports ``base + offset`` are all free,
+    starting at a block chosen by pid so that two test processes rarely try the same one."""
+    wanted = list(offsets)
+    blocks = list(range(ports.start, ports.stop - 9, 10))
+    start = os.getpid() % len(blocks)
+    for base in blocks[start:] + blocks[:start]:
+        if all(_port_free(base + offset) for offset in wanted):
+            return base
+    raise RuntimeError(f"no free block of 10 ports in {ports}")
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
 
 
 def settings_env(settings: Settings) -> dict[str, str]:

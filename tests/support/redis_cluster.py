@@ -9,9 +9,7 @@ master: a master killed before that loses its writes (the replica is promoted at
 
 from __future__ import annotations
 
-import os
 import signal
-import socket
 import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -20,7 +18,7 @@ from typing import Any
 
 import redis
 
-from .helpers import wait_for
+from .helpers import free_port_block, wait_for
 from .tls import SYSTEM_REDIS
 
 SYSTEM_REDIS_CLI = "/usr/bin/redis-cli"
@@ -152,22 +150,8 @@ def _answers(port: int) -> bool:
 
 def _free_block() -> int:
     """The first block of 10 ports of ``CLUSTER_PORTS`` where nothing listens (nodes also use port +
-    10000 for the cluster bus: 27310-27399, free here), chosen by pid so two processes rarely collide."""
-    blocks = list(range(CLUSTER_PORTS.start, CLUSTER_PORTS.stop - 9, 10))
-    start = os.getpid() % len(blocks)
-    for base in blocks[start:] + blocks[:start]:
-        if all(_port_free(base + n) and _port_free(base + n + 10000) for n in range(6)):
-            return base
-    raise RuntimeError(f"no free block of 10 ports in {CLUSTER_PORTS}")
-
-
-def _port_free(port: int) -> bool:
-    with socket.socket() as sock:
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
+    10000 for the cluster bus: 27310-27399, free here)."""
+    return free_port_block(CLUSTER_PORTS, [*range(6), *range(10000, 10006)])
 
 
 @contextmanager

@@ -8,9 +8,7 @@ certificates, every server (sentinels too) speaks TLS only, replication included
 
 from __future__ import annotations
 
-import os
 import signal
-import socket
 import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -19,7 +17,7 @@ from typing import Any
 
 import redis
 
-from .helpers import wait_for
+from .helpers import free_port_block, wait_for
 from .tls import SYSTEM_REDIS, Certificates
 
 SERVICE = "fairway-test"
@@ -184,23 +182,8 @@ def _answers(client: redis.Redis) -> bool:
 
 
 def _free_block() -> int:
-    """The first block of 10 ports of ``SENTINEL_PORTS`` where nothing listens, chosen by pid so
-    that two test processes of this session rarely try the same one."""
-    blocks = list(range(SENTINEL_PORTS.start, SENTINEL_PORTS.stop, 10))
-    start = os.getpid() % len(blocks)
-    for base in blocks[start:] + blocks[:start]:
-        if all(_port_free(base + n) for n in range(10)):
-            return base
-    raise RuntimeError(f"no free block of 10 ports in {SENTINEL_PORTS}")
-
-
-def _port_free(port: int) -> bool:
-    with socket.socket() as sock:
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
+    """The first block of 10 ports of ``SENTINEL_PORTS`` where nothing listens."""
+    return free_port_block(SENTINEL_PORTS, range(10))
 
 
 @contextmanager
