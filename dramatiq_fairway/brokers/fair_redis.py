@@ -319,7 +319,7 @@ class FairRedisBroker(QueueOperations, HoldsAtStart, OverriddenHooks, RedisBroke
         for index in turns.order(len(self._prefixes(queue_name))):
             calls = [*settles, self._script_call(queue_name, "fetch", count, self.drr_scale, exempt, partition=index)]
             try:
-                replies = run_scripts(self.client, calls, replicas=self._replicas() if settles else 0)
+                replies = run_scripts(self.client, calls, replicas=self._replicas() if settles else 0, once=True)
             except (redis.ConnectionError, redis.TimeoutError):
                 # Redis may have run the fetch (and kept its effect in the AOF) with the reply lost:
                 # those messages sit in our ack set, and no one recovers a live worker's ack set.

@@ -87,23 +87,30 @@ class ScriptCall:
 
 
 def run_scripts(
-    client: redis.Redis, calls: list[ScriptCall], *, replicas: int = 0, best_effort: Sequence[ScriptCall] = ()
+    client: redis.Redis,
+    calls: list[ScriptCall],
+    *,
+    replicas: int = 0,
+    best_effort: Sequence[ScriptCall] = (),
+    once: bool = False,
 ) -> list[Any]:
     """The replies of ``calls``, sent in one pipeline; the first error reply is raised.
 
     ``best_effort`` calls go after ``calls`` in the same pipeline; their replies follow, an error
     reply returned rather than raised. With ``replicas`` > 0 the pipeline waits for that many
     replicas to have the writes; fewer within ``WAIT_TIMEOUT_MS`` is logged (once a minute), not
-    raised: the writes are done.
+    raised: the writes are done. With ``once`` a connection lost after sending is raised, never
+    retried here: the calls may have run with their replies lost, which a caller that takes
+    messages must know (a retry that succeeded would hide it: ``FairRedisBroker``'s fetch).
     """
-    replies = _run(client, [*calls, *best_effort], replicas)
+    replies = _run(client, [*calls, *best_effort], replicas, once=once)
     for reply in replies[: len(calls)]:
         if isinstance(reply, Exception):
             raise reply
     return replies
 
 
-def _run(client: redis.Redis, calls: list[ScriptCall], replicas: int) -> list[Any]:
+def _run(client: redis.Redis, calls: list[ScriptCall], replicas: int, *, once: bool = False) -> list[Any]:
     """The replies of ``calls`` in one pipeline, error replies included; lost scripts loaded and rerun.
 
     On one server the commands are packed in one go by the connection (``pack_commands``: hiredis's
@@ -118,14 +125,14 @@ def _run(client: redis.Redis, calls: list[ScriptCall], replicas: int) -> list[An
     commands = [("EVALSHA", call.script.sha, len(call.keys), *call.keys, *call.args) for call in calls]
     if replicas:
         commands.append(("WAIT", replicas, WAIT_TIMEOUT_MS))
-    replies = _cluster_pipeline(client, commands) if is_cluster(client) else _one_write(client, commands)
+    replies = _cluster_pipeline(client, commands) if is_cluster(client) else _one_write(client, commands, once)
     if replicas:
         _check_replicas(replies.pop(), replicas)
     lost = [i for i, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
     if lost:
         for script in {calls[i].script for i in lost}:
             client.script_load(script.text)
-        for i, reply in zip(lost, _run(client, [calls[i] for i in lost], replicas), strict=True):
+        for i, reply in zip(lost, _run(client, [calls[i] for i in lost], replicas, once=once), strict=True):
             replies[i] = reply
     return replies
 
@@ -138,9 +145,11 @@ def _load_once(client: redis.Redis, calls: list[ScriptCall]) -> None:
         known.add(script.sha)
 
 
-def _one_write(client: redis.Redis, commands: list[tuple[Any, ...]]) -> list[Any]:
+def _one_write(client: redis.Redis, commands: list[tuple[Any, ...]], once: bool) -> list[Any]:
     connection = client.connection_pool.get_connection()
     try:
+        if once:
+            return _exchange(connection, commands)
         replies: list[Any] = connection.retry.call_with_retry(
             lambda: _exchange(connection, commands), lambda _error: connection.disconnect()
         )
