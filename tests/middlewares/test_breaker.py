@@ -243,10 +243,10 @@ def test_the_hot_path_costs_no_call_without_a_breaker_and_one_finish_call_with_a
     # Script calls go in pipelines packed by store/scripts.py: keep each call of the client's too.
     run = scripts._run
 
-    def counted(to: redis.Redis, calls: list[ScriptCall], replicas: int) -> list[Any]:
+    def counted(to: redis.Redis, calls: list[ScriptCall], replicas: int, **options: Any) -> list[Any]:
         if to is client:
             client.sent += [("EVALSHA", c.script.sha, len(c.keys), *c.keys, *c.args) for c in calls]
-        return run(to, calls, replicas)
+        return run(to, calls, replicas, **options)
 
     monkeypatch.setattr(scripts, "_run", counted)
     ran: list[str] = []
