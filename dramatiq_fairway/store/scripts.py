@@ -122,7 +122,7 @@ def _run(client: redis.Redis, calls: list[ScriptCall], replicas: int, *, once: b
     if replicas and is_cluster(client):
         return _run_per_node(client, calls, replicas)
     _load_once(client, calls)
-    commands = [("EVALSHA", call.script.sha, len(call.keys), *call.keys, *call.args) for call in calls]
+    commands = _evalsha_commands(calls)
     if replicas:
         commands.append(("WAIT", replicas, WAIT_TIMEOUT_MS))
     replies = _cluster_pipeline(client, commands) if is_cluster(client) else _one_write(client, commands, once)
@@ -135,6 +135,10 @@ def _run(client: redis.Redis, calls: list[ScriptCall], replicas: int, *, once: b
         for i, reply in zip(lost, _run(client, [calls[i] for i in lost], replicas, once=once), strict=True):
             replies[i] = reply
     return replies
+
+
+def _evalsha_commands(calls: list[ScriptCall]) -> list[tuple[Any, ...]]:
+    return [("EVALSHA", call.script.sha, len(call.keys), *call.keys, *call.args) for call in calls]
 
 
 def _load_once(client: redis.Redis, calls: list[ScriptCall]) -> None:
@@ -235,7 +239,7 @@ class ScriptsInFlight:
             return
         _load_once(client, calls)
         self._connection = client.connection_pool.get_connection()
-        commands = [("EVALSHA", call.script.sha, len(call.keys), *call.keys, *call.args) for call in calls]
+        commands = _evalsha_commands(calls)
         try:
             self._connection.send_packed_command(self._connection.pack_commands(commands))
         except BaseException:
