@@ -39,7 +39,8 @@ from dramatiq.encoder import JSONEncoder
 from dramatiq_fairway.store import delete_namespace
 
 ROOT = Path(__file__).resolve().parent.parent
-REDIS_URL = "redis://127.0.0.1:6379/0"
+# BENCH_REDIS_URL: another Redis than the shared one, so two benchmarks can run side by side.
+REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
 # Marker jobs ending a throughput run: enough that each worker process runs some after its last job.
 FINISH_MARKS = 32
 DRAIN_TIMEOUT = 600

@@ -41,7 +41,8 @@ from dramatiq_fairway.brokers.rabbitmq import FairRabbitmqBroker
 from dramatiq_fairway.settings import Settings
 from dramatiq_fairway.store import delete_namespace
 
-REDIS_URL = "redis://127.0.0.1:6379/0"
+# BENCH_REDIS_URL: another Redis than the shared one, so two benchmarks can run side by side.
+REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
 RABBITMQ_URL = "amqp://guest:guest@127.0.0.1:5672/%2F"
 TENANTS = 100
 BATCHES = (100, 1000)
