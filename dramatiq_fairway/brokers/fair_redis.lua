@@ -127,10 +127,6 @@ local function push_ready(level, tenant, rid, seq)
     end
 end
 
-local function weight_of(tenant, scale)
-    return (tonumber(redis.call("HGET", P .. ":weights", tenant)) or 1) * scale
-end
-
 -- Aging: move the heads whose due time passed up to the level their wait earns, at most `budget`
 -- moves (the rest move on the next fetch). A head that moves keeps its seq, hence its place
 -- among the messages of its tenant at the new level.
@@ -291,12 +287,56 @@ local function limiter(exempt_critical, budget)
     return state
 end
 
+-- What one fetch keeps in memory while it picks and writes back once (flush_picks): the DRR
+-- deficits (tenant -> number, or false once the tenant left the round) and weights it read, and
+-- the (level, tenant) FIFOs whose head it moved, whose aging due time set_head then refreshes.
+-- Nothing else reads these keys during the picks, so the keys end as picking one by one leaves them.
+local picks = { deficits = {}, weights = {}, moved = {} }
+for level = CRITICAL, BATCH do
+    picks.deficits[level] = {}
+    picks.moved[level] = {}
+end
+
+local function deficit_of(level, tenant)
+    local deficit = picks.deficits[level][tenant]
+    if deficit == nil then
+        deficit = tonumber(redis.call("HGET", P .. ":deficit:" .. level, tenant)) or 0
+    end
+    -- false: the tenant left the round in this fetch (its field is deleted on flush).
+    return deficit or 0
+end
+
+local function weight_of(tenant, scale)
+    local weight = picks.weights[tenant]
+    if not weight then
+        weight = tonumber(redis.call("HGET", P .. ":weights", tenant)) or 1
+        picks.weights[tenant] = weight
+    end
+    return weight * scale
+end
+
+local function flush_picks()
+    for level = CRITICAL, BATCH do
+        local deficits = P .. ":deficit:" .. level
+        for tenant, deficit in pairs(picks.deficits[level]) do
+            if deficit then
+                redis.call("HSET", deficits, tenant, tostring(deficit))
+            else
+                redis.call("HDEL", deficits, tenant)
+            end
+        end
+        for tenant in pairs(picks.moved[level]) do
+            set_head(level, tenant)
+        end
+    end
+end
+
 -- Deficit round robin inside a level: serve the ring head while its deficit lasts, skipping (and
 -- parking) tenants held back by a limit. Returns nil when no tenant of the level may run now. The
--- caller accounts for the message in P:levels.
+-- caller accounts for the message in P:levels and calls flush_picks once done.
 local function pop_tenant(level, scale, limits)
     local ring = P .. ":ring:" .. level
-    local deficits = P .. ":deficit:" .. level
+    local deficits = picks.deficits[level]
     while true do
         local tenant = redis.call("LINDEX", ring, 0)
         if not tenant then
@@ -311,7 +351,7 @@ local function pop_tenant(level, scale, limits)
         if #popped == 0 then
             -- Emptied by aging while waiting in the ring: leave the round.
             redis.call("LPOP", ring)
-            redis.call("HDEL", deficits, tenant)
+            deficits[tenant] = false
         elseif reason then
             -- Back at the head of its FIFO (same seq), and the tenant out of the round.
             redis.call("ZADD", fifo, popped[2], popped[1])
@@ -319,21 +359,21 @@ local function pop_tenant(level, scale, limits)
             limits.throttled[#limits.throttled + 1] = tenant
             limits.throttled[#limits.throttled + 1] = reason
         else
-            local deficit = tonumber(redis.call("HGET", deficits, tenant)) or 0
+            local deficit = deficit_of(level, tenant)
             if deficit < 1 then
                 deficit = deficit + weight_of(tenant, scale)
             end
             deficit = deficit - 1
             if redis.call("EXISTS", fifo) == 0 then
                 redis.call("LPOP", ring)
-                redis.call("HDEL", deficits, tenant)
+                deficits[tenant] = false
             else
                 if deficit < 1 then
                     redis.call("LMOVE", ring, ring, "LEFT", "RIGHT")
                 end
-                redis.call("HSET", deficits, tenant, tostring(deficit))
+                deficits[tenant] = deficit
             end
-            set_head(level, tenant)
+            picks.moved[level][tenant] = true
             return popped[1]
         end
     end
@@ -414,7 +454,7 @@ elseif command == "fetch" then
         ready[level] = tonumber(counts[level]) or 0
         taken[level] = 0
     end
-    local rids, served, blocked = {}, {}, {}
+    local rids, blocked = {}, {}
     for _ = 1, wanted do
         local level, rid
         while true do
@@ -436,10 +476,9 @@ elseif command == "fetch" then
         end
         ready[level] = ready[level] - 1
         taken[level] = taken[level] + 1
-        local field = counter_field(decode_meta(redis.call("HGET", P .. ":meta", rid)))
-        served[field] = (served[field] or 0) + 1
         rids[#rids + 1] = rid
     end
+    flush_picks()
     redis.call("HSET", P .. ":passed", 3, passed[3], 4, passed[4], 5, passed[5])
     local active = 0
     for level = CRITICAL, BATCH do
@@ -453,19 +492,23 @@ elseif command == "fetch" then
             redis.call("HINCRBY", P .. ":levels", level, -taken[level])
         end
     end
-    for field, count in pairs(served) do
-        bump(P .. ":ready", field, -count)
-        bump(P .. ":inflight", field, count)
-    end
+    local served = {}
     -- In slices: unpack() is bounded by the Lua stack.
     for first = 1, #rids, UNPACK_SLICE do
         local last = math.min(first + UNPACK_SLICE - 1, #rids)
         redis.call("SADD", acks, unpack(rids, first, last))
         local bodies = redis.call("HMGET", msgs, unpack(rids, first, last))
+        local metas = redis.call("HMGET", P .. ":meta", unpack(rids, first, last))
         for i = first, last do
             out[#out + 1] = rids[i]
             out[#out + 1] = bodies[i - first + 1]
+            local field = counter_field(decode_meta(metas[i - first + 1]))
+            served[field] = (served[field] or 0) + 1
         end
+    end
+    for field, count in pairs(served) do
+        bump(P .. ":ready", field, -count)
+        bump(P .. ":inflight", field, count)
     end
     return { out, limits.throttled, active }
 
@@ -477,24 +520,40 @@ elseif command == "ack" or command == "nack" then
         first = 7
         kill_old_dead(tonumber(ARGV[6]))
     end
+    -- A batch's deletions, counter updates and freed slots are written once per batch: per rid
+    -- only the ack set and its meta are read.
+    local gone, left, freed, is_freed = {}, {}, {}, {}
     for i = first, #ARGV do
         local rid = ARGV[i]
         if redis.call("SREM", acks, rid) == 1 then
             local meta = decode_meta(redis.call("HGET", P .. ":meta", rid))
             local body = command == "nack" and redis.call("HGET", msgs, rid)
-            redis.call("HDEL", msgs, rid)
-            redis.call("HDEL", P .. ":meta", rid)
-            if meta and part == "dq" then
-                bump(P .. ":delayed", counter_field(meta), -1)
-            elseif meta then
-                bump(P .. ":inflight", counter_field(meta), -1)
-                slot_freed(meta.tenant)
+            gone[#gone + 1] = rid
+            if meta then
+                local field = counter_field(meta)
+                left[field] = (left[field] or 0) + 1
+                if part ~= "dq" and not is_freed[meta.tenant] then
+                    -- In ack order: unparked tenants rejoin the rounds in that order.
+                    is_freed[meta.tenant] = true
+                    freed[#freed + 1] = meta.tenant
+                end
             end
             if command == "nack" and body then
                 redis.call("ZADD", P .. ":xq", int(now), rid)
                 redis.call("HSET", P .. ":xmsgs", rid, body)
             end
         end
+    end
+    for first_gone = 1, #gone, UNPACK_SLICE do
+        local last = math.min(first_gone + UNPACK_SLICE - 1, #gone)
+        redis.call("HDEL", msgs, unpack(gone, first_gone, last))
+        redis.call("HDEL", P .. ":meta", unpack(gone, first_gone, last))
+    end
+    for field, count in pairs(left) do
+        bump(P .. (part == "dq" and ":delayed" or ":inflight"), field, -count)
+    end
+    for _, tenant in ipairs(freed) do
+        slot_freed(tenant)
     end
     return 1
 
