@@ -49,8 +49,10 @@
 --     never both: parking keeps its deficit (docs/design.md, "Scheduling rule", rule 3). A tenant parked at its cap comes
 --     back when one of its messages leaves the in-flight count (ack, nack, requeue, hold, recovery
 --     of a dead worker), one parked for its rate at P:wake, and every one when the limits change.
--- Per pick the cost is O(levels + log n): four counters, one ring head, one ZPOPMIN, and with
--- limits a few O(1) reads; each park and unpark is O(levels) and happens once per block.
+-- Per pick the cost is O(levels + log n): one ZPOPMIN, and a ring head and a rotation when the
+-- round has several tenants, and with limits a few O(1) reads; counters, deficits and aging due
+-- times are read and written once per fetch. Each park and unpark is O(levels) and happens once
+-- per block.
 
 local P = KEYS[1]
 local command = ARGV[1]
@@ -291,10 +293,30 @@ end
 -- deficits (tenant -> number, or false once the tenant left the round) and weights it read, and
 -- the (level, tenant) FIFOs whose head it moved, whose aging due time set_head then refreshes.
 -- Nothing else reads these keys during the picks, so the keys end as picking one by one leaves them.
-local picks = { deficits = {}, weights = {}, moved = {} }
+-- It also knows each ring's length and, until it rotates, its head, and how many messages each
+-- FIFO it popped from still holds: only the picks change those, so a pick of a tenant alone in
+-- its round costs one ZPOPMIN.
+local picks = { deficits = {}, weights = {}, moved = {}, rings = {}, sizes = {} }
 for level = CRITICAL, BATCH do
     picks.deficits[level] = {}
     picks.moved[level] = {}
+    picks.sizes[level] = {}
+end
+
+local function ring_of(level)
+    local ring = picks.rings[level]
+    if not ring then
+        local key = P .. ":ring:" .. level
+        ring = { key = key, length = redis.call("LLEN", key), head = nil }
+        picks.rings[level] = ring
+    end
+    return ring
+end
+
+-- The ring's head left it (LPOP, by the caller or by park).
+local function ring_popped(ring)
+    ring.length = ring.length - 1
+    ring.head = nil
 end
 
 local function deficit_of(level, tenant)
@@ -335,27 +357,32 @@ end
 -- parking) tenants held back by a limit. Returns nil when no tenant of the level may run now. The
 -- caller accounts for the message in P:levels and calls flush_picks once done.
 local function pop_tenant(level, scale, limits)
-    local ring = P .. ":ring:" .. level
-    local deficits = picks.deficits[level]
+    local ring = ring_of(level)
+    local deficits, sizes = picks.deficits[level], picks.sizes[level]
     while true do
-        local tenant = redis.call("LINDEX", ring, 0)
+        local tenant = ring.head or redis.call("LINDEX", ring.key, 0)
         if not tenant then
             return nil
         end
+        ring.head = tenant
         local fifo = fifo_key(level, tenant)
-        local popped = redis.call("ZPOPMIN", fifo)
+        local size = sizes[tenant] or redis.call("ZCARD", fifo)
+        local popped = size > 0 and redis.call("ZPOPMIN", fifo) or {}
         local reason, wake_at
         if #popped > 0 and limits.on then
             reason, wake_at = limits.blocked(tenant, level)
         end
         if #popped == 0 then
             -- Emptied by aging while waiting in the ring: leave the round.
-            redis.call("LPOP", ring)
+            redis.call("LPOP", ring.key)
+            ring_popped(ring)
             deficits[tenant] = false
         elseif reason then
             -- Back at the head of its FIFO (same seq), and the tenant out of the round.
             redis.call("ZADD", fifo, popped[2], popped[1])
+            sizes[tenant] = size
             park(tenant, level, reason, wake_at)
+            ring_popped(ring)
             limits.throttled[#limits.throttled + 1] = tenant
             limits.throttled[#limits.throttled + 1] = reason
         else
@@ -364,12 +391,16 @@ local function pop_tenant(level, scale, limits)
                 deficit = deficit + weight_of(tenant, scale)
             end
             deficit = deficit - 1
-            if redis.call("EXISTS", fifo) == 0 then
-                redis.call("LPOP", ring)
+            sizes[tenant] = size - 1
+            if size == 1 then
+                redis.call("LPOP", ring.key)
+                ring_popped(ring)
                 deficits[tenant] = false
             else
-                if deficit < 1 then
-                    redis.call("LMOVE", ring, ring, "LEFT", "RIGHT")
+                -- Rotating a ring of one tenant would leave it as it is.
+                if deficit < 1 and ring.length > 1 then
+                    redis.call("LMOVE", ring.key, ring.key, "LEFT", "RIGHT")
+                    ring.head = nil
                 end
                 deficits[tenant] = deficit
             end
@@ -482,7 +513,8 @@ elseif command == "fetch" then
     redis.call("HSET", P .. ":passed", 3, passed[3], 4, passed[4], 5, passed[5])
     local active = 0
     for level = CRITICAL, BATCH do
-        active = active + redis.call("LLEN", P .. ":ring:" .. level)
+        local ring = picks.rings[level]
+        active = active + (ring and ring.length or redis.call("LLEN", P .. ":ring:" .. level))
     end
     if #rids == 0 then
         return { out, limits.throttled, active }
