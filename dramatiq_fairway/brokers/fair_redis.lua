@@ -552,15 +552,20 @@ elseif command == "ack" or command == "nack" then
         first = 7
         kill_old_dead(tonumber(ARGV[6]))
     end
-    -- A batch's deletions, counter updates and freed slots are written once per batch: per rid
-    -- only the ack set and its meta are read.
+    -- Per rid only the ack set is touched; metas (and a nack's bodies) are read, and bodies and
+    -- metas deleted, counters updated and freed slots handed back, once per batch.
     local gone, left, freed, is_freed = {}, {}, {}, {}
     for i = first, #ARGV do
-        local rid = ARGV[i]
-        if redis.call("SREM", acks, rid) == 1 then
-            local meta = decode_meta(redis.call("HGET", P .. ":meta", rid))
-            local body = command == "nack" and redis.call("HGET", msgs, rid)
-            gone[#gone + 1] = rid
+        if redis.call("SREM", acks, ARGV[i]) == 1 then
+            gone[#gone + 1] = ARGV[i]
+        end
+    end
+    for first_gone = 1, #gone, UNPACK_SLICE do
+        local last = math.min(first_gone + UNPACK_SLICE - 1, #gone)
+        local metas = redis.call("HMGET", P .. ":meta", unpack(gone, first_gone, last))
+        local bodies = command == "nack" and redis.call("HMGET", msgs, unpack(gone, first_gone, last))
+        for i = first_gone, last do
+            local meta = decode_meta(metas[i - first_gone + 1])
             if meta then
                 local field = counter_field(meta)
                 left[field] = (left[field] or 0) + 1
@@ -570,14 +575,12 @@ elseif command == "ack" or command == "nack" then
                     freed[#freed + 1] = meta.tenant
                 end
             end
-            if command == "nack" and body then
-                redis.call("ZADD", P .. ":xq", int(now), rid)
-                redis.call("HSET", P .. ":xmsgs", rid, body)
+            local body = bodies and bodies[i - first_gone + 1]
+            if body then
+                redis.call("ZADD", P .. ":xq", int(now), gone[i])
+                redis.call("HSET", P .. ":xmsgs", gone[i], body)
             end
         end
-    end
-    for first_gone = 1, #gone, UNPACK_SLICE do
-        local last = math.min(first_gone + UNPACK_SLICE - 1, #gone)
         redis.call("HDEL", msgs, unpack(gone, first_gone, last))
         redis.call("HDEL", P .. ":meta", unpack(gone, first_gone, last))
     end
