@@ -49,8 +49,10 @@
 --     never both: parking keeps its deficit (docs/design.md, "Scheduling rule", rule 3). A tenant parked at its cap comes
 --     back when one of its messages leaves the in-flight count (ack, nack, requeue, hold, recovery
 --     of a dead worker), one parked for its rate at P:wake, and every one when the limits change.
--- Per pick the cost is O(levels + log n): four counters, one ring head, one ZPOPMIN, and with
--- limits a few O(1) reads; each park and unpark is O(levels) and happens once per block.
+-- Per pick the cost is O(levels + log n): one ZPOPMIN, and a ring head and a rotation when the
+-- round has several tenants, and with limits a few O(1) reads; counters, deficits and aging due
+-- times are read and written once per fetch. Each park and unpark is O(levels) and happens once
+-- per block.
 
 local P = KEYS[1]
 local command = ARGV[1]
@@ -125,10 +127,6 @@ local function push_ready(level, tenant, rid, seq)
     if level > HIGH and redis.call("ZRANGE", fifo, 0, 0)[1] == rid then
         set_head(level, tenant)
     end
-end
-
-local function weight_of(tenant, scale)
-    return (tonumber(redis.call("HGET", P .. ":weights", tenant)) or 1) * scale
 end
 
 -- Aging: move the heads whose due time passed up to the level their wait earns, at most `budget`
@@ -291,49 +289,122 @@ local function limiter(exempt_critical, budget)
     return state
 end
 
+-- What one fetch keeps in memory while it picks and writes back once (flush_picks): the DRR
+-- deficits (tenant -> number, or false once the tenant left the round) and weights it read, and
+-- the (level, tenant) FIFOs whose head it moved, whose aging due time set_head then refreshes.
+-- Nothing else reads these keys during the picks, so the keys end as picking one by one leaves them.
+-- It also knows each ring's length and, until it rotates, its head, and how many messages each
+-- FIFO it popped from still holds: only the picks change those, so a pick of a tenant alone in
+-- its round costs one ZPOPMIN.
+local picks = { deficits = {}, weights = {}, moved = {}, rings = {}, sizes = {} }
+for level = CRITICAL, BATCH do
+    picks.deficits[level] = {}
+    picks.moved[level] = {}
+    picks.sizes[level] = {}
+end
+
+local function ring_of(level)
+    local ring = picks.rings[level]
+    if not ring then
+        local key = P .. ":ring:" .. level
+        ring = { key = key, length = redis.call("LLEN", key), head = nil }
+        picks.rings[level] = ring
+    end
+    return ring
+end
+
+-- The ring's head left it (LPOP, by the caller or by park).
+local function ring_popped(ring)
+    ring.length = ring.length - 1
+    ring.head = nil
+end
+
+local function deficit_of(level, tenant)
+    local deficit = picks.deficits[level][tenant]
+    if deficit == nil then
+        deficit = tonumber(redis.call("HGET", P .. ":deficit:" .. level, tenant)) or 0
+    end
+    -- false: the tenant left the round in this fetch (its field is deleted on flush).
+    return deficit or 0
+end
+
+local function weight_of(tenant, scale)
+    local weight = picks.weights[tenant]
+    if not weight then
+        weight = tonumber(redis.call("HGET", P .. ":weights", tenant)) or 1
+        picks.weights[tenant] = weight
+    end
+    return weight * scale
+end
+
+local function flush_picks()
+    for level = CRITICAL, BATCH do
+        local deficits = P .. ":deficit:" .. level
+        for tenant, deficit in pairs(picks.deficits[level]) do
+            if deficit then
+                redis.call("HSET", deficits, tenant, tostring(deficit))
+            else
+                redis.call("HDEL", deficits, tenant)
+            end
+        end
+        for tenant in pairs(picks.moved[level]) do
+            set_head(level, tenant)
+        end
+    end
+end
+
 -- Deficit round robin inside a level: serve the ring head while its deficit lasts, skipping (and
 -- parking) tenants held back by a limit. Returns nil when no tenant of the level may run now. The
--- caller accounts for the message in P:levels.
+-- caller accounts for the message in P:levels and calls flush_picks once done.
 local function pop_tenant(level, scale, limits)
-    local ring = P .. ":ring:" .. level
-    local deficits = P .. ":deficit:" .. level
+    local ring = ring_of(level)
+    local deficits, sizes = picks.deficits[level], picks.sizes[level]
     while true do
-        local tenant = redis.call("LINDEX", ring, 0)
+        local tenant = ring.head or redis.call("LINDEX", ring.key, 0)
         if not tenant then
             return nil
         end
+        ring.head = tenant
         local fifo = fifo_key(level, tenant)
-        local popped = redis.call("ZPOPMIN", fifo)
+        local size = sizes[tenant] or redis.call("ZCARD", fifo)
+        local popped = size > 0 and redis.call("ZPOPMIN", fifo) or {}
         local reason, wake_at
         if #popped > 0 and limits.on then
             reason, wake_at = limits.blocked(tenant, level)
         end
         if #popped == 0 then
             -- Emptied by aging while waiting in the ring: leave the round.
-            redis.call("LPOP", ring)
-            redis.call("HDEL", deficits, tenant)
+            redis.call("LPOP", ring.key)
+            ring_popped(ring)
+            deficits[tenant] = false
         elseif reason then
             -- Back at the head of its FIFO (same seq), and the tenant out of the round.
             redis.call("ZADD", fifo, popped[2], popped[1])
+            sizes[tenant] = size
             park(tenant, level, reason, wake_at)
+            ring_popped(ring)
             limits.throttled[#limits.throttled + 1] = tenant
             limits.throttled[#limits.throttled + 1] = reason
         else
-            local deficit = tonumber(redis.call("HGET", deficits, tenant)) or 0
+            local deficit = deficit_of(level, tenant)
             if deficit < 1 then
                 deficit = deficit + weight_of(tenant, scale)
             end
             deficit = deficit - 1
-            if redis.call("EXISTS", fifo) == 0 then
-                redis.call("LPOP", ring)
-                redis.call("HDEL", deficits, tenant)
+            sizes[tenant] = size - 1
+            if size == 1 then
+                redis.call("LPOP", ring.key)
+                ring_popped(ring)
+                deficits[tenant] = false
             else
-                if deficit < 1 then
-                    redis.call("LMOVE", ring, ring, "LEFT", "RIGHT")
+                -- Rotating a ring of one tenant would leave it as it is.
+                if deficit < 1 and ring.length > 1 then
+                    redis.call("LMOVE", ring.key, ring.key, "LEFT", "RIGHT")
+                    ring.head = nil
                 end
-                redis.call("HSET", deficits, tenant, tostring(deficit))
+                deficits[tenant] = deficit
             end
-            set_head(level, tenant)
+            picks.moved[level][tenant] = true
             return popped[1]
         end
     end
@@ -414,7 +485,7 @@ elseif command == "fetch" then
         ready[level] = tonumber(counts[level]) or 0
         taken[level] = 0
     end
-    local rids, served, blocked = {}, {}, {}
+    local rids, blocked = {}, {}
     for _ = 1, wanted do
         local level, rid
         while true do
@@ -436,14 +507,14 @@ elseif command == "fetch" then
         end
         ready[level] = ready[level] - 1
         taken[level] = taken[level] + 1
-        local field = counter_field(decode_meta(redis.call("HGET", P .. ":meta", rid)))
-        served[field] = (served[field] or 0) + 1
         rids[#rids + 1] = rid
     end
+    flush_picks()
     redis.call("HSET", P .. ":passed", 3, passed[3], 4, passed[4], 5, passed[5])
     local active = 0
     for level = CRITICAL, BATCH do
-        active = active + redis.call("LLEN", P .. ":ring:" .. level)
+        local ring = picks.rings[level]
+        active = active + (ring and ring.length or redis.call("LLEN", P .. ":ring:" .. level))
     end
     if #rids == 0 then
         return { out, limits.throttled, active }
@@ -453,19 +524,23 @@ elseif command == "fetch" then
             redis.call("HINCRBY", P .. ":levels", level, -taken[level])
         end
     end
-    for field, count in pairs(served) do
-        bump(P .. ":ready", field, -count)
-        bump(P .. ":inflight", field, count)
-    end
+    local served = {}
     -- In slices: unpack() is bounded by the Lua stack.
     for first = 1, #rids, UNPACK_SLICE do
         local last = math.min(first + UNPACK_SLICE - 1, #rids)
         redis.call("SADD", acks, unpack(rids, first, last))
         local bodies = redis.call("HMGET", msgs, unpack(rids, first, last))
+        local metas = redis.call("HMGET", P .. ":meta", unpack(rids, first, last))
         for i = first, last do
             out[#out + 1] = rids[i]
             out[#out + 1] = bodies[i - first + 1]
+            local field = counter_field(decode_meta(metas[i - first + 1]))
+            served[field] = (served[field] or 0) + 1
         end
+    end
+    for field, count in pairs(served) do
+        bump(P .. ":ready", field, -count)
+        bump(P .. ":inflight", field, count)
     end
     return { out, limits.throttled, active }
 
@@ -477,24 +552,43 @@ elseif command == "ack" or command == "nack" then
         first = 7
         kill_old_dead(tonumber(ARGV[6]))
     end
+    -- Per rid only the ack set is touched; metas (and a nack's bodies) are read, and bodies and
+    -- metas deleted, counters updated and freed slots handed back, once per batch.
+    local gone, left, freed, is_freed = {}, {}, {}, {}
     for i = first, #ARGV do
-        local rid = ARGV[i]
-        if redis.call("SREM", acks, rid) == 1 then
-            local meta = decode_meta(redis.call("HGET", P .. ":meta", rid))
-            local body = command == "nack" and redis.call("HGET", msgs, rid)
-            redis.call("HDEL", msgs, rid)
-            redis.call("HDEL", P .. ":meta", rid)
-            if meta and part == "dq" then
-                bump(P .. ":delayed", counter_field(meta), -1)
-            elseif meta then
-                bump(P .. ":inflight", counter_field(meta), -1)
-                slot_freed(meta.tenant)
+        if redis.call("SREM", acks, ARGV[i]) == 1 then
+            gone[#gone + 1] = ARGV[i]
+        end
+    end
+    for first_gone = 1, #gone, UNPACK_SLICE do
+        local last = math.min(first_gone + UNPACK_SLICE - 1, #gone)
+        local metas = redis.call("HMGET", P .. ":meta", unpack(gone, first_gone, last))
+        local bodies = command == "nack" and redis.call("HMGET", msgs, unpack(gone, first_gone, last))
+        for i = first_gone, last do
+            local meta = decode_meta(metas[i - first_gone + 1])
+            if meta then
+                local field = counter_field(meta)
+                left[field] = (left[field] or 0) + 1
+                if part ~= "dq" and not is_freed[meta.tenant] then
+                    -- In ack order: unparked tenants rejoin the rounds in that order.
+                    is_freed[meta.tenant] = true
+                    freed[#freed + 1] = meta.tenant
+                end
             end
-            if command == "nack" and body then
-                redis.call("ZADD", P .. ":xq", int(now), rid)
-                redis.call("HSET", P .. ":xmsgs", rid, body)
+            local body = bodies and bodies[i - first_gone + 1]
+            if body then
+                redis.call("ZADD", P .. ":xq", int(now), gone[i])
+                redis.call("HSET", P .. ":xmsgs", gone[i], body)
             end
         end
+        redis.call("HDEL", msgs, unpack(gone, first_gone, last))
+        redis.call("HDEL", P .. ":meta", unpack(gone, first_gone, last))
+    end
+    for field, count in pairs(left) do
+        bump(P .. (part == "dq" and ":delayed" or ":inflight"), field, -count)
+    end
+    for _, tenant in ipairs(freed) do
+        slot_freed(tenant)
     end
     return 1
 

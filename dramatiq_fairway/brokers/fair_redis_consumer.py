@@ -127,7 +127,10 @@ class FairRedisConsumer(Consumer):
         rid = message.options["redis_message_id"]
         self.broker.settle_later(self.queue_name, command, rid)
         self.delivered.discard(rid)
-        self.settled.set()
+        # Event.set takes a lock and notifies even when the flag is up: with eight worker threads
+        # settling, it is most often already set (the consumer clears it when it wakes).
+        if not self.settled.is_set():
+            self.settled.set()
 
     def _send_settles(self) -> None:
         if self.broker.settles_waiting(self.queue_name):

@@ -27,7 +27,10 @@
 local success_ttl, other_ttl, keep = ARGV[1], ARGV[2], tonumber(ARGV[3])
 
 local function move(key, mode, actor, queue, enqueued_at, tenant, level, first, n)
-    local current = redis.call("HGET", key, "state")
+    -- One read and one write per job: the hash's fields are read together and the new ones set
+    -- together (a send's PENDING and a worker's outcome are the hot path).
+    local stored = redis.call("HMGET", key, "state", "history", "cancel")
+    local current, raw, cancelled = stored[1], stored[2], stored[3] == "1"
     if mode == "enqueue" and current then
         return current
     end
@@ -38,24 +41,29 @@ local function move(key, mode, actor, queue, enqueued_at, tenant, level, first, 
         return current
     end
 
+    local fields = {}
     local history = {}
-    local raw = redis.call("HGET", key, "history")
     if raw then
         history = cjson.decode(raw)
     elseif enqueued_at ~= "" and mode ~= "enqueue" then
         table.insert(history, { state = "PENDING", at = enqueued_at })
-        redis.call("HSET", key, "enqueued", enqueued_at)
+        table.insert(fields, "enqueued")
+        table.insert(fields, enqueued_at)
     elseif mode == "enqueue" then
-        redis.call("HSET", key, "enqueued", ARGV[first + 1])
+        table.insert(fields, "enqueued")
+        table.insert(fields, ARGV[first + 1])
     end
     if tenant ~= "" then
-        redis.call("HSET", key, "tenant", tenant, "level", level)
+        table.insert(fields, "tenant")
+        table.insert(fields, tenant)
+        table.insert(fields, "level")
+        table.insert(fields, level)
     end
 
     local state
     for i = first, first + 2 * (n - 1), 2 do
         state = ARGV[i]
-        if i == first and mode == "start" and redis.call("HGET", key, "cancel") == "1" then
+        if i == first and mode == "start" and cancelled then
             state = "REVOKED"
             table.insert(history, { state = state, at = ARGV[i + 1] })
             break
@@ -66,7 +74,19 @@ local function move(key, mode, actor, queue, enqueued_at, tenant, level, first, 
         table.remove(history, 1)
     end
 
-    redis.call("HSET", key, "state", state, "actor", actor, "queue", queue, "history", cjson.encode(history))
+    redis.call(
+        "HSET",
+        key,
+        "state",
+        state,
+        "actor",
+        actor,
+        "queue",
+        queue,
+        "history",
+        cjson.encode(history),
+        unpack(fields)
+    )
     redis.call("EXPIRE", key, state == "SUCCESS" and success_ttl or other_ttl)
     return state
 end

@@ -15,6 +15,7 @@ from typing import Any
 
 import dramatiq
 import pytest
+import redis
 from dramatiq import Message, Worker
 
 from dramatiq_fairway.brokers.fair_redis import FairRedisBroker
@@ -180,6 +181,50 @@ def test_drr_shares_follow_weights(make_broker: BrokerFactory, queue_name: str) 
     assert sum(served.values()) == 10_000
     for tenant, weight in weights.items():
         assert served[tenant] / 10_000 == pytest.approx(weight / total, rel=0.01)
+
+
+def test_a_batch_fetch_picks_and_leaves_the_keys_as_single_fetches(
+    make_broker: BrokerFactory, queue_name: str, namespace: str
+) -> None:
+    # A fetch keeps deficits, ring heads, FIFO sizes and aging due times in memory while it picks
+    # (fair_redis.lua): the order served and the scheduling keys must be those of one pick per call.
+    now = [5_000_000]
+    broker = make_broker(clock=lambda: now[0], weights={"a": 1.0, "b": 2.0, "c": 0.5}, max_wait=60)
+    queues = (f"{queue_name}_batch", f"{queue_name}_single")
+    for queue in queues:
+        for index, (level, tenant, n) in enumerate(
+            [(Priority.NORMAL, "a", 9), (Priority.NORMAL, "b", 4), (Priority.LOW, "c", 5), (Priority.HIGH, "a", 3)]
+        ):
+            push(broker, queue, level, tenant, n, start=100 * index)
+    client = redis_for_tests()
+    try:
+        for step in range(3):
+            now[0] += 20_000  # at the last step the heads have waited max_wait: aging runs too
+            batch = take(broker, queues[0], 7, batch=7)
+            single = take(broker, queues[1], 7, batch=1)
+            assert batch == single, step
+            assert _scheduling_keys(client, namespace, queues[0]) == _scheduling_keys(client, namespace, queues[1])
+    finally:
+        client.close()
+
+
+def _scheduling_keys(client: redis.Redis, namespace: str, queue: str) -> dict[str, Any]:
+    prefix = f"{{{namespace}:{queue}}}"
+    dumped: dict[str, Any] = {}
+    for key in client.scan_iter(match=f"{prefix}:*"):
+        name = key.decode()[len(prefix) :]
+        kind = client.type(key).decode()
+        if name in (":msgs", ":meta") or name.startswith(":acks:"):
+            continue  # message ids differ between the two queues
+        if kind == "hash":
+            dumped[name] = client.hgetall(key)
+        elif kind == "list":
+            dumped[name] = client.lrange(key, 0, -1)
+        elif kind == "zset":
+            dumped[name] = client.zrange(key, 0, -1, withscores=True) if ":fifo:" not in name else client.zcard(key)
+        else:
+            dumped[name] = client.get(key)
+    return dumped
 
 
 def test_aging_moves_one_level_per_max_wait_never_to_critical(make_broker: BrokerFactory, queue_name: str) -> None:
