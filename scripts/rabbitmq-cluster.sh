@@ -7,6 +7,7 @@
 # private epmd on PORT+20 and their own Erlang cookie: the node on 5672 is never involved.
 # The same recipe as tests/support/rabbitmq_cluster.py, which the cluster tests use.
 set -euo pipefail
+. "$(dirname "${BASH_SOURCE[0]}")/lib/servers.sh"
 BASE=${BASE:-/tmp/fairway-rabbitmq-cluster}
 NODES=${NODES:-3}
 PORT=${PORT:-17200}
@@ -20,8 +21,6 @@ export RABBITMQ_CTL_DIST_PORT_MIN=$((PORT + 30)) RABBITMQ_CTL_DIST_PORT_MAX=$((P
 
 node() { echo "fwc$1@localhost"; }
 ctl() { local n=$1; shift; "$RMQ/rabbitmqctl" -n "$(node "$n")" "$@"; }
-# kill -0 also succeeds for a zombie: read the state.
-alive() { [ -r "/proc/$1/stat" ] && [ "$(sed 's/.*) //' "/proc/$1/stat" | cut -d' ' -f1)" != Z ]; }
 
 start_node() {
   local i=$1 d="$BASE/node$1"
@@ -44,10 +43,10 @@ start() {
   head -c 24 /dev/urandom | base64 | tr -dc 'A-Za-z0-9' >"$HOME/.erlang.cookie"; chmod 400 "$HOME/.erlang.cookie"
   epmd -port "$ERL_EPMD_PORT" -address 127.0.0.1 </dev/null >"$BASE/epmd.log" 2>&1 &
   echo $! >"$BASE/epmd.pid"
-  for _ in $(seq 100); do epmd -port "$ERL_EPMD_PORT" -names >/dev/null 2>&1 && break; sleep 0.05; done
+  wait_for 5 "epmd on $ERL_EPMD_PORT" epmd -port "$ERL_EPMD_PORT" -names
   for i in $(seq 0 $((NODES - 1))); do start_node "$i"; done
   for i in $(seq 0 $((NODES - 1))); do
-    for _ in $(seq 300); do [ -s "$BASE/node$i/rabbit.pid" ] && break; sleep 0.1; done
+    wait_for 30 "node $i's pid file" test -s "$BASE/node$i/rabbit.pid"
     ctl "$i" wait "$BASE/node$i/rabbit.pid" --timeout 120 >/dev/null
   done
   for i in $(seq 1 $((NODES - 1))); do
@@ -60,16 +59,12 @@ start() {
 stop() {
   # PIDs first: a node deletes its PID file as soon as it starts shutting down; a SIGKILLed one
   # leaves a stale file, so only a PID that is still our beam (its data dir) is signalled.
-  local pids="" f pid
+  local pids=() f pid
   for f in "$BASE"/node*/rabbit.pid; do
     [ -s "$f" ] || continue; pid=$(cat "$f")
-    grep -qzx "RABBITMQ_MNESIA_BASE=$(dirname "$f")/mnesia" "/proc/$pid/environ" 2>/dev/null && pids="$pids $pid"
+    grep -qzx "RABBITMQ_MNESIA_BASE=$(dirname "$f")/mnesia" "/proc/$pid/environ" 2>/dev/null && pids+=("$pid")
   done
-  for pid in $pids; do kill -TERM "$pid" 2>/dev/null || true; done
-  for pid in $pids; do
-    for _ in $(seq 600); do alive "$pid" || break; sleep 0.1; done
-    if alive "$pid"; then kill -KILL "$pid" 2>/dev/null || true; fi
-  done
+  stop_pids 60 "${pids[@]}"
   if [ -s "$BASE/epmd.pid" ]; then
     pid=$(cat "$BASE/epmd.pid")
     [ "$(cat "/proc/$pid/comm" 2>/dev/null)" = epmd ] && kill "$pid" 2>/dev/null || true
@@ -85,7 +80,4 @@ urls() {
   echo "$out"
 }
 
-case "${1:-}" in
-  start | stop | status | urls) "$1" ;;
-  *) echo "usage: $0 start|stop|status|urls" >&2; exit 2 ;;
-esac
+verb "start|stop|status|urls" "${1:-}"

@@ -158,12 +158,14 @@ def test_a_worker_sigkilled_while_messages_are_parked_loses_none(
     jobs = range(20)
     try:
         job, _fail = declare_actors(producer, queue_name, namespace)
-        for n in jobs:
-            job.send_with_options(args=(n,), delay=6_000)
         park = park_queue_name(dq_name(queue_name), 4_000)
         first_log, second_log = short_tmp / "first.log", short_tmp / "second.log"
         with dramatiq_command(WORKER_APP, env, threads=2, log_file=first_log):
             pid = _ready_pid(first_log)
+            # Sent once the worker is up: the park queue holds them for 4 s, less than a loaded
+            # machine can take to start a worker (they would have left it before the kill).
+            for n in jobs:
+                job.send_with_options(args=(n,), delay=6_000)
             assert producer.passive_count(park) == len(jobs)
             os.kill(pid, signal.SIGKILL)
         assert runs.size() == 0
