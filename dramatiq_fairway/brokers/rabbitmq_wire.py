@@ -4,7 +4,8 @@ pika marshals a message into a method frame, a header frame and body frames, the
 its transport with a write of its own, and the transport sends each with a ``send()`` of its own.
 System calls were most of what a publish cost here beyond the wait for its confirm (bench/hotpath.py,
 docs/benchmarks.md), so ``write_frames_together`` makes the connection hand the frames of one
-``basic_publish`` over as one buffer: the bytes on the wire are the same.
+``basic_publish`` over as one buffer: the bytes on the wire are the same. ``FramesTogether`` gives a
+RabbitmqBroker such connections.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 import pika
+from dramatiq.brokers.rabbitmq import RabbitmqBroker
 
 # Set on a pika connection (the one under a BlockingConnection) whose frames are joined.
 _JOINED = "_fairway_frames_joined"
@@ -29,3 +31,19 @@ def write_frames_together(connection: pika.BlockingConnection) -> None:
 
     impl._output_marshaled_frames = output_joined
     setattr(impl, _JOINED, True)
+
+
+class FramesTogether(RabbitmqBroker):
+    """A RabbitmqBroker whose per-thread connections write each message in one go."""
+
+    @property
+    def connection(self) -> pika.BlockingConnection:
+        connection = getattr(self.state, "connection", None)
+        if connection is None:
+            connection = RabbitmqBroker.connection.fget(self)  # type: ignore[attr-defined]
+            write_frames_together(connection)
+        return connection
+
+    @connection.deleter
+    def connection(self) -> None:
+        RabbitmqBroker.connection.fdel(self)  # type: ignore[attr-defined]
