@@ -78,6 +78,7 @@ from .rabbitmq_consumer import (
 from .rabbitmq_delay import DEFAULT_DELAY_HORIZON_MS, ParkQueues
 from .rabbitmq_layout import QueueLayout, QueueRole
 from .rabbitmq_tenants import TenantRoutes, declare_tenant_queue, level_queue, tenant_queue
+from .rabbitmq_wire import FramesTogether
 
 logger = logging.getLogger(__name__)
 # RabbitMQ's reply to a declare whose arguments differ from the queue's.
@@ -89,7 +90,7 @@ PRECONDITION_FAILED = 406
 PUBLISH_PAUSES = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0)
 
 
-class FairRabbitmqBroker(HoldsAtStart, OverriddenHooks, RabbitmqBroker):
+class FairRabbitmqBroker(HoldsAtStart, OverriddenHooks, FramesTogether, RabbitmqBroker):
     """A RabbitmqBroker with per-level, per-lane queues and a consumer that picks fairly (docs/design.md).
 
     Parameters (besides RabbitmqBroker's ``url``, ``confirm_delivery``, ``max_priority``, ...):

@@ -4,6 +4,7 @@ the tenant was routed recently; a publish that fails for good takes both back.""
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Iterator
 
 import dramatiq
@@ -12,6 +13,7 @@ import pytest
 import redis.connection
 from dramatiq import Broker
 from dramatiq.errors import ConnectionClosed
+from pika.adapters.utils.io_services_utils import _AsyncTransportBase
 
 from dramatiq_fairway.brokers import rabbitmq
 from dramatiq_fairway.brokers.rabbitmq import FairRabbitmqBroker
@@ -129,3 +131,30 @@ def test_taking_back_a_pending_status_leaves_a_job_known_before(rabbit: FairRabb
     assert record.state is JobState.RETRY
     run_scripts(store.client, [store.enqueued_call("fresh", "job", "q", at=at), store.unsent_call("fresh", at)])
     assert store.get("fresh") is None
+
+
+def test_a_send_is_one_socket_write_to_rabbitmq(
+    rabbit: FairRabbitmqBroker, queue_name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # pika writes a message's method, header and body frames with a send() each; the broker's
+    # connection joins them (rabbitmq_wire.py), and a large body's several frames too.
+    @dramatiq.actor(broker=rabbit, queue_name=queue_name)
+    def job(text: str) -> None: ...
+
+    job.send("warm")
+    written: list[bytes] = []
+    send = _AsyncTransportBase._sigint_safe_send
+
+    def counting(sock: socket.socket, data: bytes) -> int:
+        written.append(bytes(data))
+        return send(sock, data)
+
+    monkeypatch.setattr(_AsyncTransportBase, "_sigint_safe_send", staticmethod(counting))
+    small = job.send("small")
+    large = job.send("x" * 3 * rabbit.connection._impl._body_max_length)
+    monkeypatch.undo()
+
+    assert len(written) == 2
+    assert small.message_id.encode() in written[0]
+    assert large.message_id.encode() in written[1]
+    assert rabbit.passive_count(rabbit.tenant_routes.lane(small)) == 3

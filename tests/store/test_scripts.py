@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import uuid
 
+import pytest
 import redis
 
 from dramatiq_fairway.store.scripts import LuaScript, ScriptCall, run_scripts
@@ -23,3 +24,19 @@ def test_calls_run_in_order_when_the_first_script_is_not_loaded_yet(state_client
     run_scripts(state_client, [ScriptCall(first, [key], []), ScriptCall(second, [key], [])])
 
     assert state_client.lrange(key, 0, -1) == [b"first", b"second"]
+
+
+def test_script_arguments_reach_the_server_as_redis_py_would_send_them(
+    state_client: redis.Redis, namespace: str
+) -> None:
+    # The calls are packed by hiredis directly (store/scripts.py, ``_packed``): text, numbers and bytes
+    # arrive as redis-py encodes them, and a bool is refused with redis-py's error.
+    echo = LuaScript.from_text("return ARGV")
+    args = ["plain", "é ü", b"\xff\x00raw", 7, -3, 10**20, 1.5, 0.1, 1e20]
+
+    [reply] = run_scripts(state_client, [ScriptCall(echo, [f"{namespace}:k"], args)])
+
+    encoder = state_client.get_encoder()
+    assert reply == [encoder.encode(arg) for arg in args]
+    with pytest.raises(redis.DataError):
+        run_scripts(state_client, [ScriptCall(echo, [f"{namespace}:k"], [True])])
