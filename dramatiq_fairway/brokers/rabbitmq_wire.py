@@ -22,9 +22,10 @@ _JOINED = "_fairway_frames_joined"
 def write_frames_together(connection: pika.BlockingConnection) -> None:
     """Make ``connection`` write the frames of each message in one go (idempotent)."""
     impl: Any = connection._impl
-    if getattr(impl, _JOINED, False):
+    output = getattr(impl, "_output_marshaled_frames", None)
+    # A pika private: were it renamed, messages go out frame by frame, as pika writes them.
+    if output is None or getattr(impl, _JOINED, False):
         return
-    output = impl._output_marshaled_frames
 
     def output_joined(frames: list[bytes]) -> None:
         output([b"".join(frames)] if len(frames) > 1 else frames)

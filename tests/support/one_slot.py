@@ -1,8 +1,9 @@
 """A check, on one Redis, of what Redis Cluster refuses: a script call whose keys are in several slots.
 
 Every EVAL / EVALSHA any client of the process sends goes through redis-py's ``_eval`` /
-``_evalsha`` (``LuaScript.call``, redis-py's ``Script`` objects, cluster pipelines) or through a
-connection's ``pack_commands`` (``store/scripts.py``'s one-write batches); wrapped, they compute
+``_evalsha`` (``LuaScript.call``, redis-py's ``Script`` objects, cluster pipelines) or is packed
+for one write by ``store/scripts.py``'s ``_packed`` (hiredis directly) or a connection's
+``pack_commands`` (what hiredis refuses); wrapped, they compute
 each call's key slots client-side (``CLUSTER KEYSLOT``'s CRC16 of the hash tag) and refuse
 a call across slots as a cluster would. A refusal raised in a worker thread could be swallowed
 (a failed job, a retry): every refusal is also recorded, and the test fails on it afterwards.
@@ -20,6 +21,7 @@ from redis.connection import AbstractConnection
 from redis.exceptions import RedisClusterException
 
 from dramatiq_fairway.redis_cluster import slot_of
+from dramatiq_fairway.store import scripts
 
 # Calls that may cross slots, with the reason. ``adopt`` moves stock Dramatiq messages into a
 # fairway queue; stock Dramatiq runs on one Redis only, and ``fairway migrate`` refuses a cluster.
@@ -36,6 +38,7 @@ def one_slot_per_script_call(monkeypatch: pytest.MonkeyPatch) -> Iterator[CrossS
     for name in ("_eval", "_evalsha"):
         monkeypatch.setattr(ScriptCommands, name, _checked(getattr(ScriptCommands, name), refused))
     monkeypatch.setattr(AbstractConnection, "pack_commands", _checked_batch(AbstractConnection.pack_commands, refused))
+    monkeypatch.setattr(scripts, "_packed", _checked_batch(scripts._packed, refused))
     yield refused
 
 

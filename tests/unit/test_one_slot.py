@@ -8,6 +8,7 @@ import redis
 from redis.exceptions import RedisClusterException
 
 from dramatiq_fairway.redis_cluster import slot_of
+from dramatiq_fairway.store import scripts
 
 from ..support.one_slot import one_slot_per_script_call
 
@@ -26,11 +27,15 @@ def test_a_script_call_across_slots_is_refused_before_it_is_sent() -> None:
             client.evalsha(SHA, 2, "fw:job:a", "fw:job:b", "arg")
         with pytest.raises(RedisClusterException, match="CROSSSLOT"):
             client.pipeline(transaction=False).evalsha(SHA, 2, "{fw:q}:x", "{fw:other}:x")
-        # store/scripts.py's one-write batches are packed by the connection.
+        # store/scripts.py's one-write batches are packed by hiredis directly, or by the connection
+        # for arguments hiredis refuses.
+        crossing = [("EVALSHA", SHA, 2, "fw:job:a", "fw:job:b")]
         with pytest.raises(RedisClusterException, match="CROSSSLOT"):
-            client.connection_pool.make_connection().pack_commands([("EVALSHA", SHA, 2, "fw:job:a", "fw:job:b")])
+            scripts._packed(client.connection_pool.make_connection(), crossing)
+        with pytest.raises(RedisClusterException, match="CROSSSLOT"):
+            client.connection_pool.make_connection().pack_commands(crossing)
         # One slot passes the check and goes on to the (absent) server.
         with pytest.raises(redis.ConnectionError):
             client.evalsha(SHA, 2, "{fw:q}:x", "{fw:q}:y")
-    assert len(refused) == 3
+    assert len(refused) == 4
     assert "2 slots" in refused[0]
