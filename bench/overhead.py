@@ -3,6 +3,7 @@
     python bench/overhead.py                 # Redis and RabbitMQ, 1x8 and 2x8, 3 repetitions
     python bench/overhead.py --brokers redis --repetitions 1 --jobs 2000
     python bench/overhead.py --tracing       # also fairway with tracing on (always-on sampler)
+    python bench/overhead.py --tracing simple batch   # with either span processor: ratios to fairway
     python bench/overhead.py --encryption    # also fairway with payload encryption: ratio encrypted / fairway
 
 For each broker, job kind (no-op, 1 ms) and worker shape (processes x threads), the real
@@ -50,6 +51,8 @@ BENCH_KEYS = '{"bench": "YmVuY2gta2V5LWJlbmNoLWtleS1iZW5jaC1rZXktMzI="}'
 ENCRYPTION_ENV = ("FAIRWAY_ENCRYPTION__KEYS", "FAIRWAY_ENCRYPTION__ACTIVE")
 # Arguments of each job kind; the payload job carries 1 KiB for the encryption to seal.
 KIND_ARGS: dict[str, tuple[str, ...]] = {"noop": (), "one_ms": (), "payload": ("x" * 1024,)}
+# bench/app.py's mode for each span processor of --tracing.
+TRACED_MODES = {"simple": "traced", "batch": "traced_batch"}
 
 
 def main() -> None:
@@ -61,14 +64,19 @@ def main() -> None:
     parser.add_argument("--latency-jobs", type=int, default=500)
     parser.add_argument(
         "--tracing",
-        action="store_true",
-        help="also run fairway with FAIRWAY_TRACING__ENABLED, every span kept in memory: ratio traced / fairway",
+        nargs="*",
+        choices=list(TRACED_MODES),
+        help="also run fairway with FAIRWAY_TRACING__ENABLED, every span kept in memory by the SDK's in-memory"
+        " exporter behind a SimpleSpanProcessor (simple, the default) or a BatchSpanProcessor (batch):"
+        " ratio traced / fairway",
     )
     parser.add_argument(
         "--encryption", action="store_true", help="also fairway with payload encryption: ratio encrypted / fairway"
     )
     args = parser.parse_args()
-    extras = [mode for mode, wanted in (("traced", args.tracing), ("encrypted", args.encryption)) if wanted]
+    # --tracing alone is the SimpleSpanProcessor, the only mode before the batch one was added.
+    tracing = [] if args.tracing is None else args.tracing or ["simple"]
+    extras = [TRACED_MODES[processor] for processor in tracing] + (["encrypted"] if args.encryption else [])
     modes = ("plain", "fairway", *extras)
     kinds = ("noop", "one_ms", "payload") if args.encryption else ("noop", "one_ms")
 

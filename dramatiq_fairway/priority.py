@@ -38,6 +38,28 @@ def broker_priority_of(level: Priority, max_priority: int) -> int:
     return max(1, max_priority + Priority.CRITICAL - level)
 
 
+def level_name(value: object) -> str | None:
+    """The name of the level a ``priority_level`` option names, ``None`` when it names none.
+
+    Remembered per spelling (a handful: names in some case, numbers): the per-job paths that label
+    a job with its level (history, tracing) would otherwise parse the same few values every time."""
+    # Exact types only: True equals 1 and would find CRITICAL's entry, where parse refuses it.
+    remembered = type(value) in (str, int)
+    if remembered and (name := _LEVEL_NAMES.get(value)) is not None:
+        return name
+    try:
+        name = Priority.parse(value).name
+    except ValueError:
+        return None
+    if remembered and len(_LEVEL_NAMES) < _LEVEL_SPELLINGS:
+        _LEVEL_NAMES[value] = name
+    return name
+
+
+_LEVEL_NAMES: dict[object, str] = {}
+_LEVEL_SPELLINGS = 64
+
+
 def level_of_broker_priority(priority: int | None, max_priority: int) -> Priority:
     """The level of a message published with AMQP ``priority`` (the inverse of
     :func:`broker_priority_of`, clamped to the five levels); NORMAL when it has none."""

@@ -47,7 +47,7 @@ from opentelemetry.trace import (
 )
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
-from ..priority import level_of
+from ..priority import Priority, level_name
 from ..tenants import tenant_of
 
 # Message options: the W3C trace context of the send, and (after a dead-letter requeue) the
@@ -172,14 +172,17 @@ class Tracing(Middleware):
     def _attributes(self, broker: Broker, message: Message[Any] | MessageProxy, operation: str) -> dict[str, Any]:
         if self.system is None:
             self.system = _system_of(broker)
+        # One read of the options: on a worker, ``message`` is a MessageProxy and each attribute
+        # read goes through its ``__getattr__``.
+        options = message.options
         return {
             "messaging.system": self.system,
             "messaging.destination.name": message.queue_name,
             "messaging.message.id": message.message_id,
             "messaging.operation.name": operation,
             "messaging.operation.type": operation,
-            "fairway.tenant": tenant_of(message.options),
-            "fairway.priority_level": _level_name(broker, message),
+            "fairway.tenant": tenant_of(options),
+            "fairway.priority_level": _level_name(broker, message.actor_name, options),
         }
 
 
@@ -187,15 +190,12 @@ def _system_of(broker: Broker) -> str:
     return "rabbitmq" if "rabbitmq" in type(broker).__module__.lower() else "redis"
 
 
-def _level_name(broker: Broker, message: Message[Any] | MessageProxy) -> str:
+def _level_name(broker: Broker, actor_name: str, options: dict[str, Any]) -> str:
     # At send, before FairPriority wrote it into the options, the level may still be the actor's.
-    options = message.options
-    if "priority_level" not in options and message.actor_name in broker.actors:
-        options = broker.actors[message.actor_name].options
-    try:
-        return level_of(options).name
-    except ValueError:  # FairPriority refuses the send, with the field named
-        return str(options.get("priority_level"))
+    if "priority_level" not in options and actor_name in broker.actors:
+        options = broker.actors[actor_name].options
+    level = options.get("priority_level", Priority.NORMAL)
+    return level_name(level) or str(level)  # a bad one: FairPriority refuses the send, with the field named
 
 
 def _parent_of(options: dict[str, Any]) -> tuple[otel_context.Context, SpanContext]:

@@ -45,7 +45,7 @@ from typing import Any, NamedTuple
 
 import redis
 
-from ..priority import Priority
+from ..priority import Priority, level_name
 from ..tenants import tenant_of
 from .scripts import LuaScript, ScriptCall, run_scripts
 
@@ -266,22 +266,8 @@ class _Increments:
 
 
 def _level_name(value: object) -> str:
-    """The level name of a message's ``priority_level`` option, remembered per spelling (a few)."""
-    try:
-        return _LEVEL_NAMES[value]
-    except (KeyError, TypeError):
-        pass
-    try:
-        name = Priority.NORMAL.name if value is None else Priority.parse(value).name
-    except ValueError:
-        return "UNKNOWN"
-    if isinstance(value, str | int) and len(_LEVEL_NAMES) < _LEVEL_SPELLINGS:
-        _LEVEL_NAMES[value] = name
-    return name
-
-
-_LEVEL_NAMES: dict[object, str] = {}
-_LEVEL_SPELLINGS = 64
+    """The level name of a message's ``priority_level`` option; NORMAL when it has none."""
+    return Priority.NORMAL.name if value is None else (level_name(value) or "UNKNOWN")
 
 
 def _text(value: bytes | str) -> str:

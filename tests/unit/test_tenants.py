@@ -8,7 +8,7 @@ import pytest
 from dramatiq import Message
 
 from dramatiq_fairway.middlewares.json_logs import job_fields
-from dramatiq_fairway.priority import Priority, level_of
+from dramatiq_fairway.priority import Priority, level_name, level_of
 from dramatiq_fairway.tenants import DEFAULT_TENANT, tenant_of
 
 
@@ -39,3 +39,18 @@ def test_the_level_of_options_defaults_to_normal(options: dict[str, Any], expect
 def test_a_bad_level_names_the_field_and_the_value() -> None:
     with pytest.raises(ValueError, match=r"priority_level: 'urgent'"):
         level_of({"priority_level": "urgent"})
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [("high", "HIGH"), ("HIGH", "HIGH"), (5, "BATCH"), (Priority.LOW, "LOW"), ("urgent", None), ([1], None)],
+)
+def test_the_level_name_of_an_option_is_the_parsed_levels_or_none(value: object, expected: str | None) -> None:
+    # Twice: the second answer comes from what the first remembered.
+    assert level_name(value) == expected
+    assert level_name(value) == expected
+
+
+def test_a_remembered_number_does_not_name_a_boolean() -> None:
+    assert level_name(1) == "CRITICAL"
+    assert level_name(True) is None
