@@ -128,6 +128,13 @@ def _run(client: redis.Redis, calls: list[ScriptCall], replicas: int, *, once: b
     replies = _cluster_pipeline(client, commands) if is_cluster(client) else _one_write(client, commands, once)
     if replicas:
         _check_replicas(replies.pop(), replicas)
+    return _rerun_lost(client, calls, replies, replicas, once=once)
+
+
+def _rerun_lost(
+    client: redis.Redis, calls: list[ScriptCall], replies: list[Any], replicas: int, *, once: bool = False
+) -> list[Any]:
+    """``replies`` with those of the calls whose script the server lost loaded and run again."""
     lost = [i for i, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
     if lost:
         for script in {calls[i].script for i in lost}:
@@ -226,10 +233,23 @@ def _packed(connection: Any, commands: list[tuple[Any, ...]]) -> list[bytes]:
 
 def _exchange(connection: Any, commands: list[tuple[Any, ...]]) -> list[Any]:
     """Send ``commands`` in one write and read their replies (an error reply is returned, not raised)."""
+    _send(connection, commands)
+    return _read_replies(connection, len(commands))
+
+
+def _send(connection: Any, commands: list[tuple[Any, ...]]) -> None:
     try:
         connection.send_packed_command(_packed(connection, commands))
-        replies: list[Any] = []
-        for _ in commands:
+    except BaseException:
+        connection.disconnect()  # part of the write may have gone out
+        raise
+
+
+def _read_replies(connection: Any, count: int) -> list[Any]:
+    """The next ``count`` replies on ``connection``, an error reply returned rather than raised."""
+    replies: list[Any] = []
+    try:
+        for _ in range(count):
             try:
                 replies.append(connection.read_response())
             except redis.ResponseError as error:
@@ -255,11 +275,9 @@ class ScriptsInFlight:
             return
         _load_once(client, calls)
         self._connection = client.connection_pool.get_connection()
-        commands = _evalsha_commands(calls)
         try:
-            self._connection.send_packed_command(_packed(self._connection, commands))
+            _send(self._connection, _evalsha_commands(calls))
         except BaseException:
-            self._connection.disconnect()
             client.connection_pool.release(self._connection)
             raise
 
@@ -267,25 +285,11 @@ class ScriptsInFlight:
         """The replies of the calls, error replies included (lost scripts loaded and their calls rerun)."""
         if self._done is not None:
             return self._done
-        replies: list[Any] = []
         try:
-            for _ in self._calls:
-                try:
-                    replies.append(self._connection.read_response())
-                except redis.ResponseError as error:
-                    replies.append(error)
-        except BaseException:
-            self._connection.disconnect()  # replies may be left unread on it
-            raise
+            replies = _read_replies(self._connection, len(self._calls))
         finally:
             self._client.connection_pool.release(self._connection)
-        lost = [i for i, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
-        if lost:
-            for script in {self._calls[i].script for i in lost}:
-                self._client.script_load(script.text)
-            for i, reply in zip(lost, _run(self._client, [self._calls[i] for i in lost], 0), strict=True):
-                replies[i] = reply
-        return replies
+        return _rerun_lost(self._client, self._calls, replies, 0)
 
 
 def _check_replicas(acknowledged: Any, wanted: int) -> None:
