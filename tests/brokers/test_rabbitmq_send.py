@@ -10,7 +10,6 @@ from collections.abc import Iterator
 import dramatiq
 import pika.exceptions
 import pytest
-import redis.connection
 from dramatiq import Broker
 from dramatiq.errors import ConnectionClosed
 from pika.adapters.utils.io_services_utils import _AsyncTransportBase
@@ -24,6 +23,7 @@ from dramatiq_fairway.store.scripts import run_scripts
 from dramatiq_fairway.store.status import JobState, JobStatusStore
 from dramatiq_fairway.store.tenant_counts import LANE, Slot
 
+from ..support.helpers import redis_writes
 from .test_rabbitmq_fair import delete_level_queues
 
 pytestmark = pytest.mark.parametrize("broker_kind", ["rabbitmq"], indirect=True)
@@ -41,18 +41,6 @@ def _store(broker: Broker) -> JobStatusStore:
     return next(m for m in broker.middleware if isinstance(m, JobStatus)).store
 
 
-def _redis_writes(monkeypatch: pytest.MonkeyPatch) -> list[object]:
-    sent: list[object] = []
-    send_packed = redis.connection.AbstractConnection.send_packed_command
-
-    def counting(connection: redis.connection.AbstractConnection, command: object, check_health: bool = True) -> None:
-        sent.append(command)
-        send_packed(connection, command, check_health)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(redis.connection.AbstractConnection, "send_packed_command", counting)
-    return sent
-
-
 def test_a_send_is_one_state_store_round_trip_with_its_pending_status(
     rabbit: FairRabbitmqBroker, queue_name: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -60,7 +48,7 @@ def test_a_send_is_one_state_store_round_trip_with_its_pending_status(
     def job(n: int) -> None: ...
 
     job.send_with_options(args=(0,), tenant="warm")  # declares, script loads, connections
-    sent = _redis_writes(monkeypatch)
+    sent = redis_writes(monkeypatch)
     first = job.send_with_options(args=(1,), tenant="new")  # routed before the publish
     again = job.send_with_options(args=(2,), tenant="new")  # counted while it is published
     monkeypatch.undo()

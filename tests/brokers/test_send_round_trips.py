@@ -6,7 +6,6 @@ from __future__ import annotations
 import dramatiq
 import pytest
 import redis
-import redis.connection
 from dramatiq import Broker
 from redis.cluster import RedisCluster
 
@@ -15,6 +14,8 @@ from dramatiq_fairway.middlewares.status import JobStatus
 from dramatiq_fairway.store.scripts import LuaScript, ScriptCall
 from dramatiq_fairway.store.send_writes import server_of
 from dramatiq_fairway.store.status import JobState, JobStatusStore
+
+from ..support.helpers import redis_writes
 
 pytestmark = pytest.mark.parametrize("broker_kind", ["redis"], indirect=True)
 
@@ -34,14 +35,7 @@ def test_a_send_is_one_round_trip_with_its_pending_status(
     def job(n: int) -> None: ...
 
     job.send(0)  # declares, script loads and the status store's first connection out of the count
-    sent: list[object] = []
-    send_packed = redis.connection.AbstractConnection.send_packed_command
-
-    def counting(connection: redis.connection.AbstractConnection, command: object, check_health: bool = True) -> None:
-        sent.append(command)
-        send_packed(connection, command, check_health)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(redis.connection.AbstractConnection, "send_packed_command", counting)
+    sent = redis_writes(monkeypatch)
     message = job.send(1)
     monkeypatch.undo()
 

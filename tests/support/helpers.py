@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 
 import dramatiq
 import pytest
+import redis.connection
 from dramatiq import Broker, Worker
 
 from dramatiq_fairway.settings import Settings
@@ -144,3 +145,16 @@ def info_lines(caplog: pytest.LogCaptureFixture, containing: str) -> list[str]:
         for record in caplog.records
         if record.name.startswith("dramatiq") and record.levelno == logging.INFO and containing in record.getMessage()
     ]
+
+
+def redis_writes(monkeypatch: pytest.MonkeyPatch) -> list[object]:
+    """Every write redis-py makes on any connection from now on (one entry per packed write)."""
+    sent: list[object] = []
+    send_packed = redis.connection.AbstractConnection.send_packed_command
+
+    def counting(connection: redis.connection.AbstractConnection, command: object, check_health: bool = True) -> None:
+        sent.append(command)
+        send_packed(connection, command, check_health)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(redis.connection.AbstractConnection, "send_packed_command", counting)
+    return sent
