@@ -258,16 +258,16 @@ class FairRedisBroker(QueueOperations, HoldsAtStart, OverriddenHooks, RedisBroke
             args += [rid, each_body, int(level_of(each.options)), tenant_of(each.options)]
         return self._script_call(message.queue_name, "enqueue", *args, partition=index)
 
-    def settle_later(self, queue_name: str, command: str, rid: str) -> bool:
-        """Queue an ``ack`` or ``nack`` of ``rid`` for the next :meth:`fetch` of ``queue_name``;
-        True when it is the first waiting. The consumer sends them with its next fetch (or alone
-        when no fetch is due): one round trip for all. They stay queued until sent, so a consumer
-        restarted after a connection error sends them with its first fetch (settling is idempotent).
+    def settle_later(self, queue_name: str, command: str, rid: str) -> None:
+        """Queue an ``ack`` or ``nack`` of ``rid`` for the next :meth:`fetch` of ``queue_name``.
+
+        Worker threads settle the jobs they finished this way and the consumer thread sends them
+        with its next fetch (or alone, at once, when no fetch is due): one round trip for all of
+        them. They stay queued here until sent, so a consumer restarted after a connection error
+        sends them with its first fetch (settling is idempotent).
         """
         with self._lock:
-            first = queue_name not in self._settling
             self._settling.setdefault(queue_name, {}).setdefault(command, []).append(rid)
-        return first
 
     def settles_waiting(self, queue_name: str) -> bool:
         return queue_name in self._settling

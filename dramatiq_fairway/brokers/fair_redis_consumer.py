@@ -3,18 +3,11 @@
 The broker owns the keys and the script calls; the consumer owns one worker's view of a queue:
 its prefetched cache, the messages delivered and not settled yet, the poll backoff, and the
 fairway rules applied per message (decode each body alone, hold back at the start).
-
-Worker threads settle (ack, nack) into the broker's queue of settles and the consumer sends them
-with its next fetch. A busy consumer fetches in refills: while its threads still have queued
-work (fewer than ``refill_at`` slots of the prefetch free) it waits for more slots to free, up
-to ``REFILL_WAIT`` seconds, so one round trip carries several settles and fetches several
-messages instead of one of each per job.
 """
 
 from __future__ import annotations
 
 import threading
-import time
 from collections import deque
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -32,10 +25,6 @@ from .delivery import decode_or_report, held_at_start, hold_delay
 if TYPE_CHECKING:
     from .fair_redis import FairRedisBroker
 
-# Longest a busy consumer waits for a refill's worth of free slots before it fetches anyway: also
-# the longest a settle waits to be sent (plain Dramatiq's consumer polls at 2-5 ms when full).
-REFILL_WAIT = 0.005
-
 
 class FairRedisConsumer(Consumer):
     """Fetches (id, body) pairs, decodes each alone and applies fairway's hold-back rule."""
@@ -51,7 +40,6 @@ class FairRedisConsumer(Consumer):
         # Set by worker threads when they settle a job: wakes an idle consumer to send it now.
         self.settled = threading.Event()
         self.misses = 0
-        self.refill_at = refill_size(broker, self.canonical, prefetch)
 
     @property
     def outstanding_message_count(self) -> int:
@@ -96,8 +84,6 @@ class FairRedisConsumer(Consumer):
         while True:
             if not self.cache:
                 wanted = self.prefetch - self.outstanding_message_count
-                if 0 < wanted < self.refill_at:
-                    wanted = self._wait_for_refill()
                 if wanted > 0:
                     with _closed_on_connection_error():
                         self.cache.extend(self.broker.fetch(self.queue_name, wanted))
@@ -110,7 +96,9 @@ class FairRedisConsumer(Consumer):
                         self.misses = misses
                     self.settled.clear()
                     return None
-            # Settles made meanwhile go with the fetch that follows the cache's last message.
+            # Settles made while the cache is delivered go with the fetch that follows its last
+            # message: sending them before each message cost a round trip per two or three jobs
+            # with 1 ms jobs (docs/benchmarks.md, "Redis worker drain").
             rid, body = self.cache.popleft()
             proxy = self._deliverable(rid, body)
             if proxy is not None:
@@ -137,48 +125,19 @@ class FairRedisConsumer(Consumer):
         self.delivered.add(rid)
         return MessageProxy(message)
 
-    def _wait_for_refill(self) -> int:
-        """Wait until ``refill_at`` slots are free or ``REFILL_WAIT`` passed; return the free slots."""
-        deadline = time.monotonic() + REFILL_WAIT
-        while self.prefetch - self.outstanding_message_count < self.refill_at:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                break
-            self.settled.clear()
-            # Rechecked after the clear: a settle that set the flag just before is not missed.
-            if self.prefetch - self.outstanding_message_count >= self.refill_at:
-                break
-            self.settled.wait(left)
-        return self.prefetch - self.outstanding_message_count
-
     def _settle(self, command: str, message: MessageProxy) -> None:
         rid = message.options["redis_message_id"]
-        first = self.broker.settle_later(self.queue_name, command, rid)
+        self.broker.settle_later(self.queue_name, command, rid)
         self.delivered.discard(rid)
-        # Wake the consumer for the first settle waiting (so none waits long) and once a refill's
-        # worth of slots is free; the settles between wait for the refill (or REFILL_WAIT).
-        # Event.set takes a lock and notifies even when the flag is up: skip it when it is.
-        if (first or self.prefetch - self.outstanding_message_count >= self.refill_at) and not self.settled.is_set():
+        # Event.set takes a lock and notifies even when the flag is up: with eight worker threads
+        # settling, it is most often already set (the consumer clears it when it wakes).
+        if not self.settled.is_set():
             self.settled.set()
 
     def _send_settles(self) -> None:
         if self.broker.settles_waiting(self.queue_name):
             with _closed_on_connection_error():
                 self.broker.send_settles(self.queue_name)
-
-
-def refill_size(broker: FairRedisBroker, canonical: bool, prefetch: int) -> int:
-    """Free slots worth a round trip: half the prefetch's slack over the worker's threads.
-
-    The slack is ``FAIRWAY_FAIRNESS__PREFETCH`` when set, else half the prefetch (Dramatiq asks
-    for twice its threads). With half the slack still queued no thread waits for the refill.
-    The delay queue's consumer keeps refills of one: its messages wait for their time, not a thread.
-    """
-    if not canonical:
-        return 1
-    extra = broker.settings.fairness.prefetch
-    slack = extra if extra is not None else prefetch // 2
-    return max(1, slack // 2)
 
 
 @contextmanager

@@ -19,7 +19,6 @@ import redis
 from dramatiq import Message, Worker
 
 from dramatiq_fairway.brokers.fair_redis import FairRedisBroker
-from dramatiq_fairway.brokers.fair_redis_consumer import FairRedisConsumer
 from dramatiq_fairway.brokers.fair_redis_liveness import GONE_GRACE
 from dramatiq_fairway.middlewares.dead_letters import DeadLetters
 from dramatiq_fairway.priority import Priority
@@ -426,7 +425,7 @@ def test_runs_under_the_dramatiq_command(make_broker: BrokerFactory, queue_name:
     assert values == list(range(10))
 
 
-def test_a_busy_consumer_sends_its_settles_with_a_refill_not_one_round_trip_each(
+def test_settles_made_while_the_cache_is_delivered_go_with_the_next_fetch(
     make_broker: BrokerFactory, queue_name: str
 ) -> None:
     broker = make_broker()
@@ -438,38 +437,13 @@ def test_a_busy_consumer_sends_its_settles_with_a_refill_not_one_round_trip_each
     for _ in range(40):
         job.send()
     consumer = broker.consume(queue_name, prefetch=16, timeout=100)
-    assert isinstance(consumer, FairRedisConsumer)
-    assert consumer.refill_at == 4  # half the slack of Dramatiq's prefetch (2 x threads)
     first = next(consumer)  # fetches 16 into the cache
     assert first is not None
     consumer.ack(first)
     taken = [next(consumer) for _ in range(15)]
-    # Delivering from the cache: the ack waits for the next fetch, no round trip of its own.
+    # Delivered from the cache: the ack waits for the next fetch, no round trip of its own.
     assert broker.settles_waiting(queue_name)
-    consumer.settled.clear()
-    consumer.ack(taken[0])  # 2 of 16 slots free: the threads still have queued work, no wake-up
-    consumer.ack(taken[1])
-    assert not consumer.settled.is_set()
-    consumer.ack(taken[2])  # a refill's worth of free slots
-    assert consumer.settled.is_set()
-    assert next(consumer) is not None  # one fetch of 4, carrying the 4 acks
+    assert all(message is not None for message in taken)
+    assert next(consumer) is not None  # the cache is empty: one fetch, carrying the ack
     assert not broker.settles_waiting(queue_name)
-    assert len(consumer.cache) == 3
-    consumer.close()
-
-
-def test_the_first_settle_wakes_a_consumer_whose_prefetch_is_full(make_broker: BrokerFactory, queue_name: str) -> None:
-    broker = make_broker()
-
-    @dramatiq.actor(broker=broker, queue_name=queue_name)
-    def job() -> None:
-        pass
-
-    for _ in range(20):
-        job.send()
-    consumer = broker.consume(queue_name, prefetch=16, timeout=100)
-    taken = [next(consumer) for _ in range(16)]
-    consumer.settled.clear()
-    consumer.ack(taken[0])  # the first settle waiting: sent within REFILL_WAIT, not the poll's backoff
-    assert consumer.settled.is_set()
     consumer.close()
