@@ -18,6 +18,7 @@ the middleware, is what would be counted. The producer column is the send.
 from __future__ import annotations
 
 import argparse
+import os
 import socket
 import subprocess
 import tempfile
@@ -50,6 +51,11 @@ def main() -> None:
     parser.add_argument("--kind", default="noop", choices=["noop", "one_ms"])
     args = parser.parse_args()
 
+    # BENCH_REDIS_URL: a Redis already started for benchmarks (on this machine: its CPU is read).
+    if url := os.environ.get("BENCH_REDIS_URL"):
+        pid = redis.Redis.from_url(url).info("server")["process_id"]
+        report(args, url, psutil.Process(pid))
+        return
     with own_redis() as (redis_url, server):
         report(args, redis_url, server)
 

@@ -96,7 +96,9 @@ class FairRedisConsumer(Consumer):
                         self.misses = misses
                     self.settled.clear()
                     return None
-            self._send_settles()
+            # Settles made while the cache is delivered go with the fetch that follows its last
+            # message: sending them before each message cost a round trip per two or three jobs
+            # with 1 ms jobs (docs/benchmarks.md, "Redis worker drain").
             rid, body = self.cache.popleft()
             proxy = self._deliverable(rid, body)
             if proxy is not None:

@@ -423,3 +423,27 @@ def test_runs_under_the_dramatiq_command(make_broker: BrokerFactory, queue_name:
         broker.join(queue_name, timeout=30_000)
     values = sorted(json.loads(item)[1] for item in broker.client.lrange(f"{namespace}:test:ran", 0, -1))
     assert values == list(range(10))
+
+
+def test_settles_made_while_the_cache_is_delivered_go_with_the_next_fetch(
+    make_broker: BrokerFactory, queue_name: str
+) -> None:
+    broker = make_broker()
+
+    @dramatiq.actor(broker=broker, queue_name=queue_name)
+    def job() -> None:
+        pass
+
+    for _ in range(40):
+        job.send()
+    consumer = broker.consume(queue_name, prefetch=16, timeout=100)
+    first = next(consumer)  # fetches 16 into the cache
+    assert first is not None
+    consumer.ack(first)
+    taken = [next(consumer) for _ in range(15)]
+    # Delivered from the cache: the ack waits for the next fetch, no round trip of its own.
+    assert broker.settles_waiting(queue_name)
+    assert all(message is not None for message in taken)
+    assert next(consumer) is not None  # the cache is empty: one fetch, carrying the ack
+    assert not broker.settles_waiting(queue_name)
+    consumer.close()
