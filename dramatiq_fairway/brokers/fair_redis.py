@@ -219,11 +219,11 @@ class FairRedisBroker(QueueOperations, HoldsAtStart, OverriddenHooks, RedisBroke
 
     def _script_call(self, queue_name: str, command: str, *args: Any, partition: int = 0) -> ScriptCall:
         part = "dq" if queue_name != q_name(queue_name) else "q"
-        args = (command, self._clock_arg(), self.broker_id, self._max_wait_ms(), part, *args)
         # Partition 0 is the queue's own prefix: no need to read the stored partitions for it, so
         # with one partition a send or a settle makes no round trip more than before.
         prefix = self._queue_prefix(queue_name) if partition == 0 else self._prefixes(queue_name)[partition]
-        return ScriptCall(_LUA, [prefix], list(args))
+        head = [command, self._clock_arg(), self.broker_id, self._max_wait_ms(), part]
+        return ScriptCall(_LUA, [prefix], [*head, *args])
 
     def _call(self, queue_name: str, command: str, *args: Any, partition: int = 0) -> Any:
         [reply] = run_scripts(self.client, [self._script_call(queue_name, command, *args, partition=partition)])
