@@ -219,11 +219,11 @@ class FairRedisBroker(QueueOperations, HoldsAtStart, OverriddenHooks, RedisBroke
 
     def _script_call(self, queue_name: str, command: str, *args: Any, partition: int = 0) -> ScriptCall:
         part = "dq" if queue_name != q_name(queue_name) else "q"
+        args = (command, self._clock_arg(), self.broker_id, self._max_wait_ms(), part, *args)
         # Partition 0 is the queue's own prefix: no need to read the stored partitions for it, so
         # with one partition a send or a settle makes no round trip more than before.
         prefix = self._queue_prefix(queue_name) if partition == 0 else self._prefixes(queue_name)[partition]
-        head = [command, self._clock_arg(), self.broker_id, self._max_wait_ms(), part]
-        return ScriptCall(_LUA, [prefix], [*head, *args])
+        return ScriptCall(_LUA, [prefix], list(args))
 
     def _call(self, queue_name: str, command: str, *args: Any, partition: int = 0) -> Any:
         [reply] = run_scripts(self.client, [self._script_call(queue_name, command, *args, partition=partition)])
@@ -253,12 +253,10 @@ class FairRedisBroker(QueueOperations, HoldsAtStart, OverriddenHooks, RedisBroke
         index = self.partition_of(message)
         args: list[Any] = []
         for each, each_body in ((message, body), *more):
-            options = each.options
-            rid = options["redis_message_id"]
-            # Partition 0's ids carry no number to change (``rid_in_partition(0, rid)`` is ``rid``).
-            if index and partitions.partition_of_rid(rid) != index:
-                rid = options["redis_message_id"] = partitions.rid_in_partition(index, rid)
-            args += (rid, each_body, int(level_of(options)), tenant_of(options))
+            rid = each.options["redis_message_id"]
+            if index and partitions.partition_of_rid(rid) != index:  # rid_in_partition(0, rid) is rid
+                rid = each.options["redis_message_id"] = partitions.rid_in_partition(index, rid)
+            args += (rid, each_body, int(level_of(each.options)), tenant_of(each.options))
         return self._script_call(message.queue_name, "enqueue", *args, partition=index)
 
     def settle_later(self, queue_name: str, command: str, rid: str) -> None:
