@@ -137,7 +137,9 @@ def plain_broker(kind: str, *, confirms: bool) -> Iterator[Broker]:
 def fairway_broker(kind: str) -> Iterator[Broker]:
     namespace = f"bench-producer-{uuid.uuid4().hex[:8]}"
     with tempfile.TemporaryDirectory(prefix="fw-") as data_dir:
-        settings = Settings(broker=kind, namespace=namespace, state_url=REDIS_URL, data_dir=Path(data_dir))  # type: ignore[arg-type]
+        settings = Settings(  # type: ignore[arg-type]
+            broker=kind, namespace=namespace, redis_url=REDIS_URL, state_url=REDIS_URL, data_dir=Path(data_dir)
+        )
         broker = setup(settings)
         try:
             yield broker

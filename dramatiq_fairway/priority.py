@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from enum import IntEnum
-from typing import Any
+from typing import Any, cast
 
 
 class Priority(IntEnum):
@@ -22,7 +22,8 @@ class Priority(IntEnum):
         if isinstance(value, str) and value.upper() in cls.__members__:
             return cls[value.upper()]
         if isinstance(value, int) and not isinstance(value, bool) and value in cls._value2member_map_:
-            return cls(value)
+            # The member itself: ``cls(value)`` goes through Enum's metaclass, on every send.
+            return cast(Priority, cls._value2member_map_[value])
         allowed = ", ".join(f"{level.name} ({level.value})" for level in cls)
         raise ValueError(f"priority_level: {value!r} is not one of {allowed}")
 

@@ -239,7 +239,8 @@ class FairRedisBroker(QueueOperations, HoldsAtStart, OverriddenHooks, RedisBroke
 
     def partition_of(self, message: Message) -> int:
         """The partition of its queue ``message`` goes to: its tenant's."""
-        return self._partition_of_tenant(tenant_of(message.options))
+        count = self.settings.fairness.partitions
+        return 0 if count <= 1 else partitions.partition_of(tenant_of(message.options), count)
 
     def enqueue_call(self, message: Message, body: bytes, *more: tuple[Message, bytes]) -> ScriptCall:
         """The script call storing ``message`` (named after its queue, with its ``redis_message_id``)
@@ -253,9 +254,9 @@ class FairRedisBroker(QueueOperations, HoldsAtStart, OverriddenHooks, RedisBroke
         args: list[Any] = []
         for each, each_body in ((message, body), *more):
             rid = each.options["redis_message_id"]
-            if partitions.partition_of_rid(rid) != index:
+            if index and partitions.partition_of_rid(rid) != index:  # rid_in_partition(0, rid) is rid
                 rid = each.options["redis_message_id"] = partitions.rid_in_partition(index, rid)
-            args += [rid, each_body, int(level_of(each.options)), tenant_of(each.options)]
+            args += (rid, each_body, int(level_of(each.options)), tenant_of(each.options))
         return self._script_call(message.queue_name, "enqueue", *args, partition=index)
 
     def settle_later(self, queue_name: str, command: str, rid: str) -> None:

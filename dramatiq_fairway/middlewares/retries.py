@@ -68,6 +68,8 @@ TRACEBACK_CHARS = 8000
 # A rate-limit hint gets up to this fraction added, so jobs told the same Retry-After do not all
 # come back in the same millisecond.
 HINT_JITTER = 0.1
+# The options ``before_enqueue`` checks on a message.
+_MESSAGE_OPTIONS = frozenset({"backoff", "retry_for", "dont_retry_for", "max_retries", "min_backoff", "max_backoff"})
 
 RetryWhen = Callable[[int, BaseException], bool]
 
@@ -133,6 +135,8 @@ class ClassifiedRetries(Middleware):
 
     def before_enqueue(self, broker: Broker, message: Message[Any], delay: int) -> None:
         options = message.options
+        if _MESSAGE_OPTIONS.isdisjoint(options):  # most sends: nothing to check, no error text built
+            return
         where = f"message {message.message_id}"
         if "backoff" in options:
             _check_backoff(options["backoff"], f"{where}: backoff")

@@ -48,6 +48,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import functools
 import threading
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -64,14 +65,15 @@ from ..errors import Cancelled
 from ..outage import OutageWarning
 from ..settings import Settings, load_settings
 from ..store.history import HistoryStore
-from ..store.scripts import ScriptCall
-from ..store.send_writes import ride_along, rode_along
+from ..store.send_writes import accepting, rode_along
 from ..store.status import CancelledJobs, JobState, JobStatusStore, PendingJob, StatusWriter, iso_from_millis
 from .attempt_times import AttemptTimes
 from .consumer_hooks import UndecodableRecorder
 from .interrupts import CANCEL_POLL_INTERVAL, RunningJobs
 
 DEFAULT_UNIQUE_TTL = 3_600_000
+# The options ``_check_options`` checks: a message with none of them skips it.
+_OPTION_NAMES = frozenset({"track_status", "unique_key", "unique_ttl", "soft_time_limit"})
 
 # The PENDING statuses an ``enqueue_many`` collects (``JobStatus.pending_in_one_write``).
 _pending_batch: contextvars.ContextVar[list[PendingJob] | None] = contextvars.ContextVar(
@@ -156,31 +158,33 @@ class JobStatus(Middleware):
     def before_enqueue(self, broker: Broker, message: Message[Any], delay: int | None) -> None:
         # Refused at send: when the job starts, a bad value could only be logged (Dramatiq
         # swallows a before_process_message error) and the job would run unchecked.
-        _check_options(message.options, f"message {message.message_id}")
+        if not _OPTION_NAMES.isdisjoint(message.options):
+            _check_options(message.options, f"message {message.message_id}")
         if self._tracked(broker, message):
             # On FairRedisBroker with the state store on its Redis: PENDING in the enqueue's round
             # trip; on FairRabbitmqBroker: in its tenant-routing call's, taken back if the publish fails.
-            at: list[str] = []
-
-            def pending() -> ScriptCall:
-                at.append(self.store.now())
-                return self.store.enqueued_call(*_pending(message), at=at[0])
-
-            ride_along(
-                lambda: self.store.client,
-                message.message_id,
-                pending,
-                _StoreOutage.shared.dropped,
-                undo=lambda: self.store.unsent_call(message.message_id, at[0]),
-            )
+            writes = accepting(self._store_client)
+            if writes is not None:
+                store = self.store
+                at = store.now()
+                writes.add(
+                    message.message_id,
+                    store.enqueued_call(*_pending(message), at=at),
+                    _StoreOutage.shared.dropped,
+                    undo=functools.partial(store.unsent_call, message.message_id, at),
+                )
 
     def after_enqueue(self, broker: Broker, message: Message[Any], delay: int | None) -> None:
-        if self._tracked(broker, message) and not rode_along(message.message_id):
+        # A write that rode along was tracked: asked first, it spares the actor lookup on every send.
+        if not rode_along(message.message_id) and self._tracked(broker, message):
             batch = _pending_batch.get()
             if batch is None:
                 self._safely(self.store.enqueued, *_pending(message))
             else:
                 batch.append(_pending(message))
+
+    def _store_client(self) -> redis.Redis:
+        return self.store.client
 
     @contextlib.contextmanager
     def pending_in_one_write(self) -> Iterator[None]:

@@ -18,9 +18,8 @@ PENDING status it wrote), so no status outlives a message that was never queued.
 from __future__ import annotations
 
 import contextvars
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
-from dataclasses import dataclass, field
+import weakref
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import redis
@@ -29,20 +28,55 @@ from redis.sentinel import SentinelConnectionPool
 from ..redis_cluster import ClusterClient
 from .scripts import ScriptCall
 
+_servers: weakref.WeakKeyDictionary[Any, tuple[Any, ...]] = weakref.WeakKeyDictionary()
 _open: contextvars.ContextVar[SendWrites | None] = contextvars.ContextVar("fairway_send_writes", default=None)
 
 
-@dataclass
 class SendWrites:
-    """The script calls riding along with one send, and who to tell when one fails."""
+    """The script calls riding along with one send, and who to tell when one fails.
 
-    server: tuple[Any, ...]
-    calls: list[ScriptCall] = field(default_factory=list)
-    on_errors: list[Callable[[redis.RedisError], None]] = field(default_factory=list)
-    carried: set[str] = field(default_factory=set)
-    undos: list[Callable[[], ScriptCall]] = field(default_factory=list)
+    A plain class, and its server named only when a middleware asks (``accepting``): one is made
+    per send, on the producer's hot path."""
 
-    sent: bool = False
+    __slots__ = ("_client", "_server", "calls", "carried", "on_errors", "sent", "undos")
+
+    def __init__(self, client: redis.Redis | None) -> None:
+        self._client = client
+        self._server: tuple[Any, ...] | None = None if client is not None else ()
+        self.calls: list[ScriptCall] = []
+        self.on_errors: list[Callable[[redis.RedisError], None]] = []
+        self.carried: set[str] = set()
+        self.undos: list[Callable[[], ScriptCall]] = []
+        self.sent = False
+
+    @property
+    def server(self) -> tuple[Any, ...]:
+        """``server_of`` the send's client (empty: no server, every ``ride_along`` declines)."""
+        if self._server is None:
+            assert self._client is not None
+            self._server = server_of(self._client)
+        return self._server
+
+    def takes(self, client: redis.Redis) -> bool:
+        """Whether calls made through ``client`` may ride in this send's pipeline: same server."""
+        if client is self._client:
+            return bool(self.server)
+        server = self.server
+        return bool(server) and server_of(client) == server
+
+    def add(
+        self,
+        message_id: str,
+        call: ScriptCall,
+        on_error: Callable[[redis.RedisError], None],
+        undo: Callable[[], ScriptCall] | None = None,
+    ) -> None:
+        """Send ``call`` with this send (``accepting`` said it may): what ``ride_along`` does."""
+        self.calls.append(call)
+        self.on_errors.append(on_error)
+        self.carried.add(message_id)
+        if undo is not None:
+            self.undos.append(undo)
 
     def decline(self) -> None:
         """The calls were not sent: each middleware writes on its own, as where no SendWrites is open."""
@@ -58,16 +92,35 @@ class SendWrites:
                 on_error(reply)
 
 
-@contextmanager
-def collecting(client: redis.Redis | None) -> Iterator[SendWrites]:
+class _Collecting:
+    """``collecting``'s context manager: a class, not a generator, for its cost on every send."""
+
+    __slots__ = ("token", "writes")
+
+    def __init__(self, client: redis.Redis | None) -> None:
+        self.writes = SendWrites(client)
+
+    def __enter__(self) -> SendWrites:
+        self.token = _open.set(self.writes)
+        return self.writes
+
+    def __exit__(self, *_exc: object) -> None:
+        _open.reset(self.token)
+
+
+def collecting(client: redis.Redis | None) -> _Collecting:
     """Open a :class:`SendWrites` for a send through ``client`` in this context (None: no server, so
     every ``ride_along`` declines)."""
-    writes = SendWrites(server_of(client) if client is not None else ())
-    token = _open.set(writes)
-    try:
-        yield writes
-    finally:
-        _open.reset(token)
+    return _Collecting(client)
+
+
+def accepting(client: Callable[[], redis.Redis]) -> SendWrites | None:
+    """The open send's :class:`SendWrites` if ``client()`` talks to its server, else None (both are
+    asked only while a send is open, so a middleware on another broker builds nothing)."""
+    writes = _open.get()
+    if writes is None or not writes.server or not writes.takes(client()):
+        return None
+    return writes
 
 
 def ride_along(
@@ -78,16 +131,11 @@ def ride_along(
     undo: Callable[[], ScriptCall] | None = None,
 ) -> bool:
     """Add ``call()`` to the open send's pipeline if ``client()`` talks to the broker's server; whether
-    it did (both are asked only while a send is open, so a middleware on another broker builds nothing).
-    ``undo()`` is the call that takes the write back if the message is never queued after all."""
-    writes = _open.get()
-    if writes is None or not writes.server or server_of(client()) != writes.server:
+    it did. ``undo()`` is the call that takes the write back if the message is never queued after all."""
+    writes = accepting(client)
+    if writes is None:
         return False
-    writes.calls.append(call())
-    writes.on_errors.append(on_error)
-    writes.carried.add(message_id)
-    if undo is not None:
-        writes.undos.append(undo)
+    writes.add(message_id, call(), on_error, undo)
     return True
 
 
@@ -98,6 +146,18 @@ def rode_along(message_id: str) -> bool:
 
 
 def server_of(client: redis.Redis) -> tuple[Any, ...]:
+    """``_server_of(client)``, kept per client: asked on every send, and a client's pool never
+    changes server."""
+    try:
+        return _servers[client]
+    except KeyError:
+        server = _servers[client] = _server_of(client)
+        return server
+    except TypeError:  # a client that takes no weak reference
+        return _server_of(client)
+
+
+def _server_of(client: redis.Redis) -> tuple[Any, ...]:
     """(host, port, unix path, db) of ``client``'s server; for a cluster, the nodes it was started
     from (a pipeline reaches every node of it); for a Sentinel master, the sentinels, the service
     and the db (both clients reach whichever master the sentinels name); empty when the pool

@@ -142,10 +142,13 @@ class JobStatusStore:
         *,
         at: str | None = None,
     ) -> ScriptCall:
-        """The script call of ``enqueued`` (at ``at``, default now), for a pipeline of the caller's."""
-        return self.moves_call(
-            [Move("enqueue", message_id, [(JobState.PENDING, at or self.now())], actor, queue, "", tenant, level)]
-        )
+        """The script call of ``enqueued`` (at ``at``, default now), for a pipeline of the caller's.
+
+        ``moves_call`` of that one move, its arguments written out: it is built on every send."""
+        args: list[str | int | float] = [self.ttl, self.failed_ttl, self.history_limit]
+        args += ["enqueue", actor, queue, "", tenant, "" if level is None else level, 1]
+        args += [JobState.PENDING.value, at or self.now()]
+        return ScriptCall(self._transition, [self.job_key(message_id)], args)
 
     def unsent_call(self, message_id: str, at: str) -> ScriptCall:
         """The call that takes back the PENDING an ``enqueued_call`` at ``at`` created, when the
