@@ -61,8 +61,8 @@ class TenantCounts:
 
     def route(self, queue_name: str, level: Priority, tenant: str, isolate_at: int) -> bool:
         """Count one message of ``tenant``; whether it goes to the tenant's own queue."""
-        key = tenant_counts_key(self.namespace, queue_name)
-        return bool(int(_LUA.call(self.client, [key], ["route", int(level), tenant, isolate_at])) & THIS_OWN)
+        call = self._route_call(queue_name, level, tenant, isolate_at)
+        return bool(int(_LUA.call(self.client, call.keys, call.args)) & THIS_OWN)
 
     def route_with(
         self, queue_name: str, level: Priority, tenant: str, isolate_at: int, riders: Sequence[ScriptCall]
@@ -70,9 +70,7 @@ class TenantCounts:
         """``route``, with ``riders`` (script calls on this server) sent after it in the same
         pipeline: one round trip. The script's reply (bits ``THIS_OWN``, ``NEXT_OWN``) and the
         riders' replies, error replies returned."""
-        call = ScriptCall(
-            _LUA, [tenant_counts_key(self.namespace, queue_name)], ["route", int(level), tenant, isolate_at]
-        )
+        call = self._route_call(queue_name, level, tenant, isolate_at)
         reply, *replies = run_scripts(self.client, [call], best_effort=riders)
         return int(reply), replies
 
@@ -93,9 +91,12 @@ class TenantCounts:
 
     def route_many(self, queue_name: str, slots: Sequence[tuple[Priority, str]], isolate_at: int) -> list[bool]:
         """``route`` for each (level, tenant) of ``slots``, in order, in one round trip."""
-        key = tenant_counts_key(self.namespace, queue_name)
-        calls = [ScriptCall(_LUA, [key], ["route", int(level), tenant, isolate_at]) for level, tenant in slots]
+        calls = [self._route_call(queue_name, level, tenant, isolate_at) for level, tenant in slots]
         return [bool(int(reply) & THIS_OWN) for reply in run_scripts(self.client, calls)]
+
+    def _route_call(self, queue_name: str, level: Priority, tenant: str, isolate_at: int) -> ScriptCall:
+        key = tenant_counts_key(self.namespace, queue_name)
+        return ScriptCall(_LUA, [key], ["route", int(level), tenant, isolate_at])
 
     def settle(self, queue_name: str, settled: Mapping[Slot, int]) -> None:
         """``settled[slot]`` messages of each slot left their queue for good."""
