@@ -6,7 +6,10 @@
 memory (the cost of making and ending spans, without an export's) through a ``SimpleSpanProcessor``,
 which hands each span to the exporter in the job's thread as it ends; ``BENCH_MODE=traced_batch``
 puts the same exporter behind a ``BatchSpanProcessor``, as a production setup would
-(docs/observability.md). ``FAIRWAY_BROKER`` picks Redis or RabbitMQ for all.
+(docs/observability.md); ``BENCH_MODE=traced_dropped`` is the ``traced`` mode with an exporter
+that keeps no span, as one that sends them elsewhere: the spans the in-memory exporter keeps cost
+the collector a share of an attempt (docs/benchmarks.md), which a production worker does not pay.
+``FAIRWAY_BROKER`` picks Redis or RabbitMQ for all.
 """
 
 from __future__ import annotations
@@ -29,16 +32,30 @@ LATENCY_KEY = "bench:latency"
 FINISHED_KEY = "bench:finished"
 
 settings = load_settings()
-if os.environ.get("BENCH_MODE") in ("traced", "traced_batch"):
+if os.environ.get("BENCH_MODE") in ("traced", "traced_batch", "traced_dropped"):
+    from collections.abc import Sequence
+
     from opentelemetry import trace
-    from opentelemetry.sdk.trace import TracerProvider
-    from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor
+    from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+    from opentelemetry.sdk.trace.export import (
+        BatchSpanProcessor,
+        SimpleSpanProcessor,
+        SpanExporter,
+        SpanExportResult,
+    )
     from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
     from opentelemetry.sdk.trace.sampling import ALWAYS_ON
 
+    class DroppingExporter(SpanExporter):
+        """Takes every span and keeps none."""
+
+        def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:  # noqa: ARG002 - the interface
+            return SpanExportResult.SUCCESS
+
     provider = TracerProvider(sampler=ALWAYS_ON)
     processor = BatchSpanProcessor if os.environ["BENCH_MODE"] == "traced_batch" else SimpleSpanProcessor
-    provider.add_span_processor(processor(InMemorySpanExporter()))
+    exporter = DroppingExporter() if os.environ["BENCH_MODE"] == "traced_dropped" else InMemorySpanExporter()
+    provider.add_span_processor(processor(exporter))
     trace.set_tracer_provider(provider)
     broker = dramatiq_fairway.setup(settings.model_copy(update={"tracing": TracingSettings(enabled=True)}))
 elif os.environ.get("BENCH_MODE") in ("fairway", "encrypted"):

@@ -4,6 +4,7 @@
     python bench/overhead.py --brokers redis --repetitions 1 --jobs 2000
     python bench/overhead.py --tracing       # also fairway with tracing on (always-on sampler)
     python bench/overhead.py --tracing simple batch   # with either span processor: ratios to fairway
+    python bench/overhead.py --tracing simple dropped # spans kept in memory, or none kept
     python bench/overhead.py --encryption    # also fairway with payload encryption: ratio encrypted / fairway
 
 For each broker, job kind (no-op, 1 ms) and worker shape (processes x threads), the real
@@ -52,7 +53,8 @@ ENCRYPTION_ENV = ("FAIRWAY_ENCRYPTION__KEYS", "FAIRWAY_ENCRYPTION__ACTIVE")
 # Arguments of each job kind; the payload job carries 1 KiB for the encryption to seal.
 KIND_ARGS: dict[str, tuple[str, ...]] = {"noop": (), "one_ms": (), "payload": ("x" * 1024,)}
 # bench/app.py's mode for each span processor of --tracing.
-TRACED_MODES = {"simple": "traced", "batch": "traced_batch"}
+# dropped: the simple processor and an exporter that keeps no span (bench/app.py).
+TRACED_MODES = {"simple": "traced", "batch": "traced_batch", "dropped": "traced_dropped"}
 
 
 def main() -> None:
@@ -67,8 +69,8 @@ def main() -> None:
         nargs="*",
         choices=list(TRACED_MODES),
         help="also run fairway with FAIRWAY_TRACING__ENABLED, every span kept in memory by the SDK's in-memory"
-        " exporter behind a SimpleSpanProcessor (simple, the default) or a BatchSpanProcessor (batch):"
-        " ratio traced / fairway",
+        " exporter behind a SimpleSpanProcessor (simple, the default) or a BatchSpanProcessor (batch), or"
+        " none kept (dropped: the simple processor and an exporter that keeps nothing): ratio traced / fairway",
     )
     parser.add_argument(
         "--encryption", action="store_true", help="also fairway with payload encryption: ratio encrypted / fairway"
@@ -82,21 +84,25 @@ def main() -> None:
 
     print(f"machine: {platform.node()}, {os.cpu_count()} cores, Python {platform.python_version()}")
     rows = []
+    cpu_rows = []
     for broker in args.brokers:
         for shape in args.shapes:
             processes, threads = (int(part) for part in shape.split("x"))
             results: dict[tuple[str, str], list[float]] = {}
+            cpu: dict[tuple[str, str], list[float]] = {}
             for _ in range(args.repetitions):
                 for mode in modes:
                     with worker(broker, mode, processes, threads) as app:
                         for kind in kinds:
                             results.setdefault((mode, kind), []).append(throughput(app, kind, args.jobs))
+                            cpu.setdefault((mode, kind), []).append(app.cpu_per_job)
             for kind in kinds:
                 plain = statistics.median(results[("plain", kind)])
                 fair = statistics.median(results[("fairway", kind)])
                 rows.append(
                     (broker, shape, kind, plain, fair, [statistics.median(results[(mode, kind)]) for mode in extras])
                 )
+                cpu_rows.append((broker, shape, kind, [min(cpu[(mode, kind)]) * 1e6 for mode in modes]))
     print()
     extra_head = "".join(f" {mode} jobs/s | {mode} / fairway |" for mode in extras)
     print(f"| broker | shape | job | plain jobs/s | fairway jobs/s | ratio |{extra_head}")
@@ -104,6 +110,12 @@ def main() -> None:
     for broker, shape, kind, plain, fair, others in rows:
         extra = "".join(f" {other:,.0f} | {other / fair:.2f} |" for other in others)
         print(f"| {broker} | {shape} | {kind} | {plain:,.0f} | {fair:,.0f} | {fair / plain:.2f} |{extra}")
+    print()
+    # The least of the repetitions: CPU time only grows with a busy machine's interference.
+    print(f"| broker | shape | job | worker CPU µs/job, least: {' | '.join(modes)} |")
+    print(f"|---|---|---|{'---:|' * len(modes)}")
+    for broker, shape, kind, per_mode in cpu_rows:
+        print(f"| {broker} | {shape} | {kind} | {' | '.join(f'{value:.0f}' for value in per_mode)} |")
     print()
     print("| broker | mode | p50 enqueue→start ms | p99 ms |")
     print("|---|---|---:|---:|")
@@ -133,6 +145,18 @@ class App:
         self.recorder = redis.Redis.from_url(redis_url)
         self.workers: list[psutil.Process] = []
         self.log: Path | None = None
+        # The worker processes' CPU seconds per job of the last throughput run: on a busy machine
+        # a steadier measure than the rate, and against it the rate shows what waiting cost.
+        self.cpu_per_job = 0.0
+
+    def worker_cpu(self) -> float:
+        """CPU seconds the worker processes have used (user + system), threads included."""
+        total = 0.0
+        for process in self.workers:
+            with suppress(psutil.NoSuchProcess):
+                times = process.cpu_times()
+                total += times.user + times.system
+        return total
 
     @contextmanager
     def stopped(self) -> Iterator[None]:
@@ -203,11 +227,13 @@ def throughput(app: App, kind: str, jobs: int) -> float:
             actor.send(*KIND_ARGS[kind])
         for _ in range(FINISH_MARKS):
             app.module.finished.send()
+        cpu_before = app.worker_cpu()
         started = time.time()
     while app.recorder.llen(app.module.FINISHED_KEY) < FINISH_MARKS:
         if time.time() - started > DRAIN_TIMEOUT:
             raise RuntimeError(f"{jobs} {kind} jobs not drained in {DRAIN_TIMEOUT} s: see the worker's log {app.log}")
         time.sleep(0.001)
+    app.cpu_per_job = (app.worker_cpu() - cpu_before) / (jobs + FINISH_MARKS)
     ended = max(float(stamp) for stamp in app.recorder.lrange(app.module.FINISHED_KEY, 0, -1))
     app.module.broker.join(app.module.QUEUE, timeout=600_000)
     return jobs / (ended - started)
