@@ -1,13 +1,13 @@
 """State-store writes that travel in the broker's enqueue pipeline (docs/design.md, "One round trip per send").
 
 ``FairRedisBroker`` opens a :class:`SendWrites` around the ``before_enqueue`` hooks of a send. A
-middleware with a write to make once the message is enqueued (JobStatus's PENDING) hands its
-script call to :func:`ride_along` instead of making a round trip of its own in ``after_enqueue``,
-when its client talks to the broker's own Redis server. The broker sends those calls right after
-its enqueue call, in the same pipeline, and only once every hook accepted the message; an error
-reply of one of them is handed to its ``on_error`` (the send still succeeds). Where no SendWrites is
-open (the stock brokers, ``enqueue_many``), or the state store is another server, ``ride_along``
-declines and the middleware writes as before.
+middleware with a write to make once the message is enqueued (JobStatus's PENDING) asks
+:func:`accepting` whether its client talks to the broker's own Redis server and, if so, adds its
+script call (``SendWrites.add``) instead of making a round trip of its own in ``after_enqueue``.
+The broker sends those calls right after its enqueue call, in the same pipeline, and only once
+every hook accepted the message; an error reply of one of them is handed to its ``on_error`` (the
+send still succeeds). Where no SendWrites is open (the stock brokers, ``enqueue_many``), or the
+state store is another server, ``accepting`` answers None and the middleware writes as before.
 
 ``FairRabbitmqBroker`` opens one on its state-store client around the same hooks: the calls go in
 the pipeline of its tenant-routing call, before the publish (the route decides where the message
@@ -51,7 +51,7 @@ class SendWrites:
 
     @property
     def server(self) -> tuple[Any, ...]:
-        """``server_of`` the send's client (empty: no server, every ``ride_along`` declines)."""
+        """``server_of`` the send's client (empty: no server, ``accepting`` answers None)."""
         if self._server is None:
             assert self._client is not None
             self._server = server_of(self._client)
@@ -71,7 +71,8 @@ class SendWrites:
         on_error: Callable[[redis.RedisError], None],
         undo: Callable[[], ScriptCall] | None = None,
     ) -> None:
-        """Send ``call`` with this send (``accepting`` said it may): what ``ride_along`` does."""
+        """Send ``call`` with this send (``accepting`` said it may), with ``undo``: the call that takes the
+        write back if the message is never queued after all."""
         self.calls.append(call)
         self.on_errors.append(on_error)
         self.carried.add(message_id)
@@ -110,7 +111,7 @@ class _Collecting:
 
 def collecting(client: redis.Redis | None) -> _Collecting:
     """Open a :class:`SendWrites` for a send through ``client`` in this context (None: no server, so
-    every ``ride_along`` declines)."""
+    ``accepting`` answers None)."""
     return _Collecting(client)
 
 
@@ -121,22 +122,6 @@ def accepting(client: Callable[[], redis.Redis]) -> SendWrites | None:
     if writes is None or not writes.server or not writes.takes(client()):
         return None
     return writes
-
-
-def ride_along(
-    client: Callable[[], redis.Redis],
-    message_id: str,
-    call: Callable[[], ScriptCall],
-    on_error: Callable[[redis.RedisError], None],
-    undo: Callable[[], ScriptCall] | None = None,
-) -> bool:
-    """Add ``call()`` to the open send's pipeline if ``client()`` talks to the broker's server; whether
-    it did. ``undo()`` is the call that takes the write back if the message is never queued after all."""
-    writes = accepting(client)
-    if writes is None:
-        return False
-    writes.add(message_id, call(), on_error, undo)
-    return True
 
 
 def rode_along(message_id: str) -> bool:
