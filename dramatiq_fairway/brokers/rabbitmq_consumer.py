@@ -186,7 +186,15 @@ class FairPickingConsumer(SingleQueueConsumer):
         # so a CRITICAL message delivered a moment ago is seen by this pick; at most every
         # POLL_INTERVAL while messages are in hand, since a poll costs more than the rest of a pick,
         # or sooner once half the prefetch waits to be acked (RabbitMQ counts those against it).
-        if not self.picker or now - self._polled_at >= POLL_INTERVAL or 2 * len(self._settles) >= self.prefetch:
+        # Not while fewer than ``_refill_at`` are out, though: the worker threads are about to run
+        # dry, and a poll keeps them waiting for far longer than it takes (each system call of it
+        # gives up the GIL, and winning it back from 8 busy worker threads took ~0.7 ms per poll
+        # on bench/overhead.py's one_ms jobs). The poll comes once they are fed, ``_refill_at``
+        # picks later at most.
+        if not self.picker or (
+            len(self._handed_out) >= self._refill_at
+            and (now - self._polled_at >= POLL_INTERVAL or 2 * len(self._settles) >= self.prefetch)
+        ):
             self._process_events(0)
         while True:
             if len(self._handed_out) < self.prefetch and (delivery := self.picker.pick()) is not None:
@@ -198,11 +206,9 @@ class FairPickingConsumer(SingleQueueConsumer):
             if remaining <= 0:
                 return None
             with self._lock:
-                # Asleep only with nothing to send: a settle queued after this wakes the connection.
-                if self._settles:
-                    remaining = 0
-                else:
-                    self._wake_at = self._refill_at if len(self._handed_out) >= self.prefetch else self.prefetch
+                # A settle queued after this wakes the connection; those queued before are sent by
+                # ``_process_events`` before it waits (one poll, not a flush and then the wait).
+                self._wake_at = self._refill_at if len(self._handed_out) >= self.prefetch else self.prefetch
             try:
                 self._process_events(self.tenants.wait_limit(remaining))
                 self.tenants.follow()
@@ -239,7 +245,7 @@ class FairPickingConsumer(SingleQueueConsumer):
             method = pika.spec.Basic.Ack(tag) if ack else pika.spec.Basic.Nack(tag, requeue=False)
             frames.append(pika.frame.Method(channel.channel_number, method).marshal())
             settled.append(self._slots.pop(tag, None))
-        channel.connection._output_marshaled_frames([b"".join(frames)])
+        _write_now(channel.connection, b"".join(frames), len(frames))
         # Counted down only once the acks are on their way (rabbitmq_tenant_queues.py says why).
         for slot in settled:
             self.tenants.settled(slot)
@@ -331,6 +337,35 @@ class FairPickingConsumer(SingleQueueConsumer):
             except redis.RedisError as error:
                 self.logger.warning("Tenant counts not decremented at close (healed later): %s", error)
         super().close()
+
+
+def _write_now(connection: Any, data: bytes, frames: int) -> None:
+    """Send ``data`` (``frames`` marshalled frames) on ``connection``'s socket at once when nothing
+    waits in pika's output buffer; whatever the socket does not take then goes through pika.
+
+    pika only buffers a write and asks its poller for writability: one send became an epoll_ctl,
+    an epoll_wait, the send and another epoll_ctl, each a system call that gives up the GIL and
+    waits to win it back from the worker threads (bench/overhead.py, one_ms: 1,800 epoll_ctl per
+    6,000 jobs, 6 with this). TLS connections, and anything pika has queued already, go the usual way.
+    """
+    transport: Any = getattr(connection, "_transport", None)
+    sock = getattr(transport, "_sock", None)
+    if sock is None or type(transport).__name__ != "_AsyncPlaintextTransport" or transport.get_write_buffer_size():
+        connection._output_marshaled_frames([data])
+        return
+    try:
+        sent = sock.send(data)
+    except (BlockingIOError, InterruptedError):
+        sent = 0
+    except OSError:
+        # Let pika meet the error on its own write and close the connection its way.
+        connection._output_marshaled_frames([data])
+        return
+    # pika's counters, as _output_marshaled_frames keeps them (heartbeats read them).
+    connection.bytes_sent += len(data)
+    connection.frames_sent += frames
+    if sent < len(data):
+        transport.write(data[sent:])
 
 
 def _nothing() -> None:

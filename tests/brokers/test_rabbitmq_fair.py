@@ -274,3 +274,50 @@ def test_a_deleted_level_queue_is_declared_again_on_send(
     # Publisher confirms report the message as unroutable; the broker declares its queues again.
     job.send(2)
     assert rabbit.ready_by_level(queue_name) == {N: 1}
+
+
+@pytest.mark.parametrize("broker_kind", ["rabbitmq"], indirect=True)
+def test_held_messages_go_to_idle_threads_before_the_next_poll(
+    rabbit: FairwayRabbitmqBroker,
+    queue_name: str,
+    consumer_of: Callable[[str, int], FairPickingConsumer],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Every pick would poll first if polls were only spaced in time: with worker threads about to
+    # run dry (fewer than _refill_at messages out), what is held goes out first, then the poll.
+    monkeypatch.setattr("dramatiq_fairway.brokers.rabbitmq_consumer.POLL_INTERVAL", 0.0)
+    job = declare(rabbit, queue_name)
+    for n in range(12):
+        job.send(n)
+    consumer = consumer_of(queue_name, 8)
+    fill(consumer, 12)
+    polls = 0
+    poll = consumer.connection.process_data_events
+
+    def counted(time_limit: float = 0) -> None:
+        nonlocal polls
+        polls += 1
+        poll(time_limit=time_limit)
+
+    monkeypatch.setattr(consumer.connection, "process_data_events", counted)
+    handed = [next(consumer) for _ in range(consumer._refill_at)]
+    assert polls == 0
+    next(consumer)
+    assert polls == 1
+    assert [proxy.args[0] for proxy in handed] == list(range(consumer._refill_at))
+
+
+@pytest.mark.parametrize("broker_kind", ["rabbitmq"], indirect=True)
+def test_acks_leave_with_the_batch_not_at_the_next_poll(
+    rabbit: FairwayRabbitmqBroker, queue_name: str, consumer_of: Callable[[str, int], FairPickingConsumer]
+) -> None:
+    job = declare(rabbit, queue_name)
+    for n in range(3):
+        job.send(n)
+    consumer = consumer_of(queue_name, 4)
+    fill(consumer, 3)
+    for proxy in [next(consumer) for _ in range(3)]:
+        consumer.ack(proxy)
+    consumer._send_settles()
+    # Written to the socket, not left in pika's buffer until a poll finds it writable.
+    assert consumer.connection._impl._transport.get_write_buffer_size() == 0
