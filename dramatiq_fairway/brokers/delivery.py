@@ -23,6 +23,7 @@ The hooks themselves, and the names middleware share with this module, are in
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 from typing import Any
@@ -42,6 +43,8 @@ logger = logging.getLogger(__name__)
 _HELD_AT_START = "_fairway_held_at_start"
 # What a worker thread emits for a message after ``before_process_message``.
 _OUTCOME_SIGNALS = frozenset({"process_message", "skip_message", "ack", "nack"})
+# The fields of a Message, copied onto its MessageProxy when a worker thread takes it (``_settle``).
+_MESSAGE_FIELDS = tuple(field.name for field in dataclasses.fields(Message))
 
 
 def decode_or_report(broker: Broker, queue_name: str, body: bytes) -> Message | None:
@@ -96,8 +99,29 @@ def held_copy(message: Message, delay: int) -> Message:
 
 def held_at_start(message: MessageProxy) -> int | None:
     """The wait of a message a worker thread was about to run and handed back, or None."""
-    delay: int | None = getattr(message, _HELD_AT_START, None)
+    # Read from the instance's own attributes: ``getattr`` of an attribute a MessageProxy lacks
+    # goes through its ``__getattr__`` and the wrapped Message's AttributeError, twice per signal.
+    delay: int | None = getattr(message, "__dict__", _NO_ATTRIBUTES).get(_HELD_AT_START)
     return delay
+
+
+_NO_ATTRIBUTES: dict[str, Any] = {}
+
+
+def _settle(message: MessageProxy) -> None:
+    """Copy the fields of the Message onto its proxy, as plain instance attributes.
+
+    A MessageProxy reads each field through a Python ``__getattr__``; the hooks of a job read
+    them some sixty times (bench in docs/benchmarks.md, "Worker hooks"). The Message is a frozen
+    dataclass, so the copies never go stale, and they are the same objects (``options`` is the
+    very dict the Message holds).
+    """
+    wrapped = message.__dict__.get("_message")
+    if wrapped is not None:
+        attributes = message.__dict__
+        for name in _MESSAGE_FIELDS:
+            if name not in attributes:
+                attributes[name] = getattr(wrapped, name)
 
 
 class HoldsAtStart:
@@ -115,6 +139,8 @@ class HoldsAtStart:
             message = args[0]
             if held_at_start(message) is not None:
                 return
+            if signal == "process_message":
+                _settle(message)
             if signal == "process_message" and (delay := _start_hold_delay(self, message)):
                 setattr(message, _HELD_AT_START, delay)
                 message.fail()

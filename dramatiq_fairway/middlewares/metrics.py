@@ -61,6 +61,10 @@ class Metrics(Middleware):
         self._started: dict[str, float] = {}
         self._tenants: set[str] = set()
         self._tenants_lock = threading.Lock()
+        # Per queue name: (queue label, its in-flight child); per (queue name, actor): (duration
+        # child, success child). Looked up once per job instead of q_name() and label lookups per hook.
+        self._by_queue: dict[str, tuple[str, Any]] = {}
+        self._by_actor: dict[tuple[str, str], tuple[Any, Any]] = {}
         self._sampler: DepthSampler | None = None
 
     @property
@@ -86,10 +90,10 @@ class Metrics(Middleware):
     def before_process_message(self, broker: Broker, message: MessageProxy) -> None:
         now = current_millis()
         self._started[message.message_id] = time.perf_counter()
-        queue = q_name(message.queue_name)
+        queue, in_flight = self._queue_of(message.queue_name)
         options = message.options
         families, pending = self._families, self._pending
-        pending.add(families.in_flight(queue), 1)
+        pending.add(in_flight, 1)
         since = max(int(message.message_timestamp), int(options.get("eta", 0)))
         pending.observe(families.wait(queue, _level(options)), max(0, now - since) / 1000)
         pending.add(families.tenant_served(queue, self._tenant_label(options)), 1)
@@ -105,12 +109,13 @@ class Metrics(Middleware):
         started = self._finish(message)
         if started is None:
             return
-        queue, actor = q_name(message.queue_name), message.actor_name
-        self._pending.observe(self._families.duration(queue, actor), time.perf_counter() - started)
+        queue, actor = self._queue_of(message.queue_name)[0], message.actor_name
+        duration, success = self._actor_children(message.queue_name, actor)
+        self._pending.observe(duration, time.perf_counter() - started)
         if message.failed:
             self._dead_lettered(message, exception)
         elif exception is None:
-            self._count(message, "success")
+            self._pending.add(success, 1)
         elif isinstance(exception, Cancelled):
             self._count(message, "skipped")
         else:
@@ -154,8 +159,26 @@ class Metrics(Middleware):
     def _finish(self, message: MessageProxy) -> float | None:
         started = self._started.pop(message.message_id, None)
         if started is not None:
-            self._pending.add(self._families.in_flight(q_name(message.queue_name)), -1)
+            self._pending.add(self._queue_of(message.queue_name)[1], -1)
         return started
+
+    def _queue_of(self, queue_name: str) -> tuple[str, Any]:
+        """The queue's label (``q_name``: a delay queue counts as its queue) and its in-flight child."""
+        found = self._by_queue.get(queue_name)
+        if found is None:
+            queue = q_name(queue_name)
+            found = self._by_queue[queue_name] = (queue, self._families.in_flight(queue))
+        return found
+
+    def _actor_children(self, queue_name: str, actor: str) -> tuple[Any, Any]:
+        """The duration histogram child and the ``success`` counter child of an actor on a queue."""
+        found = self._by_actor.get((queue_name, actor))
+        if found is None:
+            queue = q_name(queue_name)
+            families = self._families
+            found = (families.duration(queue, actor), families.messages(queue, actor, "success"))
+            self._by_actor[(queue_name, actor)] = found
+        return found
 
     def _count(self, message: Message[Any] | MessageProxy, outcome: str) -> None:
         self._pending.add(self._families.messages(q_name(message.queue_name), message.actor_name, outcome), 1)
@@ -175,6 +198,9 @@ class Metrics(Middleware):
         return self._tenant_name(tenant_of(options))
 
     def _tenant_name(self, tenant: str) -> str:
+        # A tenant once admitted stays: a set's membership test needs no lock (the GIL) when it hits.
+        if tenant in self._tenants:
+            return tenant
         with self._tenants_lock:
             if tenant in self._tenants:
                 return tenant

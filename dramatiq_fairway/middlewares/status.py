@@ -201,7 +201,9 @@ class JobStatus(Middleware):
 
     def before_process_message(self, broker: Broker, message: MessageProxy) -> None:
         actor = broker.get_actor(message.actor_name)
-        track = self._tracked(broker, message)
+        options = message.options
+        # ``_tracked`` with the actor already in hand.
+        track = bool(options["track_status"] if "track_status" in options else actor.options.get("track_status", True))
         unique_key = _unique_key(actor, message)
         if track and self._was_cancelled(message):
             self._write(message, JobState.REVOKED, mode="revoke")
@@ -210,7 +212,7 @@ class JobStatus(Middleware):
             self._start(actor, message, track=track, unique_key=unique_key)
         elif track:
             self._write(message, JobState.STARTED)
-        soft_limit = message.options.get("soft_time_limit") or actor.options.get("soft_time_limit")
+        soft_limit = options.get("soft_time_limit") or actor.options.get("soft_time_limit")
         if track or soft_limit:
             self._running.add(message.message_id if track else None, soft_limit)
         if track:

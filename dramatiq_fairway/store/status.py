@@ -282,7 +282,7 @@ class JobStatusStore:
             level = "" if move.level is None else move.level
             args += [move.mode, move.actor, move.queue, move.enqueued_at, move.tenant, level, len(move.states)]
             for state, at in move.states:
-                args += [state.value, at]
+                args += [_STATE_VALUES[state], at]
         return ScriptCall(self._transition, [self.job_key(move.message_id) for move in moves], args)
 
     def moves_calls(self, moves: list[Move]) -> list[ScriptCall]:
@@ -342,6 +342,11 @@ class CancelledJobs:
         if time.monotonic() - self._refreshed > self.max_age:
             self.refresh()
         return message_id in self._ids
+
+
+# ``JobState.value`` per state: the enum's ``value`` is a Python descriptor, read twice per job by the
+# status writer's flush.
+_STATE_VALUES = {state: state.value for state in JobState}
 
 
 def _text(value: bytes | str) -> str:

@@ -95,13 +95,14 @@ class StatusWriter:
         with self._flushing:
             changes: list[_Transition | ScriptCall] = []
             open_records: dict[str, _Transition] = {}
+            queue, format_time = self._queue, self.store.format_time
             # popleft, not a swap: a change queued while this runs is never lost.
-            while self._queue:
-                change = self._queue.popleft()
+            while queue:
+                change = queue.popleft()
                 if isinstance(change, ScriptCall):
                     changes.append(change)
                     continue
-                at = self.store.format_time(change.at)
+                at = format_time(change.at)
                 pending = open_records.get(change.message_id)
                 if pending is not None and change.mode == "record":
                     pending.states.append((change.state, at))

@@ -5,10 +5,12 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from dramatiq import Middleware
+from dramatiq import Message, Middleware
+from dramatiq.broker import MessageProxy
 from dramatiq.brokers.stub import StubBroker
 from dramatiq.middleware import MiddlewareError
 
+from dramatiq_fairway.brokers.delivery import HoldsAtStart, held_at_start
 from dramatiq_fairway.brokers.hooks import OverriddenHooks
 
 
@@ -87,3 +89,40 @@ def test_a_middleware_error_stops_the_emit_any_other_is_logged_and_the_next_stil
 def test_a_signal_no_middleware_knows_is_a_no_op(caplog: pytest.LogCaptureFixture) -> None:
     broker_with(Middleware()).emit_after("signal_of_another_library", None)
     assert "Unexpected failure" not in caplog.text
+
+
+class Holding(Middleware):
+    """Holds every message at start for ``delay`` ms (0: never); records what the hooks read."""
+
+    def __init__(self, delay: int) -> None:
+        self.delay = delay
+        self.seen: list[tuple[str, str, dict[str, Any]]] = []
+
+    def hold_at_start(self, broker: Any, message: Any) -> int | None:
+        return self.delay or None
+
+    def before_process_message(self, broker: Any, message: Any) -> None:
+        self.seen.append((message.message_id, message.queue_name, message.options))
+
+
+class HoldingStubBroker(HoldsAtStart, OverriddenHooks, StubBroker):
+    """The worker-side dispatch of the fairway brokers, on no queue."""
+
+
+def test_a_taken_message_reads_the_same_fields_and_one_held_at_start_is_marked_and_failed() -> None:
+    broker, holding = HoldingStubBroker(middleware=[]), Holding(0)
+    broker.add_middleware(holding)
+    message = Message(queue_name="q", actor_name="a", args=(1,), kwargs={}, options={"k": 1})
+    proxy = MessageProxy(message)
+    broker.emit_before("process_message", proxy)
+    assert holding.seen == [(message.message_id, "q", {"k": 1})]
+    assert holding.seen[0][2] is message.options  # the very dict: an option set by a hook is the Message's
+    assert held_at_start(proxy) is None
+    assert not proxy.failed
+
+    holding.delay = 250
+    held = MessageProxy(message)
+    broker.emit_before("process_message", held)
+    assert held_at_start(held) == 250
+    assert held.failed
+    assert len(holding.seen) == 1  # no hook saw the held message
