@@ -202,8 +202,7 @@ class JobStatus(Middleware):
     def before_process_message(self, broker: Broker, message: MessageProxy) -> None:
         actor = broker.get_actor(message.actor_name)
         options = message.options
-        # ``_tracked`` with the actor already in hand.
-        track = bool(options["track_status"] if "track_status" in options else actor.options.get("track_status", True))
+        track = _tracks(actor, options)
         unique_key = _unique_key(actor, message)
         if track and self._was_cancelled(message):
             self._write(message, JobState.REVOKED, mode="revoke")
@@ -321,10 +320,11 @@ class JobStatus(Middleware):
         return JobState.DEAD_LETTER if recorded else JobState.FAILURE
 
     def _tracked(self, broker: Broker, message: Message[Any] | MessageProxy) -> bool:
-        if "track_status" in message.options:
-            return bool(message.options["track_status"])
+        options = message.options
+        if "track_status" in options:
+            return bool(options["track_status"])
         try:
-            return bool(broker.get_actor(message.actor_name).options.get("track_status", True))
+            return _tracks(broker.get_actor(message.actor_name), options)
         except ActorNotFound:
             return True
 
@@ -399,3 +399,10 @@ class _StoreOutage:
 
 
 _StoreOutage.shared = _StoreOutage()
+
+
+def _tracks(actor: Any, options: dict[str, Any]) -> bool:
+    """Whether a job's status is kept: its message's ``track_status``, else its actor's (default on)."""
+    if "track_status" in options:
+        return bool(options["track_status"])
+    return bool(actor.options.get("track_status", True))
