@@ -42,15 +42,21 @@ def publish_confirmed_then(
         channel.basic_publish("", routing_key, body, properties, mandatory)
         meanwhile()
         return
-    # BlockingChannel.basic_publish's confirm-mode branch, with ``meanwhile`` between the write
-    # (the first _flush_output returns once the output is on the socket) and the wait.
+    # BlockingChannel.basic_publish's confirm-mode branch, with ``meanwhile`` run by the wait's
+    # waiter: pika asks it only once the output is on the socket, so ``meanwhile`` runs right after
+    # the write, in the same pass over the connection (a second _flush_output cost ~7 µs a send).
+    unrun = [meanwhile]
+
+    def confirmed() -> bool:
+        if unrun:
+            unrun.pop()()
+        return bool(result.is_ready())
+
     with result:
         channel._impl.basic_publish(
             exchange="", routing_key=routing_key, body=body, properties=properties, mandatory=mandatory
         )
-        channel._flush_output()
-        meanwhile()
-        channel._flush_output(result.is_ready)
+        channel._flush_output(confirmed)
         method = result.value.method_frame.method
         returned = channel._puback_return
         channel._puback_return = None

@@ -41,13 +41,14 @@ class _Channel:
         self.events.append(f"publish mandatory={kwargs.get('mandatory', args[-1] if args else None)}")
 
     def _flush_output(self, *waiters: Any) -> None:
-        if not waiters:
-            self.events.append("written")
-            return
+        # As BlockingConnection._flush_output: the waiters are asked once the output is written.
+        self.events.append("written")
+        assert not any(ready() for ready in waiters)
         self.events.append("confirm awaited")
         self._puback_return = self._returned
         frame = pika.frame.Method(1, self._message_confirmation_result.confirm)
         self._message_confirmation_result.value = type("Confirm", (), {"method_frame": frame})()
+        assert any(ready() for ready in waiters)
 
 
 def _publish(channel: _Channel, mandatory: bool = True) -> None:
