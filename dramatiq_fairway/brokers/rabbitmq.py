@@ -42,6 +42,7 @@ another process.
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 import weakref
@@ -77,6 +78,7 @@ from .rabbitmq_consumer import (
 )
 from .rabbitmq_delay import DEFAULT_DELAY_HORIZON_MS, ParkQueues
 from .rabbitmq_layout import QueueLayout, QueueRole
+from .rabbitmq_publish import Once, publish_confirmed_then
 from .rabbitmq_tenants import TenantRoutes, declare_tenant_queue, level_queue, tenant_queue
 from .rabbitmq_wire import FramesTogether
 
@@ -293,12 +295,14 @@ class FairRabbitmqBroker(HoldsAtStart, OverriddenHooks, FramesTogether, Rabbitmq
                     if target is None:
                         routed = (self.route(message), None) if delay else self.tenant_routes.dispatch(message, writes)
                         (target, in_flight), counted = routed, writes
+                    # The count's replies are read while the publish's confirm travels (rabbitmq_publish.py).
+                    land = Once(functools.partial(self.tenant_routes.landed, message, in_flight, writes))
                     try:
                         if delay is None and target != self.route(message):
                             self.tenant_routes.ensure(self.channel, message.queue_name, target)
-                        self._publish(target, message)
+                        self._publish(target, message, land)
                     finally:
-                        self.tenant_routes.landed(message, in_flight, writes)
+                        land()
                     if not writes.sent:
                         writes.decline()  # the hooks write on their own, after the publish
                     self.emit_after("enqueue", message, delay)
@@ -334,18 +338,11 @@ class FairRabbitmqBroker(HoldsAtStart, OverriddenHooks, FramesTogether, Rabbitmq
             self.park_queues.forget()
             raise ConnectionClosed(error) from None
 
-    def _publish(self, routing_key: str, message: Message) -> None:
-        self.channel.basic_publish(
-            exchange="",
-            routing_key=routing_key,
-            body=encoded(message),
-            properties=pika.BasicProperties(
-                delivery_mode=2,
-                priority=message.options.get("broker_priority"),
-                headers={ENQUEUED_HEADER: self.clock()},
-            ),
-            mandatory=self.confirm_delivery,
-        )
+    def _publish(self, routing_key: str, message: Message, meanwhile: Callable[[], None] = lambda: None) -> None:
+        priority, headers = message.options.get("broker_priority"), {ENQUEUED_HEADER: self.clock()}
+        properties = pika.BasicProperties(delivery_mode=2, priority=priority, headers=headers)
+        body = encoded(message)
+        publish_confirmed_then(self.channel, routing_key, body, properties, meanwhile, mandatory=self.confirm_delivery)
 
     # Counts, flush, join.
 

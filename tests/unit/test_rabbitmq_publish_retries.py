@@ -24,7 +24,8 @@ class FlakyPublish:
         self.failures = failures
         self.published: list[str] = []
 
-    def __call__(self, routing_key: str, message: Message[Any]) -> None:
+    def __call__(self, routing_key: str, message: Message[Any], meanwhile: object = None) -> None:
+        # ``meanwhile`` (the count's reply read) is left to enqueue, which runs it after a failure too.
         if self.failures:
             self.failures -= 1
             raise pika.exceptions.StreamLostError("Stream connection lost: ConnectionResetError(104)")
