@@ -70,3 +70,8 @@ _.metrics_unreadable
 
 # _RabbitmqConsumer.nack calls _nack, overridden by FairPickingConsumer (brokers/rabbitmq_consumer.py).
 _._nack
+
+# pika's connection counters, kept up to date by brokers/rabbitmq_consumer.py _write_now when it
+# writes acks past pika's buffer; pika's heartbeat checker reads them.
+_.bytes_sent
+_.frames_sent
