@@ -14,6 +14,12 @@ them and times until marker jobs sent last have run: the worker's drain rate, wh
 middleware costs, not the producer's send rate. The table shows medians and the ratio fairway / plain. Then 500
 single jobs on an idle worker give the enqueue → start latency (p50 / p99).
 
+Two CPU tables follow, steadier than the rates on a shared or virtual machine: the worker
+processes' CPU µs per job, and all of it, the Redis and RabbitMQ servers' CPU over the drain added
+(the ``redis-server`` and ``beam.smp`` processes of this machine; none when the servers run
+elsewhere). With two worker processes the machine's two cores are full, and the rate follows the
+whole CPU a job costs wherever it is spent (docs/benchmarks.md).
+
 With ``--encryption`` a third mode runs fairway with ``FAIRWAY_ENCRYPTION__KEYS`` set, and a third
 job kind, ``payload`` (a no-op taking a 1 KiB string), gives the sealing something to seal.
 """
@@ -55,6 +61,8 @@ KIND_ARGS: dict[str, tuple[str, ...]] = {"noop": (), "one_ms": (), "payload": ("
 # bench/app.py's mode for each span processor of --tracing.
 # dropped: the simple processor and an exporter that keeps no span (bench/app.py).
 TRACED_MODES = {"simple": "traced", "batch": "traced_batch", "dropped": "traced_dropped"}
+# The server processes whose CPU the drain's "worker + servers" table adds (when they run here).
+SERVER_PROCESSES = ("redis-server", "beam.smp")
 
 
 def main() -> None:
@@ -85,17 +93,20 @@ def main() -> None:
     print(f"machine: {platform.node()}, {os.cpu_count()} cores, Python {platform.python_version()}")
     rows = []
     cpu_rows = []
+    all_cpu_rows = []
     for broker in args.brokers:
         for shape in args.shapes:
             processes, threads = (int(part) for part in shape.split("x"))
             results: dict[tuple[str, str], list[float]] = {}
             cpu: dict[tuple[str, str], list[float]] = {}
+            all_cpu: dict[tuple[str, str], list[float]] = {}
             for _ in range(args.repetitions):
                 for mode in modes:
                     with worker(broker, mode, processes, threads) as app:
                         for kind in kinds:
                             results.setdefault((mode, kind), []).append(throughput(app, kind, args.jobs))
                             cpu.setdefault((mode, kind), []).append(app.cpu_per_job)
+                            all_cpu.setdefault((mode, kind), []).append(app.cpu_per_job + app.servers_per_job)
             for kind in kinds:
                 plain = statistics.median(results[("plain", kind)])
                 fair = statistics.median(results[("fairway", kind)])
@@ -103,6 +114,9 @@ def main() -> None:
                     (broker, shape, kind, plain, fair, [statistics.median(results[(mode, kind)]) for mode in extras])
                 )
                 cpu_rows.append((broker, shape, kind, [min(cpu[(mode, kind)]) * 1e6 for mode in modes]))
+                all_cpu_rows.append(
+                    (broker, shape, kind, [statistics.median(all_cpu[(mode, kind)]) * 1e6 for mode in modes])
+                )
     print()
     extra_head = "".join(f" {mode} jobs/s | {mode} / fairway |" for mode in extras)
     print(f"| broker | shape | job | plain jobs/s | fairway jobs/s | ratio |{extra_head}")
@@ -116,6 +130,13 @@ def main() -> None:
     print(f"|---|---|---|{'---:|' * len(modes)}")
     for broker, shape, kind, per_mode in cpu_rows:
         print(f"| {broker} | {shape} | {kind} | {' | '.join(f'{value:.0f}' for value in per_mode)} |")
+    print()
+    # Medians: the servers' share moves with what else they serve, so the least would pick the quietest.
+    print(f"| broker | shape | job | worker + servers CPU µs/job, median: {' | '.join(modes)} | plain / fairway |")
+    print(f"|---|---|---|{'---:|' * (len(modes) + 1)}")
+    for broker, shape, kind, per_mode in all_cpu_rows:
+        cells = " | ".join(f"{value:.0f}" for value in per_mode)
+        print(f"| {broker} | {shape} | {kind} | {cells} | {per_mode[0] / per_mode[1]:.2f} |")
     print()
     print("| broker | mode | p50 enqueue→start ms | p99 ms |")
     print("|---|---|---:|---:|")
@@ -148,15 +169,17 @@ class App:
         # The worker processes' CPU seconds per job of the last throughput run: on a busy machine
         # a steadier measure than the rate, and against it the rate shows what waiting cost.
         self.cpu_per_job = 0.0
+        # The same for the Redis and RabbitMQ servers of this machine, over the drain.
+        self.servers_per_job = 0.0
+        self.servers = [p for p in psutil.process_iter(["name"]) if p.info["name"] in SERVER_PROCESSES]
 
     def worker_cpu(self) -> float:
         """CPU seconds the worker processes have used (user + system), threads included."""
-        total = 0.0
-        for process in self.workers:
-            with suppress(psutil.NoSuchProcess):
-                times = process.cpu_times()
-                total += times.user + times.system
-        return total
+        return _cpu(self.workers)
+
+    def servers_cpu(self) -> float:
+        """CPU seconds the local Redis and RabbitMQ servers have used."""
+        return _cpu(self.servers)
 
     @contextmanager
     def stopped(self) -> Iterator[None]:
@@ -227,16 +250,26 @@ def throughput(app: App, kind: str, jobs: int) -> float:
             actor.send(*KIND_ARGS[kind])
         for _ in range(FINISH_MARKS):
             app.module.finished.send()
-        cpu_before = app.worker_cpu()
+        cpu_before, servers_before = app.worker_cpu(), app.servers_cpu()
         started = time.time()
     while app.recorder.llen(app.module.FINISHED_KEY) < FINISH_MARKS:
         if time.time() - started > DRAIN_TIMEOUT:
             raise RuntimeError(f"{jobs} {kind} jobs not drained in {DRAIN_TIMEOUT} s: see the worker's log {app.log}")
         time.sleep(0.001)
     app.cpu_per_job = (app.worker_cpu() - cpu_before) / (jobs + FINISH_MARKS)
+    app.servers_per_job = (app.servers_cpu() - servers_before) / (jobs + FINISH_MARKS)
     ended = max(float(stamp) for stamp in app.recorder.lrange(app.module.FINISHED_KEY, 0, -1))
     app.module.broker.join(app.module.QUEUE, timeout=600_000)
     return jobs / (ended - started)
+
+
+def _cpu(processes: list[psutil.Process]) -> float:
+    total = 0.0
+    for process in processes:
+        with suppress(psutil.NoSuchProcess, psutil.AccessDenied):
+            times = process.cpu_times()
+            total += times.user + times.system
+    return total
 
 
 def latency(app: App, jobs: int) -> tuple[float, float]:
