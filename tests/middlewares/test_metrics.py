@@ -185,8 +185,6 @@ def test_two_dramatiq_processes_add_up_over_http(
         raise AssertionError("runs in the worker processes only")
 
     kinds = ["ok"] * 14 + ["flaky"] * 6 + ["dead"] * 4
-    for n, kind in enumerate(kinds):
-        work.send(n, kind)
     port = free_port()
     env = {
         **settings_env(settings),
@@ -207,6 +205,12 @@ def test_two_dramatiq_processes_add_up_over_http(
         return samples if finished and dead else None
 
     with dramatiq_command("metrics_app", env, processes=2, threads=2, log_file=short_tmp / "log"):
+        # Both processes up before the jobs exist: one that booted a second earlier on a busy
+        # machine took all 24 jobs (30 attempts of 50 ms) from the queue before the other consumed.
+        registry = WorkerRegistry(state_client, settings.namespace)
+        wait_for(lambda: len(registry.live()) == 2, timeout=60, interval=0.2)
+        for n, kind in enumerate(kinds):
+            work.send(n, kind)
         samples = wait_for(scrape, timeout=90, interval=0.5)
         labels = {"queue": queue_name, "actor": "work"}
         assert total(samples, "fairway_messages_total", outcome="retried", **labels) == 6
