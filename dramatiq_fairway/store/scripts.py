@@ -36,6 +36,7 @@ from redis.exceptions import AskError, ClusterDownError, NoScriptError, TryAgain
 
 from ..outage import OutageWarning
 from ..redis_cluster import is_cluster
+from .held_connections import checkin, checkout
 
 logger = logging.getLogger(__name__)
 
@@ -157,7 +158,7 @@ def _load_once(client: redis.Redis, calls: list[ScriptCall]) -> None:
 
 
 def _one_write(client: redis.Redis, commands: list[tuple[Any, ...]], once: bool) -> list[Any]:
-    connection = client.connection_pool.get_connection()
+    connection = checkout(client.connection_pool)
     try:
         if once:
             return _exchange(connection, commands)
@@ -165,7 +166,7 @@ def _one_write(client: redis.Redis, commands: list[tuple[Any, ...]], once: bool)
             lambda: _exchange(connection, commands), lambda _error: connection.disconnect()
         )
     finally:
-        client.connection_pool.release(connection)
+        checkin(client.connection_pool, connection)
     return replies
 
 
@@ -274,11 +275,11 @@ class ScriptsInFlight:
             self._done = _run(client, calls, 0)
             return
         _load_once(client, calls)
-        self._connection = client.connection_pool.get_connection()
+        self._connection = checkout(client.connection_pool)
         try:
             _send(self._connection, _evalsha_commands(calls))
         except BaseException:
-            client.connection_pool.release(self._connection)
+            checkin(client.connection_pool, self._connection)
             raise
 
     def replies(self) -> list[Any]:
@@ -288,7 +289,7 @@ class ScriptsInFlight:
         try:
             replies = _read_replies(self._connection, len(self._calls))
         finally:
-            self._client.connection_pool.release(self._connection)
+            checkin(self._client.connection_pool, self._connection)
         return _rerun_lost(self._client, self._calls, replies, 0)
 
 
