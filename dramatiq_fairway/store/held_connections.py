@@ -60,7 +60,9 @@ def checkout(pool: Any) -> Any:
     connection = kept.connection
     kept.connection = None  # taken: its __del__ must not give it back
     try:
-        _ready(connection)
+        # The pool's own check where redis-py has one (it also knows client-side caching and
+        # maintenance notifications, whose pending data is not a stale connection).
+        getattr(pool, "ensure_connection", _ready)(connection)
     except BaseException:
         pool.release(connection)
         raise
@@ -84,7 +86,8 @@ def checkin(pool: Any, connection: Any) -> None:
 
 
 def _ready(connection: Any) -> None:
-    """Connected, with nothing unread on it: what the pool checks before it hands a connection out."""
+    """Connected, with nothing unread on it: what the pool checks before it hands a connection out
+    (redis-py before its ``ConnectionPool.ensure_connection``)."""
     connection.connect()
     try:
         stale = connection.can_read()
