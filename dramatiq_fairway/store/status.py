@@ -100,6 +100,7 @@ class JobStatusStore:
         self._cancel = LuaScript.load(_SCRIPTS / "status_cancel.lua")
         self._claim = LuaScript.load(_SCRIPTS / "unique_claim.lua")
         self._unsend = LuaScript.load(_SCRIPTS / "status_unsend.lua")
+        self._enqueue = LuaScript.load(_SCRIPTS / "status_enqueue.lua")
 
     @classmethod
     def from_settings(cls, settings: Settings, client: redis.Redis | None = None) -> JobStatusStore:
@@ -130,7 +131,7 @@ class JobStatusStore:
         ``tenant`` and ``level`` (the message's, once FairPriority set them) are kept with it, so
         that a bulk cancel can select queued jobs by them (:mod:`.status_bulk`).
         """
-        [[_]] = run_scripts(self.client, [self.enqueued_call(message_id, actor, queue, tenant, level)])
+        run_scripts(self.client, [self.enqueued_call(message_id, actor, queue, tenant, level)])
 
     def enqueued_call(
         self,
@@ -144,11 +145,12 @@ class JobStatusStore:
     ) -> ScriptCall:
         """The script call of ``enqueued`` (at ``at``, default now), for a pipeline of the caller's.
 
-        ``moves_call`` of that one move, its arguments written out: it is built on every send."""
-        args: list[str | int | float] = [self.ttl, self.failed_ttl, self.history_limit]
-        args += ["enqueue", actor, queue, "", tenant, "" if level is None else level, 1]
-        args += [JobState.PENDING.value, at or self.now()]
-        return ScriptCall(self._transition, [self.job_key(message_id)], args)
+        It writes what ``moves_call`` of that one "enqueue" move writes, with a script of its own
+        (``status_enqueue.lua``): it runs on every send."""
+        at = at or self.now()
+        history = f'[{{"state":"PENDING","at":{json.dumps(at)}}}]'
+        args = [self.failed_ttl, actor, queue, at, history, tenant, "" if level is None else level]
+        return ScriptCall(self._enqueue, [self.job_key(message_id)], args)
 
     def unsent_call(self, message_id: str, at: str) -> ScriptCall:
         """The call that takes back the PENDING an ``enqueued_call`` at ``at`` created, when the
@@ -279,8 +281,7 @@ class JobStatusStore:
         """One script call making every move of ``moves`` in order; its reply lists each job's state."""
         args: list[str | int | float] = [self.ttl, self.failed_ttl, self.history_limit]
         for move in moves:
-            level = "" if move.level is None else move.level
-            args += [move.mode, move.actor, move.queue, move.enqueued_at, move.tenant, level, len(move.states)]
+            args += [move.mode, move.actor, move.queue, move.enqueued_at, len(move.states)]
             for state, at in move.states:
                 args += [_STATE_VALUES[state], at]
         return ScriptCall(self._transition, [self.job_key(move.message_id) for move in moves], args)

@@ -76,9 +76,6 @@ class Move:
     actor: str
     queue: str
     enqueued_at: str = ""
-    # At enqueue (the PENDING write): what a bulk cancel selects queued jobs by (store/status_bulk.py).
-    tenant: str = ""
-    level: int | None = None
 
 
 def iso_from_millis(millis: int) -> str:

@@ -8,17 +8,15 @@
 -- ARGV[2]  TTL in seconds after any other state
 -- ARGV[3]  most history entries kept per job (the oldest are dropped first)
 -- then one group per key, in KEYS order:
---   mode: "record" (always), "enqueue" (only when the job is unknown: a retry or a move out of
---         the delay queue must not turn RETRY back into PENDING), "start" (REVOKED instead of the
---         first state when the cancel flag is set), "reject" (only when the job never started),
+--   mode: "record" (always), "start" (REVOKED instead of the first state when the cancel flag
+--         is set), "reject" (only when the job never started),
 --         "revoke" (a worker skipping a cancelled job: not again when a bulk cancel already
 --         revoked it, store/status_revoke.lua)
 --   actor name
 --   queue name
 --   enqueue time, ISO 8601 UTC, or "": an unknown job gets a PENDING entry at that time first
---         (the producer's own PENDING may arrive later, or never when its write was dropped)
---   tenant and priority level (1-5) at enqueue, or "": kept as `tenant` and `level` so that a bulk
---         cancel can select queued jobs by them (store/status_bulk.py)
+--         (the producer's own PENDING, status_enqueue.lua, may arrive later, or never when its
+--         write was dropped)
 --   n, then n pairs of new state and time of the change (ISO 8601 UTC)
 --
 -- Returns each job's state after the call, in KEYS order. Invariant: a job's `state` is always the
@@ -26,14 +24,11 @@
 -- when that entry is PENDING.
 local success_ttl, other_ttl, keep = ARGV[1], ARGV[2], tonumber(ARGV[3])
 
-local function move(key, mode, actor, queue, enqueued_at, tenant, level, first, n)
+local function move(key, mode, actor, queue, enqueued_at, first, n)
     -- One read and one write per job: the hash's fields are read together and the new ones set
-    -- together (a send's PENDING and a worker's outcome are the hot path).
+    -- together (a worker's outcome is the hot path).
     local stored = redis.call("HMGET", key, "state", "history", "cancel")
     local current, raw, cancelled = stored[1], stored[2], stored[3] == "1"
-    if mode == "enqueue" and current then
-        return current
-    end
     if mode == "reject" and current and current ~= "PENDING" then
         return current
     end
@@ -45,19 +40,10 @@ local function move(key, mode, actor, queue, enqueued_at, tenant, level, first, 
     local history = {}
     if raw then
         history = cjson.decode(raw)
-    elseif enqueued_at ~= "" and mode ~= "enqueue" then
+    elseif enqueued_at ~= "" then
         table.insert(history, { state = "PENDING", at = enqueued_at })
         table.insert(fields, "enqueued")
         table.insert(fields, enqueued_at)
-    elseif mode == "enqueue" then
-        table.insert(fields, "enqueued")
-        table.insert(fields, ARGV[first + 1])
-    end
-    if tenant ~= "" then
-        table.insert(fields, "tenant")
-        table.insert(fields, tenant)
-        table.insert(fields, "level")
-        table.insert(fields, level)
     end
 
     local state
@@ -94,8 +80,8 @@ end
 local states = {}
 local a = 4
 for k = 1, #KEYS do
-    local n = tonumber(ARGV[a + 6])
-    states[k] = move(KEYS[k], ARGV[a], ARGV[a + 1], ARGV[a + 2], ARGV[a + 3], ARGV[a + 4], ARGV[a + 5], a + 7, n)
-    a = a + 7 + 2 * n
+    local n = tonumber(ARGV[a + 4])
+    states[k] = move(KEYS[k], ARGV[a], ARGV[a + 1], ARGV[a + 2], ARGV[a + 3], a + 5, n)
+    a = a + 5 + 2 * n
 end
 return states

@@ -6,16 +6,9 @@ from __future__ import annotations
 import datetime as dt
 
 import pytest
-import redis
 
 from dramatiq_fairway.middlewares.status import progress
-from dramatiq_fairway.store.status import (
-    JobState,
-    JobStatusStore,
-    Move,
-    iso_from_millis,
-    iso_from_seconds,
-)
+from dramatiq_fairway.store.status import iso_from_millis, iso_from_seconds
 
 
 @pytest.mark.parametrize("millis", [0, 1_764_921_371_001, 1_764_921_371_999, 1_764_921_372_000, 4_102_444_799_500])
@@ -28,12 +21,3 @@ def test_history_times_are_utc_iso_with_milliseconds(millis: int) -> None:
 def test_progress_outside_an_actor_is_an_error() -> None:
     with pytest.raises(RuntimeError, match="inside an actor"):
         progress(10)
-
-
-@pytest.mark.parametrize(("tenant", "level"), [("", None), ("acme", 3), ("a|b", 1)])
-def test_the_pending_call_of_a_send_is_the_move_it_writes_out(tenant: str, level: int | None) -> None:
-    # enqueued_call spells out moves_call's arguments for speed: the two must stay the same call.
-    store = JobStatusStore(redis.Redis(), "ns", ttl=60, failed_ttl=600, history_limit=7)
-    at = "2026-12-07T05:00:00.000Z"
-    move = Move("enqueue", "m1", [(JobState.PENDING, at)], "job", "q", "", tenant, level)
-    assert store.enqueued_call("m1", "job", "q", tenant, level, at=at) == store.moves_call([move])
