@@ -10,7 +10,9 @@ left unread on it: a server that closed it is seen here, and it is reconnected).
 
 The connection stays checked out of its pool while its thread lives and goes back to the pool
 when the thread ends; it dies with the pool; in a child process after ``fork`` it is dropped
-(the parent's socket: the pool makes new connections there). A thread that needs a second
+(the parent's socket: the pool makes new connections there); one the pool no longer owns (a
+Sentinel pool's, to a master that moved) goes back to the pool, which disconnects it, and the
+thread takes another. A thread that needs a second
 connection of a pool while it holds one (a pipeline run while a send's replies are awaited)
 takes it from the pool as before. A ``BlockingConnectionPool`` is left alone: it caps its
 connections, and one kept by an idle thread would make another thread wait.
@@ -59,6 +61,11 @@ def checkout(pool: Any) -> Any:
     held.kept = None
     connection = kept.connection
     kept.connection = None  # taken: its __del__ must not give it back
+    if not pool.owns_connection(connection):
+        # A Sentinel pool disowns the connections to a master that moved, and disconnects its idle
+        # ones when it learns of the move; this one was checked out, so its release does it.
+        pool.release(connection)
+        return pool.get_connection()
     try:
         # The pool's own check where redis-py has one (it also knows client-side caching and
         # maintenance notifications, whose pending data is not a stale connection).

@@ -112,8 +112,11 @@ def run_scripts(
     return replies
 
 
-def _run(client: redis.Redis, calls: list[ScriptCall], replicas: int, *, once: bool = False) -> list[Any]:
-    """The replies of ``calls`` in one pipeline, error replies included; lost scripts loaded and rerun.
+def _run(
+    client: redis.Redis, calls: list[ScriptCall], replicas: int, *, once: bool = False, rerun: bool = True
+) -> list[Any]:
+    """The replies of ``calls`` in one pipeline, error replies included; lost scripts loaded and
+    rerun (with ``rerun``: once, a script lost again is the call's error reply).
 
     On one server the commands are packed in one go (``_packed``) and sent on a
     connection of the pool, retried by its ``Retry`` as redis-py's non-transactional pipeline is:
@@ -129,18 +132,21 @@ def _run(client: redis.Redis, calls: list[ScriptCall], replicas: int, *, once: b
     replies = _cluster_pipeline(client, commands) if is_cluster(client) else _one_write(client, commands, once)
     if replicas:
         _check_replicas(replies.pop(), replicas)
-    return _rerun_lost(client, calls, replies, replicas, once=once)
+    return _rerun_lost(client, calls, replies, replicas, once=once) if rerun else replies
 
 
 def _rerun_lost(
     client: redis.Redis, calls: list[ScriptCall], replies: list[Any], replicas: int, *, once: bool = False
 ) -> list[Any]:
-    """``replies`` with those of the calls whose script the server lost loaded and run again."""
+    """``replies`` with those of the calls whose script the server lost loaded and run again, once:
+    where the load reached another server than the calls (a Sentinel failover under way), loading
+    and rerunning until they meet would never end."""
     lost = [i for i, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
     if lost:
         for script in {calls[i].script for i in lost}:
             client.script_load(script.text)
-        for i, reply in zip(lost, _run(client, [calls[i] for i in lost], replicas, once=once), strict=True):
+        rerun = _run(client, [calls[i] for i in lost], replicas, once=once, rerun=False)
+        for i, reply in zip(lost, rerun, strict=True):
             replies[i] = reply
     return replies
 

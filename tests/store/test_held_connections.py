@@ -128,3 +128,26 @@ def _in_child(client: redis.Redis, key: str, results: Any) -> None:
 def _client_id(admin: redis.Redis, name: str) -> str:
     [entry] = [c for c in admin.client_list() if c.get("name") == name]
     return str(entry["id"])
+
+
+class _FailedOverPool(redis.ConnectionPool):
+    """A pool whose connections stop being its own, as a Sentinel pool's do once the master moved."""
+
+    moved = False
+
+    def owns_connection(self, connection: Any) -> int:
+        return 0 if self.moved else super().owns_connection(connection)
+
+
+def test_a_kept_connection_the_pool_no_longer_owns_is_given_back_and_replaced() -> None:
+    pool = _FailedOverPool.from_url(SINGLE_REDIS_URL)
+    first = checkout(pool)
+    checkin(pool, first)
+    pool.moved = True
+    second = checkout(pool)
+    # The pool's release disconnects a connection it does not own (to the old master) ...
+    assert second is not first
+    assert first._sock is None
+    pool.moved = False
+    checkin(pool, second)
+    pool.disconnect()
