@@ -57,6 +57,9 @@ def free_port_block(ports: range, offsets: Iterable[int]) -> int:
 
 def _port_free(port: int) -> bool:
     with socket.socket() as sock:
+        # As the servers bind (Redis, Sentinel and RabbitMQ set SO_REUSEADDR): a port whose last
+        # connections wait out TIME_WAIT is free to them, and a rerun within a minute needs it.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind(("127.0.0.1", port))
         except OSError:
