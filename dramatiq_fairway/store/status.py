@@ -145,8 +145,8 @@ class JobStatusStore:
     ) -> ScriptCall:
         """The script call of ``enqueued`` (at ``at``, default now), for a pipeline of the caller's.
 
-        It writes what ``moves_call`` of that one "enqueue" move writes, with a script of its own
-        (``status_enqueue.lua``): it runs on every send."""
+        A script of its own (``status_enqueue.lua``), not a move of ``moves_call``: it runs on every
+        send. A job already known is left as it is."""
         at = at or self.now()
         history = f'[{{"state":"PENDING","at":{json.dumps(at)}}}]'
         args = [self.failed_ttl, actor, queue, at, history, tenant, "" if level is None else level]
