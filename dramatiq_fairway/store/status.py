@@ -37,7 +37,6 @@ from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
 from ..connections import state_store_client
-from ..redis_cluster import slot_of
 from ..settings import Settings
 from .scripts import LuaScript, ScriptCall, run_scripts
 from .status_model import (
@@ -50,12 +49,11 @@ from .status_model import (
     iso_from_millis,
     iso_from_seconds,
 )
-from .status_writer import MOVES_PER_CALL, StatusWriter
+from .status_writer import StatusWriter
 
 # The model and the writer are re-exported: this module was their import path before the split.
 __all__ = [
     "CANCELLED_KEPT",
-    "MOVES_PER_CALL",
     "CancelledJobs",
     "JobRecord",
     "JobStart",
@@ -145,7 +143,7 @@ class JobStatusStore:
     ) -> ScriptCall:
         """The script call of ``enqueued`` (at ``at``, default now), for a pipeline of the caller's.
 
-        A script of its own (``status_enqueue.lua``), not a move of ``moves_call``: it runs on every
+        A script of its own (``status_enqueue.lua``), not a ``move_call``: it runs on every
         send. A job already known is left as it is."""
         at = at or self.now()
         history = f'[{{"state":"PENDING","at":{json.dumps(at)}}}]'
@@ -160,9 +158,8 @@ class JobStatusStore:
     def enqueued_many(self, jobs: list[PendingJob]) -> None:
         """``enqueued`` for each (message id, actor, queue, tenant, level), in one round trip.
 
-        One call per job, as ``moves_calls`` makes them for random message ids (a call touches one
-        hash slot), built without its ``Move`` objects: an ``enqueue_many`` of 1,000 messages pays
-        this for each (docs/benchmarks.md, "Producer")."""
+        One call per job (a call touches one hash slot, and job keys hash anywhere): an
+        ``enqueue_many`` of 1,000 messages pays this for each (docs/benchmarks.md, "Producer")."""
         at = self.now()
         run_scripts(self.client, [self.enqueued_call(*job, at=at) for job in jobs])
 
@@ -204,7 +201,7 @@ class JobStatusStore:
             )
         replies = run_scripts(self.client, calls)
         duplicate = unique_key is not None and int(replies.pop(0)) == 0
-        state = JobState(_text(replies[0][0])) if track else None
+        state = JobState(_text(replies[0])) if track else None
         if duplicate and track:
             state = self.finish(message_id, JobState.REJECTED, actor, queue)
         return JobStart(state=state, duplicate=duplicate)
@@ -275,34 +272,32 @@ class JobStatusStore:
     ) -> ScriptCall:
         """The script call that moves a job through ``states`` (pairs of state and time); its reply
         is a list holding the job's state after the call."""
-        return self.moves_call([Move(mode, message_id, states, actor, queue, enqueued_at)])
+        return self.move_call(Move(mode, message_id, states, actor, queue, enqueued_at))
 
-    def moves_call(self, moves: list[Move]) -> ScriptCall:
-        """One script call making every move of ``moves`` in order; its reply lists each job's state."""
-        args: list[str | int | float] = [self.ttl, self.failed_ttl, self.history_limit]
-        for move in moves:
-            args += [move.mode, move.actor, move.queue, move.enqueued_at, len(move.states)]
-            for state, at in move.states:
-                args += [_STATE_VALUES[state], at]
-        return ScriptCall(self._transition, [self.job_key(move.message_id) for move in moves], args)
+    def move_call(self, move: Move) -> ScriptCall:
+        """The script call making ``move``; its reply is the job's state after it.
 
-    def moves_calls(self, moves: list[Move]) -> list[ScriptCall]:
-        """Script calls making ``moves``: one per hash slot of the jobs' keys (a call touches one
-        slot, for Redis Cluster) and at most MOVES_PER_CALL jobs each; a job's moves keep their order."""
-        by_slot: dict[int, list[Move]] = {}
-        for move in moves:
-            by_slot.setdefault(slot_of(self.job_key(move.message_id)), []).append(move)
-        return [
-            self.moves_call(group[i : i + MOVES_PER_CALL])
-            for group in by_slot.values()
-            for i in range(0, len(group), MOVES_PER_CALL)
+        One job per call: job keys hash anywhere and a call touches one hash slot, so a worker's
+        flush sends one call per job in one pipeline (docs/design.md, "Redis Cluster")."""
+        args: list[str | int | float] = [
+            self.ttl,
+            self.failed_ttl,
+            self.history_limit,
+            move.mode,
+            move.actor,
+            move.queue,
+            move.enqueued_at,
+            len(move.states),
         ]
+        for state, at in move.states:
+            args += (_STATE_VALUES[state], at)
+        return ScriptCall(self._transition, [self.job_key(move.message_id)], args)
 
     def progress_call(self, message_id: str, percent: float, note: str | None) -> ScriptCall:
         return ScriptCall(self._progress, [self.job_key(message_id)], [percent, note or ""])
 
     def _record(self, mode: str, message_id: str, state: JobState, actor: str, queue: str) -> JobState:
-        [[reply]] = run_scripts(
+        [reply] = run_scripts(
             self.client, [self.transition_call(mode, message_id, [(state, self.now())], actor=actor, queue=queue)]
         )
         return JobState(_text(reply))

@@ -24,12 +24,6 @@ from .status_model import JobState, Move, iso_from_millis
 if TYPE_CHECKING:
     from .status import JobStatusStore
 
-# Jobs per status_transition.lua call: a flush of thousands runs as calls of about a millisecond
-# each, so Redis (often the broker too) is never blocked for long. A call holds only jobs whose
-# keys share a hash slot (JobStatusStore.moves_calls), so with random message ids most calls
-# hold one job: the flush is still one round trip.
-MOVES_PER_CALL = 100
-
 
 class StatusWriter:
     """One process's status changes, queued and written in one pipeline per flush.
@@ -93,8 +87,11 @@ class StatusWriter:
     def flush(self) -> None:
         """Write every queued change now (returns at once when nothing waits)."""
         with self._flushing:
-            changes: list[_Transition | ScriptCall] = []
-            open_records: dict[str, _Transition] = {}
+            # One status_transition.lua call per job (its key hashes anywhere, and a call touches
+            # one slot), all in one pipeline: a job's changes merged into one move, in the order
+            # the first of them was made, among the other calls (progress) as they were made.
+            changes: list[Move | ScriptCall] = []
+            open_moves: dict[str, Move] = {}
             queue, format_time = self._queue, self.store.format_time
             # popleft, not a swap: a change queued while this runs is never lost.
             while queue:
@@ -103,24 +100,33 @@ class StatusWriter:
                     changes.append(change)
                     continue
                 at = format_time(change.at)
-                pending = open_records.get(change.message_id)
-                if pending is not None and change.mode == "record":
-                    pending.states.append((change.state, at))
-                    continue
-                transition = _Transition(
-                    change.mode, change.message_id, [(change.state, at)], change.actor, change.queue, change.enqueued_ms
-                )
-                changes.append(transition)
                 if change.mode == "record":
-                    open_records[change.message_id] = transition
+                    move = open_moves.get(change.message_id)
+                    if move is not None:
+                        move.states.append((change.state, at))
+                        continue
+                enqueued_ms = change.enqueued_ms
+                move = Move(
+                    change.mode,
+                    change.message_id,
+                    [(change.state, at)],
+                    change.actor,
+                    change.queue,
+                    "" if enqueued_ms is None else iso_from_millis(enqueued_ms),
+                )
+                changes.append(move)
+                if change.mode == "record":
+                    open_moves[change.message_id] = move
             history = self._history_call()
             if not changes and history is None:
                 return
+            move_call = self.store.move_call
+            calls = [change if isinstance(change, ScriptCall) else move_call(change) for change in changes]
             try:
                 if history is None:
-                    run_scripts(self.store.client, self._calls(changes))
+                    run_scripts(self.store.client, calls)
                 else:
-                    run_scripts(self.store.client, self._calls(changes), best_effort=[history])
+                    run_scripts(self.store.client, calls, best_effort=[history])
             except redis.RedisError as error:
                 if self.on_error is None:
                     raise
@@ -133,23 +139,6 @@ class StatusWriter:
         while self._finished:
             attempts.append(self._finished.popleft())
         return self.history.attempts_call(attempts)
-
-    def _calls(self, changes: list[_Transition | ScriptCall]) -> list[ScriptCall]:
-        """``changes`` in order, each run of transitions as script calls of up to MOVES_PER_CALL jobs."""
-        calls: list[ScriptCall] = []
-        moves: list[Move] = []
-        for change in changes:
-            if isinstance(change, ScriptCall):
-                calls.extend(self._moves_calls(moves))
-                moves = []
-                calls.append(change)
-            else:
-                moves.append(change.move())
-        calls.extend(self._moves_calls(moves))
-        return calls
-
-    def _moves_calls(self, moves: list[Move]) -> list[ScriptCall]:
-        return self.store.moves_calls(moves)
 
     def close(self) -> None:
         """Write what waits and stop the background thread."""
@@ -203,18 +192,3 @@ class _Queued:
     queue: str
     mode: str
     enqueued_ms: int | None
-
-
-@dataclass
-class _Transition:
-    mode: str
-    message_id: str
-    states: list[tuple[JobState, str]]
-    actor: str
-    queue: str
-    # Converted when written: a fast job's STARTED and outcome share one conversion.
-    enqueued_ms: int | None
-
-    def move(self) -> Move:
-        enqueued_at = "" if self.enqueued_ms is None else iso_from_millis(self.enqueued_ms)
-        return Move(self.mode, self.message_id, self.states, self.actor, self.queue, enqueued_at)

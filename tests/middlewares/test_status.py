@@ -27,13 +27,12 @@ from dramatiq_fairway.cli.output import CommandError
 from dramatiq_fairway.errors import PermanentError, SoftTimeLimitExceeded, TransientError
 from dramatiq_fairway.middlewares.dead_letters import DeadLetters
 from dramatiq_fairway.middlewares.status import JobStatus, UniqueKeyUnavailable, progress
-from dramatiq_fairway.redis_cluster import slot_of
 from dramatiq_fairway.settings import Settings
 from dramatiq_fairway.store import status_writer
 from dramatiq_fairway.store.dead_letters import DeadLetterStore
 from dramatiq_fairway.store.scripts import ScriptCall
 from dramatiq_fairway.store.status import JobRecord, JobState, JobStatusStore
-from dramatiq_fairway.store.status_writer import MOVES_PER_CALL, StatusWriter
+from dramatiq_fairway.store.status_writer import StatusWriter
 
 from ..support.chaos_support import push_raw
 from ..support.helpers import dramatiq_command, free_port, info_lines, loud_lines, settings_env, wait_for
@@ -55,7 +54,7 @@ def final(store: JobStatusStore, message_id: str, state: JobState) -> JobRecord:
     return wait_for(lambda: (r := store.get(message_id)) is not None and r.state is state and r, timeout=20)
 
 
-def test_a_flush_of_many_jobs_writes_each_job_with_a_few_script_calls(
+def test_a_flush_writes_each_job_with_one_script_call_in_one_pipeline(
     store: JobStatusStore, state_client: redis.Redis, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     sent: list[list[ScriptCall]] = []
@@ -70,7 +69,7 @@ def test_a_flush_of_many_jobs_writes_each_job_with_a_few_script_calls(
 
     monkeypatch.setattr(status_writer, "run_scripts", recording)
     writer = StatusWriter(store, interval=3600)  # flushed by the test only
-    jobs = [f"flush-{n}-{time.monotonic_ns()}" for n in range(2 * MOVES_PER_CALL + 50)]
+    jobs = [f"flush-{n}-{time.monotonic_ns()}" for n in range(250)]
     enqueued_ms = int(time.time() * 1000) - 5_000
     for job in jobs:
         writer.transition(job, S.STARTED, "work", "q", enqueued_ms=enqueued_ms)
@@ -80,12 +79,11 @@ def test_a_flush_of_many_jobs_writes_each_job_with_a_few_script_calls(
     writer.transition(jobs[-1], S.REJECTED, "work", "q", mode="reject")
     writer.flush()
 
-    # One call per hash slot of the jobs' keys (a cluster refuses a call across slots), then the
-    # progress and the reject, in the order they were made.
+    # One pipeline: one call per job, its STARTED and outcome merged (a call touches one hash slot,
+    # and job keys hash anywhere), then the progress and the reject, in the order they were made.
+    assert len(sent) == 1
     *moves, progress, reject = sent[0]
-    assert sorted(key for call in moves for key in call.keys) == sorted(store.job_key(job) for job in jobs)
-    assert all(len({slot_of(key) for key in call.keys}) == 1 for call in sent[0])
-    assert len(moves) == len({slot_of(store.job_key(job)) for job in jobs})
+    assert [call.keys for call in moves] == [[store.job_key(job)] for job in jobs]
     assert (progress.keys, reject.keys) == ([store.job_key(jobs[0])], [store.job_key(jobs[-1])])
     for job in jobs[:-1]:
         assert states(store, job) == [S.PENDING, S.STARTED, S.SUCCESS]
