@@ -321,9 +321,10 @@ class FairRedisBroker(QueueOperations, HoldsAtStart, OverriddenHooks, RedisBroke
             calls = [*settles, self._script_call(queue_name, "fetch", count, self.drr_scale, exempt, partition=index)]
             try:
                 replies = run_scripts(self.client, calls, replicas=self._replicas() if settles else 0, once=True)
-            except (redis.ConnectionError, redis.TimeoutError):
-                # Redis may have run the fetch (and kept its effect in the AOF) with the reply lost:
-                # those messages sit in our ack set, and no one recovers a live worker's ack set.
+            except redis.RedisError:
+                # Redis may have run the fetch with its reply lost (a broken connection) or dropped (a
+                # settle of the round trip answered CLUSTERDOWN as a failover ended): those messages
+                # sit in our ack set, and no one recovers a live worker's ack set.
                 self._unsure.add(queue_name)
                 raise
             settles = []

@@ -123,8 +123,8 @@ def _run(
     the pipeline object's bookkeeping per command cost more than the round trip for a batch."""
     if not calls:
         return []
-    if replicas and is_cluster(client):
-        return _run_per_node(client, calls, replicas)
+    if (replicas or once) and is_cluster(client):
+        return _run_per_node(client, calls, replicas, once=once)
     _load_once(client, calls)
     commands = _evalsha_commands(calls)
     if replicas:
@@ -185,12 +185,14 @@ def _cluster_pipeline(client: Any, commands: list[tuple[Any, ...]]) -> list[Any]
     return replies
 
 
-def _run_per_node(client: Any, calls: list[ScriptCall], replicas: int) -> list[Any]:
-    """``_run`` on a cluster with ``WAIT``: each node's calls in one pipeline on that node's client.
+def _run_per_node(client: Any, calls: list[ScriptCall], replicas: int, *, once: bool = False) -> list[Any]:
+    """``_run`` on a cluster with ``WAIT`` or ``once``: each node's calls in one pipeline on that
+    node's client (redis-py's cluster pipeline sends a pipeline again after a lost connection).
 
     A node that cannot be reached, or replies that a slot is not its own, has those calls sent
     again after the slot map is read again (a call that failed on a lost connection may have run:
-    at least once, as redis-py's own retry of a pipeline)."""
+    at least once, as redis-py's own retry of a pipeline); with ``once``, a lost connection is
+    raised instead (calls answered MOVED, ASK, TRYAGAIN or CLUSTERDOWN did not run: sent again)."""
     replies: list[Any] = [None] * len(calls)
     pending = list(range(len(calls)))
     deadline = time.monotonic() + CLUSTER_FAILOVER_SECONDS
@@ -203,9 +205,9 @@ def _run_per_node(client: Any, calls: list[ScriptCall], replicas: int) -> list[A
         again: list[int] = []
         for node, indexes in by_node.values():
             try:
-                node_replies = _run(node.redis_connection, [calls[i] for i in indexes], replicas)
+                node_replies = _run(node.redis_connection, [calls[i] for i in indexes], replicas, once=once)
             except (redis.ConnectionError, redis.TimeoutError):
-                if time.monotonic() > deadline:
+                if once or time.monotonic() > deadline:
                     raise
                 again += indexes
                 continue

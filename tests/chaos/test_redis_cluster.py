@@ -28,6 +28,7 @@ from dramatiq_fairway.settings import Settings
 from ..support.chaos_support import RunLog, chaos_env, declare_actors, log_tail, send_jobs, worker_commands
 from ..support.fair_support import fair_broker
 from ..support.helpers import settings_env, wait_for
+from ..support.lost_replies import JOBS, drain, reply_lost_once
 from ..support.redis_cluster import RedisClusterNodes, redis_cluster
 
 pytestmark = [pytest.mark.chaos, pytest.mark.cluster]
@@ -253,3 +254,16 @@ def test_sigkilled_worker_has_its_messages_redelivered_within_10_s(  # noqa: PLR
 def _workers(broker: FairRedisBroker) -> set[bytes]:
     """Broker ids with a heartbeat: the worker processes consuming, until one is found dead."""
     return set(broker.client.zrange(broker._workers_key("heartbeats"), 0, -1))
+
+
+def test_a_fetch_whose_reply_is_lost_on_a_cluster_loses_no_message(
+    cluster: RedisClusterNodes, namespace: str, short_tmp: Path, queue_name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # redis-py's cluster pipeline sends a pipeline again after a lost connection, which would hide
+    # a fetch that ran: a cluster's fetch goes on the node's own connection, once, as on one server
+    # (tests/brokers/test_lost_replies.py), without WAIT as with it.
+    lost: list[object] = []
+    settings = _settings(cluster, namespace, short_tmp, wait_replicas=0)
+    ran = drain(settings, queue_name, monkeypatch, reply_lost_once(lost))
+    assert lost
+    assert sorted(set(ran)) == list(range(JOBS))
