@@ -271,7 +271,7 @@ class JobStatusStore:
         enqueued_at: str = "",
     ) -> ScriptCall:
         """The script call that moves a job through ``states`` (pairs of state and time); its reply
-        is a list holding the job's state after the call."""
+        is the job's state after the call."""
         return self.move_call(Move(mode, message_id, states, actor, queue, enqueued_at))
 
     def move_call(self, move: Move) -> ScriptCall:

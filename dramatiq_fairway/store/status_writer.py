@@ -100,11 +100,10 @@ class StatusWriter:
                     changes.append(change)
                     continue
                 at = format_time(change.at)
-                if change.mode == "record":
-                    move = open_moves.get(change.message_id)
-                    if move is not None:
-                        move.states.append((change.state, at))
-                        continue
+                record = change.mode == "record"
+                if record and (move := open_moves.get(change.message_id)) is not None:
+                    move.states.append((change.state, at))
+                    continue
                 enqueued_ms = change.enqueued_ms
                 move = Move(
                     change.mode,
@@ -115,7 +114,7 @@ class StatusWriter:
                     "" if enqueued_ms is None else iso_from_millis(enqueued_ms),
                 )
                 changes.append(move)
-                if change.mode == "record":
+                if record:
                     open_moves[change.message_id] = move
             history = self._history_call()
             if not changes and history is None:

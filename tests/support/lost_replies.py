@@ -11,6 +11,8 @@ import dramatiq
 import pytest
 import redis
 from dramatiq import Worker
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from dramatiq_fairway.settings import Settings
 from dramatiq_fairway.store import scripts
@@ -53,7 +55,7 @@ def drain(
     if pool is not None:
         # As on Sentinel, whose clients retry a call through a failover (connections.py): a retry
         # there must not hide the lost reply. Connections made before keep their own retry: drop them.
-        pool.connection_kwargs["retry"] = redis.retry.Retry(redis.backoff.NoBackoff(), 3)
+        pool.connection_kwargs["retry"] = Retry(NoBackoff(), 3)
         pool.reset()
     ran: list[int] = []
 
