@@ -81,7 +81,8 @@ else
     .venv/bin/tox -e py --skip-pkg-install -- -m "chaos or browser or cluster"
 fi
 
-# Two more passes, each on throwaway servers of its own that are stopped by PID on the way out.
+# Two more passes, each on throwaway servers of its own that are stopped by PID on the way out, and
+# each in two processes like the quick layer (its tests are isolated by namespace and queue names).
 quorum_node() { NODES=1 PORT=17240 BASE=/tmp/fairway-quorum-node bash scripts/rabbitmq-cluster.sh "$@"; }
 trap 'quorum_node stop >/dev/null 2>&1 || true; bash scripts/redis-cluster.sh stop >/dev/null 2>&1 || true' EXIT
 # The RabbitMQ tests that declare queues once more on quorum queues (FAIRWAY_RABBITMQ__QUEUE_TYPE,
@@ -91,7 +92,7 @@ trap 'quorum_node stop >/dev/null 2>&1 || true; bash scripts/redis-cluster.sh st
 # shared node on 5672 answering no handshake until it was restarted.
 quorum_node start
 FAIRWAY_RABBITMQ_URL=$(quorum_node urls) FAIRWAY_RABBITMQ__QUEUE_TYPE=quorum \
-    .venv/bin/tox -e py --skip-pkg-install -- -k rabbitmq -m "not chaos and not browser and not cluster" \
+    .venv/bin/tox -e py --skip-pkg-install -- -n 2 -k rabbitmq -m "not chaos and not browser and not cluster" \
     tests/brokers tests/ops tests/cli
 quorum_node stop
 # The Redis half of the quick subset on a 3 + 3 Redis Cluster (docs/design.md, "Redis Cluster"):
@@ -100,7 +101,7 @@ quorum_node stop
 # their own in the main pass (tests/chaos/test_redis_cluster.py); `FAIRWAY_TEST_REDIS=cluster
 # bash scripts/test-all.sh` runs everything there, Sentinel likewise: CONTRIBUTING.md.
 bash scripts/redis-cluster.sh start
-FAIRWAY_TEST_REDIS=cluster .venv/bin/tox -e py --skip-pkg-install -- -k "not rabbitmq" \
+FAIRWAY_TEST_REDIS=cluster .venv/bin/tox -e py --skip-pkg-install -- -n 2 -k "not rabbitmq" \
     -m "not chaos and not browser and not cluster and not sentinel" \
     tests/brokers tests/store tests/middlewares tests/ops tests/cli tests/dashboard tests/actors tests/core \
     tests/package/test_quickstart.py tests/package/test_examples.py --ignore=tests/core/test_embedded.py
