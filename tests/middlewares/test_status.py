@@ -323,6 +323,8 @@ def test_soft_time_limit_raises_inside_an_async_actor_and_the_hard_limit_still_c
 
     @dramatiq.actor(broker=broker, queue_name=queue_name, soft_time_limit=200, time_limit=1000, max_retries=0)
     async def overstays() -> None:
+        # Neither sleep is waited out: the soft limit ends the first after 0.2 s, the hard limit
+        # cancels the second at 1 s.
         try:
             await asyncio.sleep(20)
         except SoftTimeLimitExceeded:
